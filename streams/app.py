@@ -1,0 +1,203 @@
+"""One Faust app per service, with the platform's common parts attached.
+
+``HeaterService`` builds the service's ``faust.App`` (own id, own web port), gives it
+health/readiness/metrics/status views, decodes raw topic bytes into records with a
+dead-letter path, and runs the startup self-check before reporting ready. Building it
+does no I/O: the broker, store and ports are filled in from :mod:`streams.settings`
+when Faust first reads its configuration (``on_configured``).
+"""
+
+from __future__ import annotations
+
+import enum
+import logging
+import os
+import time
+from dataclasses import dataclass, field
+from typing import Any, AsyncIterator, Awaitable, Callable
+
+import faust
+from aiohttp import web as aioweb
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from streams import metrics, topics
+from streams.codec import DecodeError, decode
+from streams.records import RECORD_FOR_TOPIC, HeaterRecord
+from streams.settings import Settings, faust_options
+from streams.transport import register as register_transport
+
+log = logging.getLogger(__name__)
+
+StartupCheck = Callable[[], Awaitable[None]]
+
+
+class ServiceKind(str, enum.Enum):
+    """Rule 2 of the design: control services stop on FATAL, display services stay up read-only."""
+
+    CONTROL = "control"
+    DISPLAY = "display"
+
+
+class Phase(str, enum.Enum):
+    STARTING = "starting"
+    READY = "ready"
+    HALTED = "halted"
+    STOPPING = "stopping"
+
+
+@dataclass(frozen=True)
+class ServiceSpec:
+    """What a service is: its name, its kind, and whether it sits on the FATAL path."""
+
+    name: str
+    kind: ServiceKind
+    fast_path: bool = False
+    description: str = ""
+
+
+@dataclass
+class ServiceStatus:
+    """The live state a service reports on ``/status`` (and through readiness)."""
+
+    phase: Phase = Phase.STARTING
+    reason: str = ""
+    started_at: float = field(default_factory=time.time)
+    ready_at: float | None = None
+    exit_code: int | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "phase": self.phase.value,
+            "reason": self.reason,
+            "started_at": self.started_at,
+            "ready_at": self.ready_at,
+            "ready_s": None if self.ready_at is None else round(self.ready_at - self.started_at, 3),
+        }
+
+
+class HeaterService:
+    """A service of the platform: a Faust app plus health, readiness, metrics and dead letters."""
+
+    def __init__(self, spec: ServiceSpec) -> None:
+        register_transport()
+        self.spec = spec
+        self.status = ServiceStatus()
+        self._checks: list[StartupCheck] = []
+        self.app = faust.App(f"heater-{spec.name}", autodiscover=False, version=1)
+        self.app.on_configured.connect(self._configure)
+        self._dead_letters = self.app.topic(topics.DEAD_LETTER.name, value_serializer="raw", key_serializer="raw")
+        self._add_views()
+
+    # -- configuration -------------------------------------------------------------
+
+    def _configure(self, app: faust.App, conf: Any, **_: Any) -> None:
+        settings = Settings.from_env()
+        for key, value in faust_options(settings, self.spec.name, fast_path=self.spec.fast_path).items():
+            setattr(conf, key, value)
+
+    def raw_topic(self, *specs: topics.TopicSpec) -> faust.TopicT:
+        """Topics whose values arrive as bytes, to be decoded by :meth:`records`."""
+        return self.app.topic(*(s.name for s in specs), value_serializer="raw", key_serializer="raw")
+
+    # -- decoding with a dead-letter path ---------------------------------------------
+
+    async def records(
+        self, stream: faust.StreamT, record_type: type[HeaterRecord] | None = None
+    ) -> AsyncIterator[HeaterRecord]:
+        """Yield decoded records from a raw stream; bad messages go to the dead-letter topic.
+
+        Without ``record_type`` each message is decoded as its topic's record, so one
+        agent can follow several topics in their delivery order.
+        """
+        async for event in stream.events():
+            message = event.message
+            try:
+                record = decode(event.value, record_type or RECORD_FOR_TOPIC[message.topic])
+            except DecodeError as exc:
+                await self.dead_letter(message.topic, message.partition, message.offset, event.value, exc)
+                continue
+            metrics.MESSAGES_PROCESSED.labels(self.spec.name, message.topic).inc()
+            yield record
+
+    async def dead_letter(
+        self, topic: str, partition: int, offset: int, payload: bytes | None, error: DecodeError
+    ) -> None:
+        """Keep a refused message (counted, logged with its offset) so nothing is lost."""
+        metrics.MESSAGES_REJECTED.labels(self.spec.name, topic, error.reason).inc()
+        log.warning(
+            "dead-lettered %s[%s]@%s: %s", topic, partition, offset, error
+        )
+        headers = {
+            "source-topic": topic.encode(),
+            "source-partition": str(partition).encode(),
+            "source-offset": str(offset).encode(),
+            "reason": error.reason.encode(),
+            "detail": error.detail[:500].encode(),
+            "service": self.spec.name.encode(),
+        }
+        await self._dead_letters.send(key=f"{topic}:{partition}:{offset}".encode(), value=payload or b"", headers=headers)
+
+    # -- lifecycle -----------------------------------------------------------------
+
+    def add_startup_check(self, check: StartupCheck) -> StartupCheck:
+        """Register a self-check that must pass before the service reports ready (rule 5)."""
+        self._checks.append(check)
+        return check
+
+    async def run_startup_checks(self) -> None:
+        """Called once the app has started and its tables are recovered."""
+        try:
+            for check in self._checks:
+                await check()
+        except Exception as exc:  # a failed self-check is reported, and the process stops
+            self.status.reason = f"startup check failed: {exc}"
+            log.exception("startup self-check failed")
+            raise
+        if self.status.phase is Phase.STARTING:
+            self.mark_ready()
+
+    def mark_ready(self) -> None:
+        self.status.phase = Phase.READY
+        self.status.ready_at = time.time()
+        metrics.SERVICE_READY.labels(self.spec.name).set(1)
+        log.info("%s ready in %.2f s", self.spec.name, self.status.ready_at - self.status.started_at)
+
+    def halt(self, reason: str) -> None:
+        """Stop acting: alive, not ready, doing nothing until an operator reset."""
+        if self.status.phase is not Phase.HALTED:
+            log.critical("%s halted: %s", self.spec.name, reason)
+        self.status.phase = Phase.HALTED
+        self.status.reason = reason
+        metrics.SERVICE_READY.labels(self.spec.name).set(0)
+        metrics.SERVICE_HALTED.labels(self.spec.name).set(1)
+
+    @property
+    def acting(self) -> bool:
+        """True while the service may issue commands or change state."""
+        return self.status.phase is Phase.READY
+
+    # -- web views -----------------------------------------------------------------
+
+    def _add_views(self) -> None:
+        app = self.app
+
+        @app.page("/healthz")
+        async def healthz(web: Any, request: Any) -> Any:
+            return _json({"service": self.spec.name, "alive": True, "pid": os.getpid()})
+
+        @app.page("/readyz")
+        async def readyz(web: Any, request: Any) -> Any:
+            ready = self.status.phase is Phase.READY
+            return _json({"service": self.spec.name, "ready": ready, **self.status.as_dict()}, 200 if ready else 503)
+
+        @app.page("/metrics")
+        async def metrics_view(web: Any, request: Any) -> Any:
+            return aioweb.Response(body=generate_latest(), headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+        @app.page("/status")
+        async def status(web: Any, request: Any) -> Any:
+            return _json({"service": self.spec.name, "kind": self.spec.kind.value, "pid": os.getpid(), **self.status.as_dict()})
+
+
+def _json(body: dict[str, Any], status: int = 200) -> aioweb.Response:
+    return aioweb.json_response(body, status=status)

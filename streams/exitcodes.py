@@ -1,0 +1,16 @@
+"""Exit codes, one table for every process of the platform.
+
+Anything else is a crash, which the process manager may restart.
+"""
+
+DONE = 0
+"""Done: a heating job reached its target, or a clean shutdown."""
+
+HEATING_FAILED = 1
+"""A heating job failed (no temperature change, ignition lock-out)."""
+
+STAY_DOWN = 3
+"""FATAL: stay down. Neither the process manager nor a Job's failure policy restarts it."""
+
+NOT_RESTARTED = (DONE, STAY_DOWN)
+"""Codes after which a long-running service is not restarted."""

@@ -1,0 +1,318 @@
+"""One versioned record schema per topic.
+
+Every record carries ``schema_version``; a reader accepts only the versions it knows
+(``SUPPORTED_VERSIONS``) so a producer that moved ahead is dead-lettered, not
+misread. Records validate themselves on construction (``__post_init__``): a record
+that exists is a record that makes sense. Field meanings are documented on the class;
+``schema_of(record_type)`` gives a JSON-able schema a test can pin.
+"""
+
+from __future__ import annotations
+
+import enum
+import hashlib
+import math
+import time
+import typing
+from typing import Any, ClassVar
+
+import faust
+
+SCHEMA_VERSION = 1
+
+
+class RecordInvalid(ValueError):
+    """A record's fields do not make sense (bad enum, non-finite number, empty id...)."""
+
+
+class Severity(str, enum.Enum):
+    """Alarm severities, in rising order; FATAL cuts the heater's power."""
+
+    INFO = "INFO"
+    WARNING = "WARNING"
+    CRITICAL = "CRITICAL"
+    FATAL = "FATAL"
+
+    @property
+    def rank(self) -> int:
+        return list(Severity).index(self)
+
+
+class HeaterRecord(
+    faust.Record,
+    abstract=True,
+    serializer="json",
+    include_metadata=False,
+    coerce=True,
+):
+    """Base of every topic's record: versioned, JSON, self-validating."""
+
+    SUPPORTED_VERSIONS: ClassVar[frozenset[int]] = frozenset({SCHEMA_VERSION})
+
+    def __post_init__(self) -> None:
+        version = getattr(self, "schema_version", None)
+        if version not in self.SUPPORTED_VERSIONS:
+            raise RecordInvalid(
+                f"{type(self).__name__}: schema_version {version!r} not supported "
+                f"(supported: {sorted(self.SUPPORTED_VERSIONS)})"
+            )
+        self.check()
+
+    def check(self) -> None:
+        """Record-specific invariants; raise :class:`RecordInvalid` when broken."""
+
+
+def _require(condition: bool, message: str) -> None:
+    if not condition:
+        raise RecordInvalid(message)
+
+
+def _finite(value: float, name: str) -> None:
+    _require(isinstance(value, (int, float)) and math.isfinite(value), f"{name} must be a finite number")
+
+
+def _one_of(value: str, allowed: typing.Iterable[str], name: str) -> None:
+    allowed = tuple(allowed)
+    _require(value in allowed, f"{name}={value!r}: expected one of {', '.join(allowed)}")
+
+
+def alarm_id_for(source: str, code: str, subject: str = "") -> str:
+    """Deterministic alarm id: the same condition always has the same id (idempotence)."""
+    raw = f"{source}/{code}/{subject}" if subject else f"{source}/{code}"
+    if len(raw) <= 120:
+        return raw
+    return f"{source}/{code}/{hashlib.sha256(subject.encode()).hexdigest()[:16]}"
+
+
+class Alarm(HeaterRecord):
+    """``createAlarm``: one alarm raised by a service.
+
+    ``alarm_id`` is deterministic (:func:`alarm_id_for`), so raising the same condition
+    twice is one alarm. ``raised_at`` is seconds since the epoch.
+    """
+
+    alarm_id: str
+    source: str
+    code: str
+    severity: Severity
+    message: str
+    raised_at: float
+    details: dict[str, str] = {}
+    schema_version: int = SCHEMA_VERSION
+
+    def check(self) -> None:
+        _require(bool(self.alarm_id) and len(self.alarm_id) <= 200, "alarm_id must be 1..200 characters")
+        _require(bool(self.source), "source must not be empty")
+        _require(bool(self.code), "code must not be empty")
+        _one_of(str(getattr(self.severity, "value", self.severity)), (s.value for s in Severity), "severity")
+        self.severity = Severity(self.severity)
+        _finite(self.raised_at, "raised_at")
+
+    @property
+    def is_fatal(self) -> bool:
+        return self.severity is Severity.FATAL
+
+
+class AlarmClear(HeaterRecord):
+    """``deleteAlarm``: a request to mark an alarm inactive (never to remove it)."""
+
+    alarm_id: str
+    cleared_by: str
+    cleared_at: float
+    reason: str = ""
+    schema_version: int = SCHEMA_VERSION
+
+    def check(self) -> None:
+        _require(bool(self.alarm_id), "alarm_id must not be empty")
+        _require(bool(self.cleared_by), "cleared_by must not be empty")
+        _finite(self.cleared_at, "cleared_at")
+
+
+class SensorReading(HeaterRecord):
+    """``sensorData``: one decoded sensor frame, timestamped at reception by the CAN adapter."""
+
+    sensor: str
+    kind: str
+    value: float
+    unit: str
+    received_at: float
+    sequence: int = 0
+    status: int = 0
+    schema_version: int = SCHEMA_VERSION
+
+    KINDS: ClassVar[tuple[str, ...]] = ("temperature", "flame")
+
+    def check(self) -> None:
+        _require(bool(self.sensor), "sensor must not be empty")
+        _one_of(self.kind, self.KINDS, "kind")
+        _finite(self.value, "value")
+        _finite(self.received_at, "received_at")
+
+
+class DisasterEvent(HeaterRecord):
+    """``DisasterDetected``: a disaster the detector found, with the rule and the evidence."""
+
+    disaster_id: str
+    rule: str
+    message: str
+    detected_at: float
+    value: float = 0.0
+    limit: float = 0.0
+    schema_version: int = SCHEMA_VERSION
+
+    def check(self) -> None:
+        _require(bool(self.disaster_id) and bool(self.rule), "disaster_id and rule are required")
+        _finite(self.detected_at, "detected_at")
+
+
+class RelayAction(str, enum.Enum):
+    """What an ``I2CHeating`` command asks of the relay board."""
+
+    POWER = "power"
+    VALVE = "valve"
+    SPARK = "spark"
+    LEASE = "lease"
+    CUTOFF = "cutoff"
+
+
+class RelayCommand(HeaterRecord):
+    """``I2CHeating``: one relay command. ``cutoff`` opens the power cut-off (safe state).
+
+    ``lease_s`` is how long an opened valve may stay open without renewal.
+    """
+
+    command_id: str
+    action: RelayAction
+    on: bool
+    issued_by: str
+    issued_at: float
+    lease_s: float = 0.0
+    reason: str = ""
+    schema_version: int = SCHEMA_VERSION
+
+    def check(self) -> None:
+        _require(bool(self.command_id), "command_id must not be empty")
+        _one_of(str(getattr(self.action, "value", self.action)), (a.value for a in RelayAction), "action")
+        self.action = RelayAction(self.action)
+        _require(isinstance(self.on, bool), "on must be a boolean")
+        _finite(self.issued_at, "issued_at")
+        _finite(self.lease_s, "lease_s")
+        _require(0 <= self.lease_s <= 30, "lease_s must be within 0..30 s")
+
+
+class RelayState(HeaterRecord):
+    """``relayState``: the relay outputs as read back from the Pico after a write."""
+
+    power_on: bool
+    valve_open: bool
+    spark_on: bool
+    trip_latched: bool
+    watchdog_expired: bool
+    read_at: float
+    schema_version: int = SCHEMA_VERSION
+
+
+class PlatformLatch(HeaterRecord):
+    """``platformLatch``: the FATAL latch; ``latched`` stays true until an operator reset."""
+
+    latched: bool
+    alarm_id: str
+    reason: str
+    changed_at: float
+    changed_by: str
+    schema_version: int = SCHEMA_VERSION
+
+
+class OperatorReset(HeaterRecord):
+    """``operatorReset``: a signed, one-time reset of the FATAL latch by an operator."""
+
+    reset_id: str
+    operator: str
+    nonce: str
+    issued_at: float
+    signature: str
+    schema_version: int = SCHEMA_VERSION
+
+    def signed_payload(self) -> bytes:
+        """The exact bytes the signature covers."""
+        return f"{self.reset_id}|{self.operator}|{self.nonce}|{self.issued_at!r}".encode()
+
+
+class ConfigDocument(HeaterRecord):
+    """``config``: one validated, versioned configuration, keyed by its scope."""
+
+    version: int
+    data: dict[str, Any]
+    issued_at: float
+    issued_by: str
+    schema_version: int = SCHEMA_VERSION
+
+
+class Heartbeat(HeaterRecord):
+    """``heartbeats``: a service says it is alive and in which phase."""
+
+    service: str
+    instance: str
+    phase: str
+    at: float
+    pid: int = 0
+    schema_version: int = SCHEMA_VERSION
+
+
+class HeatingJobState(HeaterRecord):
+    """``heatingJobState``: where the one heating job is (idle/igniting/heating/done/failed)."""
+
+    job_id: str
+    state: str
+    target_c: float
+    at: float
+    reason: str = ""
+    schema_version: int = SCHEMA_VERSION
+
+    STATES: ClassVar[tuple[str, ...]] = ("idle", "igniting", "heating", "done", "failed")
+
+    def check(self) -> None:
+        _one_of(self.state, self.STATES, "state")
+
+
+class ExceptionReport(HeaterRecord):
+    """``exceptions``: an unhandled exception forwarded by a service."""
+
+    service: str
+    exc_type: str
+    message: str
+    traceback: str
+    at: float
+    schema_version: int = SCHEMA_VERSION
+
+
+#: The record each topic carries (topic name → record type).
+RECORD_FOR_TOPIC: dict[str, type[HeaterRecord]] = {
+    "createAlarm": Alarm,
+    "deleteAlarm": AlarmClear,
+    "sensorData": SensorReading,
+    "DisasterDetected": DisasterEvent,
+    "I2CHeating": RelayCommand,
+    "relayState": RelayState,
+    "platformLatch": PlatformLatch,
+    "operatorReset": OperatorReset,
+    "config": ConfigDocument,
+    "heartbeats": Heartbeat,
+    "heatingJobState": HeatingJobState,
+    "exceptions": ExceptionReport,
+}
+
+
+def schema_of(record_type: type[HeaterRecord]) -> dict[str, str]:
+    """Field name → type name, the shape a schema test pins."""
+    hints = typing.get_type_hints(record_type)
+    return {name: _type_name(hints[name]) for name in record_type._options.fields}
+
+
+def _type_name(tp: Any) -> str:
+    return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
+
+
+def now() -> float:
+    """Wall-clock seconds since the epoch, the time base of every record."""
+    return time.time()

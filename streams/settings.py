@@ -1,0 +1,170 @@
+"""The one settings module: defaults, then the environment, then the live config topic.
+
+Two profiles, chosen by name (``HEATER_PROFILE``):
+
+* ``local`` — the embedded Kafka-protocol broker on 127.0.0.1. Its quirks are
+  configured around here and only here: a short session timeout and heartbeat
+  (JoinGroup waits about half the session timeout), the ``tansu://`` transport that
+  corrects end-of-log offsets for changelog recovery, and a fetch wait well below
+  Faust's hard-coded 1500 ms — short (10 ms) only for consumers on the FATAL path,
+  because polling costs CPU.
+* ``production`` — real Kafka (Strimzi) with its defaults; TLS/SASL settings are
+  passed through from the environment.
+
+Reading settings does no I/O beyond ``os.environ``; secrets are never held here,
+only the paths where Vault credentials can be found.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any, Mapping
+
+PROFILES = ("local", "production")
+
+#: Fetch waits (ms) for the local profile: the FATAL path is latency-critical, the rest is not.
+FAST_FETCH_WAIT_MS = 10
+DEFAULT_FETCH_WAIT_MS = 100
+
+
+class SettingsError(ValueError):
+    """A setting is missing or invalid; the message names the variable to fix."""
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything a heater process needs to know about where it runs."""
+
+    profile: str = "local"
+    broker_url: str = "kafka://127.0.0.1:9092"
+    vault_addr: str = "http://127.0.0.1:8200"
+    vault_token_file: Path | None = None
+    run_dir: Path = Path(".run")
+    web_host: str = "127.0.0.1"
+    web_port: int = 6066
+    # Production pass-through (ignored by the local profile).
+    broker_security_protocol: str = "PLAINTEXT"
+    broker_ssl_cafile: str | None = None
+    broker_ssl_certfile: str | None = None
+    broker_ssl_keyfile: str | None = None
+    broker_sasl_mechanism: str | None = None
+    broker_sasl_username: str | None = None
+    broker_sasl_password_file: str | None = None
+    extra: Mapping[str, str] = field(default_factory=dict)
+
+    @property
+    def data_dir(self) -> Path:
+        """Where RocksDB tables live: one directory per service under the run directory."""
+        return self.run_dir / "data"
+
+    @property
+    def broker_bootstrap(self) -> str:
+        """``host:port`` for plain Kafka clients (aiokafka), without the Faust scheme."""
+        return self.broker_url.split("://", 1)[-1].split("?", 1)[0]
+
+    def with_overrides(self, **changes: Any) -> "Settings":
+        """A copy with some fields replaced (used by tests and the local runtime)."""
+        return replace(self, **changes)
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> "Settings":
+        """Build settings from ``HEATER_*`` variables over the profile's defaults."""
+        env = os.environ if env is None else env
+        profile = env.get("HEATER_PROFILE", "local")
+        if profile not in PROFILES:
+            raise SettingsError(f"HEATER_PROFILE={profile!r}: expected one of {', '.join(PROFILES)}")
+        base = cls(profile=profile)
+        if profile == "local":
+            base = replace(base, broker_url="tansu://127.0.0.1:9092")
+        token_file = env.get("HEATER_VAULT_TOKEN_FILE")
+        try:
+            web_port = int(env.get("HEATER_WEB_PORT", base.web_port))
+        except ValueError as exc:
+            raise SettingsError(f"HEATER_WEB_PORT must be an integer: {exc}") from None
+        return replace(
+            base,
+            broker_url=env.get("HEATER_BROKER_URL", base.broker_url),
+            vault_addr=env.get("HEATER_VAULT_ADDR", base.vault_addr),
+            vault_token_file=Path(token_file) if token_file else None,
+            run_dir=Path(env.get("HEATER_RUN_DIR", str(base.run_dir))),
+            web_host=env.get("HEATER_WEB_HOST", base.web_host),
+            web_port=web_port,
+            broker_security_protocol=env.get("HEATER_BROKER_SECURITY_PROTOCOL", "PLAINTEXT"),
+            broker_ssl_cafile=env.get("HEATER_BROKER_SSL_CAFILE"),
+            broker_ssl_certfile=env.get("HEATER_BROKER_SSL_CERTFILE"),
+            broker_ssl_keyfile=env.get("HEATER_BROKER_SSL_KEYFILE"),
+            broker_sasl_mechanism=env.get("HEATER_BROKER_SASL_MECHANISM"),
+            broker_sasl_username=env.get("HEATER_BROKER_SASL_USERNAME"),
+            broker_sasl_password_file=env.get("HEATER_BROKER_SASL_PASSWORD_FILE"),
+        )
+
+
+def faust_options(settings: Settings, service: str, *, fast_path: bool = False) -> dict[str, Any]:
+    """Faust ``App`` configuration for one service under the chosen profile."""
+    options: dict[str, Any] = {
+        "broker": settings.broker_url,
+        "store": "rocksdb://",
+        "datadir": str(settings.data_dir / service),
+        "web_enabled": True,
+        "web_bind": settings.web_host,
+        "web_host": settings.web_host,
+        "web_port": settings.web_port,
+        "topic_allow_declare": True,
+        "topic_disable_leader": True,
+        "producer_linger": 0.002,
+        "table_cleanup_interval": 30.0,
+    }
+    if settings.profile == "local":
+        wait = FAST_FETCH_WAIT_MS if fast_path else DEFAULT_FETCH_WAIT_MS
+        options.update(
+            broker=_with_query(settings.broker_url, fetch_wait_ms=wait),
+            broker_session_timeout=2.0,
+            broker_heartbeat_interval=0.5,
+            broker_rebalance_timeout=10.0,
+            broker_request_timeout=10.0,
+            stream_recovery_delay=0.0,
+        )
+    else:
+        options.update(_production_security(settings))
+    return options
+
+
+def _with_query(url: str, **params: Any) -> str:
+    base, _, query = url.partition("?")
+    pairs = dict(p.split("=", 1) for p in query.split("&") if "=" in p)
+    pairs.update({k: str(v) for k, v in params.items()})
+    return base + "?" + "&".join(f"{k}={v}" for k, v in sorted(pairs.items()))
+
+
+def _production_security(settings: Settings) -> dict[str, Any]:
+    """TLS/SASL for real Kafka, built only when asked for, so a local run never needs certs."""
+    import ssl
+
+    import faust
+
+    protocol = settings.broker_security_protocol.upper()
+    if protocol == "PLAINTEXT":
+        return {}
+    context: ssl.SSLContext | None = None
+    if "SSL" in protocol:
+        context = ssl.create_default_context(cafile=settings.broker_ssl_cafile)
+        if settings.broker_ssl_certfile and settings.broker_ssl_keyfile:
+            context.load_cert_chain(settings.broker_ssl_certfile, settings.broker_ssl_keyfile)
+    if protocol == "SSL":
+        return {"broker_credentials": faust.SSLCredentials(context)}
+    if not (settings.broker_sasl_username and settings.broker_sasl_password_file):
+        raise SettingsError(
+            "HEATER_BROKER_SASL_USERNAME and HEATER_BROKER_SASL_PASSWORD_FILE are required "
+            f"for HEATER_BROKER_SECURITY_PROTOCOL={protocol}"
+        )
+    password = Path(settings.broker_sasl_password_file).read_text().strip()
+    return {
+        "broker_credentials": faust.SASLCredentials(
+            username=settings.broker_sasl_username,
+            password=password,
+            mechanism=settings.broker_sasl_mechanism or "SCRAM-SHA-512",
+            ssl_context=context,
+        )
+    }

@@ -1,0 +1,5 @@
+import sys
+
+from heater.cli import main
+
+sys.exit(main())

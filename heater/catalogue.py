@@ -1,0 +1,59 @@
+"""Every process of the local platform, in the seeds' start order.
+
+Foundational services first (configuration → secrets → registry → alarms), then the
+hardware adapters and the business logic, then the HomeKit bridge. A component starts
+only once every component of the stages before it is ready. The simulated hardware
+comes up right after the broker and Vault, as a real heater would be powered before
+its controller.
+"""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass
+from typing import Literal
+
+Kind = Literal["infra", "hardware", "service"]
+
+
+@dataclass(frozen=True)
+class Component:
+    """One supervised process: its name, start stage and how to run it."""
+
+    name: str
+    stage: int
+    kind: Kind
+    module_args: tuple[str, ...]
+    description: str = ""
+
+    @property
+    def has_web(self) -> bool:
+        """Services answer ``/healthz``, ``/readyz``, ``/metrics`` and ``/status``."""
+        return self.kind == "service"
+
+    def argv(self) -> list[str]:
+        return [sys.executable, "-m", "heater", *self.module_args]
+
+
+STAGE_INFRA = 0
+STAGE_HARDWARE = 1
+STAGE_CONFIGURATION = 2
+STAGE_SECRETS = 3
+STAGE_REGISTRY = 4
+STAGE_ALARMS = 5
+STAGE_EDGE_AND_LOGIC = 6
+STAGE_BRIDGE = 7
+
+COMPONENTS: tuple[Component, ...] = (
+    Component("broker", STAGE_INFRA, "infra", ("runtime", "broker"), "Kafka-protocol broker (memory storage)"),
+    Component("vault", STAGE_INFRA, "infra", ("runtime", "vault"), "OpenBao dev server"),
+    Component("alarms", STAGE_ALARMS, "service", ("worker", "alarms"), "AlarmsServer"),
+)
+
+BY_NAME: dict[str, Component] = {c.name: c for c in COMPONENTS}
+
+
+def stages() -> list[list[Component]]:
+    """Components grouped by stage, in start order."""
+    ordered = sorted({c.stage for c in COMPONENTS})
+    return [[c for c in COMPONENTS if c.stage == s] for s in ordered]

@@ -1,0 +1,60 @@
+"""The `heater` command: one entry point to the whole platform."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+from heater.rundir import default_run_dir
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="heater", description="Gas water heater controller platform")
+    parser.add_argument("--run-dir", type=Path, default=None, help="platform run directory (default: $HEATER_RUN_DIR or .run)")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    up = sub.add_parser("up", help="run the whole local platform in the foreground (Ctrl-C stops it)")
+    up.add_argument("--timeout", type=float, default=90.0, help="seconds allowed to become ready")
+
+    worker = sub.add_parser("worker", help="run one service (what Kubernetes runs)")
+    worker.add_argument("name", help="service name, e.g. alarms")
+
+    status = sub.add_parser("status", help="state of every component of the local platform")
+    status.add_argument("--json", action="store_true", help="machine-readable output")
+
+    runtime = sub.add_parser("runtime", help="run the embedded broker or Vault (used by `heater up`)")
+    runtime.add_argument("component", choices=["broker", "vault"])
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    run_dir = args.run_dir or default_run_dir()
+    if args.command == "up":
+        from heater import platform
+
+        return platform.run(run_dir, timeout=args.timeout)
+    if args.command == "status":
+        from heater import status
+
+        return status.main(run_dir, args.json)
+    if args.command == "worker":
+        from streams import worker
+
+        return worker.run(args.name)
+    if args.command == "runtime":
+        from heater.runtime.launch import exec_component
+
+        exec_component(args.component)
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,88 @@
+"""The run directory of one local platform: its ports, logs, sockets and secrets.
+
+``platform.json`` is the platform's address book; ``heater status`` and the tests read
+it to find every component. Each platform instance (a ``heater up``, each test run)
+has its own run directory and its own free ports, so several can run side by side.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from heater.catalogue import COMPONENTS
+from heater.runtime.processes import free_port
+
+DEFAULT_RUN_DIR = Path(".run")
+
+
+def default_run_dir() -> Path:
+    return Path(os.environ.get("HEATER_RUN_DIR", DEFAULT_RUN_DIR))
+
+
+@dataclass
+class Layout:
+    """Where everything of one platform lives."""
+
+    run_dir: Path
+    ports: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def logs(self) -> Path:
+        return self.run_dir / "logs"
+
+    @property
+    def address_book(self) -> Path:
+        return self.run_dir / "platform.json"
+
+    @property
+    def supervisor_socket(self) -> Path:
+        return self.run_dir / "supervisor.sock"
+
+    @property
+    def supervisor_conf(self) -> Path:
+        return self.run_dir / "supervisord.conf"
+
+    @property
+    def vault_token_file(self) -> Path:
+        return self.run_dir / "secrets" / "vault-token"
+
+    @property
+    def broker_bootstrap(self) -> str:
+        return f"127.0.0.1:{self.ports['broker']}"
+
+    @property
+    def vault_addr(self) -> str:
+        return f"http://127.0.0.1:{self.ports['vault']}"
+
+    def web_url(self, name: str) -> str:
+        return f"http://127.0.0.1:{self.ports[name]}"
+
+    @classmethod
+    def allocate(cls, run_dir: Path) -> "Layout":
+        """A new layout with a free port for every component."""
+        return cls(run_dir=run_dir.resolve(), ports={c.name: free_port() for c in COMPONENTS})
+
+    def save(self) -> None:
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        self.address_book.write_text(json.dumps({"run_dir": str(self.run_dir), "ports": self.ports}, indent=2))
+
+    @classmethod
+    def load(cls, run_dir: Path) -> "Layout":
+        """The layout of a platform started in ``run_dir`` (FileNotFoundError if none was)."""
+        data = json.loads((run_dir / "platform.json").read_text())
+        return cls(run_dir=Path(data["run_dir"]), ports={k: int(v) for k, v in data["ports"].items()})
+
+    def service_env(self, name: str) -> dict[str, str]:
+        """Environment of a platform process: the local profile pointed at this platform."""
+        return {
+            "HEATER_PROFILE": "local",
+            "HEATER_RUN_DIR": str(self.run_dir),
+            "HEATER_BROKER_URL": f"tansu://{self.broker_bootstrap}",
+            "HEATER_VAULT_ADDR": self.vault_addr,
+            "HEATER_VAULT_TOKEN_FILE": str(self.vault_token_file),
+            "HEATER_WEB_PORT": str(self.ports.get(name, 0)),
+            "HEATER_COMPONENT": name,
+        }

@@ -72,10 +72,14 @@ def apply_raise(
     occ = occurrence_id(alarm)
     if occ in history:
         return Outcome(Effect.DUPLICATE)
-    current = active.get(alarm.alarm_id)
-    if current is not None and current in history and history[current].active:
-        # Same condition still active under an earlier occurrence: one alarm, not two.
-        return Outcome(Effect.DUPLICATE)
+    current = history.get(active.get(alarm.alarm_id, ""))
+    if current is not None:
+        if current.active:
+            # Same condition still active under an earlier occurrence: one alarm, not two.
+            return Outcome(Effect.DUPLICATE)
+        if current.cleared_at is not None and alarm.raised_at <= current.cleared_at:
+            # Raised before the latest clear: that clear already covers it (late or replayed).
+            return Outcome(Effect.STALE)
     entry = AlarmEntry(occurrence_id=occ, alarm=alarm, active=True)
     if pending_clear is not None and not alarm.is_fatal and pending_clear.cleared_at >= alarm.raised_at:
         entry = _cleared(entry, pending_clear)

@@ -1,98 +1,21 @@
 """Test support shared by every integration test: service processes and topic I/O.
 
 The one way to start a broker and a Vault in tests is the session fixtures in
-``conftest.py``; the one way to run a service is :class:`ServiceProcess`.
+``conftest.py``; the one way to run a service is
+:class:`heater.runtime.services.ServiceProcess`.
 """
 
 from __future__ import annotations
 
 import asyncio
-import os
-import signal
-import subprocess
-import sys
 import time
-from pathlib import Path
 from typing import Any, Callable
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
-from heater.probes import http_json
-from heater.runtime.processes import free_port
+from heater.runtime.services import ServiceProcess
 
-
-class ServiceProcess:
-    """One platform service as a real process (`python -m heater worker NAME`)."""
-
-    def __init__(self, name: str, broker_url: str, run_dir: Path, extra_env: dict[str, str] | None = None) -> None:
-        self.name = name
-        self.port = free_port()
-        self.run_dir = run_dir
-        self.log_path = run_dir / "logs" / f"{name}-{self.port}.log"
-        self.env = dict(
-            os.environ,
-            HEATER_PROFILE="local",
-            HEATER_BROKER_URL=broker_url,
-            HEATER_RUN_DIR=str(run_dir),
-            HEATER_WEB_PORT=str(self.port),
-            **(extra_env or {}),
-        )
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def start(self) -> "ServiceProcess":
-        self.log_path.parent.mkdir(parents=True, exist_ok=True)
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "heater", "worker", self.name],
-            env=self.env,
-            stdout=open(self.log_path, "ab"),
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-        return self
-
-    def get(self, path: str) -> tuple[int, Any]:
-        return http_json(self.url + path)
-
-    def wait_ready(self, timeout: float = 30.0) -> float:
-        """Seconds until ``/readyz`` answered 200; fails with the log tail otherwise."""
-        start = time.monotonic()
-        while time.monotonic() - start < timeout:
-            assert self.proc is not None
-            if self.proc.poll() is not None:
-                raise AssertionError(f"{self.name} exited with {self.proc.returncode}:\n{self.tail()}")
-            try:
-                if self.get("/readyz")[0] == 200:
-                    return time.monotonic() - start
-            except OSError:
-                pass
-            time.sleep(0.1)
-        raise AssertionError(f"{self.name} not ready in {timeout} s:\n{self.tail()}")
-
-    def tail(self, lines: int = 40) -> str:
-        return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
-
-    def kill(self, sig: int = signal.SIGKILL) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            os.killpg(self.proc.pid, sig)
-
-    def wait(self, timeout: float = 30.0) -> int:
-        assert self.proc is not None
-        return self.proc.wait(timeout)
-
-    def stop(self) -> int | None:
-        if self.proc is None:
-            return None
-        if self.proc.poll() is None:
-            self.kill(signal.SIGTERM)
-            try:
-                return self.proc.wait(20)
-            except subprocess.TimeoutExpired:
-                self.kill(signal.SIGKILL)
-        return self.proc.wait()
+__all__ = ["ServiceProcess", "produce", "consume_until", "run", "wait_for", "metric"]
 
 
 async def produce(bootstrap: str, topic: str, values: list[bytes], key: bytes | None = None) -> None:
@@ -144,3 +67,15 @@ def wait_for(predicate: Callable[[], Any], timeout: float = 15.0, interval: floa
         if time.monotonic() > deadline:
             raise AssertionError(f"{what} not met in {timeout} s (last value {value!r})")
         time.sleep(interval)
+
+
+def metric(proc: ServiceProcess, name: str, **labels: str) -> float:
+    """Current value of one Prometheus sample of a service (0 when not exported yet)."""
+    import urllib.request
+
+    text = urllib.request.urlopen(proc.url + "/metrics", timeout=2).read().decode()
+    want = ",".join(f'{k}="{v}"' for k, v in sorted(labels.items()))
+    for line in text.splitlines():
+        if line.startswith(name + "{") and line.split("{", 1)[1].split("}", 1)[0] == want:
+            return float(line.rsplit(" ", 1)[1])
+    return 0.0

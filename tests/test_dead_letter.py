@@ -13,7 +13,7 @@ import pytest
 from heater.runtime.broker import EmbeddedBroker
 from streams.codec import MAX_MESSAGE_BYTES
 from streams.records import Alarm
-from tests.support import ServiceProcess, consume_until, produce, run, wait_for
+from tests.support import ServiceProcess, consume_until, metric, produce, run, wait_for
 
 
 @pytest.fixture
@@ -22,17 +22,6 @@ def alarms(broker: EmbeddedBroker, run_dir: Path) -> Iterator[ServiceProcess]:
     service.wait_ready()
     yield service
     service.stop()
-
-
-def _metric(proc: ServiceProcess, name: str, **labels: str) -> float:
-    import urllib.request
-
-    text = urllib.request.urlopen(proc.url + "/metrics", timeout=2).read().decode()
-    want = ",".join(f'{k}="{v}"' for k, v in sorted(labels.items()))
-    for line in text.splitlines():
-        if line.startswith(name + "{") and line.split("{", 1)[1].split("}", 1)[0] == want:
-            return float(line.rsplit(" ", 1)[1])
-    return 0.0
 
 
 def test_bad_messages_are_dead_lettered_and_good_ones_still_flow(broker: EmbeddedBroker, alarms: ServiceProcess) -> None:
@@ -44,7 +33,7 @@ def test_bad_messages_are_dead_lettered_and_good_ones_still_flow(broker: Embedde
         "schema_version": json.dumps({**valid, "alarm_id": f"v2/{tag}", "schema_version": 2}).encode(),
         "oversized": json.dumps({**valid, "alarm_id": f"big/{tag}", "message": "x" * MAX_MESSAGE_BYTES}).encode(),
     }
-    before = {reason: _metric(alarms, "heater_messages_rejected_total", service="alarms", topic="createAlarm", reason=reason) for reason in bad}
+    before = {reason: metric(alarms, "heater_messages_rejected_total", service="alarms", topic="createAlarm", reason=reason) for reason in bad}
     run(produce(broker.bootstrap, "createAlarm", [*bad.values(), good.dumps()]))
 
     def mine(messages: list) -> list:
@@ -59,7 +48,7 @@ def test_bad_messages_are_dead_lettered_and_good_ones_still_flow(broker: Embedde
         assert headers["source-topic"] == b"createAlarm"
         assert int(headers["source-offset"]) >= 0
         assert headers["service"] == b"alarms"
-        after = _metric(alarms, "heater_messages_rejected_total", service="alarms", topic="createAlarm", reason=reason)
+        after = metric(alarms, "heater_messages_rejected_total", service="alarms", topic="createAlarm", reason=reason)
         assert after == before[reason] + 1
 
     status, body = wait_for(lambda: (lambda r: r if r[0] == 200 else None)(alarms.get(f"/alarm?id=test/{tag}")), what="good alarm stored")

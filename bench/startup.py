@@ -1,0 +1,79 @@
+"""Start-up time, memory and idle CPU.
+
+* one worker (the alarm service): process start → ready, with the local profile vs
+  Faust's defaults (the production profile, plain ``kafka://``) on the same broker;
+* the whole platform (`heater up`'s start sequence): start → every component ready,
+  then resident memory and idle CPU of every process (broker and Vault included).
+
+Ends with one JSON line. Run: ``python bench/startup.py``.
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from bench.procstats import idle_cpu_pct, rss_mb, tree_pids  # noqa: E402
+from heater.platform import Platform  # noqa: E402
+from heater.runtime.broker import EmbeddedBroker  # noqa: E402
+from heater.runtime.services import ServiceProcess  # noqa: E402
+
+RUNS = 3
+
+
+def worker_ready_s(broker: EmbeddedBroker, run_dir: Path, profile: str) -> float:
+    url = broker.url if profile == "local" else f"kafka://{broker.bootstrap}"
+    service = ServiceProcess("alarms", url, run_dir, extra_env={"HEATER_PROFILE": profile})
+    started = time.monotonic()
+    service.start()
+    try:
+        service.wait_ready(timeout=120)
+        return time.monotonic() - started
+    finally:
+        service.stop()
+
+
+def main() -> None:
+    with tempfile.TemporaryDirectory(prefix="bench-startup-") as tmp:
+        root = Path(tmp)
+        with EmbeddedBroker(root / "broker") as broker:
+            local = [worker_ready_s(broker, root / f"local{i}", "local") for i in range(RUNS)]
+            print(f"worker ready, local profile: {', '.join(f'{s:.2f}' for s in local)} s", flush=True)
+        with EmbeddedBroker(root / "broker-defaults") as broker:
+            defaults = worker_ready_s(broker, root / "defaults", "production")
+            print(f"worker ready, Faust defaults: {defaults:.2f} s", flush=True)
+
+        platform = Platform(root / "platform")
+        try:
+            ready = platform.start(timeout=120)
+            print(f"platform ready in {ready:.2f} s: {platform.timings}", flush=True)
+            time.sleep(3)
+            pids = tree_pids(platform.supervisord.pid)
+            memory = rss_mb(pids)
+            cpu = idle_cpu_pct(platform.supervisord.pid, 10.0)
+            print(f"platform: {len(pids)} processes, {memory:.0f} MB RSS, idle CPU {cpu:.1f} % of one core", flush=True)
+        finally:
+            platform.stop()
+
+    print(
+        json.dumps(
+            {
+                "worker_ready_s": round(statistics.median(local), 3),
+                "ready_s": round(ready, 3),
+                "rss_mb": round(memory, 1),
+                "idle_cpu_pct": round(cpu, 1),
+                "processes": len(pids),
+                "baseline": {"worker_ready_s": round(defaults, 3), "profile": "Faust defaults (kafka://)"},
+            }
+        )
+    )
+
+
+if __name__ == "__main__":
+    main()

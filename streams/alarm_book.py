@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass
-from typing import Mapping
+from typing import Mapping, MutableMapping
 
 from streams.records import Alarm, AlarmClear, HeaterRecord, Severity
 
@@ -115,3 +115,61 @@ def _copy(entry: AlarmEntry, **changes: object) -> AlarmEntry:
     data = entry.asdict()
     data.update(changes)
     return AlarmEntry(**data)
+
+
+class AlarmBook:
+    """The alarm tables and their write rules, over any mutable mappings.
+
+    AlarmsServer backs it with its changelog tables; every other service keeps an
+    in-memory replica (fed from the alarm topics) to know its own active alarms.
+    """
+
+    def __init__(
+        self,
+        history: MutableMapping[str, AlarmEntry],
+        active: MutableMapping[str, str],
+        pending_clears: MutableMapping[str, AlarmClear],
+    ) -> None:
+        self.history = history
+        self.active = active
+        self.pending_clears = pending_clears
+
+    def raise_alarm(self, alarm: Alarm) -> Outcome:
+        outcome = apply_raise(self.history, self.active, alarm, self.pending_clears.get(alarm.alarm_id))
+        if outcome.entry is not None:
+            self.history[outcome.entry.occurrence_id] = outcome.entry
+            self.active[alarm.alarm_id] = outcome.entry.occurrence_id
+            if not outcome.entry.active and alarm.alarm_id in self.pending_clears:
+                del self.pending_clears[alarm.alarm_id]
+        return outcome
+
+    def clear_alarm(self, clear: AlarmClear) -> Outcome:
+        outcome = apply_clear(self.history, self.active, clear)
+        if outcome.effect is Effect.UNKNOWN:
+            self.pending_clears[clear.alarm_id] = clear
+        if outcome.entry is not None:
+            self.history[outcome.entry.occurrence_id] = outcome.entry
+        return outcome
+
+    def apply(self, record: Alarm | AlarmClear) -> Outcome:
+        return self.raise_alarm(record) if isinstance(record, Alarm) else self.clear_alarm(record)
+
+    def current(self, alarm_id: str) -> AlarmEntry | None:
+        """The latest occurrence of an alarm, active or not."""
+        occ = self.active.get(alarm_id)
+        return None if occ is None else self.history.get(occ)
+
+    def active_entries(self) -> list[AlarmEntry]:
+        entries = [e for e in (self.history.get(o) for o in self.active.values()) if e is not None and e.active]
+        return sorted(entries, key=lambda e: e.alarm.raised_at)
+
+    def reset_fatal(self, operator: str, at: float, covers_until: float) -> list[AlarmEntry]:
+        """Operator reset: every active FATAL raised up to ``covers_until`` becomes inactive."""
+        reset = [
+            apply_operator_reset(e, operator, at)
+            for e in self.active_entries()
+            if e.alarm.is_fatal and e.alarm.raised_at <= covers_until
+        ]
+        for entry in reset:
+            self.history[entry.occurrence_id] = entry
+        return reset

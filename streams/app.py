@@ -22,8 +22,11 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from streams import metrics, topics
 from streams.codec import DecodeError, decode
+from streams.alarm_client import AlarmClient
+from streams.latch import LatchView
+from streams.platform_watch import PlatformWatch
 from streams.records import RECORD_FOR_TOPIC, HeaterRecord
-from streams.settings import Settings, faust_options
+from streams.settings import DEFAULT_FETCH_WAIT_MS, FAST_FETCH_WAIT_MS, Settings, faust_options
 from streams.transport import register as register_transport
 
 log = logging.getLogger(__name__)
@@ -83,6 +86,9 @@ class HeaterService:
         self.spec = spec
         self.status = ServiceStatus()
         self._checks: list[StartupCheck] = []
+        self.watch: PlatformWatch | None = None
+        self.alarms: AlarmClient | None = None
+        self.on_stay_down: Callable[[], None] | None = None
         self.app = faust.App(f"heater-{spec.name}", autodiscover=False, version=1)
         self.app.on_configured.connect(self._configure)
         self._dead_letters = self.app.topic(topics.DEAD_LETTER.name, value_serializer="raw", key_serializer="raw")
@@ -144,9 +150,38 @@ class HeaterService:
         self._checks.append(check)
         return check
 
+    async def start_platform_watch(self) -> None:
+        """Follow the FATAL latch and the alarm book; then the alarm client can work."""
+        settings = Settings.from_env()
+        fetch_wait = FAST_FETCH_WAIT_MS if self.spec.fast_path else DEFAULT_FETCH_WAIT_MS
+        self.watch = PlatformWatch(settings.broker_bootstrap, self.spec.name, fetch_wait)
+        await self.watch.start()
+        self.alarms = AlarmClient(self.spec.name, self._send_raw, self.watch)
+        self.watch.on_change.append(self._on_latch_change)
+        self.watch.run_in_background()
+        if self.watch.latch.latched:
+            await self._on_latch_change(self.watch.latch)
+
+    async def _send_raw(self, topic: str, key: bytes, value: bytes) -> None:
+        await self.app.send(topic, key=key, value=value, key_serializer="raw", value_serializer="raw")
+
+    async def _on_latch_change(self, latch: LatchView) -> None:
+        """Rule 2: on FATAL, control services stop and stay down; display services go read-only."""
+        if latch.latched:
+            self.halt(latch.reason)
+            if self.spec.kind is ServiceKind.CONTROL and self.on_stay_down is not None:
+                self.on_stay_down()
+        elif self.status.phase is Phase.HALTED:
+            log.warning("%s: latch released by %s", self.spec.name, latch.released_by)
+            metrics.SERVICE_HALTED.labels(self.spec.name).set(0)
+            self.mark_ready()
+
     async def run_startup_checks(self) -> None:
         """Called once the app has started and its tables are recovered."""
         try:
+            await self.start_platform_watch()
+            assert self.alarms is not None
+            await self.alarms.clear_own_on_startup()
             for check in self._checks:
                 await check()
         except Exception as exc:  # a failed self-check is reported, and the process stops

@@ -14,3 +14,13 @@ STAY_DOWN = 3
 
 NOT_RESTARTED = (DONE, STAY_DOWN)
 """Codes after which a long-running service is not restarted."""
+
+RELEASED = 75
+"""A service that came up halted saw the operator reset: restart it normally.
+
+Not in the table of expected codes on purpose: the process manager (or Kubernetes)
+treats it as a crash and restarts the process, which then starts unhalted."""
+
+DEPENDENCY_MISSING = 2
+"""A dependency (broker, Vault, bootstrap config) is missing at start-up: a clear error, then a
+crash exit that the process manager retries."""

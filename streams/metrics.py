@@ -23,3 +23,9 @@ HANDLE_SECONDS = Histogram(
     ["service", "topic"],
     buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0),
 )
+WATCH_SKIPPED = Counter(
+    "heater_platform_watch_skipped_total",
+    "Alarm/latch messages the platform watch could not decode (AlarmsServer dead-letters them)",
+    ["service", "topic", "reason"],
+)
+LATCHED = Gauge("heater_platform_latched", "1 while this service sees the FATAL latch set", ["service"])

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import importlib
 import logging
 import os
@@ -10,9 +11,13 @@ import sys
 from pathlib import Path
 
 import faust
+from aiokafka.errors import KafkaError
 
 from streams import exitcodes
-from streams.app import HeaterService
+from streams.app import HeaterService, ServiceKind
+from streams.halted import run_halted
+from streams.platform_watch import PlatformWatch
+from streams.settings import Settings
 
 log = logging.getLogger(__name__)
 
@@ -56,9 +61,35 @@ def request_exit(service: HeaterService, code: int) -> None:
     os.kill(os.getpid(), signal.SIGTERM)
 
 
+def latched_at_start(service: HeaterService, settings: Settings) -> bool:
+    """Read the latch before anything starts, so a control service never acts while latched."""
+
+    async def look() -> bool:
+        watch = PlatformWatch(settings.broker_bootstrap, service.spec.name)
+        try:
+            await watch.start()
+            return watch.latch.latched
+        finally:
+            await watch.stop()
+
+    latched = asyncio.run(look())
+    asyncio.set_event_loop(asyncio.new_event_loop())  # asyncio.run closed its own; Faust needs one
+    return latched
+
+
 def run(name: str, loglevel: str = "info") -> int:
     """Run the named service until it stops; return its exit code."""
     service = load_service(name)
+    settings = Settings.from_env()
+    if service.spec.kind is ServiceKind.CONTROL:
+        try:
+            latched = latched_at_start(service, settings)
+        except (OSError, asyncio.TimeoutError, KafkaError) as exc:
+            log.error("%s: cannot read the platform latch from %s: %s", name, settings.broker_bootstrap, exc)
+            return exitcodes.DEPENDENCY_MISSING
+        if latched:
+            return run_halted(service.spec.name, settings)
+    service.on_stay_down = lambda: request_exit(service, exitcodes.STAY_DOWN)
     Path(service.app.conf.datadir).mkdir(parents=True, exist_ok=True)
     worker = HeaterWorker(service, loglevel=loglevel, redirect_stdouts=False, override_logging=True)
     try:

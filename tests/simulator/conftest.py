@@ -115,9 +115,10 @@ def sim_factory(tmp_path: Path) -> Iterator[Callable[..., SimProcess]]:
 
     yield start
     for sim in started:
-        if sim.proc.poll() is None:
-            sim.proc.kill()
-            sim.proc.wait(5)
+        try:
+            sim.terminate(timeout=5)
+        except subprocess.TimeoutExpired:
+            sim.kill9()
 
 
 @pytest.fixture(scope="module")

@@ -1,0 +1,134 @@
+"""The CAN bus the simulated hardware sits on.
+
+A python-can-remote server on 127.0.0.1 gives every client process its own
+``virtual`` bus node on one in-process channel; the simulator joins the same
+channel with a node of its own, so what the physics model sends reaches every
+client, and client frames reach the model (a node never hears itself).
+
+Bus-off is modelled at this level: a few error frames, then silence (every
+send is dropped and counted) until the fault is cleared, as a controller that
+went bus-off and has not recovered.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import Counter
+
+import can
+from can_remote.server import RemoteServer
+
+log = logging.getLogger(__name__)
+
+# Error-frame classes and detail bytes as SocketCAN reports them (linux/can/error.h).
+CAN_ERR_CRTL = 0x004
+CAN_ERR_BUSOFF = 0x040
+CAN_ERR_CRTL_TX_PASSIVE = 0x20
+
+
+class CanHost:
+    """Hosts the remote CAN server and the simulator's own node on the bus."""
+
+    def __init__(self, host: str, port: int, channel: str) -> None:
+        self.host = host
+        self.requested_port = port
+        self.channel = channel
+        self.port = 0
+        self.bus_off = False
+        self.sent: Counter[str] = Counter()
+        self.suppressed = 0
+        self.received = 0
+        self._server: RemoteServer | None = None
+        self._thread: threading.Thread | None = None
+        self._node: can.BusABC | None = None
+
+    @property
+    def url(self) -> str:
+        return f"ws://{self.host}:{self.port}/"
+
+    def start(self) -> int:
+        """Join the channel and start serving; returns the listening port."""
+        self._node = can.Bus(interface="virtual", channel=self.channel)
+        self._server = RemoteServer(
+            self.host, self.requested_port, interface="virtual", channel=self.channel
+        )
+        self.port = self._server.server_port
+        self._thread = threading.Thread(
+            target=self._server.serve_forever,
+            kwargs={"poll_interval": 0.1},
+            name="can-remote-server",
+            daemon=True,
+        )
+        self._thread.start()
+        log.info("CAN bus served on %s (virtual channel %r)", self.url, self.channel)
+        return self.port
+
+    @property
+    def clients(self) -> int:
+        return len(self._server.clients) if self._server else 0
+
+    def send(self, arbitration_id: int, data: bytes, kind: str) -> bool:
+        """Put one data frame on the bus; False when the bus is off."""
+        if self.bus_off or self._node is None:
+            self.suppressed += 1
+            return False
+        self._node.send(can.Message(arbitration_id=arbitration_id, data=data, is_extended_id=False))
+        self.sent[kind] += 1
+        return True
+
+    def go_bus_off(self) -> None:
+        """Announce the failure with error frames, then fall silent."""
+        if self.bus_off or self._node is None:
+            return
+        for arbitration_id, detail in (
+            (CAN_ERR_CRTL, CAN_ERR_CRTL_TX_PASSIVE),
+            (CAN_ERR_CRTL, CAN_ERR_CRTL_TX_PASSIVE),
+            (CAN_ERR_BUSOFF, 0),
+        ):
+            data = bytes([0, detail, 0, 0, 0, 0, 0, 0])
+            self._node.send(
+                can.Message(arbitration_id=arbitration_id, data=data, is_error_frame=True, is_extended_id=False)
+            )
+            self.sent["error"] += 1
+        self.bus_off = True
+        log.warning("CAN bus off")
+
+    def recover(self) -> None:
+        if self.bus_off:
+            self.bus_off = False
+            log.info("CAN bus recovered")
+
+    def drain(self) -> int:
+        """Consume frames that clients sent to the bus (none are expected)."""
+        count = 0
+        while self._node is not None and self._node.recv(0) is not None:
+            count += 1
+        self.received += count
+        return count
+
+    def counters(self) -> dict[str, object]:
+        return {
+            "sent": dict(self.sent),
+            "suppressed": self.suppressed,
+            "received_from_clients": self.received,
+            "clients": self.clients,
+            "bus_off": self.bus_off,
+        }
+
+    def close(self) -> None:
+        if self._server is not None:
+            self._server.shutdown()
+            for protocol in list(self._server.clients):
+                protocol.running = False
+                try:
+                    protocol.close()
+                except OSError:
+                    pass
+            self._server.server_close()
+            self._server = None
+        if self._node is not None:
+            self._node.shutdown()
+            self._node = None
+        log.info("CAN server closed at %.3f", time.time())

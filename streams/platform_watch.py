@@ -1,0 +1,116 @@
+"""Follow the alarm and latch topics from their beginning, in every service.
+
+A plain aiokafka consumer without a consumer group: every instance of every service
+must see every message. It keeps an in-memory replica of the alarm book (so a service
+knows its own active alarms at start-up) and the FATAL latch (so it halts at once,
+even while AlarmsServer is down). Messages that fail to decode are skipped and
+counted here; AlarmsServer dead-letters them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Awaitable, Callable
+
+from aiokafka import AIOKafkaConsumer, TopicPartition
+
+from streams import metrics, topics
+from streams.alarm_book import AlarmBook
+from streams.codec import DecodeError, decode
+from streams.latch import LatchView
+from streams.records import RECORD_FOR_TOPIC, Alarm, AlarmClear, PlatformLatch
+from streams.transport import true_end_offsets
+
+log = logging.getLogger(__name__)
+
+WATCHED = (topics.CREATE_ALARM.name, topics.DELETE_ALARM.name, topics.PLATFORM_LATCH.name)
+LatchCallback = Callable[[LatchView], Awaitable[None]]
+
+
+class PlatformWatch:
+    """The alarm book and FATAL latch, followed live."""
+
+    def __init__(self, bootstrap: str, service: str, fetch_wait_ms: int = 100) -> None:
+        self.bootstrap = bootstrap
+        self.service = service
+        self.fetch_wait_ms = fetch_wait_ms
+        self.book = AlarmBook({}, {}, {})
+        self.latch = LatchView()
+        self.on_change: list[LatchCallback] = []
+        self._consumer: AIOKafkaConsumer | None = None
+        self._task: asyncio.Task[None] | None = None
+
+    async def start(self, timeout: float = 15.0) -> None:
+        """Connect and read everything up to the current end, so decisions start informed."""
+        consumer = AIOKafkaConsumer(
+            bootstrap_servers=self.bootstrap,
+            group_id=None,
+            enable_auto_commit=False,
+            fetch_max_wait_ms=self.fetch_wait_ms,
+            request_timeout_ms=int(timeout * 1000),
+        )
+        await asyncio.wait_for(consumer.start(), timeout)
+        self._consumer = consumer
+        partitions = [
+            TopicPartition(topic, p)
+            for topic in WATCHED
+            for p in (consumer.partitions_for_topic(topic) or {0})
+        ]
+        consumer.assign(partitions)
+        await consumer.seek_to_beginning(*partitions)
+        ends = await true_end_offsets(consumer, await consumer.end_offsets(partitions))
+        await asyncio.wait_for(self._catch_up(ends), timeout)
+
+    async def _catch_up(self, ends: dict[TopicPartition, int]) -> None:
+        assert self._consumer is not None
+        while True:
+            behind = [tp for tp, end in ends.items() if await self._consumer.position(tp) < end]
+            if not behind:
+                return
+            await self._poll(notify=False)
+
+    def run_in_background(self) -> None:
+        self._task = asyncio.ensure_future(self._follow())
+
+    async def _follow(self) -> None:
+        while True:
+            try:
+                await self._poll(notify=True)
+            except asyncio.CancelledError:
+                raise
+            except Exception:  # the broker may be away for a while: keep following
+                log.exception("platform watch: poll failed; retrying")
+                await asyncio.sleep(0.5)
+
+    async def _poll(self, notify: bool) -> None:
+        assert self._consumer is not None
+        batches = await self._consumer.getmany(timeout_ms=max(self.fetch_wait_ms * 2, 50))
+        was_latched = self.latch.latched
+        for tp, messages in batches.items():
+            for message in messages:
+                self._apply(tp.topic, message.value)
+        metrics.LATCHED.labels(self.service).set(int(self.latch.latched))
+        if notify and self.latch.latched != was_latched:
+            for callback in list(self.on_change):
+                await callback(self.latch)
+
+    def _apply(self, topic: str, payload: bytes | None) -> None:
+        try:
+            record = decode(payload, RECORD_FOR_TOPIC[topic])
+        except DecodeError as exc:
+            metrics.WATCH_SKIPPED.labels(self.service, topic, exc.reason).inc()
+            return
+        if isinstance(record, (Alarm, AlarmClear)):
+            self.book.apply(record)
+            if isinstance(record, Alarm):
+                self.latch.on_alarm(record)
+        elif isinstance(record, PlatformLatch):
+            self.latch.on_latch(record)
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+        if self._consumer is not None:
+            await self._consumer.stop()

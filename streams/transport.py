@@ -1,0 +1,175 @@
+"""Faust transport for the embedded Tansu broker used in local runs and tests.
+
+Tansu speaks the Kafka protocol but differs from Kafka in two ways that matter
+to Faust:
+
+* A fetch does not return early when new data arrives, so latency is about
+  half the fetch wait, and Faust hard-codes a 1500 ms wait.
+* ``ListOffsets(latest)`` answers the base offset of the last record *batch*
+  plus one instead of the high watermark.  Faust's table recovery reads the
+  changelog up to that offset, so it stops early and misses keys (or raises
+  ``ConsistencyError`` when a persisted offset lies beyond it).
+
+An app opts in through its broker URL, e.g.
+``broker="tansu://127.0.0.1:9092?fetch_wait_ms=10"``, after :func:`register`
+has been called.  Production keeps the plain ``kafka://`` transport, so none
+of this code runs against a real Kafka cluster.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import defaultdict
+from typing import Dict, List, Mapping, Tuple
+
+import aiokafka
+from aiokafka import TopicPartition
+from aiokafka import errors as Errors
+from aiokafka.protocol.fetch import FetchRequest
+from aiokafka.record.memory_records import MemoryRecords
+from faust.transport.drivers import TRANSPORTS
+from faust.transport.drivers import aiokafka as faust_aiokafka
+from faust.types import TP
+from yarl import URL
+
+__all__ = [
+    "DEFAULT_FETCH_WAIT_MS",
+    "SCHEME",
+    "Transport",
+    "fetch_wait_ms",
+    "register",
+    "true_end_offsets",
+]
+
+logger = logging.getLogger(__name__)
+
+#: URL scheme under which :func:`register` installs the transport.
+SCHEME = "tansu"
+#: Fetch wait used when the broker URL does not set ``fetch_wait_ms``.
+DEFAULT_FETCH_WAIT_MS = 100
+#: Bytes asked for per partition while probing the log tail.  One producer
+#: batch is far smaller, so one probe normally reaches the end of the log.
+_PROBE_MAX_BYTES = 4 * 1024 * 1024
+#: Fetch wait for probes.  This broker answers an empty fetch when the wait
+#: is 0 even if data exists, so the smallest non-zero wait is used.
+_PROBE_WAIT_MS = 1
+#: Upper bound on probe rounds, so a log that keeps growing cannot pin us.
+_MAX_PROBE_ROUNDS = 64
+
+
+def fetch_wait_ms(urls: List[URL]) -> int:
+    """Return the fetch wait requested by the first broker URL's query."""
+    value = urls[0].query.get("fetch_wait_ms") if urls else None
+    if value is None:
+        return DEFAULT_FETCH_WAIT_MS
+    wait = int(value)
+    if wait < 0:
+        raise ValueError(f"fetch_wait_ms must be >= 0, got {wait}")
+    return wait
+
+
+async def true_end_offsets(
+    consumer: aiokafka.AIOKafkaConsumer, reported: Mapping[TP, int]
+) -> Dict[TP, int]:
+    """Correct ``ListOffsets(latest)`` answers by reading the log tail.
+
+    For each partition with a reported end ``E > 0`` the batch containing
+    ``E - 1`` is fetched; the offset after its last batch is the new
+    candidate end.  Reading goes on from there while records come back or the
+    fetch response's high watermark says more exist, which normally takes
+    two requests per leader.
+    """
+    client = consumer._client
+    isolation = consumer._fetcher._isolation_level
+    ends: Dict[TP, int] = dict(reported)
+    pending = {tp: end - 1 for tp, end in reported.items() if end and end > 0}
+    for _ in range(_MAX_PROBE_ROUNDS):
+        if not pending:
+            break
+        by_node: Dict[int, Dict[str, List[Tuple[int, int, int]]]] = defaultdict(
+            lambda: defaultdict(list)
+        )
+        for tp, offset in pending.items():
+            node = client.cluster.leader_for_partition(tp)
+            if node is None or node == -1:
+                await client.force_metadata_update()
+                node = client.cluster.leader_for_partition(tp)
+            by_node[node][tp.topic].append((tp.partition, offset, _PROBE_MAX_BYTES))
+        for node, topics in by_node.items():
+            request = FetchRequest(
+                _PROBE_WAIT_MS, 1, _PROBE_MAX_BYTES, isolation, list(topics.items())
+            )
+            response = await client.send(node, request)
+            for topic, partitions in response.topics:
+                for partition, error_code, highwater, *data in partitions:
+                    tp = TopicPartition(topic, partition)
+                    if error_code:
+                        raise Errors.for_code(error_code)(f"tail probe of {tp}")
+                    records = MemoryRecords(data[-1])
+                    read_any = False
+                    while records.has_next():
+                        batch = records.next_batch()
+                        if batch is None:
+                            break
+                        read_any = True
+                        ends[tp] = max(ends[tp], batch.next_offset)
+                    if read_any or highwater > ends[tp]:
+                        pending[tp] = ends[tp]
+                    else:
+                        pending.pop(tp, None)
+    else:
+        logger.warning("End offsets still moving after %d probes", _MAX_PROBE_ROUNDS)
+    changed = {tp: (reported[tp], end) for tp, end in ends.items() if end != reported[tp]}
+    if changed:
+        logger.debug("Corrected end offsets (reported, true): %r", changed)
+    return ends
+
+
+class ConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
+    """Consumer thread with a configurable fetch wait and true end offsets."""
+
+    def _create_consumer(
+        self, loop: asyncio.AbstractEventLoop
+    ) -> aiokafka.AIOKafkaConsumer:
+        """Build the stock consumer, then replace Faust's fixed fetch wait.
+
+        aiokafka hands ``_fetch_max_wait_ms`` to its fetcher only in
+        ``start()``, so setting it here, before start, is enough.
+        """
+        consumer = super()._create_consumer(loop)
+        consumer._fetch_max_wait_ms = fetch_wait_ms(self.transport.url)
+        return consumer
+
+    async def _highwaters(self, partitions: List[TP]) -> Mapping[TP, int]:
+        """Return end offsets corrected for the broker's batch-based answer.
+
+        Table recovery (active and standby) takes its target offsets from
+        here; the fetch response's high watermark (``highwater()``) is
+        already correct on this broker and is left alone.
+        """
+        reported = await super()._highwaters(partitions)
+        if self.consumer.in_transaction:
+            return reported
+        return await true_end_offsets(self._ensure_consumer(), reported)
+
+
+class Consumer(faust_aiokafka.Consumer):
+    """Faust consumer that runs :class:`ConsumerThread`."""
+
+    def _new_consumer_thread(self) -> ConsumerThread:
+        return ConsumerThread(self, loop=self.loop, beacon=self.beacon)
+
+
+class Transport(faust_aiokafka.Transport):
+    """aiokafka transport with the Tansu work-arounds; producer unchanged."""
+
+    Consumer = Consumer
+
+
+def register(scheme: str = SCHEME) -> None:
+    """Make ``<scheme>://`` broker URLs select :class:`Transport`.
+
+    Idempotent; call it before the App's transport is first used.
+    """
+    TRANSPORTS[scheme] = f"{__name__}:Transport"

@@ -47,6 +47,7 @@ STAGE_BRIDGE = 7
 COMPONENTS: tuple[Component, ...] = (
     Component("broker", STAGE_INFRA, "infra", ("runtime", "broker"), "Kafka-protocol broker (memory storage)"),
     Component("vault", STAGE_INFRA, "infra", ("runtime", "vault"), "OpenBao dev server"),
+    Component("simulator", STAGE_HARDWARE, "hardware", ("runtime", "simulator"), "simulated heater, CAN bus and Pico"),
     Component("alarms", STAGE_ALARMS, "service", ("worker", "alarms"), "AlarmsServer"),
 )
 
@@ -57,3 +58,6 @@ def stages() -> list[list[Component]]:
     """Components grouped by stage, in start order."""
     ordered = sorted({c.stage for c in COMPONENTS})
     return [[c for c in COMPONENTS if c.stage == s] for s in ordered]
+
+#: Ports a platform needs beyond one per component: the simulated hardware's wires.
+EXTRA_PORTS = ("sim-can", "sim-i2c")

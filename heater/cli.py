@@ -25,8 +25,12 @@ def build_parser() -> argparse.ArgumentParser:
     status = sub.add_parser("status", help="state of every component of the local platform")
     status.add_argument("--json", action="store_true", help="machine-readable output")
 
-    runtime = sub.add_parser("runtime", help="run the embedded broker or Vault (used by `heater up`)")
-    runtime.add_argument("component", choices=["broker", "vault"])
+    runtime = sub.add_parser("runtime", help="run the embedded broker, Vault or simulator (used by `heater up`)")
+    runtime.add_argument("component", choices=["broker", "vault", "simulator"])
+
+    from simulator.cli import add_sim_commands
+
+    add_sim_commands(sub)
     return parser
 
 
@@ -46,14 +50,41 @@ def main(argv: list[str] | None = None) -> int:
 
         return status.main(run_dir, args.json)
     if args.command == "worker":
-        from streams import worker
-
-        return worker.run(args.name)
+        return run_worker(args.name)
     if args.command == "runtime":
         from heater.runtime.launch import exec_component
 
         exec_component(args.component)
+    if args.command == "sim":
+        if getattr(args, "control_port", "absent") is None:
+            args.control_port = _simulator_port(run_dir)
+        return args.func(args)
     return 2
+
+
+#: Edge adapters are plain asyncio programs, not Faust apps: name → module with ``main() -> int``.
+ADAPTERS: dict[str, str] = {}
+
+
+def run_worker(name: str) -> int:
+    """One service or adapter by name, as the process manager or Kubernetes runs it."""
+    if name in ADAPTERS:
+        import importlib
+
+        return importlib.import_module(ADAPTERS[name]).main()
+    from streams import worker
+
+    return worker.run(name)
+
+
+def _simulator_port(run_dir: Path) -> int | None:
+    """`heater sim ...` talks to this platform's simulator unless told otherwise."""
+    from heater.rundir import Layout
+
+    try:
+        return Layout.load(run_dir).ports["simulator"]
+    except (FileNotFoundError, KeyError):
+        return None
 
 
 if __name__ == "__main__":

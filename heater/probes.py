@@ -52,6 +52,11 @@ def probe(layout: Layout, component: Component) -> Probe:
             token = layout.vault_token_file.read_text().strip()
             ok = vault_ready(layout.vault_addr, token)
             return Probe(component.name, READY if ok else STARTING, layout.vault_addr)
+        if component.kind == "hardware":
+            from simulator.client import healthy
+
+            ok = healthy(layout.ports[component.name])
+            return Probe(component.name, READY if ok else STARTING, f"control 127.0.0.1:{layout.ports[component.name]}")
         if component.has_web:
             status, body = http_json(layout.web_url(component.name) + "/readyz")
             if status == 200:

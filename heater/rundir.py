@@ -12,7 +12,7 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from heater.catalogue import COMPONENTS
+from heater.catalogue import COMPONENTS, EXTRA_PORTS
 from heater.runtime.processes import free_port
 
 DEFAULT_RUN_DIR = Path(".run")
@@ -57,13 +57,18 @@ class Layout:
     def vault_addr(self) -> str:
         return f"http://127.0.0.1:{self.ports['vault']}"
 
+    @property
+    def simulator_dir(self) -> Path:
+        return self.run_dir / "sim"
+
     def web_url(self, name: str) -> str:
         return f"http://127.0.0.1:{self.ports[name]}"
 
     @classmethod
     def allocate(cls, run_dir: Path) -> "Layout":
         """A new layout with a free port for every component."""
-        return cls(run_dir=run_dir.resolve(), ports={c.name: free_port() for c in COMPONENTS})
+        names = [c.name for c in COMPONENTS] + list(EXTRA_PORTS)
+        return cls(run_dir=run_dir.resolve(), ports={name: free_port() for name in names})
 
     def save(self) -> None:
         self.run_dir.mkdir(parents=True, exist_ok=True)
@@ -85,4 +90,7 @@ class Layout:
             "HEATER_VAULT_TOKEN_FILE": str(self.vault_token_file),
             "HEATER_WEB_PORT": str(self.ports.get(name, 0)),
             "HEATER_COMPONENT": name,
+            "HEATER_CAN_INTERFACE": "remote",
+            "HEATER_CAN_CHANNEL": f"ws://127.0.0.1:{self.ports['sim-can']}/",
+            "HEATER_I2C_BUS": f"sim://127.0.0.1:{self.ports['sim-i2c']}",
         }

@@ -9,20 +9,17 @@ when Faust first reads its configuration (``on_configured``).
 
 from __future__ import annotations
 
-import enum
 import logging
-import os
 import time
-from dataclasses import dataclass, field
 from typing import Any, AsyncIterator, Awaitable, Callable
 
 import faust
-from aiohttp import web as aioweb
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from streams import metrics, topics
-from streams.codec import DecodeError, decode
 from streams.alarm_client import AlarmClient
+from streams.codec import DecodeError, decode
+from streams.health import Handler, health_handlers
+from streams.lifecycle import Phase, ServiceKind, ServiceSpec, ServiceStatus
 from streams.latch import LatchView
 from streams.platform_watch import PlatformWatch
 from streams.records import RECORD_FOR_TOPIC, HeaterRecord
@@ -32,50 +29,6 @@ from streams.transport import register as register_transport
 log = logging.getLogger(__name__)
 
 StartupCheck = Callable[[], Awaitable[None]]
-
-
-class ServiceKind(str, enum.Enum):
-    """Rule 2 of the design: control services stop on FATAL, display services stay up read-only."""
-
-    CONTROL = "control"
-    DISPLAY = "display"
-
-
-class Phase(str, enum.Enum):
-    STARTING = "starting"
-    READY = "ready"
-    HALTED = "halted"
-    STOPPING = "stopping"
-
-
-@dataclass(frozen=True)
-class ServiceSpec:
-    """What a service is: its name, its kind, and whether it sits on the FATAL path."""
-
-    name: str
-    kind: ServiceKind
-    fast_path: bool = False
-    description: str = ""
-
-
-@dataclass
-class ServiceStatus:
-    """The live state a service reports on ``/status`` (and through readiness)."""
-
-    phase: Phase = Phase.STARTING
-    reason: str = ""
-    started_at: float = field(default_factory=time.time)
-    ready_at: float | None = None
-    exit_code: int | None = None
-
-    def as_dict(self) -> dict[str, Any]:
-        return {
-            "phase": self.phase.value,
-            "reason": self.reason,
-            "started_at": self.started_at,
-            "ready_at": self.ready_at,
-            "ready_s": None if self.ready_at is None else round(self.ready_at - self.started_at, 3),
-        }
 
 
 class HeaterService:
@@ -173,7 +126,6 @@ class HeaterService:
                 self.on_stay_down()
         elif self.status.phase is Phase.HALTED:
             log.warning("%s: latch released by %s", self.spec.name, latch.released_by)
-            metrics.SERVICE_HALTED.labels(self.spec.name).set(0)
             self.mark_ready()
 
     async def run_startup_checks(self) -> None:
@@ -192,19 +144,11 @@ class HeaterService:
             self.mark_ready()
 
     def mark_ready(self) -> None:
-        self.status.phase = Phase.READY
-        self.status.ready_at = time.time()
-        metrics.SERVICE_READY.labels(self.spec.name).set(1)
-        log.info("%s ready in %.2f s", self.spec.name, self.status.ready_at - self.status.started_at)
+        self.status.mark_ready(self.spec.name)
 
     def halt(self, reason: str) -> None:
         """Stop acting: alive, not ready, doing nothing until an operator reset."""
-        if self.status.phase is not Phase.HALTED:
-            log.critical("%s halted: %s", self.spec.name, reason)
-        self.status.phase = Phase.HALTED
-        self.status.reason = reason
-        metrics.SERVICE_READY.labels(self.spec.name).set(0)
-        metrics.SERVICE_HALTED.labels(self.spec.name).set(1)
+        self.status.halt(self.spec.name, reason)
 
     @property
     def acting(self) -> bool:
@@ -214,25 +158,12 @@ class HeaterService:
     # -- web views -----------------------------------------------------------------
 
     def _add_views(self) -> None:
-        app = self.app
-
-        @app.page("/healthz")
-        async def healthz(web: Any, request: Any) -> Any:
-            return _json({"service": self.spec.name, "alive": True, "pid": os.getpid()})
-
-        @app.page("/readyz")
-        async def readyz(web: Any, request: Any) -> Any:
-            ready = self.status.phase is Phase.READY
-            return _json({"service": self.spec.name, "ready": ready, **self.status.as_dict()}, 200 if ready else 503)
-
-        @app.page("/metrics")
-        async def metrics_view(web: Any, request: Any) -> Any:
-            return aioweb.Response(body=generate_latest(), headers={"Content-Type": CONTENT_TYPE_LATEST})
-
-        @app.page("/status")
-        async def status(web: Any, request: Any) -> Any:
-            return _json({"service": self.spec.name, "kind": self.spec.kind.value, "pid": os.getpid(), **self.status.as_dict()})
+        for path, handler in health_handlers(self.spec, lambda: self.status).items():
+            self.app.page(path)(_faust_view(handler))
 
 
-def _json(body: dict[str, Any], status: int = 200) -> aioweb.Response:
-    return aioweb.json_response(body, status=status)
+def _faust_view(handler: Handler) -> Callable[[Any, Any], Awaitable[Any]]:
+    async def view(web: Any, request: Any) -> Any:
+        return await handler(request)
+
+    return view

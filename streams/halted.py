@@ -11,26 +11,27 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import signal
 
 from aiohttp import web
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from streams import exitcodes, metrics
+from streams import exitcodes
+from streams.health import web_app
 from streams.latch import LatchView
+from streams.lifecycle import ServiceSpec, ServiceStatus
 from streams.platform_watch import PlatformWatch
 from streams.settings import Settings
 
 log = logging.getLogger(__name__)
 
 
-def run_halted(service: str, settings: Settings, watch_fetch_wait_ms: int = 100) -> int:
+def run_halted(spec: ServiceSpec, settings: Settings, watch_fetch_wait_ms: int = 100) -> int:
     """Serve health while halted; return ``RELEASED`` after a reset, ``DONE`` on SIGTERM."""
-    return asyncio.run(_serve(service, settings, watch_fetch_wait_ms))
+    return asyncio.run(_serve(spec, settings, watch_fetch_wait_ms))
 
 
-async def _serve(service: str, settings: Settings, fetch_wait_ms: int) -> int:
+async def _serve(spec: ServiceSpec, settings: Settings, fetch_wait_ms: int) -> int:
+    service = spec.name
     watch = PlatformWatch(settings.broker_bootstrap, service, fetch_wait_ms)
     await watch.start()
     released = asyncio.Event()
@@ -42,9 +43,9 @@ async def _serve(service: str, settings: Settings, fetch_wait_ms: int) -> int:
 
     watch.on_change.append(on_change)
     watch.run_in_background()
-    metrics.SERVICE_HALTED.labels(service).set(1)
-    metrics.SERVICE_READY.labels(service).set(0)
-    runner = web.AppRunner(_web_app(service, watch))
+    status = ServiceStatus()
+    status.halt(service, watch.latch.reason or "latched at start")
+    runner = web.AppRunner(web_app(spec, lambda: status))
     await runner.setup()
     await web.TCPSite(runner, settings.web_host, settings.web_port).start()
     log.critical("%s came up halted: %s; waiting for an operator reset", service, watch.latch.reason)
@@ -63,27 +64,3 @@ async def _serve(service: str, settings: Settings, fetch_wait_ms: int) -> int:
         log.warning("%s: latch released by %s; restarting", service, watch.latch.released_by)
         return exitcodes.RELEASED
     return exitcodes.DONE
-
-
-def _web_app(service: str, watch: PlatformWatch) -> web.Application:
-    def status_body() -> dict[str, object]:
-        return {"service": service, "phase": "halted", "ready": False, "reason": watch.latch.reason, "pid": os.getpid()}
-
-    async def healthz(request: web.Request) -> web.Response:
-        return web.json_response({"service": service, "alive": True, "pid": os.getpid()})
-
-    async def readyz(request: web.Request) -> web.Response:
-        return web.json_response(status_body(), status=503)
-
-    async def status(request: web.Request) -> web.Response:
-        return web.json_response(status_body())
-
-    async def metrics_view(request: web.Request) -> web.Response:
-        return web.Response(body=generate_latest(), headers={"Content-Type": CONTENT_TYPE_LATEST})
-
-    app = web.Application()
-    app.router.add_get("/healthz", healthz)
-    app.router.add_get("/readyz", readyz)
-    app.router.add_get("/status", status)
-    app.router.add_get("/metrics", metrics_view)
-    return app

@@ -44,6 +44,10 @@ class Settings:
     run_dir: Path = Path(".run")
     web_host: str = "127.0.0.1"
     web_port: int = 6066
+    # The hardware: python-can interface/channel, and the I2C bus (a number, or sim://host:port).
+    can_interface: str = "socketcan"
+    can_channel: str = "can0"
+    i2c_bus: str = "1"
     # Production pass-through (ignored by the local profile).
     broker_security_protocol: str = "PLAINTEXT"
     broker_ssl_cafile: str | None = None
@@ -91,6 +95,9 @@ class Settings:
             run_dir=Path(env.get("HEATER_RUN_DIR", str(base.run_dir))),
             web_host=env.get("HEATER_WEB_HOST", base.web_host),
             web_port=web_port,
+            can_interface=env.get("HEATER_CAN_INTERFACE", base.can_interface),
+            can_channel=env.get("HEATER_CAN_CHANNEL", base.can_channel),
+            i2c_bus=env.get("HEATER_I2C_BUS", base.i2c_bus),
             broker_security_protocol=env.get("HEATER_BROKER_SECURITY_PROTOCOL", "PLAINTEXT"),
             broker_ssl_cafile=env.get("HEATER_BROKER_SSL_CAFILE"),
             broker_ssl_certfile=env.get("HEATER_BROKER_SSL_CERTFILE"),

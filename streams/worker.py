@@ -88,7 +88,7 @@ def run(name: str, loglevel: str = "info") -> int:
             log.error("%s: cannot read the platform latch from %s: %s", name, settings.broker_bootstrap, exc)
             return exitcodes.DEPENDENCY_MISSING
         if latched:
-            return run_halted(service.spec.name, settings)
+            return run_halted(service.spec, settings)
     service.on_stay_down = lambda: request_exit(service, exitcodes.STAY_DOWN)
     Path(service.app.conf.datadir).mkdir(parents=True, exist_ok=True)
     worker = HeaterWorker(service, loglevel=loglevel, redirect_stdouts=False, override_logging=True)

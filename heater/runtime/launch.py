@@ -1,4 +1,4 @@
-"""`heater runtime broker|vault`: exec the embedded broker or Vault for this platform.
+"""`heater runtime broker|vault|simulator`: exec a runtime component of this platform.
 
 supervisord runs these as programs; the address book gives the port and the Vault
 token comes from its 0600 file into the server's environment, never onto argv.
@@ -7,6 +7,7 @@ token comes from its 0600 file into the server's environment, never onto argv.
 from __future__ import annotations
 
 import os
+import sys
 
 from heater.rundir import Layout, default_run_dir
 from heater.runtime.broker import broker_command
@@ -22,4 +23,13 @@ def exec_component(name: str) -> None:
         argv = vault_command(layout.ports["vault"])
         token = layout.vault_token_file.read_text().strip()
         os.execve(argv[0], argv, vault_env(token))
-    raise SystemExit(f"unknown runtime component {name!r} (expected broker or vault)")
+    if name == "simulator":
+        argv = [
+            sys.executable, "-m", "simulator",
+            "--run-dir", str(layout.simulator_dir),
+            "--can-port", str(layout.ports["sim-can"]),
+            "--i2c-port", str(layout.ports["sim-i2c"]),
+            "--control-port", str(layout.ports["simulator"]),
+        ]
+        os.execv(argv[0], argv)
+    raise SystemExit(f"unknown runtime component {name!r} (expected broker, vault or simulator)")

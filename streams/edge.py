@@ -1,0 +1,156 @@
+"""The runtime of a thin edge adapter: producer, platform watch, alarm client, health views.
+
+Adapters are plain asyncio programs (no Faust): they translate between a wire and Kafka
+and nothing else. This module gives each the same lifecycle as a Faust service:
+
+* start-up: connect the producer and the platform watch (fail fast with a clear error
+  and ``DEPENDENCY_MISSING`` when the broker is away), clear its own non-FATAL alarms,
+  serve ``/healthz`` ``/readyz`` ``/status`` ``/metrics``; the adapter's body marks it
+  ready once its own device checks pass;
+* FATAL (rule 2): stop acting at once, run the adapter's ``on_fatal`` hooks (the I2C
+  adapter cuts power first), then leave with ``STAY_DOWN``;
+* started while latched: run the adapter's ``halted`` body if it has one (the I2C
+  adapter must still verify operator resets), else do nothing; serve health as
+  not ready; exit ``RELEASED`` once the latch is released.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+from typing import Awaitable, Callable
+
+from aiohttp import web
+from aiokafka import AIOKafkaProducer
+from aiokafka.errors import KafkaError
+
+from streams import exitcodes
+from streams.alarm_client import AlarmClient
+from streams.health import web_app
+from streams.latch import LatchView
+from streams.lifecycle import Phase, ServiceSpec, ServiceStatus
+from streams.platform_watch import PlatformWatch
+from streams.settings import DEFAULT_FETCH_WAIT_MS, FAST_FETCH_WAIT_MS, Settings
+
+log = logging.getLogger(__name__)
+
+Body = Callable[["EdgeService"], Awaitable[None]]
+FatalHook = Callable[[LatchView], Awaitable[None]]
+
+
+class EdgeService:
+    """Lifecycle and plumbing shared by the CAN and I2C adapters."""
+
+    def __init__(self, spec: ServiceSpec, settings: Settings | None = None, linger_ms: int = 2) -> None:
+        self.spec = spec
+        self.settings = settings or Settings.from_env()
+        self.status = ServiceStatus()
+        self.web = web_app(spec, lambda: self.status)
+        self.on_fatal: list[FatalHook] = []
+        self.linger_ms = linger_ms
+        self.producer: AIOKafkaProducer | None = None
+        self.watch: PlatformWatch | None = None
+        self.alarms: AlarmClient | None = None
+        self.exit_code = exitcodes.DONE
+        self._stop: asyncio.Event | None = None
+
+    # -- plumbing for adapters -----------------------------------------------------
+
+    async def send(self, topic: str, key: bytes, value: bytes) -> None:
+        """Queue one message (batched with a linger of a few ms; awaited only for buffer space)."""
+        assert self.producer is not None, "send before start"
+        await self.producer.send(topic, value, key=key)
+
+    @property
+    def acting(self) -> bool:
+        return self.status.phase is Phase.READY
+
+    def mark_ready(self) -> None:
+        self.status.mark_ready(self.spec.name)
+
+    def stop(self, code: int = exitcodes.DONE) -> None:
+        self.exit_code = code
+        if self._stop is not None:
+            self._stop.set()
+
+    # -- lifecycle -----------------------------------------------------------------
+
+    def run(self, body: Body, halted: Body | None = None) -> int:
+        """Run the adapter until it stops; return the process exit code."""
+        return asyncio.run(self._run(body, halted))
+
+    async def _run(self, body: Body, halted: Body | None) -> int:
+        self._stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self.stop)
+        try:
+            await self._connect()
+        except (OSError, asyncio.TimeoutError, KafkaError) as exc:
+            log.error("%s: broker %s unreachable at start-up: %s", self.spec.name, self.settings.broker_bootstrap, exc)
+            await self._close()
+            return exitcodes.DEPENDENCY_MISSING
+        runner = web.AppRunner(self.web)
+        await runner.setup()
+        await web.TCPSite(runner, self.settings.web_host, self.settings.web_port).start()
+        assert self.watch is not None and self.alarms is not None
+        latched_at_start = self.watch.latch.latched
+        if latched_at_start:
+            self.status.halt(self.spec.name, self.watch.latch.reason)
+            self.watch.on_change.append(self._on_release)
+            task = asyncio.ensure_future(halted(self) if halted else asyncio.Event().wait())
+        else:
+            self.watch.on_change.append(self._on_latch)
+            await self.alarms.clear_own_on_startup()
+            task = asyncio.ensure_future(body(self))
+        self.watch.run_in_background()
+        stopper = asyncio.ensure_future(self._stop.wait())
+        done, _ = await asyncio.wait([task, stopper], return_when=asyncio.FIRST_COMPLETED)
+        if task in done and task.exception() is not None:
+            log.error("%s crashed", self.spec.name, exc_info=task.exception())
+            self.exit_code = 70
+        for pending in (task, stopper):
+            pending.cancel()
+        await asyncio.gather(task, stopper, return_exceptions=True)
+        await runner.cleanup()
+        await self._close()
+        return self.exit_code
+
+    async def _connect(self) -> None:
+        bootstrap = self.settings.broker_bootstrap
+        self.producer = AIOKafkaProducer(bootstrap_servers=bootstrap, linger_ms=self.linger_ms, request_timeout_ms=10_000)
+        await asyncio.wait_for(self.producer.start(), 15)
+        fetch_wait = FAST_FETCH_WAIT_MS if self.spec.fast_path else DEFAULT_FETCH_WAIT_MS
+        self.watch = PlatformWatch(bootstrap, self.spec.name, fetch_wait)
+        await self.watch.start()
+        self.alarms = AlarmClient(self.spec.name, self._send_and_wait, self.watch)
+
+    async def _send_and_wait(self, topic: str, key: bytes, value: bytes) -> None:
+        assert self.producer is not None
+        await self.producer.send_and_wait(topic, value, key=key)
+
+    async def _on_latch(self, latch: LatchView) -> None:
+        if not latch.latched:
+            return
+        self.status.halt(self.spec.name, latch.reason)
+        for hook in self.on_fatal:
+            try:
+                await hook(latch)
+            except Exception:  # every hook runs; a failing one is logged, never skips the next
+                log.exception("%s: FATAL hook failed", self.spec.name)
+        self.stop(exitcodes.STAY_DOWN)
+
+    async def _on_release(self, latch: LatchView) -> None:
+        if not latch.latched:
+            log.warning("%s: latch released by %s; restarting", self.spec.name, latch.released_by)
+            self.stop(exitcodes.RELEASED)
+
+    async def _close(self) -> None:
+        if self.watch is not None:
+            await self.watch.stop()
+        if self.producer is not None:
+            try:
+                await asyncio.wait_for(self.producer.stop(), 5)
+            except (asyncio.TimeoutError, KafkaError):
+                log.warning("%s: producer did not flush on stop", self.spec.name)

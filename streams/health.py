@@ -1,0 +1,47 @@
+"""Liveness, readiness, status and metrics handlers: the same four views in every process.
+
+Plain aiohttp handlers, mounted on a Faust app's web server, on a halted service's
+small server, and on every edge adapter.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Awaitable, Callable
+
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from streams.lifecycle import Phase, ServiceSpec, ServiceStatus
+
+Handler = Callable[[web.Request], Awaitable[web.Response]]
+
+
+def health_handlers(spec: ServiceSpec, status: Callable[[], ServiceStatus]) -> dict[str, Handler]:
+    """Path → handler for ``/healthz``, ``/readyz``, ``/status`` and ``/metrics``."""
+
+    def body() -> dict[str, object]:
+        current = status()
+        return {"service": spec.name, "kind": spec.kind.value, "pid": os.getpid(), "ready": current.phase is Phase.READY, **current.as_dict()}
+
+    async def healthz(request: web.Request) -> web.Response:
+        return web.json_response({"service": spec.name, "alive": True, "pid": os.getpid()})
+
+    async def readyz(request: web.Request) -> web.Response:
+        return web.json_response(body(), status=200 if status().phase is Phase.READY else 503)
+
+    async def status_view(request: web.Request) -> web.Response:
+        return web.json_response(body())
+
+    async def metrics_view(request: web.Request) -> web.Response:
+        return web.Response(body=generate_latest(), headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+    return {"/healthz": healthz, "/readyz": readyz, "/status": status_view, "/metrics": metrics_view}
+
+
+def web_app(spec: ServiceSpec, status: Callable[[], ServiceStatus]) -> web.Application:
+    """A small aiohttp application with the four views (adapters add their own routes)."""
+    app = web.Application()
+    for path, handler in health_handlers(spec, status).items():
+        app.router.add_get(path, handler)
+    return app

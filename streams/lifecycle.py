@@ -1,0 +1,74 @@
+"""What every process of the platform is and reports: kind, phase, readiness. No Faust here."""
+
+from __future__ import annotations
+
+import enum
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from streams import metrics
+
+log = logging.getLogger(__name__)
+
+
+class ServiceKind(str, enum.Enum):
+    """Rule 2 of the design: control services stop on FATAL, display services stay up read-only."""
+
+    CONTROL = "control"
+    DISPLAY = "display"
+
+
+class Phase(str, enum.Enum):
+    STARTING = "starting"
+    READY = "ready"
+    HALTED = "halted"
+    STOPPING = "stopping"
+
+
+@dataclass(frozen=True)
+class ServiceSpec:
+    """What a service is: its name, its kind, and whether it sits on the FATAL path."""
+
+    name: str
+    kind: ServiceKind
+    fast_path: bool = False
+    description: str = ""
+
+
+@dataclass
+class ServiceStatus:
+    """The live state a service reports on ``/status`` (and through readiness)."""
+
+    phase: Phase = Phase.STARTING
+    reason: str = ""
+    started_at: float = field(default_factory=time.time)
+    ready_at: float | None = None
+    exit_code: int | None = None
+
+    def mark_ready(self, service: str) -> None:
+        self.phase = Phase.READY
+        self.reason = ""
+        self.ready_at = time.time()
+        metrics.SERVICE_READY.labels(service).set(1)
+        metrics.SERVICE_HALTED.labels(service).set(0)
+        log.info("%s ready in %.2f s", service, self.ready_at - self.started_at)
+
+    def halt(self, service: str, reason: str) -> None:
+        """Stop acting: alive, not ready, doing nothing until an operator reset."""
+        if self.phase is not Phase.HALTED:
+            log.critical("%s halted: %s", service, reason)
+        self.phase = Phase.HALTED
+        self.reason = reason
+        metrics.SERVICE_READY.labels(service).set(0)
+        metrics.SERVICE_HALTED.labels(service).set(1)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "phase": self.phase.value,
+            "reason": self.reason,
+            "started_at": self.started_at,
+            "ready_at": self.ready_at,
+            "ready_s": None if self.ready_at is None else round(self.ready_at - self.started_at, 3),
+        }

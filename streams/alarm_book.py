@@ -1,20 +1,32 @@
 """The alarm lifecycle as plain functions over records: no Faust, no Kafka.
 
-History is kept per *occurrence* (``alarm_id@raised_at``): the same occurrence raised
-twice is one alarm, and a clear applies only to the occurrence it was issued after.
-That makes every transition idempotent, so replaying a stretch of ``createAlarm`` /
-``deleteAlarm`` after a crash (at-least-once delivery) changes nothing: no alarm is
-lost or doubled. FATAL alarms cannot be cleared by ``deleteAlarm``; only an operator
-reset clears them, and they stay in history.
+Raises travel on ``createAlarm`` and clears on ``deleteAlarm``: two topics, so they may
+arrive out of order, and after a crash a stretch of both is delivered again. The book
+therefore keeps, per alarm id, a short *timeline* of the events it has seen (deduplicated
+by kind and time) and derives the alarm's occurrences from it in time order:
+
+* a raise while inactive starts an occurrence ``alarm_id@raised_at``; a raise while
+  active is the same alarm (idempotent);
+* a clear closes the active occurrence, recording who and when; a clear with nothing
+  active changes nothing but is kept (it may close a raise that arrives later);
+* a FATAL occurrence ignores clears (refused, counted); only an operator reset closes it.
+
+Whatever the arrival order or the number of replays, the same set of events gives the
+same history: no alarm lost, none doubled. Occurrences are never removed, only marked
+inactive.
 """
 
 from __future__ import annotations
 
 import enum
 from dataclasses import dataclass
-from typing import Mapping, MutableMapping
+from typing import MutableMapping
 
-from streams.records import Alarm, AlarmClear, HeaterRecord, Severity
+from streams.records import Alarm, AlarmClear, HeaterRecord
+
+#: Events kept per alarm id (at least half survive a trim): far more than a crash replays
+#: (one commit interval) or two topics reorder (one fetch), so settled history never moves.
+TIMELINE_LIMIT = 64
 
 
 class AlarmEntry(HeaterRecord):
@@ -30,129 +42,157 @@ class AlarmEntry(HeaterRecord):
     schema_version: int = 1
 
 
+class TimelineEvent(HeaterRecord):
+    """A raise, clear or operator reset of one alarm id, as the book saw it."""
+
+    kind: str
+    at: float
+    alarm: Alarm | None = None
+    by: str = ""
+    reason: str = ""
+    schema_version: int = 1
+
+    @property
+    def identity(self) -> tuple[str, float]:
+        return (self.kind, self.at)
+
+
+class AlarmTimeline(HeaterRecord):
+    """The recent events of one alarm id, sorted by time.
+
+    ``horizon``: events before it were folded away; one arriving from before it is a
+    replay of settled history and is ignored.
+    """
+
+    alarm_id: str
+    events: list[TimelineEvent]
+    horizon: float = 0.0
+    schema_version: int = 1
+
+
 class Effect(str, enum.Enum):
     RAISED = "raised"
     DUPLICATE = "duplicate"
     CLEARED = "cleared"
-    ALREADY_CLEARED = "already_cleared"
+    UNCHANGED = "unchanged"
     UNKNOWN = "unknown"
-    STALE = "stale"
     REFUSED_FATAL = "refused_fatal"
 
 
 @dataclass(frozen=True)
 class Outcome:
-    """What one event did: the effect, and the history entry to write (if any)."""
+    """What one event did: its effect, and the occurrences whose entries changed."""
 
     effect: Effect
-    entry: AlarmEntry | None = None
+    changed: tuple[AlarmEntry, ...] = ()
 
     @property
     def latches(self) -> bool:
         """A newly raised FATAL alarm latches the platform and cuts the power."""
-        return self.effect is Effect.RAISED and self.entry is not None and self.entry.alarm.is_fatal
+        return self.effect is Effect.RAISED and any(e.active and e.alarm.is_fatal for e in self.changed)
 
 
 def occurrence_id(alarm: Alarm) -> str:
     return f"{alarm.alarm_id}@{alarm.raised_at!r}"
 
 
-def apply_raise(
-    history: Mapping[str, AlarmEntry],
-    active: Mapping[str, str],
-    alarm: Alarm,
-    pending_clear: AlarmClear | None = None,
-) -> Outcome:
-    """Raise ``alarm``: a new occurrence becomes active; a known one is a duplicate.
-
-    ``pending_clear`` is a clear for this id that arrived before any raise (the two
-    topics are not ordered against each other); if it was issued after this raise,
-    the occurrence is recorded already cleared. It never clears a FATAL alarm.
-    """
-    occ = occurrence_id(alarm)
-    if occ in history:
-        return Outcome(Effect.DUPLICATE)
-    current = history.get(active.get(alarm.alarm_id, ""))
-    if current is not None:
-        if current.active:
-            # Same condition still active under an earlier occurrence: one alarm, not two.
-            return Outcome(Effect.DUPLICATE)
-        if current.cleared_at is not None and alarm.raised_at <= current.cleared_at:
-            # Raised before the latest clear: that clear already covers it (late or replayed).
-            return Outcome(Effect.STALE)
-    entry = AlarmEntry(occurrence_id=occ, alarm=alarm, active=True)
-    if pending_clear is not None and not alarm.is_fatal and pending_clear.cleared_at >= alarm.raised_at:
-        entry = _cleared(entry, pending_clear)
-    return Outcome(Effect.RAISED, entry)
+def derive(events: list[TimelineEvent]) -> list[AlarmEntry]:
+    """The occurrences a time-ordered list of events gives, oldest first."""
+    entries: list[AlarmEntry] = []
+    current: AlarmEntry | None = None
+    for event in events:
+        if event.kind == "raise" and event.alarm is not None:
+            if current is None or not current.active:
+                current = AlarmEntry(occurrence_id=occurrence_id(event.alarm), alarm=event.alarm, active=True)
+                entries.append(current)
+        elif current is not None and current.active:
+            if event.kind == "clear" and current.alarm.is_fatal:
+                current = _replace(entries, current, refused_clears=current.refused_clears + 1)
+            elif event.kind == "clear" or (event.kind == "reset" and current.alarm.is_fatal):
+                current = _replace(entries, current, active=False, cleared_at=event.at, cleared_by=event.by, clear_reason=event.reason)
+    return entries
 
 
-def apply_clear(history: Mapping[str, AlarmEntry], active: Mapping[str, str], clear: AlarmClear) -> Outcome:
-    """Clear an alarm by id: marks its active occurrence inactive, with who and when."""
-    occ = active.get(clear.alarm_id)
-    if occ is None or occ not in history:
-        return Outcome(Effect.UNKNOWN)
-    entry = history[occ]
-    if not entry.active:
-        return Outcome(Effect.ALREADY_CLEARED)
-    if clear.cleared_at < entry.alarm.raised_at:
-        return Outcome(Effect.STALE)
-    if entry.alarm.severity is Severity.FATAL:
-        refused = _copy(entry, refused_clears=entry.refused_clears + 1)
-        return Outcome(Effect.REFUSED_FATAL, refused)
-    return Outcome(Effect.CLEARED, _cleared(entry, clear))
+def _replace(entries: list[AlarmEntry], entry: AlarmEntry, **changes: object) -> AlarmEntry:
+    new = AlarmEntry(**{**entry.asdict(), **changes})
+    entries[-1] = new
+    return new
 
 
-def _cleared(entry: AlarmEntry, clear: AlarmClear) -> AlarmEntry:
-    return _copy(entry, active=False, cleared_at=clear.cleared_at, cleared_by=clear.cleared_by, clear_reason=clear.reason)
+def insert(events: list[TimelineEvent], event: TimelineEvent) -> tuple[list[TimelineEvent], int] | None:
+    """Events with ``event`` in time order and its index, or None when already there (a replay)."""
+    if any(e.identity == event.identity for e in events):
+        return None
+    key = (event.at, event.kind != "raise")
+    index = next((i for i, e in enumerate(events) if (e.at, e.kind != "raise") > key), len(events))
+    return [*events[:index], event, *events[index:]], index
 
 
-def apply_operator_reset(entry: AlarmEntry, operator: str, at: float) -> AlarmEntry:
-    """The only way a FATAL occurrence becomes inactive; it stays in history."""
-    return _copy(entry, active=False, cleared_at=at, cleared_by=operator, clear_reason="operator reset")
-
-
-def _copy(entry: AlarmEntry, **changes: object) -> AlarmEntry:
-    data = entry.asdict()
-    data.update(changes)
-    return AlarmEntry(**data)
+def quiet_points(events: list[TimelineEvent]) -> list[int]:
+    """Indices before which no occurrence is active: history before them is settled."""
+    points = [0]
+    active = fatal = False
+    for index, event in enumerate(events):
+        if event.kind == "raise" and not active:
+            active, fatal = True, bool(event.alarm and event.alarm.is_fatal)
+        elif active and ((event.kind == "clear" and not fatal) or (event.kind == "reset" and fatal)):
+            active = False
+            points.append(index + 1)
+    return points
 
 
 class AlarmBook:
     """The alarm tables and their write rules, over any mutable mappings.
 
-    AlarmsServer backs it with its changelog tables; every other service keeps an
-    in-memory replica (fed from the alarm topics) to know its own active alarms.
+    ``history``: occurrence id → entry; ``active``: alarm id → its latest occurrence id;
+    ``timelines``: alarm id → recent events. AlarmsServer backs them with changelog
+    tables; every other service keeps an in-memory replica to know its own alarms.
     """
 
     def __init__(
         self,
         history: MutableMapping[str, AlarmEntry],
         active: MutableMapping[str, str],
-        pending_clears: MutableMapping[str, AlarmClear],
+        timelines: MutableMapping[str, AlarmTimeline],
     ) -> None:
         self.history = history
         self.active = active
-        self.pending_clears = pending_clears
+        self.timelines = timelines
 
     def raise_alarm(self, alarm: Alarm) -> Outcome:
-        outcome = apply_raise(self.history, self.active, alarm, self.pending_clears.get(alarm.alarm_id))
-        if outcome.entry is not None:
-            self.history[outcome.entry.occurrence_id] = outcome.entry
-            self.active[alarm.alarm_id] = outcome.entry.occurrence_id
-            if not outcome.entry.active and alarm.alarm_id in self.pending_clears:
-                del self.pending_clears[alarm.alarm_id]
-        return outcome
+        return self._add(alarm.alarm_id, TimelineEvent(kind="raise", at=alarm.raised_at, alarm=alarm))
 
     def clear_alarm(self, clear: AlarmClear) -> Outcome:
-        outcome = apply_clear(self.history, self.active, clear)
-        if outcome.effect is Effect.UNKNOWN:
-            self.pending_clears[clear.alarm_id] = clear
-        if outcome.entry is not None:
-            self.history[outcome.entry.occurrence_id] = outcome.entry
-        return outcome
+        event = TimelineEvent(kind="clear", at=clear.cleared_at, by=clear.cleared_by, reason=clear.reason)
+        return self._add(clear.alarm_id, event)
 
     def apply(self, record: Alarm | AlarmClear) -> Outcome:
         return self.raise_alarm(record) if isinstance(record, Alarm) else self.clear_alarm(record)
+
+    def _add(self, alarm_id: str, event: TimelineEvent) -> Outcome:
+        timeline = self.timelines.get(alarm_id)
+        events = timeline.events if timeline is not None else []
+        horizon = timeline.horizon if timeline is not None else 0.0
+        inserted = insert(events, event) if event.at >= horizon else None
+        if inserted is None:
+            return Outcome(Effect.DUPLICATE if event.kind == "raise" else Effect.UNCHANGED)
+        updated, index = inserted
+        quiet = quiet_points(updated)
+        start = max(q for q in quiet if q <= index)
+        changed = tuple(e for e in derive(updated[start:]) if self.history.get(e.occurrence_id) != e)
+        if len(updated) > TIMELINE_LIMIT:
+            cut = max(q for q in quiet if q <= len(updated) - TIMELINE_LIMIT // 2)
+            if cut:
+                horizon, updated = updated[cut].at, updated[cut:]
+        self.timelines[alarm_id] = AlarmTimeline(alarm_id=alarm_id, events=updated, horizon=horizon)
+        for entry in changed:
+            self.history[entry.occurrence_id] = entry
+        if changed:
+            latest = max(changed, key=lambda e: e.alarm.raised_at)
+            current = self.current(alarm_id)
+            if current is None or latest.alarm.raised_at >= current.alarm.raised_at:
+                self.active[alarm_id] = latest.occurrence_id
+        return Outcome(_effect(event, changed, timeline is None), changed)
 
     def current(self, alarm_id: str) -> AlarmEntry | None:
         """The latest occurrence of an alarm, active or not."""
@@ -165,11 +205,19 @@ class AlarmBook:
 
     def reset_fatal(self, operator: str, at: float, covers_until: float) -> list[AlarmEntry]:
         """Operator reset: every active FATAL raised up to ``covers_until`` becomes inactive."""
-        reset = [
-            apply_operator_reset(e, operator, at)
-            for e in self.active_entries()
-            if e.alarm.is_fatal and e.alarm.raised_at <= covers_until
-        ]
-        for entry in reset:
-            self.history[entry.occurrence_id] = entry
-        return reset
+        released: list[AlarmEntry] = []
+        for entry in self.active_entries():
+            if entry.alarm.is_fatal and entry.alarm.raised_at <= covers_until:
+                event = TimelineEvent(kind="reset", at=at, by=operator, reason="operator reset")
+                released.extend(e for e in self._add(entry.alarm.alarm_id, event).changed if not e.active)
+        return released
+
+
+def _effect(event: TimelineEvent, changed: tuple[AlarmEntry, ...], first: bool) -> Effect:
+    if event.kind == "raise":
+        return Effect.RAISED if any(e.active and e.alarm == event.alarm for e in changed) else Effect.DUPLICATE
+    if any(e.refused_clears and e.active for e in changed):
+        return Effect.REFUSED_FATAL
+    if any(not e.active for e in changed):
+        return Effect.CLEARED
+    return Effect.UNKNOWN if first else Effect.UNCHANGED

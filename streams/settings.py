@@ -132,6 +132,7 @@ def faust_options(settings: Settings, service: str, *, fast_path: bool = False) 
             broker_rebalance_timeout=10.0,
             broker_request_timeout=10.0,
             stream_recovery_delay=0.0,
+            broker_commit_interval=1.0,
         )
     else:
         options.update(_production_security(settings))

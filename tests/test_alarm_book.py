@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import random
 
-from streams.alarm_book import AlarmEntry, Effect, apply_clear, apply_operator_reset, apply_raise
+from streams.alarm_book import AlarmBook, Effect
 from streams.records import Alarm, AlarmClear
 
 
@@ -13,55 +13,41 @@ def alarm(alarm_id: str = "bank/overtemp", at: float = 10.0, severity: str = "WA
     return Alarm(alarm_id=alarm_id, source=source, code=code or "x", severity=severity, message="m", raised_at=at)
 
 
-def clear(alarm_id: str = "bank/overtemp", at: float = 20.0) -> AlarmClear:
-    return AlarmClear(alarm_id=alarm_id, cleared_by="bank", cleared_at=at)
+def clear(alarm_id: str = "bank/overtemp", at: float = 20.0, by: str = "bank") -> AlarmClear:
+    return AlarmClear(alarm_id=alarm_id, cleared_by=by, cleared_at=at)
 
 
-class Book:
-    """The two tables, as plain dicts, with the agent's write rules."""
+class Book(AlarmBook):
+    """A dict-backed book with short names for table-driven tests."""
 
     def __init__(self) -> None:
-        self.history: dict[str, AlarmEntry] = {}
-        self.active: dict[str, str] = {}
-        self.pending: dict[str, AlarmClear] = {}
+        super().__init__({}, {}, {})
 
     def raise_(self, a: Alarm) -> Effect:
-        out = apply_raise(self.history, self.active, a, self.pending.get(a.alarm_id))
-        if out.entry is not None:
-            self.history[out.entry.occurrence_id] = out.entry
-            self.active[a.alarm_id] = out.entry.occurrence_id
-            if not out.entry.active:
-                self.pending.pop(a.alarm_id, None)
-        return out.effect
+        return self.raise_alarm(a).effect
 
     def clear(self, c: AlarmClear) -> Effect:
-        out = apply_clear(self.history, self.active, c)
-        if out.effect is Effect.UNKNOWN:
-            self.pending[c.alarm_id] = c
-        if out.entry is not None:
-            self.history[out.entry.occurrence_id] = out.entry
-        return out.effect
+        return self.clear_alarm(c).effect
 
-    def apply(self, event: Alarm | AlarmClear) -> None:
-        self.raise_(event) if isinstance(event, Alarm) else self.clear(event)
-
-    def snapshot(self) -> dict[str, tuple[bool, float | None]]:
-        return {k: (e.active, e.cleared_at) for k, e in self.history.items()}
+    def snapshot(self) -> dict[str, tuple[bool, float | None, str]]:
+        return {k: (e.active, e.cleared_at, e.cleared_by) for k, e in self.history.items()}
 
 
 def test_raise_list_clear_keeps_history() -> None:
     book = Book()
     assert book.raise_(alarm()) is Effect.RAISED
+    assert [e.alarm.alarm_id for e in book.active_entries()] == ["bank/overtemp"]
     assert book.clear(clear()) is Effect.CLEARED
     (entry,) = book.history.values()
     assert not entry.active and entry.cleared_by == "bank" and entry.cleared_at == 20.0
+    assert book.active_entries() == []
 
 
 def test_same_alarm_twice_is_one_alarm() -> None:
     book = Book()
     book.raise_(alarm(at=10))
     assert book.raise_(alarm(at=10)) is Effect.DUPLICATE
-    assert book.raise_(alarm(at=11)) is Effect.DUPLICATE  # still active: same condition
+    assert book.raise_(alarm(at=11)) is Effect.DUPLICATE  # still active: the same condition
     assert len(book.history) == 1
 
 
@@ -71,61 +57,119 @@ def test_raised_again_after_clear_is_a_new_occurrence() -> None:
     book.clear(clear(at=20))
     assert book.raise_(alarm(at=30)) is Effect.RAISED
     assert [e.active for e in sorted(book.history.values(), key=lambda e: e.alarm.raised_at)] == [False, True]
+    assert book.current("bank/overtemp").alarm.raised_at == 30
 
 
-def test_unknown_clear_is_recorded_and_applied_to_a_later_arriving_raise() -> None:
+def test_clear_of_an_unknown_alarm_is_recorded_and_closes_a_raise_that_arrives_late() -> None:
     book = Book()
     assert book.clear(clear(at=20)) is Effect.UNKNOWN
-    assert "bank/overtemp" in book.pending
-    book.raise_(alarm(at=10))  # raised before the clear was issued: arrived late
+    assert "bank/overtemp" in book.timelines
+    book.raise_(alarm(at=10))
     (entry,) = book.history.values()
-    assert not entry.active and not book.pending
+    assert not entry.active and entry.cleared_at == 20
 
 
-def test_stale_and_repeated_clears_change_nothing() -> None:
+def test_raise_arriving_before_an_earlier_clear_is_not_lost() -> None:
+    book = Book()
+    book.raise_(alarm(at=10))
+    book.raise_(alarm(at=30))  # arrives before the clear at 20 (the other topic lags)
+    book.clear(clear(at=20))
+    entries = sorted(book.history.values(), key=lambda e: e.alarm.raised_at)
+    assert [(e.alarm.raised_at, e.active) for e in entries] == [(10, False), (30, True)]
+
+
+def test_repeated_clears_change_nothing() -> None:
     book = Book()
     book.raise_(alarm(at=30))
-    assert book.clear(clear(at=20)) is Effect.STALE
     assert book.clear(clear(at=40)) is Effect.CLEARED
-    assert book.clear(clear(at=50)) is Effect.ALREADY_CLEARED
+    assert book.clear(clear(at=40)) is Effect.UNCHANGED
+    assert book.clear(clear(at=50)) is Effect.UNCHANGED
 
 
 def test_fatal_is_not_cleared_by_delete_only_by_operator_reset() -> None:
     book = Book()
-    raised = apply_raise(book.history, book.active, alarm("bank/overtemp-fatal", severity="FATAL"))
-    assert raised.latches
-    book.raise_(alarm("bank/overtemp-fatal", severity="FATAL"))
-    assert book.clear(clear("bank/overtemp-fatal")) is Effect.REFUSED_FATAL
+    assert book.raise_alarm(alarm("bank/fatal", severity="FATAL")).latches
+    assert book.clear(clear("bank/fatal")) is Effect.REFUSED_FATAL
     (entry,) = book.history.values()
-    assert entry.active
-    reset = apply_operator_reset(entry, "alice", 99.0)
-    assert not reset.active and reset.cleared_by == "alice" and reset.alarm.is_fatal
+    assert entry.active and entry.refused_clears == 1
+    released = book.reset_fatal("alice", at=99.0, covers_until=50.0)
+    assert [e.cleared_by for e in released] == ["alice"]
+    (entry,) = book.history.values()
+    assert not entry.active and entry.alarm.is_fatal and entry.clear_reason == "operator reset"
 
 
-def test_pending_clear_never_clears_a_fatal() -> None:
+def test_operator_reset_covers_fatals_raised_before_it_only() -> None:
     book = Book()
-    book.clear(clear("x/fatal", at=20))
-    book.raise_(alarm("x/fatal", at=10, severity="FATAL"))
-    assert next(iter(book.history.values())).active
+    book.raise_(alarm("a/fatal", at=10, severity="FATAL"))
+    book.raise_(alarm("b/fatal", at=30, severity="FATAL"))
+    book.raise_(alarm("c/warn", at=5))
+    reset = book.reset_fatal("alice", at=25, covers_until=20)
+    assert [e.alarm.alarm_id for e in reset] == ["a/fatal"]
+    assert [e.alarm.alarm_id for e in book.active_entries()] == ["c/warn", "b/fatal"]
+    assert book.current("a/fatal").cleared_by == "alice"
+
+
+def _events(rng: random.Random, count: int, ids: int) -> tuple[list[Alarm], list[AlarmClear]]:
+    raises: list[Alarm] = []
+    clears: list[AlarmClear] = []
+    for t in range(1, count + 1):
+        name = f"s/{rng.randrange(ids)}"
+        if rng.random() < 0.5:
+            raises.append(alarm(name, at=float(t)))
+        else:
+            clears.append(clear(name, at=float(t)))
+    return raises, clears
+
+
+def _in_time_order(raises: list[Alarm], clears: list[AlarmClear]) -> list[Alarm | AlarmClear]:
+    return sorted([*raises, *clears], key=lambda e: e.raised_at if isinstance(e, Alarm) else e.cleared_at)
+
+
+def _interleave(rng: random.Random, a: list, b: list) -> list:
+    """Any merge that keeps each topic's own order: what one consumer of two topics may see."""
+    out, i, j = [], 0, 0
+    while i < len(a) or j < len(b):
+        if j >= len(b) or (i < len(a) and rng.random() < 0.5):
+            out.append(a[i]); i += 1
+        else:
+            out.append(b[j]); j += 1
+    return out
+
+
+def test_any_interleaving_of_the_two_topics_gives_the_same_history() -> None:
+    rng = random.Random(11)
+    raises, clears = _events(rng, 600, 4)
+    reference = Book()
+    for e in _in_time_order(raises, clears):
+        reference.apply(e)
+    for _ in range(6):
+        book = Book()
+        for e in _interleave(rng, raises, clears):
+            book.apply(e)
+        assert book.snapshot() == reference.snapshot()
 
 
 def test_replaying_any_suffix_changes_nothing() -> None:
-    """At-least-once delivery: a crash replays a suffix of the log; the tables must not change."""
+    """At-least-once delivery: a crash replays a suffix of each topic; the tables must not change."""
     rng = random.Random(7)
-    events: list[Alarm | AlarmClear] = []
-    t = 0.0
-    for _ in range(400):
-        t += 1
-        name = f"s/{rng.randrange(5)}"
-        events.append(alarm(name, at=t) if rng.random() < 0.5 else clear(name, at=t))
+    raises, clears = _events(rng, 800, 5)
     once = Book()
-    for e in events:
+    for e in _in_time_order(raises, clears):
         once.apply(e)
-    for _ in range(20):
-        replayed = Book()
-        cut = rng.randrange(len(events))
-        for e in events:
-            replayed.apply(e)
-        for e in events[rng.randrange(cut + 1):]:
-            replayed.apply(e)
-        assert replayed.snapshot() == once.snapshot()
+    for _ in range(6):
+        book = Book()
+        for e in _in_time_order(raises, clears):
+            book.apply(e)
+        replay = _interleave(rng, raises[rng.randrange(len(raises)):], clears[rng.randrange(len(clears)):])
+        for e in replay:
+            book.apply(e)
+        assert book.snapshot() == once.snapshot()
+
+
+def test_a_long_toggling_alarm_keeps_a_bounded_timeline_and_exact_history() -> None:
+    book = Book()
+    for t in range(2000):
+        book.apply(alarm(at=2 * t) if t % 2 == 0 else clear(at=2 * t))
+    assert len(book.history) == 1000
+    assert len(book.timelines["bank/overtemp"].events) <= 64
+    assert sum(e.active for e in book.history.values()) == 0

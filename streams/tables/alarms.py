@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import faust
 
-from streams.alarm_book import AlarmEntry
-from streams.records import AlarmClear, PlatformLatch
+from streams.alarm_book import AlarmEntry, AlarmTimeline
+from streams.records import PlatformLatch
 
 LATCH_KEY = "platform"
 
@@ -20,9 +20,14 @@ def active_table(app: faust.App) -> faust.Table:
     return app.Table("alarm-active", key_type=str, value_type=str, partitions=1)
 
 
-def pending_clears_table(app: faust.App) -> faust.Table:
-    """alarm id → a clear that arrived before any raise of that alarm (recorded, not lost)."""
-    return app.Table("alarm-pending-clears", key_type=str, value_type=AlarmClear, partitions=1)
+def timelines_table(app: faust.App) -> faust.Table:
+    """alarm id → its recent raise/clear/reset events (order-independent history)."""
+    return app.Table("alarm-timelines", key_type=str, value_type=AlarmTimeline, partitions=1)
+
+
+def used_nonces_table(app: faust.App) -> faust.Table:
+    """reset nonce → reset id: a nonce acted on once is never accepted again."""
+    return app.Table("reset-nonces", key_type=str, value_type=str, partitions=1)
 
 
 def latch_table(app: faust.App) -> faust.Table:

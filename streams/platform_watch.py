@@ -1,10 +1,12 @@
 """Follow the alarm and latch topics from their beginning, in every service.
 
 A plain aiokafka consumer without a consumer group: every instance of every service
-must see every message. It keeps an in-memory replica of the alarm book (so a service
-knows its own active alarms at start-up) and the FATAL latch (so it halts at once,
-even while AlarmsServer is down). Messages that fail to decode are skipped and
-counted here; AlarmsServer dead-letters them.
+must see every message. It keeps an in-memory replica of this service's own alarms
+(so it can clear them at start-up) and the FATAL latch (so it halts at once, even
+while AlarmsServer is down). Alarm keys are their ids, ``source/code[/subject]``, so
+other services' alarms are skipped by key and only FATAL ones are decoded: reading
+the whole history at start-up stays cheap. Messages that fail to decode are skipped
+and counted here; AlarmsServer dead-letters them.
 """
 
 from __future__ import annotations
@@ -38,6 +40,7 @@ class PlatformWatch:
         self.book = AlarmBook({}, {}, {})
         self.latch = LatchView()
         self.on_change: list[LatchCallback] = []
+        self._own_prefix = f"{service}/".encode()
         self._consumer: AIOKafkaConsumer | None = None
         self._task: asyncio.Task[None] | None = None
 
@@ -89,20 +92,24 @@ class PlatformWatch:
         was_latched = self.latch.latched
         for tp, messages in batches.items():
             for message in messages:
-                self._apply(tp.topic, message.value)
+                self._apply(tp.topic, message.key, message.value)
         metrics.LATCHED.labels(self.service).set(int(self.latch.latched))
         if notify and self.latch.latched != was_latched:
             for callback in list(self.on_change):
                 await callback(self.latch)
 
-    def _apply(self, topic: str, payload: bytes | None) -> None:
+    def _apply(self, topic: str, key: bytes | None, payload: bytes | None) -> None:
+        if topic != topics.PLATFORM_LATCH.name and not (key or b"").startswith(self._own_prefix):
+            if topic == topics.DELETE_ALARM.name or not _may_be_fatal(payload):
+                return
         try:
             record = decode(payload, RECORD_FOR_TOPIC[topic])
         except DecodeError as exc:
             metrics.WATCH_SKIPPED.labels(self.service, topic, exc.reason).inc()
             return
         if isinstance(record, (Alarm, AlarmClear)):
-            self.book.apply(record)
+            if record.alarm_id.startswith(self.service + "/"):
+                self.book.apply(record)
             if isinstance(record, Alarm):
                 self.latch.on_alarm(record)
         elif isinstance(record, PlatformLatch):
@@ -114,3 +121,8 @@ class PlatformWatch:
             await asyncio.gather(self._task, return_exceptions=True)
         if self._consumer is not None:
             await self._consumer.stop()
+
+
+def _may_be_fatal(payload: bytes | None) -> bool:
+    """Cheap pre-filter: only a payload that mentions FATAL can be a FATAL alarm."""
+    return payload is not None and (b'"FATAL"' in payload or b"\\u" in payload)

@@ -15,7 +15,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
 from heater.runtime.services import ServiceProcess
 
-__all__ = ["ServiceProcess", "produce", "consume_until", "run", "wait_for", "metric"]
+__all__ = ["ServiceProcess", "produce", "consume_until", "run", "wait_for", "metric", "post_json", "vault_env"]
 
 
 async def produce(bootstrap: str, topic: str, values: list[bytes], key: bytes | None = None) -> None:
@@ -79,3 +79,22 @@ def metric(proc: ServiceProcess, name: str, **labels: str) -> float:
         if line.startswith(name + "{") and line.split("{", 1)[1].split("}", 1)[0] == want:
             return float(line.rsplit(" ", 1)[1])
     return 0.0
+
+
+def post_json(url: str, body: dict[str, Any], timeout: float = 5.0) -> tuple[int, Any]:
+    """POST a JSON body; return (status, JSON answer) also for 4xx/5xx answers."""
+    import json
+    import urllib.error
+    import urllib.request
+
+    request = urllib.request.Request(url, data=json.dumps(body).encode(), headers={"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as response:
+            return response.status, json.loads(response.read() or b"{}")
+    except urllib.error.HTTPError as err:
+        return err.code, json.loads(err.read() or b"{}")
+
+
+def vault_env(vault: Any) -> dict[str, str]:
+    """Environment that gives a service process the session Vault."""
+    return {"HEATER_VAULT_ADDR": vault.addr, "HEATER_VAULT_TOKEN_FILE": str(vault.token_file)}

@@ -25,6 +25,9 @@ def build_parser() -> argparse.ArgumentParser:
     status = sub.add_parser("status", help="state of every component of the local platform")
     status.add_argument("--json", action="store_true", help="machine-readable output")
 
+    reset = sub.add_parser("reset", help="operator reset of the FATAL latch (signed, one-time)")
+    reset.add_argument("--operator", required=True, help="who resets: recorded in the alarm history")
+
     runtime = sub.add_parser("runtime", help="run the embedded broker, Vault or simulator (used by `heater up`)")
     runtime.add_argument("component", choices=["broker", "vault", "simulator"])
 
@@ -49,6 +52,10 @@ def main(argv: list[str] | None = None) -> int:
         from heater import status
 
         return status.main(run_dir, args.json)
+    if args.command == "reset":
+        from heater import reset
+
+        return reset.main(run_dir, args.operator)
     if args.command == "worker":
         return run_worker(args.name)
     if args.command == "runtime":

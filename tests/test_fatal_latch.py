@@ -1,0 +1,103 @@
+"""FATAL: the platform latches, the power cut-off is commanded, only a verified reset releases it.
+
+Runs on its own broker: the latch is platform-wide and would halt other tests' services.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from pathlib import Path
+from typing import Iterator
+
+import pytest
+
+from heater.runtime.broker import EmbeddedBroker
+from heater.runtime.vault import EmbeddedVault
+from streams.records import Alarm, AlarmClear, OperatorReset
+from tests.support import ServiceProcess, consume_until, post_json, produce, run, vault_env, wait_for
+
+
+@pytest.fixture(scope="module")
+def fatal_broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedBroker]:
+    with EmbeddedBroker(tmp_path_factory.mktemp("fatal-broker")) as running:
+        yield running
+
+
+@pytest.fixture(scope="module")
+def alarms(fatal_broker: EmbeddedBroker, vault: EmbeddedVault, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServiceProcess]:
+    service = ServiceProcess("alarms", fatal_broker.url, tmp_path_factory.mktemp("alarms"), vault_env(vault)).start()
+    service.wait_ready()
+    yield service
+    service.stop()
+
+
+def latch(alarms: ServiceProcess) -> dict:
+    return alarms.get("/latch")[1]
+
+
+def active_codes(alarms: ServiceProcess) -> set[str]:
+    return {a["alarm"]["code"] for a in alarms.get("/alarms")[1]["alarms"]}
+
+
+def test_fatal_latches_cuts_power_and_only_a_verified_reset_releases(fatal_broker: EmbeddedBroker, alarms: ServiceProcess) -> None:
+    tag = uuid.uuid4().hex[:8]
+    fatal = Alarm(alarm_id=f"bank/overtemp-{tag}", source="bank", code=f"overtemp-{tag}", severity="FATAL",
+                  message="water 97 C", raised_at=time.time())
+    run(produce(fatal_broker.bootstrap, "createAlarm", [fatal.dumps()], key=fatal.alarm_id.encode()))
+
+    # The power cut-off command is on I2CHeating.
+    def cutoffs(messages: list) -> list:
+        return [m for m in messages if json.loads(m.value)["action"] == "cutoff" and tag in json.loads(m.value)["reason"]]
+
+    assert cutoffs(run(consume_until(fatal_broker.bootstrap, "I2CHeating", lambda ms: bool(cutoffs(ms)))))
+    wait_for(lambda: latch(alarms).get("latched"), what="latched")
+    assert latch(alarms)["alarm_id"] == fatal.alarm_id
+
+    # AlarmsServer shows state: up, read-only, not ready; its views still answer.
+    status, body = wait_for(lambda: (lambda r: r if r[0] == 503 else None)(alarms.get("/readyz")), what="halted")
+    assert body["phase"] == "halted" and fatal.alarm_id in body["reason"]
+    assert alarms.get("/healthz")[0] == 200
+    assert f"overtemp-{tag}" in active_codes(alarms)
+
+    # deleteAlarm cannot clear a FATAL alarm.
+    clear = AlarmClear(alarm_id=fatal.alarm_id, cleared_by="bank", cleared_at=time.time())
+    run(produce(fatal_broker.bootstrap, "deleteAlarm", [clear.dumps()], key=fatal.alarm_id.encode()))
+    entry = wait_for(lambda: (lambda e: e if e.get("refused_clears") else None)(alarms.get(f"/alarm?id={fatal.alarm_id}")[1]), what="refused")
+    assert entry["active"] is True
+
+    # A forged reset record on the topic is refused (bad signature).
+    forged = OperatorReset(reset_id=f"forged-{tag}", operator="mallory", nonce=uuid.uuid4().hex, issued_at=time.time(),
+                           signature="vault:v1:" + "A" * 88)
+    run(produce(fatal_broker.bootstrap, "operatorReset", [forged.dumps()]))
+    wait_for(lambda: "reset-refused" in active_codes(alarms), what="forged reset refused")
+    assert latch(alarms)["latched"] is True
+
+    # The operator reset: signed in Vault, one-time, verified, releases the latch.
+    status, issued = post_json(alarms.url + "/reset", {"operator": "alice"})
+    assert status == 202, issued
+    wait_for(lambda: latch(alarms).get("latched") is False, what="released")
+    assert latch(alarms)["changed_by"] == "alice"
+    wait_for(lambda: alarms.get("/readyz")[0] == 200, what="ready again")
+
+    # History keeps the FATAL alarm, inactive, cleared by the operator.
+    entry = alarms.get(f"/alarm?id={fatal.alarm_id}")[1]
+    assert entry["active"] is False and entry["cleared_by"] == "alice" and entry["alarm"]["severity"] == "FATAL"
+
+    # Replaying the very same signed reset record is refused (one-time nonce).
+    def resets(messages: list) -> list:
+        return [m for m in messages if json.loads(m.value)["reset_id"] == issued["reset_id"]]
+
+    (record,) = resets(run(consume_until(fatal_broker.bootstrap, "operatorReset", lambda ms: bool(resets(ms)))))
+    run(produce(fatal_broker.bootstrap, "operatorReset", [record.value]))
+    wait_for(
+        lambda: any(a["alarm"]["alarm_id"] == f"alarms/reset-refused/{issued['reset_id']}" for a in alarms.get("/alarms")[1]["alarms"]),
+        what="replayed reset refused",
+    )
+
+
+def test_reset_endpoint_refuses_bad_requests(alarms: ServiceProcess) -> None:
+    assert post_json(alarms.url + "/reset", {"who": "alice"})[0] == 400
+    assert post_json(alarms.url + "/reset", {"operator": "  "})[0] == 400
+    assert post_json(alarms.url + "/reset", {"operator": "alice"})[0] == 409, "nothing to reset"

@@ -49,6 +49,7 @@ COMPONENTS: tuple[Component, ...] = (
     Component("vault", STAGE_INFRA, "infra", ("runtime", "vault"), "OpenBao dev server"),
     Component("simulator", STAGE_HARDWARE, "hardware", ("runtime", "simulator"), "simulated heater, CAN bus and Pico"),
     Component("alarms", STAGE_ALARMS, "service", ("worker", "alarms"), "AlarmsServer"),
+    Component("i2c", STAGE_EDGE_AND_LOGIC, "service", ("worker", "i2c"), "I2C adapter: relays on the Pico"),
 )
 
 BY_NAME: dict[str, Component] = {c.name: c for c in COMPONENTS}

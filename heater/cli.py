@@ -70,7 +70,9 @@ def main(argv: list[str] | None = None) -> int:
 
 
 #: Edge adapters are plain asyncio programs, not Faust apps: name → module with ``main() -> int``.
-ADAPTERS: dict[str, str] = {}
+ADAPTERS: dict[str, str] = {
+    "i2c": "adapters.i2c.service",
+}
 
 
 def run_worker(name: str) -> int:

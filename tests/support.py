@@ -15,7 +15,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
 from heater.runtime.services import ServiceProcess
 
-__all__ = ["ServiceProcess", "produce", "consume_until", "run", "wait_for", "metric", "post_json", "vault_env"]
+__all__ = ["ServiceProcess", "produce", "consume_until", "run", "wait_for", "metric", "post_json", "vault_env", "try_get"]
 
 
 async def produce(bootstrap: str, topic: str, values: list[bytes], key: bytes | None = None) -> None:
@@ -98,3 +98,13 @@ def post_json(url: str, body: dict[str, Any], timeout: float = 5.0) -> tuple[int
 def vault_env(vault: Any) -> dict[str, str]:
     """Environment that gives a service process the session Vault."""
     return {"HEATER_VAULT_ADDR": vault.addr, "HEATER_VAULT_TOKEN_FILE": str(vault.token_file)}
+
+
+def try_get(url: str) -> tuple[int, Any] | None:
+    """GET a JSON view; None while nothing listens there yet."""
+    from heater.probes import http_json
+
+    try:
+        return http_json(url)
+    except OSError:
+        return None

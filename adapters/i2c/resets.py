@@ -1,0 +1,264 @@
+"""The halted I2C adapter: hold the Pico tripped, release it only for a verified operator reset.
+
+Started while the platform is latched, the adapter does not kick the watchdog and
+sends no relay command.  It makes sure the board is tripped (a FATAL raised while
+the adapter was down never reached the board), then follows ``operatorReset``.  Each
+record is verified on its own — Vault transit signature, one-time nonce kept in the
+adapter's ledger file, age — before the board's two-step RESET sequence is sent and
+confirmed by reading STATUS.  Refusals are alarms with the reason.  Nothing else ever
+resets the board: a latch missing from Kafka (a wiped broker) is not a reset.
+
+The latch release that AlarmsServer publishes for the same reset makes the service
+exit to be restarted; a hook placed before that exit first reads ``operatorReset`` to
+its end, so the board is released before the restarted adapter looks at it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from typing import TYPE_CHECKING, Awaitable, Callable
+
+from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka.structs import ConsumerRecord
+
+from adapters.i2c import metrics
+from adapters.i2c.board import BoardError, Readback
+from adapters.i2c.ledger import ResetLedger
+from streams import topics
+from streams.codec import DecodeError, decode
+from streams.latch import LatchView
+from streams.operator_reset import MAX_CLOCK_SKEW_S, ResetRefused, verify_reset
+from streams.records import OperatorReset, Severity, alarm_id_for
+from streams.transport import true_end_offsets
+from streams.vault import TransitSigner, VaultUnavailable, vault_client
+
+if TYPE_CHECKING:
+    from adapters.i2c.service import RelayAdapter
+
+log = logging.getLogger(__name__)
+
+Verifier = Callable[[bytes, str], Awaitable[bool]]
+
+RESET_ATTEMPTS = 3
+VAULT_RETRY_S = (0.5, 1.0, 2.0, 5.0)
+CATCH_UP_TIMEOUT_S = 5.0
+
+
+def refusal_kind(reason: str) -> str:
+    """Metric label for a :class:`ResetRefused` reason."""
+    if "signature" in reason:
+        return "forged"
+    if "already used" in reason or "ledger" in reason:
+        return "replayed"
+    if "stale" in reason or "future" in reason:
+        return "stale"
+    return "invalid"
+
+
+class ResetGate:
+    """The halted body: trip held, operator resets verified one by one."""
+
+    def __init__(self, adapter: RelayAdapter, ledger: ResetLedger, verifier: Verifier | None = None) -> None:
+        self.adapter = adapter
+        self.ledger = ledger
+        self._verifier = verifier
+        self._consumer: AIOKafkaConsumer | None = None
+        self._positions: dict[TopicPartition, int] = {}
+        self._progress = asyncio.Event()
+
+    @classmethod
+    def for_adapter(cls, adapter: RelayAdapter) -> ResetGate:
+        return cls(adapter, ResetLedger(adapter.settings.run_dir / "i2c"))
+
+    @property
+    def latch(self) -> LatchView:
+        assert self.adapter.service.watch is not None
+        return self.adapter.service.watch.latch
+
+    async def run(self) -> None:
+        watch = self.adapter.service.watch
+        assert watch is not None
+        watch.on_change.insert(0, self._before_release)
+        self.adapter.kicking = False
+        readback = await self.adapter.read_until_ok("halted start-up")
+        await self._hold_trip(readback)
+        consumer = await self._start_consumer()
+        try:
+            await self._follow(consumer)
+        finally:
+            await consumer.stop()
+
+    # -- the board -----------------------------------------------------------------
+
+    async def _hold_trip(self, readback: Readback) -> None:
+        own_alarm = alarm_id_for(self.adapter.service.spec.name, "pico-tripped")
+        if readback.status.trip_latched:
+            log.critical("halted: the Pico is tripped; waiting for a verified operator reset")
+            if self.latch.fatal_alarm_id != own_alarm:
+                await self.adapter.raise_alarm(
+                    "pico-tripped", Severity.FATAL,
+                    "the Pico's power cut-off is tripped (latched in hardware); an operator reset is required",
+                )
+            return
+        release = self.ledger.state.last_release
+        fatal_at = self.latch.fatal_at
+        if release is not None and fatal_at is not None and float(release["issued_at"]) >= fatal_at:
+            log.warning("halted: the Pico was released by reset %s; waiting for the platform latch", release["reset_id"])
+            return
+        log.critical("halted with the Pico not tripped: tripping it (%s)", self.latch.reason)
+        tripped = await self.adapter.trip()
+        if tripped is not None:
+            await self.adapter.publish(tripped, force=True)
+
+    async def release(self) -> Readback | None:
+        """Send the RESET sequence and read STATUS back; the readback, or None if the bus failed."""
+        adapter = self.adapter
+        for attempt in range(1, RESET_ATTEMPTS + 1):
+            try:
+                async with adapter.io.lock:
+                    await adapter.io.call(adapter.io.board.reset_latch)
+                    readback = await adapter.io.call(adapter.io.board.read_back)
+            except BoardError as exc:
+                metrics.I2C_ERRORS.labels(exc.operation).inc()
+                log.error("RESET attempt %d failed: %s", attempt, exc)
+                await asyncio.sleep(0.05)
+                continue
+            adapter.note(readback)
+            if not readback.status.trip_latched:
+                return readback
+            log.error("RESET attempt %d: the board still reports the trip latched", attempt)
+        return None
+
+    # -- operatorReset ---------------------------------------------------------------
+
+    async def _start_consumer(self) -> AIOKafkaConsumer:
+        """Resume where the ledger says; from the beginning when it knows nothing (or the log is new)."""
+        consumer = AIOKafkaConsumer(
+            bootstrap_servers=self.adapter.settings.broker_bootstrap,
+            group_id=None,
+            enable_auto_commit=False,
+            fetch_max_wait_ms=50,
+            request_timeout_ms=15_000,
+        )
+        await asyncio.wait_for(consumer.start(), 15)
+        partitions = [
+            TopicPartition(topics.OPERATOR_RESET.name, p)
+            for p in (consumer.partitions_for_topic(topics.OPERATOR_RESET.name) or {0})
+        ]
+        consumer.assign(partitions)
+        ends = await true_end_offsets(consumer, await consumer.end_offsets(partitions))
+        begins = await consumer.beginning_offsets(partitions)
+        for tp in partitions:
+            stored = self.ledger.state.offsets.get(tp.partition)
+            start = stored if stored is not None and begins[tp] <= stored <= ends.get(tp, 0) else begins[tp]
+            consumer.seek(tp, start)
+            self._positions[tp] = start
+        self._consumer = consumer
+        return consumer
+
+    async def _follow(self, consumer: AIOKafkaConsumer) -> None:
+        while True:
+            await self._step(consumer)
+
+    async def _step(self, consumer: AIOKafkaConsumer) -> None:
+        batches = await consumer.getmany(timeout_ms=200)
+        for tp, messages in batches.items():
+            for message in messages:
+                await self.handle(message)
+                self._positions[tp] = message.offset + 1
+                self.ledger.set_offset(tp.partition, message.offset + 1)
+        self._progress.set()
+        self._progress = asyncio.Event()
+
+    async def settle_published(self) -> None:
+        """Act on every reset published so far, then stop.
+
+        For an adapter restarted after the operator reset was issued (it had stayed
+        down after the FATAL): the reset that released the platform latch is waiting
+        on the topic and releases the board here, once verified.
+        """
+        consumer = await self._start_consumer()
+        try:
+            ends = await true_end_offsets(consumer, await consumer.end_offsets(list(self._positions)))
+            while any(self._positions[tp] < end for tp, end in ends.items()):
+                await self._step(consumer)
+        finally:
+            await consumer.stop()
+
+    async def handle(self, message: ConsumerRecord) -> None:
+        """Verify one reset record and act on it (refusals are alarms, never exceptions)."""
+        try:
+            record = decode(message.value, OperatorReset)
+        except DecodeError as exc:
+            await self._refuse(None, "invalid", f"malformed reset record: {exc}")
+            return
+        fatal_at = self.latch.fatal_at
+        if fatal_at is not None and record.issued_at < fatal_at - MAX_CLOCK_SKEW_S:
+            log.info("reset %s predates the current FATAL; skipped", record.reset_id)
+            return
+        if record.issued_at < self.ledger.state.not_before:
+            await self._refuse(record, "replayed", "issued before the reset ledger was lost (possible replay)")
+            return
+        delays = iter(VAULT_RETRY_S)
+        while True:
+            try:
+                await verify_reset(record, await self._verify_fn(), self.ledger.used_nonces)
+                break
+            except ResetRefused as exc:
+                await self._refuse(record, refusal_kind(exc.reason), exc.reason)
+                return
+            except VaultUnavailable as exc:
+                metrics.RESETS.labels("vault-unavailable").inc()
+                await self.adapter.raise_alarm(
+                    "vault-unavailable", Severity.CRITICAL, f"cannot verify operator resets: {exc}"
+                )
+                self._verifier = None
+                await asyncio.sleep(next(delays, VAULT_RETRY_S[-1]))
+        self.ledger.mark_used(record.nonce, time.time())
+        readback = await self.release()
+        if readback is None:
+            metrics.RESETS.labels("failed").inc()
+            await self.adapter.raise_alarm(
+                "reset-failed", Severity.CRITICAL,
+                f"verified reset {record.reset_id} by {record.operator}: the Pico did not release its trip latch",
+                subject=record.reset_id,
+            )
+            return
+        self.ledger.record_release(record.reset_id, record.operator, record.issued_at, time.time())
+        metrics.RESETS.labels("released").inc()
+        log.warning("Pico trip latch released by verified reset %s from %s", record.reset_id, record.operator)
+        await self.adapter.publish(readback, force=True)
+
+    async def _verify_fn(self) -> Verifier:
+        if self._verifier is None:
+            self._verifier = TransitSigner(vault_client(self.adapter.settings)).verify
+        return self._verifier
+
+    async def _refuse(self, record: OperatorReset | None, kind: str, reason: str) -> None:
+        metrics.RESETS.labels(f"refused-{kind}").inc()
+        reset_id = record.reset_id if record is not None else "malformed"
+        log.warning("operator reset %s refused (%s): %s", reset_id, kind, reason)
+        await self.adapter.raise_alarm(
+            "reset-refused", Severity.CRITICAL, f"operator reset refused ({kind}): {reason}",
+            subject=reset_id,
+            details={"kind": kind, "reason": reason, "operator": record.operator if record is not None else ""},
+        )
+
+    # -- ordering against the latch release -------------------------------------------
+
+    async def _before_release(self, latch: LatchView) -> None:
+        """Before the service exits on a release, act on every reset already published."""
+        if latch.latched or self._consumer is None:
+            return
+        try:
+            await asyncio.wait_for(self._caught_up(self._consumer), CATCH_UP_TIMEOUT_S)
+        except asyncio.TimeoutError:
+            log.error("latch released but operatorReset not read to its end in %.0f s", CATCH_UP_TIMEOUT_S)
+
+    async def _caught_up(self, consumer: AIOKafkaConsumer) -> None:
+        partitions = list(self._positions)
+        ends = await true_end_offsets(consumer, await consumer.end_offsets(partitions))
+        while any(self._positions[tp] < end for tp, end in ends.items()):
+            await self._progress.wait()

@@ -1,0 +1,583 @@
+"""The I2C relay adapter: ``I2CHeating`` commands → Pico relay writes, confirmed by readback.
+
+A thin asyncio program on :class:`~streams.edge.EdgeService`.  While running it
+
+* follows ``I2CHeating`` and ``sensorData`` from their end (fetch wait 10 ms): commands
+  go through the :class:`~adapters.i2c.controller.RelayController`, readings keep the
+  valve's data freshness;
+* kicks the Pico's hardware watchdog every 100 ms and reads the board back each time,
+  so a board that went safe behind its back (watchdog, restart, welded valve) is seen
+  within one period;
+* enforces the lease, freshness, ignition and spark bounds every 50 ms;
+* confirms every write by reading back command, contacts and status, and publishes
+  the result on ``relayState``.  A write it cannot confirm is an alarm; energised
+  outputs it cannot confirm are switched off, and if even "all off" cannot be
+  confirmed it stops kicking so the hardware watchdog takes the relays down.
+
+On FATAL its hook trips the Pico (power cut latched in hardware) and confirms by
+readback before the process exits with STAY_DOWN.  On start it reads the board: a
+tripped board raises FATAL again and is never reset here; the halted body
+(:mod:`adapters.i2c.resets`) releases it only for a verified operator reset.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import time
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, Callable, TypeVar
+
+from aiohttp import web
+from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka.structs import ConsumerRecord
+
+from adapters.i2c import metrics
+from adapters.i2c.board import BoardError, Readback, RelayBoard
+from adapters.i2c.controller import Action, Command, Decision, Limits, RelayController
+from adapters.i2c.registers import SAFE, Relays
+from adapters.i2c.resets import ResetGate
+from streams import exitcodes, topics
+from streams.codec import DecodeError, decode
+from streams.edge import EdgeService
+from streams.latch import LatchView
+from streams.lifecycle import ServiceKind, ServiceSpec
+from streams.records import RelayCommand, RelayState, SensorReading, Severity
+from streams.settings import FAST_FETCH_WAIT_MS, Settings
+from streams.transport import true_end_offsets
+
+log = logging.getLogger(__name__)
+
+SPEC = ServiceSpec(
+    "i2c", ServiceKind.CONTROL, fast_path=True, description="I2C relay adapter: Pico relay board, watchdog, trip"
+)
+
+KICK_PERIOD_S = 0.1
+TICK_PERIOD_S = 0.05
+WRITE_ATTEMPTS = 3
+TRIP_ATTEMPTS = 5
+RETRY_DELAY_S = 0.01
+STARTUP_RETRY_S = 0.5
+ERROR_CLEAR_AFTER_S = 2.0
+SENSOR_FAULT_BIT = 0x01
+
+#: Alarms about one incident of a heating cycle: cleared when the next valve opens.
+INCIDENT_CODES = ("lease-expired", "stale-data", "ignition-failed", "flame-failure", "spark-timeout", "command-refused")
+
+T = TypeVar("T")
+
+
+class BoardIO:
+    """Runs board calls on one worker thread, so a slow bus never blocks the event loop.
+
+    ``lock`` makes compound operations (write then read back) atomic with respect to
+    each other; the FATAL trip deliberately does not take it.
+    """
+
+    def __init__(self, board: RelayBoard) -> None:
+        self.board = board
+        self.lock = asyncio.Lock()
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="i2c")
+
+    async def call(self, fn: Callable[..., T], *args: Any) -> T:
+        return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
+
+    def close(self) -> None:
+        self._executor.shutdown(wait=False, cancel_futures=True)
+        self.board.close()
+
+
+class RelayAdapter:
+    """The adapter's behaviour; :func:`main` wires it into an :class:`EdgeService`."""
+
+    def __init__(
+        self,
+        service: EdgeService,
+        board: RelayBoard,
+        limits: Limits | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.service = service
+        self.io = BoardIO(board)
+        self.controller = RelayController(limits)
+        self.clock = clock
+        self.last_readback: Readback | None = None
+        self.applied: Relays = SAFE
+        self.last_command: dict[str, Any] | None = None
+        self.halting = False
+        self.kicking = False
+        self._unconfirmed_safe = False
+        self._raised: set[tuple[str, str]] = set()
+        self._last_error_at: float | None = None
+        self._published: tuple[Relays, bool, bool] | None = None
+
+    def install(self) -> None:
+        """Hook into the service: FATAL trip, ``/relays`` view."""
+        self.service.on_fatal.append(self.on_fatal)
+        self.service.web.router.add_get("/relays", self.relays_view)
+
+    @property
+    def settings(self) -> Settings:
+        return self.service.settings
+
+    # -- the running body ----------------------------------------------------------
+
+    async def body(self, service: EdgeService) -> None:
+        """Check the board, make it safe, then kick, tick and follow commands until stopped."""
+        readback = await self.read_until_ok("start-up")
+        if readback.status.trip_latched:
+            await ResetGate.for_adapter(self).settle_published()
+            readback = await self.read_until_ok("start-up, after published resets")
+        if readback.status.trip_latched:
+            await self.raise_alarm(
+                "pico-tripped", Severity.FATAL,
+                "the Pico's power cut-off is tripped (latched in hardware); an operator reset is required",
+            )
+            await asyncio.Event().wait()  # the FATAL hook stops the service
+        tasks: list[asyncio.Task[None]] = []
+        try:
+            if readback.status.wdt_expired or readback.status.cmd_rejected:
+                log.info("start-up: clearing board faults %s", readback.status)
+                await self.io.call(self.io.board.clear_faults)
+            if not await self.apply(SAFE, "start-up"):
+                raise BoardError("start-up", detail="the board did not confirm the safe state")
+            await self.io.call(self.io.board.kick)
+            self.kicking = True
+            consumer = await self._consumer()
+            tasks = [
+                asyncio.ensure_future(self._kick_loop()),
+                asyncio.ensure_future(self._tick_loop()),
+            ]
+            service.mark_ready()
+            try:
+                await self._consume(consumer)
+            finally:
+                await consumer.stop()
+        finally:
+            self.kicking = False
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            if not self.halting:
+                await asyncio.shield(self._safe_on_stop())
+
+    async def halted(self, service: EdgeService) -> None:
+        """Started while the platform is latched: hold the board tripped, verify operator resets."""
+        await ResetGate.for_adapter(self).run()
+
+    async def read_until_ok(self, why: str) -> Readback:
+        """Identify the board and read it back, retrying (with an alarm) until it answers."""
+        while True:
+            try:
+                await self.io.call(self.io.board.identify)
+                readback = await self.io.call(self.io.board.read_back)
+            except BoardError as exc:
+                await self._bus_error(exc, f"{why}: the Pico does not answer")
+                await asyncio.sleep(STARTUP_RETRY_S)
+                continue
+            self.note(readback)
+            await self.publish(readback)
+            return readback
+
+    async def _safe_on_stop(self) -> None:
+        """A clean stop leaves the gas closed; the watchdog covers the case where this fails."""
+        try:
+            self.controller.force_safe()
+            await asyncio.wait_for(self.apply(SAFE, "stop"), 1.0)
+        except (asyncio.TimeoutError, asyncio.CancelledError, BoardError):
+            log.warning("stop: safe state not confirmed; the hardware watchdog will take the relays down")
+
+    # -- kafka ---------------------------------------------------------------------
+
+    async def _consumer(self) -> AIOKafkaConsumer:
+        """Commands and readings from *now*: a command issued while we were down is never run."""
+        consumer = AIOKafkaConsumer(
+            bootstrap_servers=self.settings.broker_bootstrap,
+            group_id=None,
+            enable_auto_commit=False,
+            fetch_max_wait_ms=FAST_FETCH_WAIT_MS,
+            request_timeout_ms=15_000,
+        )
+        await asyncio.wait_for(consumer.start(), 15)
+        partitions = [
+            TopicPartition(topic, p)
+            for topic in (topics.I2C_HEATING.name, topics.SENSOR_DATA.name)
+            for p in (consumer.partitions_for_topic(topic) or {0})
+        ]
+        consumer.assign(partitions)
+        ends = await true_end_offsets(consumer, await consumer.end_offsets(partitions))
+        for tp in partitions:
+            consumer.seek(tp, ends.get(tp, 0))
+        return consumer
+
+    async def _consume(self, consumer: AIOKafkaConsumer) -> None:
+        while True:
+            batches = await consumer.getmany(timeout_ms=100)
+            readings: list[ConsumerRecord] = []
+            commands: list[ConsumerRecord] = []
+            for tp, messages in batches.items():
+                (commands if tp.topic == topics.I2C_HEATING.name else readings).extend(messages)
+            if readings:
+                self.on_readings(readings)
+            for message in commands:
+                await self.on_command(message.value)
+
+    def on_readings(self, messages: list[ConsumerRecord]) -> None:
+        """Only the newest valid temperature and flame reading of a batch matter for freshness."""
+        wall, now = time.time(), self.clock()
+        want_temperature = want_flame = True
+        for message in reversed(messages):
+            if not (want_temperature or want_flame):
+                break
+            try:
+                reading = decode(message.value, SensorReading)
+            except DecodeError as exc:
+                metrics.SKIPPED.labels(topics.SENSOR_DATA.name, exc.reason).inc()
+                continue
+            if reading.status & SENSOR_FAULT_BIT:
+                continue
+            read_at = now - max(0.0, wall - reading.received_at)
+            if reading.kind == "temperature" and want_temperature:
+                self.controller.on_temperature(read_at)
+                want_temperature = False
+            elif reading.kind == "flame" and want_flame:
+                self.controller.on_flame(reading.value >= 0.5, read_at)
+                want_flame = False
+
+    async def on_command(self, payload: bytes | None) -> None:
+        """Decode, decide, write, confirm."""
+        try:
+            record = decode(payload, RelayCommand)
+        except DecodeError as exc:
+            metrics.SKIPPED.labels(topics.I2C_HEATING.name, exc.reason).inc()
+            metrics.COMMANDS.labels("unknown", "malformed").inc()
+            log.warning("skipped a malformed relay command: %s", exc)
+            return
+        action = record.action.value
+        if self.halting or not self.service.acting:
+            metrics.COMMANDS.labels(action, "halted").inc()
+            log.warning("ignored %s command %s: not acting", action, record.command_id)
+            return
+        command = Command(
+            action=Action(action),
+            on=record.on,
+            lease_s=record.lease_s,
+            age_s=max(0.0, time.time() - record.issued_at),
+            command_id=record.command_id,
+            issued_by=record.issued_by,
+        )
+        decision = self.controller.command(command, self.clock())
+        result = await self._carry_out(decision, f"{action} {'on' if record.on else 'off'}")
+        metrics.COMMANDS.labels(action, result).inc()
+        self.last_command = {
+            "command_id": record.command_id,
+            "action": action,
+            "on": record.on,
+            "lease_s": record.lease_s,
+            "issued_by": record.issued_by,
+            "result": result,
+            "reason": decision.message,
+            "at": time.time(),
+        }
+        if decision.refusal is not None:
+            metrics.REFUSALS.labels(decision.refusal.value).inc()
+            log.warning("refused %s from %s: %s", action, record.issued_by, decision.message)
+            await self.raise_alarm(
+                "command-refused", Severity.WARNING, f"{action} command refused: {decision.message}",
+                subject=decision.refusal.value, details={"command_id": record.command_id, "issued_by": record.issued_by},
+            )
+        elif result == "applied" and decision.outputs.gas_valve_open:
+            await self._clear_incidents()
+
+    async def _carry_out(self, decision: Decision, cause: str) -> str:
+        if not decision.accepted:
+            return "refused"
+        if not decision.changed:
+            return "accepted"
+        return "applied" if await self.apply(decision.outputs, cause) else "unconfirmed"
+
+    # -- periodic tasks ------------------------------------------------------------
+
+    async def _kick_loop(self) -> None:
+        """Feed the watchdog and read the board back every period."""
+        await self._every(KICK_PERIOD_S, self._kick_once)
+
+    async def _tick_loop(self) -> None:
+        await self._every(TICK_PERIOD_S, self._tick_once)
+
+    async def _every(self, period: float, step: Callable[[], Any]) -> None:
+        loop = asyncio.get_running_loop()
+        next_at = loop.time()
+        while True:
+            next_at += period
+            delay = next_at - loop.time()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            else:
+                next_at = loop.time()
+            if self.halting:
+                return
+            try:
+                await step()
+            except asyncio.CancelledError:
+                raise
+            except Exception:  # a periodic safety task must outlive one bad step
+                log.exception("%s failed; continuing", getattr(step, "__name__", "periodic step"))
+
+    async def _kick_once(self) -> None:
+        if self._unconfirmed_safe:
+            # No kicks until "all off" is confirmed: the hardware watchdog is the backstop.
+            if await self.apply(SAFE, "recovery"):
+                log.warning("safe state confirmed again; resuming watchdog kicks")
+            return
+        if not self.kicking:
+            return
+        async with self.io.lock:
+            try:
+                await self.io.call(self.io.board.kick)
+                metrics.KICKS.inc()
+                readback = await self.io.call(self.io.board.read_back)
+            except BoardError as exc:
+                await self._bus_error(exc, "watchdog kick failed")
+                return
+            expected = self.applied
+        self.note(readback)
+        await self._bus_ok()
+        await self._check(readback, expected)
+
+    async def _tick_once(self) -> None:
+        decision = self.controller.tick(self.clock())
+        for event in decision.events:
+            metrics.SAFETY_ACTIONS.labels(event.code).inc()
+        if decision.changed and not self.halting:
+            await self.apply(decision.outputs, "tick: " + ", ".join(e.code for e in decision.events))
+        for event in decision.events:
+            await self.raise_alarm(event.code, Severity(event.severity), event.message)
+
+    async def _check(self, readback: Readback, expected: Relays) -> None:
+        """Compare the board with what was last written; the board is the truth."""
+        status = readback.status
+        if self.halting:
+            return
+        if status.trip_latched:
+            await self.raise_alarm(
+                "pico-tripped", Severity.FATAL, "the Pico's power cut-off tripped while running"
+            )
+            return
+        if status.valve_stuck:
+            self.controller.force_safe()
+            await self.apply(SAFE, "valve stuck")
+            await self.raise_alarm(
+                "valve-stuck", Severity.FATAL, "gas valve contacts stay closed with the valve commanded shut (welded valve)"
+            )
+            return
+        if not readback.confirms(expected):
+            metrics.READBACK_MISMATCHES.inc()
+            log.warning("board %s differs from the last write %s (status %s)", readback.contacts, expected, status)
+            if not expected.is_safe:
+                await self.raise_alarm(
+                    "readback-mismatch", Severity.CRITICAL,
+                    "the board dropped energised outputs on its own (watchdog, restart or refusal); all off",
+                    details={"contacts": str(readback.contacts), "status": str(status)},
+                )
+            self.controller.force_safe()
+            await self.apply(SAFE, "mismatch")
+        elif status.wdt_expired or status.cmd_rejected:
+            log.warning("clearing board faults %s (relays safe)", status)
+            async with self.io.lock:
+                try:
+                    await self.io.call(self.io.board.clear_faults)
+                except BoardError as exc:
+                    await self._bus_error(exc, "CLEAR_FAULTS failed")
+        await self.publish(readback)
+
+    # -- writes --------------------------------------------------------------------
+
+    async def apply(self, outputs: Relays, cause: str) -> bool:
+        """Write ``outputs`` and confirm by readback; True only when the board confirms them."""
+        readback: Readback | None = None
+        async with self.io.lock:
+            for attempt in range(1, WRITE_ATTEMPTS + 1):
+                if self.halting:
+                    return False
+                try:
+                    self.applied = outputs
+                    await self.io.call(self.io.board.write_relays, outputs)
+                    readback = await self.io.call(self.io.board.read_back)
+                except BoardError as exc:
+                    await self._bus_error(exc, f"write {outputs} ({cause}) attempt {attempt}")
+                    await asyncio.sleep(RETRY_DELAY_S)
+                    continue
+                break
+        if readback is not None:
+            self.note(readback)
+            await self.publish(readback, force=True)
+        confirmed = readback is not None and readback.confirms(outputs)
+        if confirmed:
+            log.info("relays %s confirmed (%s)", outputs, cause)
+            if self._unconfirmed_safe and outputs.is_safe:
+                self._unconfirmed_safe = False
+            await self._bus_ok()
+            return True
+        if readback is not None:
+            metrics.READBACK_MISMATCHES.inc()
+        await self.raise_alarm(
+            "command-unconfirmed", Severity.CRITICAL,
+            f"relay write {outputs} ({cause}) not confirmed by readback: "
+            + ("no answer from the board" if readback is None else f"board shows {readback.contacts}, status {readback.status}"),
+        )
+        if outputs.is_safe:
+            if not self._unconfirmed_safe:
+                log.critical("safe state not confirmed: watchdog kicks stop until it is")
+            self._unconfirmed_safe = True
+            return False
+        self.controller.force_safe()
+        await self.apply(SAFE, f"after unconfirmed {cause}")
+        return False
+
+    # -- FATAL ---------------------------------------------------------------------
+
+    async def on_fatal(self, latch: LatchView) -> None:
+        """Trip the Pico (latched power cut), confirm by readback, publish; no kicks after this."""
+        started = time.monotonic()
+        self.halting = True
+        self.kicking = False
+        readback = await self.trip()
+        elapsed = time.monotonic() - started
+        metrics.TRIP_SECONDS.set(elapsed)
+        if readback is not None and readback.status.trip_latched and readback.contacts.is_safe:
+            log.critical("FATAL (%s): Pico tripped and confirmed in %.1f ms", latch.reason, elapsed * 1000)
+        else:
+            log.critical("FATAL (%s): trip NOT confirmed; relying on the hardware watchdog", latch.reason)
+        self.controller.force_safe()
+        if readback is not None:
+            await self.publish(readback, force=True)
+
+    async def trip(self) -> Readback | None:
+        """TRIP with retries, without waiting for the bus lock; the readback, or None."""
+        readback: Readback | None = None
+        for attempt in range(1, TRIP_ATTEMPTS + 1):
+            try:
+                await self.io.call(self.io.board.trip)
+                readback = await self.io.call(self.io.board.read_back)
+            except BoardError as exc:
+                metrics.I2C_ERRORS.labels(exc.operation).inc()
+                log.error("TRIP attempt %d failed: %s", attempt, exc)
+                await asyncio.sleep(RETRY_DELAY_S)
+                continue
+            self.note(readback)
+            if readback.status.trip_latched and readback.contacts.is_safe:
+                return readback
+        try:
+            await self.io.call(self.io.board.write_relays, SAFE)
+        except BoardError as exc:
+            metrics.I2C_ERRORS.labels(exc.operation).inc()
+        return readback
+
+    # -- reporting -----------------------------------------------------------------
+
+    def note(self, readback: Readback) -> None:
+        """Remember the latest readback (for /relays and the output gauges)."""
+        self.last_readback = readback
+        for name, on in (
+            ("power", readback.contacts.power_on),
+            ("valve", readback.contacts.gas_valve_open),
+            ("spark", readback.contacts.spark_on),
+        ):
+            metrics.OUTPUTS.labels(name).set(int(on))
+
+    async def publish(self, readback: Readback, force: bool = False) -> None:
+        """``relayState`` after every write, and whenever the board changed on its own."""
+        key = (readback.contacts, readback.status.trip_latched, readback.status.wdt_expired)
+        if not force and key == self._published:
+            return
+        self._published = key
+        state = RelayState(
+            power_on=readback.contacts.power_on,
+            valve_open=readback.contacts.gas_valve_open,
+            spark_on=readback.contacts.spark_on,
+            trip_latched=readback.status.trip_latched,
+            watchdog_expired=readback.status.wdt_expired,
+            read_at=readback.read_at,
+        )
+        try:
+            await self.service.send(topics.RELAY_STATE.name, b"pico", state.dumps())
+        except Exception:  # reporting must never stop the safety path
+            log.exception("could not publish relayState")
+
+    async def raise_alarm(
+        self, code: str, severity: Severity, message: str, subject: str = "", details: dict[str, str] | None = None
+    ) -> None:
+        """Raise once per condition (the id is deterministic; repeats would only add noise)."""
+        if (code, subject) in self._raised:
+            return
+        self._raised.add((code, subject))
+        assert self.service.alarms is not None
+        try:
+            await self.service.alarms.raise_alarm(code, severity, message, subject=subject, details=details)
+        except Exception:
+            self._raised.discard((code, subject))
+            log.exception("could not raise alarm %s", code)
+
+    async def clear_alarm(self, code: str, subject: str = "") -> None:
+        if (code, subject) not in self._raised or self.halting:
+            return
+        assert self.service.alarms is not None
+        try:
+            if await self.service.alarms.clear_alarm(code, subject, reason="condition gone"):
+                self._raised.discard((code, subject))
+        except Exception:
+            log.exception("could not clear alarm %s", code)
+
+    async def _clear_incidents(self) -> None:
+        for code, subject in list(self._raised):
+            if code in INCIDENT_CODES:
+                await self.clear_alarm(code, subject)
+
+    async def _bus_error(self, exc: BoardError, what: str) -> None:
+        metrics.I2C_ERRORS.labels(exc.operation).inc()
+        self._last_error_at = self.clock()
+        log.error("I2C: %s: %s", what, exc)
+        await self.raise_alarm("i2c-error", Severity.CRITICAL, f"I2C bus error talking to the Pico: {what}: {exc}")
+
+    async def _bus_ok(self) -> None:
+        if self._last_error_at is not None and self.clock() - self._last_error_at > ERROR_CLEAR_AFTER_S:
+            self._last_error_at = None
+            await self.clear_alarm("i2c-error")
+
+    async def relays_view(self, request: web.Request) -> web.Response:
+        """``/relays``: last readback, desired outputs, lease state and last command."""
+        desired = self.controller.outputs
+        return web.json_response(
+            {
+                "readback": None if self.last_readback is None else self.last_readback.as_dict(),
+                "desired": {"power_on": desired.power_on, "gas_valve_open": desired.gas_valve_open, "spark_on": desired.spark_on},
+                "lease": self.controller.lease_state(self.clock()),
+                "last_command": self.last_command,
+                "kicking": self.kicking and not self._unconfirmed_safe,
+                "halting": self.halting,
+                "bus": self.settings.i2c_bus,
+            }
+        )
+
+
+def main() -> int:
+    """Run the I2C adapter; the process exit code (see :mod:`streams.exitcodes`)."""
+    logging.basicConfig(
+        level=os.environ.get("HEATER_LOG_LEVEL", "INFO"),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    settings = Settings.from_env()
+    try:
+        board = RelayBoard.open(settings.i2c_bus)
+    except (OSError, ValueError) as exc:
+        log.error("i2c: cannot open the I2C bus %r: %s", settings.i2c_bus, exc)
+        return exitcodes.DEPENDENCY_MISSING
+    service = EdgeService(SPEC, settings)
+    adapter = RelayAdapter(service, board)
+    adapter.install()
+    try:
+        return service.run(adapter.body, adapter.halted)
+    finally:
+        adapter.io.close()

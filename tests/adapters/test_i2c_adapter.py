@@ -1,0 +1,459 @@
+"""The I2C adapter as a real process, between a real broker and the simulated Pico.
+
+Every assertion about the relays is made at the "hardware": the simulator's
+``/state`` and its wall-clock timestamps, not the adapter's own view.  The brokers
+are this module's own (the FATAL latch is platform-wide): one for normal operation,
+one on which FATAL is raised, and a fresh one standing for a wiped broker.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+import hvac
+import pytest
+from aiokafka import AIOKafkaProducer
+
+from heater.runtime.broker import EmbeddedBroker
+from heater.runtime.vault import EmbeddedVault
+from simulator import client
+from streams import exitcodes
+from streams.codec import decode
+from streams.operator_reset import issue_reset
+from streams.records import Alarm, OperatorReset, RelayCommand, RelayState, SensorReading, Severity
+from streams.vault import TransitSigner
+from tests.simulator.conftest import SimProcess, start_simulator
+from tests.support import ServiceProcess, consume_until, metric, produce, run, vault_env, wait_for
+
+WINDOW_S = 0.5  # the simulator's default watchdog window
+LEASE_S = 1.5
+STALE_S = 2.0  # the controller's default freshness bound
+TICK_S = 0.05
+
+
+class Adapter(ServiceProcess):
+    """``python -m adapters.i2c`` on a free port (the lead wires ``heater worker i2c``)."""
+
+    def __init__(self, broker: EmbeddedBroker, run_dir: Path, bus: str, extra: dict[str, str] | None = None) -> None:
+        super().__init__("i2c", broker.url, run_dir, {"HEATER_I2C_BUS": bus, **(extra or {})})
+
+    def start(self) -> "Adapter":
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "adapters.i2c"], env=self.env,
+            stdout=open(self.log_path, "ab"), stderr=subprocess.STDOUT, start_new_session=True,
+        )
+        return self
+
+    def wait_phase(self, phase: str, timeout: float = 15.0) -> dict[str, Any]:
+        def check() -> dict[str, Any] | None:
+            assert self.proc is not None and self.proc.poll() is None, self.tail()
+            try:
+                body = self.get("/status")[1]
+            except OSError:
+                return None
+            return body if body.get("phase") == phase else None
+
+        return wait_for(check, timeout, 0.05, what=f"phase {phase}")
+
+
+class Feeder:
+    """Plays the CAN adapter and the heating job: readings every 100 ms, lease renewals, commands."""
+
+    def __init__(self, bootstrap: str) -> None:
+        self.bootstrap = bootstrap
+        self.sensors = True
+        self.renewing = False
+        self.lease_s = LEASE_S
+        self.last_reading_at = 0.0
+        self.last_renewal_at = 0.0
+        self._loop = asyncio.new_event_loop()
+        self._stop = threading.Event()
+        self._ready = threading.Event()
+        self._producer: AIOKafkaProducer | None = None
+        self._thread = threading.Thread(target=self._loop.run_until_complete, args=(self._main(),), daemon=True)
+
+    def __enter__(self) -> "Feeder":
+        self._thread.start()
+        assert self._ready.wait(10), "feeder producer did not start"
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(5)
+
+    async def _main(self) -> None:
+        self._producer = AIOKafkaProducer(bootstrap_servers=self.bootstrap, linger_ms=1)
+        await self._producer.start()
+        self._ready.set()
+        next_renewal = 0.0
+        try:
+            while not self._stop.is_set():
+                now = time.time()
+                if self.sensors:
+                    for kind, value in (("temperature", 20.0), ("flame", 1.0)):
+                        reading = SensorReading(sensor=f"test.{kind}", kind=kind, value=value, unit="", received_at=now)
+                        await self._producer.send("sensorData", reading.dumps())
+                    self.last_reading_at = now
+                if self.renewing and now >= next_renewal:
+                    await self._send_command("lease", True, self.lease_s)
+                    self.last_renewal_at = now
+                    next_renewal = now + 0.5
+                await self._producer.flush()
+                await asyncio.sleep(0.1)
+        finally:
+            await self._producer.stop()
+
+    async def _send_command(self, action: str, on: bool, lease_s: float) -> float:
+        assert self._producer is not None
+        issued_at = time.time()
+        command = RelayCommand(
+            command_id=uuid.uuid4().hex, action=action, on=on, issued_by="test", issued_at=issued_at, lease_s=lease_s
+        )
+        await self._producer.send_and_wait("I2CHeating", command.dumps())
+        return issued_at
+
+    def send(self, topic: str, value: bytes, key: bytes | None = None) -> float:
+        """Produce one message on the already-connected producer; the wall-clock time just before."""
+        async def send() -> None:
+            assert self._producer is not None
+            await self._producer.send_and_wait(topic, value, key=key)
+
+        sent_at = time.time()
+        asyncio.run_coroutine_threadsafe(send(), self._loop).result(5)
+        return sent_at
+
+    def command(self, action: str, on: bool = True, lease_s: float = 0.0) -> float:
+        """Send one command now; the wall-clock time it was issued."""
+        return asyncio.run_coroutine_threadsafe(self._send_command(action, on, lease_s), self._loop).result(5)
+
+
+def relays(sim: SimProcess) -> dict[str, bool]:
+    return sim.state()["pico"]["relays"]
+
+
+def wait_relays(sim: SimProcess, power: bool, valve: bool, spark: bool, timeout: float = 5.0) -> dict[str, Any]:
+    want = {"power_on": power, "gas_valve_open": valve, "spark_on": spark}
+    return sim.wait_for(lambda s: s["pico"]["relays"] == want, timeout)["pico"]
+
+
+def unlabelled_metric(proc: ServiceProcess, name: str) -> float:
+    """A Prometheus sample without labels (``tests.support.metric`` reads labelled ones)."""
+    import urllib.request
+
+    text = urllib.request.urlopen(proc.url + "/metrics", timeout=2).read().decode()
+    return next((float(line.split()[1]) for line in text.splitlines() if line.startswith(name + " ")), 0.0)
+
+
+def consume(bootstrap: str, wanted: Callable[[list[Alarm]], bool], timeout: float = 10.0) -> list[Alarm]:
+    return run(_alarms(bootstrap, wanted, timeout))
+
+
+async def _alarms(bootstrap: str, wanted: Callable[[list[Alarm]], bool], timeout: float) -> list[Alarm]:
+    messages = await consume_until(bootstrap, "createAlarm", lambda ms: wanted([decode(m.value, Alarm) for m in ms]), timeout)
+    return [decode(m.value, Alarm) for m in messages]
+
+
+def ignite(feeder: Feeder, sim: SimProcess, lease_s: float = LEASE_S) -> float:
+    """Power, valve under a lease, spark, then spark off once the flame is seen: the valve's open time."""
+    feeder.command("power")
+    wait_relays(sim, True, False, False)
+    feeder.lease_s = lease_s
+    issued = feeder.command("valve", lease_s=lease_s)
+    feeder.renewing = True
+    pico = wait_relays(sim, True, True, False)
+    feeder.command("spark")
+    wait_relays(sim, True, True, True)
+    time.sleep(0.3)  # a flame reading arrives every 100 ms
+    feeder.command("spark", on=False)
+    wait_relays(sim, True, True, False)
+    return pico["timestamps"]["valve_opened_at"] - issued
+
+
+# -- fixtures ---------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def ops_broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedBroker]:
+    with EmbeddedBroker(tmp_path_factory.mktemp("i2c-ops-broker")) as running:
+        yield running
+
+
+@pytest.fixture(scope="module")
+def ops_sim(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SimProcess]:
+    sim = start_simulator(tmp_path_factory.mktemp("i2c-ops-sim"))
+    yield sim
+    sim.terminate()
+
+
+@pytest.fixture
+def adapter(ops_broker: EmbeddedBroker, ops_sim: SimProcess, tmp_path: Path) -> Iterator[Adapter]:
+    client.clear(ops_sim.control_port)
+    proc = Adapter(ops_broker, tmp_path, ops_sim.i2c_url).start()
+    proc.wait_ready()
+    yield proc
+    proc.stop()
+
+
+@pytest.fixture
+def feeder(ops_broker: EmbeddedBroker) -> Iterator[Feeder]:
+    with Feeder(ops_broker.bootstrap) as running:
+        yield running
+
+
+# -- normal operation -------------------------------------------------------------------
+
+
+def test_commands_drive_the_relays_confirmed_by_readback(
+    adapter: Adapter, feeder: Feeder, ops_sim: SimProcess, ops_broker: EmbeddedBroker
+) -> None:
+    latency = ignite(feeder, ops_sim)
+    print(f"\nvalve command -> valve open at the Pico: {latency * 1000:.1f} ms")
+    assert latency < 0.5
+    want = {"power_on": True, "gas_valve_open": True, "spark_on": False}
+    view = wait_for(lambda: (lambda v: v if v["readback"]["contacts"] == want else None)(adapter.get("/relays")[1]), 2)
+    assert view["lease"]["valve_open"] and view["lease"]["ignition_proven"]
+    assert view["last_command"]["action"] in ("spark", "lease")
+    states = run(consume_until(
+        ops_broker.bootstrap, "relayState",
+        lambda ms: any(decode(m.value, RelayState).spark_on for m in ms) and decode(ms[-1].value, RelayState).valve_open,
+    ))
+    assert all(not decode(m.value, RelayState).trip_latched for m in states)
+    time.sleep(2 * LEASE_S)  # renewed leases and fresh data keep the valve open
+    assert relays(ops_sim) == {"power_on": True, "gas_valve_open": True, "spark_on": False}
+    feeder.command("cutoff")
+    wait_relays(ops_sim, False, False, False)
+    assert metric(adapter, "heater_i2c_commands_total", action="valve", result="applied") == 1
+    assert unlabelled_metric(adapter, "heater_i2c_kicks_total") > 10
+
+
+def test_unsafe_sequences_are_refused(adapter: Adapter, feeder: Feeder, ops_sim: SimProcess) -> None:
+    feeder.command("spark")
+    feeder.command("valve", lease_s=LEASE_S)
+    wait_for(lambda: metric(adapter, "heater_i2c_refusals_total", reason="power-cut") == 2, 5, what="power-cut refusals")
+    feeder.command("power")
+    wait_relays(ops_sim, True, False, False)
+    feeder.command("spark")
+    feeder.command("lease", lease_s=LEASE_S)
+    wait_for(lambda: metric(adapter, "heater_i2c_refusals_total", reason="valve-closed") == 2, 5, what="valve-closed refusals")
+    feeder.sensors = False
+    time.sleep(STALE_S + 0.2)
+    feeder.command("valve", lease_s=LEASE_S)
+    wait_for(lambda: metric(adapter, "heater_i2c_refusals_total", reason="stale-data") == 1, 5, what="stale-data refusal")
+    assert relays(ops_sim) == {"power_on": True, "gas_valve_open": False, "spark_on": False}
+    assert ops_sim.state()["pico"]["i2c"]["rejected"] == 0, "nothing unsafe ever reached the board"
+
+
+def test_valve_closes_when_the_lease_is_not_renewed(adapter: Adapter, feeder: Feeder, ops_sim: SimProcess) -> None:
+    ignite(feeder, ops_sim)
+    time.sleep(1.0)
+    feeder.renewing = False
+    time.sleep(0.05)
+    last_renewal = feeder.last_renewal_at
+    pico = wait_relays(ops_sim, True, False, False, timeout=LEASE_S + 2)
+    closed_after = pico["timestamps"]["valve_closed_at"] - last_renewal
+    print(f"\nlast lease renewal -> valve closed at the Pico: {closed_after * 1000:.0f} ms (lease {LEASE_S} s)")
+    assert LEASE_S - 0.1 <= closed_after <= LEASE_S + TICK_S + 0.15
+    assert pico["relays"]["power_on"], "only the gas closes; the power stays for the next job"
+
+
+def test_valve_closes_when_sensor_data_go_stale(adapter: Adapter, feeder: Feeder, ops_sim: SimProcess) -> None:
+    ignite(feeder, ops_sim, lease_s=5.0)
+    feeder.sensors = False
+    time.sleep(0.15)
+    last_reading = feeder.last_reading_at
+    pico = wait_relays(ops_sim, True, False, False, timeout=STALE_S + 2)
+    closed_after = pico["timestamps"]["valve_closed_at"] - last_reading
+    print(f"\nlast sensor reading -> valve closed at the Pico: {closed_after * 1000:.0f} ms (bound {STALE_S} s)")
+    assert STALE_S - 0.1 <= closed_after <= STALE_S + TICK_S + 0.15
+    wait_for(lambda: metric(adapter, "heater_i2c_safety_actions_total", reason="stale-data") == 1, 2, what="counted")
+
+
+def test_kill_9_leaves_the_hardware_watchdog_to_make_everything_safe(
+    adapter: Adapter, feeder: Feeder, ops_sim: SimProcess
+) -> None:
+    ignite(feeder, ops_sim, lease_s=5.0)
+    feeder.command("spark")
+    wait_relays(ops_sim, True, True, True)
+    killed_at = time.time()
+    adapter.kill()
+    adapter.wait(5)
+    pico = wait_relays(ops_sim, False, False, False, timeout=2 * WINDOW_S + 1)
+    safe_after = pico["timestamps"]["safe_at"] - killed_at
+    print(f"\nkill -9 -> every relay safe at the Pico: {safe_after * 1000:.0f} ms (window {WINDOW_S * 1000:.0f} ms)")
+    assert pico["watchdog"]["expired"] and safe_after <= WINDOW_S + 0.05
+    assert ops_sim.proc.poll() is None, "the simulated hardware survives the adapter"
+
+
+def test_i2c_errors_raise_an_alarm_and_never_leave_unconfirmed_outputs(
+    adapter: Adapter, feeder: Feeder, ops_sim: SimProcess, ops_broker: EmbeddedBroker
+) -> None:
+    ignite(feeder, ops_sim, lease_s=5.0)
+    client.inject(ops_sim.control_port, "i2c_nack")
+    pico = wait_relays(ops_sim, False, False, False, timeout=2 * WINDOW_S + 1)
+    assert pico["watchdog"]["expired"]
+    consume(ops_broker.bootstrap, lambda seen: any(a.alarm_id == "i2c/i2c-error" for a in seen))
+    client.clear(ops_sim.control_port, "i2c_nack")
+    consume(ops_broker.bootstrap, lambda seen: any(a.alarm_id == "i2c/readback-mismatch" for a in seen))
+    wait_for(lambda: adapter.get("/relays")[1]["desired"]["power_on"] is False, 5, what="controller forced safe")
+    time.sleep(0.3)
+    state = ops_sim.state()["pico"]
+    assert state["relays"] == {"power_on": False, "gas_valve_open": False, "spark_on": False}
+    assert not state["watchdog"]["expired"], "faults cleared once the relays were confirmed safe"
+    assert metric(adapter, "heater_i2c_errors_total", operation="kick") > 0
+    feeder.command("power")
+    wait_relays(ops_sim, True, False, False)
+
+
+# -- FATAL, the hardware latch and operator resets ----------------------------------------
+
+
+@pytest.fixture(scope="module")
+def fatal_broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedBroker]:
+    with EmbeddedBroker(tmp_path_factory.mktemp("i2c-fatal-broker")) as running:
+        yield running
+
+
+@pytest.fixture(scope="module")
+def wiped_broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedBroker]:
+    """A broker that has never seen the FATAL: what a wiped or replaced broker looks like."""
+    with EmbeddedBroker(tmp_path_factory.mktemp("i2c-wiped-broker")) as running:
+        yield running
+
+
+@pytest.fixture(scope="module")
+def latch_sims(tmp_path_factory: pytest.TempPathFactory) -> Iterator[list[SimProcess]]:
+    """Simulators sharing one run directory (so one NVRAM); the last one is the live one."""
+    run_dir = tmp_path_factory.mktemp("i2c-latch-sim")
+    sims = [start_simulator(run_dir)]
+    yield sims
+    for sim in sims:
+        if sim.proc.poll() is None:
+            sim.terminate()
+
+
+@pytest.fixture(scope="module")
+def adapter_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One adapter run directory across restarts (it holds the reset ledger)."""
+    return tmp_path_factory.mktemp("i2c-latch-adapter")
+
+
+def fatal(source: str = "disaster") -> Alarm:
+    return Alarm(
+        alarm_id=f"{source}/overtemp", source=source, code="overtemp", severity=Severity.FATAL,
+        message="water over the limit (test)", raised_at=time.time(),
+    )
+
+
+def test_fatal_trips_the_pico_and_the_adapter_stays_down(
+    fatal_broker: EmbeddedBroker, latch_sims: list[SimProcess], adapter_dir: Path
+) -> None:
+    sim = latch_sims[-1]
+    adapter = Adapter(fatal_broker, adapter_dir, sim.i2c_url).start()
+    adapter.wait_ready()
+    with Feeder(fatal_broker.bootstrap) as feeder:
+        ignite(feeder, sim, lease_s=5.0)
+        alarm = fatal()
+        sent_at = feeder.send("createAlarm", alarm.dumps(), key=alarm.alarm_id.encode())
+        assert adapter.wait(10) == exitcodes.STAY_DOWN, adapter.tail()
+    pico = sim.state()["pico"]
+    assert pico["trip_latched"] and pico["relays"] == {"power_on": False, "gas_valve_open": False, "spark_on": False}
+    cut_after = pico["timestamps"]["power_cut_at"] - sent_at
+    print(f"\nFATAL alarm produced -> power cut at the Pico: {cut_after * 1000:.1f} ms")
+    assert cut_after < 0.25
+    assert "tripped and confirmed" in adapter.log_path.read_text()
+    last = run(consume_until(fatal_broker.bootstrap, "relayState", lambda ms: any(decode(m.value, RelayState).trip_latched for m in ms)))
+    assert decode(last[-1].value, RelayState).power_on is False
+
+
+def test_the_trip_survives_restarts_and_a_wiped_broker(
+    wiped_broker: EmbeddedBroker, latch_sims: list[SimProcess], adapter_dir: Path
+) -> None:
+    latch_sims[-1].terminate()
+    sim = start_simulator(latch_sims[-1].run_dir)
+    latch_sims.append(sim)
+    assert sim.state()["pico"]["trip_latched"], "the latch is in the board's NVRAM"
+    adapter = Adapter(wiped_broker, adapter_dir, sim.i2c_url).start()
+    assert adapter.wait(15) == exitcodes.STAY_DOWN, adapter.tail()
+    seen = consume(wiped_broker.bootstrap, lambda got: any(a.alarm_id == "i2c/pico-tripped" for a in got))
+    assert next(a for a in seen if a.alarm_id == "i2c/pico-tripped").severity is Severity.FATAL
+    restarted = Adapter(wiped_broker, adapter_dir, sim.i2c_url).start()
+    try:
+        restarted.wait_phase("halted")
+        assert restarted.get("/readyz")[0] == 503
+        time.sleep(0.3)
+        pico = sim.state()["pico"]
+        assert pico["trip_latched"] and pico["timestamps"]["reset_at"] is None, "never reset on its own"
+        assert not pico["watchdog"]["armed"], "a halted adapter does not kick"
+    finally:
+        restarted.stop()
+
+
+def test_only_a_verified_fresh_reset_releases_the_pico(
+    wiped_broker: EmbeddedBroker, latch_sims: list[SimProcess], adapter_dir: Path, vault: EmbeddedVault
+) -> None:
+    sim = latch_sims[-1]
+    adapter = Adapter(wiped_broker, adapter_dir, sim.i2c_url, vault_env(vault)).start()
+    try:
+        adapter.wait_phase("halted")
+        signer = TransitSigner(hvac.Client(url=vault.addr, token=vault.token))
+        genuine = run(issue_reset("alice", signer))
+        forged = OperatorReset(**{**run(issue_reset("mallory", signer)).asdict(), "operator": "root"})
+        future = run(issue_reset("bob", signer))
+        stale = OperatorReset(**{**future.asdict(), "issued_at": time.time() + 600})
+        run(produce(wiped_broker.bootstrap, "operatorReset", [forged.dumps(), stale.dumps()]))
+        refused = consume(wiped_broker.bootstrap, lambda got: sum(a.code == "reset-refused" for a in got) >= 2)
+        kinds = {a.details["kind"] for a in refused if a.code == "reset-refused"}
+        assert kinds == {"forged", "stale"}
+        assert sim.state()["pico"]["trip_latched"]
+        run(produce(wiped_broker.bootstrap, "operatorReset", [genuine.dumps()]))
+        pico = sim.wait_for(lambda s: not s["pico"]["trip_latched"], timeout=10)["pico"]
+        assert pico["timestamps"]["reset_at"] is not None
+        assert pico["relays"] == {"power_on": False, "gas_valve_open": False, "spark_on": False}
+        sim.smbus().write_byte_data(0x42, 0x05, 0xDE)  # trip again, so a replay would show
+        run(produce(wiped_broker.bootstrap, "operatorReset", [genuine.dumps()]))
+        replayed = consume(
+            wiped_broker.bootstrap,
+            lambda got: any(a.code == "reset-refused" and a.details.get("kind") == "replayed" for a in got),
+        )
+        assert any(genuine.nonce in a.message for a in replayed if a.details.get("kind") == "replayed")
+        assert sim.state()["pico"]["trip_latched"], "a replayed reset releases nothing"
+        assert metric(adapter, "heater_i2c_operator_resets_total", result="released") == 1
+        assert adapter.get("/readyz")[0] == 503, "still halted until the platform latch is released"
+    finally:
+        adapter.stop()
+
+
+def test_reset_through_alarms_server_releases_pico_before_the_restart(
+    fatal_broker: EmbeddedBroker, latch_sims: list[SimProcess], adapter_dir: Path, vault: EmbeddedVault, tmp_path: Path
+) -> None:
+    """AlarmsServer releases the platform latch for the same reset; the halted adapter must
+    have released the Pico before it exits to be restarted, or the restart would re-raise FATAL."""
+    sim = latch_sims[-1]
+    assert sim.state()["pico"]["trip_latched"]
+    alarms_server = ServiceProcess("alarms", fatal_broker.url, tmp_path, vault_env(vault)).start()
+    adapter = Adapter(fatal_broker, adapter_dir, sim.i2c_url, vault_env(vault)).start()
+    try:
+        adapter.wait_phase("halted")
+        consume(fatal_broker.bootstrap, lambda got: any(a.alarm_id == "i2c/pico-tripped" for a in got))
+        signer = TransitSigner(hvac.Client(url=vault.addr, token=vault.token))
+        reset = run(issue_reset("alice", signer))
+        run(produce(fatal_broker.bootstrap, "operatorReset", [reset.dumps()]))
+        assert adapter.wait(20) == exitcodes.RELEASED, adapter.tail()
+        assert not sim.state()["pico"]["trip_latched"], "the Pico was released before the adapter exited"
+        restarted = Adapter(fatal_broker, adapter_dir, sim.i2c_url, vault_env(vault)).start()
+        try:
+            restarted.wait_ready()
+            assert not sim.state()["pico"]["trip_latched"]
+        finally:
+            restarted.stop()
+    finally:
+        adapter.stop()
+        alarms_server.stop()

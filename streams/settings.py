@@ -133,6 +133,7 @@ def faust_options(settings: Settings, service: str, *, fast_path: bool = False) 
             broker_request_timeout=10.0,
             stream_recovery_delay=0.0,
             broker_commit_interval=1.0,
+            TableManager="streams.tables.manager:LocalTableManager",
         )
     else:
         options.update(_production_security(settings))

@@ -10,7 +10,6 @@ when Faust first reads its configuration (``on_configured``).
 from __future__ import annotations
 
 import logging
-import time
 from typing import Any, AsyncIterator, Awaitable, Callable
 
 import faust

@@ -4,7 +4,6 @@ show state read-only, a restart stays halted, and only the operator reset brings
 from __future__ import annotations
 
 import time
-from pathlib import Path
 from typing import Iterator
 
 import pytest

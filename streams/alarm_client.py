@@ -35,30 +35,35 @@ class AlarmClient:
         message: str,
         subject: str = "",
         details: Mapping[str, str] | None = None,
+        at: float | None = None,
     ) -> Alarm:
+        """Raise an alarm; ``at`` (default now) is when its condition started, for replay-safe ids."""
         alarm = Alarm(
             alarm_id=alarm_id_for(self.source, code, subject),
             source=self.source,
             code=code,
             severity=Severity(severity),
             message=message,
-            raised_at=now(),
+            raised_at=now() if at is None else at,
             details={k: str(v) for k, v in (details or {}).items()},
         )
         await self._send(topics.CREATE_ALARM.name, alarm.alarm_id.encode(), alarm.dumps())
         log.log(logging.CRITICAL if alarm.is_fatal else logging.WARNING, "raised %s %s: %s", alarm.severity.value, alarm.alarm_id, message)
         return alarm
 
-    async def clear_alarm(self, code: str, subject: str = "", reason: str = "") -> bool:
-        """Clear one of this service's alarms; refused (False) while the platform is latched."""
+    async def clear_alarm(self, code: str, subject: str = "", reason: str = "", at: float | None = None) -> bool:
+        """Clear one of this service's alarms; refused (False) while the platform is latched.
+
+        ``at`` (default now) is when the condition ended.
+        """
         if self._watch is not None and self._watch.latch.latched:
             log.warning("not clearing %s/%s: platform latched", code, subject)
             return False
-        await self._send_clear(alarm_id_for(self.source, code, subject), reason)
+        await self._send_clear(alarm_id_for(self.source, code, subject), reason, at)
         return True
 
-    async def _send_clear(self, alarm_id: str, reason: str) -> None:
-        clear = AlarmClear(alarm_id=alarm_id, cleared_by=self.source, cleared_at=now(), reason=reason)
+    async def _send_clear(self, alarm_id: str, reason: str, at: float | None = None) -> None:
+        clear = AlarmClear(alarm_id=alarm_id, cleared_by=self.source, cleared_at=now() if at is None else at, reason=reason)
         await self._send(topics.DELETE_ALARM.name, alarm_id.encode(), clear.dumps())
 
     async def clear_own_on_startup(self) -> list[str]:

@@ -53,6 +53,7 @@ class EdgeService:
         self.watch: PlatformWatch | None = None
         self.alarms: AlarmClient | None = None
         self.exit_code = exitcodes.DONE
+        self._reserved_exit: int | None = None
         self._stop: asyncio.Event | None = None
 
     # -- plumbing for adapters -----------------------------------------------------
@@ -70,9 +71,19 @@ class EdgeService:
         self.status.mark_ready(self.spec.name)
 
     def stop(self, code: int = exitcodes.DONE) -> None:
-        self.exit_code = code
+        """Stop the service; it exits with ``code`` unless an exit code was reserved."""
+        self.exit_code = code if self._reserved_exit is None else self._reserved_exit
         if self._stop is not None:
             self._stop.set()
+
+    def reserve_exit(self, code: int) -> None:
+        """Fix the exit code before an action that will stop the service for another reason.
+
+        A heating job that locks out raises a FATAL alarm itself; the platform watch then
+        stops it as it stops every control service, but the job's outcome is still the
+        lock-out (exit 1 in the exit-code table), not a FATAL from elsewhere.
+        """
+        self._reserved_exit = code
 
     # -- lifecycle -----------------------------------------------------------------
 

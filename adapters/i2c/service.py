@@ -60,6 +60,7 @@ TRIP_ATTEMPTS = 5
 RETRY_DELAY_S = 0.01
 STARTUP_RETRY_S = 0.5
 ERROR_CLEAR_AFTER_S = 2.0
+RELAY_STATE_EVERY_S = 1.0
 SENSOR_FAULT_BIT = 0x01
 
 #: Alarms about one incident of a heating cycle: cleared when the next valve opens.
@@ -111,6 +112,7 @@ class RelayAdapter:
         self._raised: set[tuple[str, str]] = set()
         self._last_error_at: float | None = None
         self._published: tuple[Relays, bool, bool] | None = None
+        self._published_at = 0.0
 
     def install(self) -> None:
         """Hook into the service: FATAL trip, ``/relays`` view."""
@@ -488,11 +490,16 @@ class RelayAdapter:
             metrics.OUTPUTS.labels(name).set(int(on))
 
     async def publish(self, readback: Readback, force: bool = False) -> None:
-        """``relayState`` after every write, and whenever the board changed on its own."""
+        """``relayState`` after every write, whenever the board changed, and at least every second.
+
+        The periodic copy keeps readers (the disaster detector) from acting on a stale
+        readback when one message was lost.
+        """
         key = (readback.contacts, readback.status.trip_latched, readback.status.wdt_expired)
-        if not force and key == self._published:
+        if not force and key == self._published and readback.read_at - self._published_at < RELAY_STATE_EVERY_S:
             return
         self._published = key
+        self._published_at = readback.read_at
         state = RelayState(
             power_on=readback.contacts.power_on,
             valve_open=readback.contacts.gas_valve_open,

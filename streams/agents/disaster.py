@@ -1,0 +1,202 @@
+"""DisasterDetector: the last software line between a runaway burner and the house.
+
+One agent follows ``sensorData``, ``heatingJobState``, ``relayState`` and ``I2CHeating``
+as a single stream, so a job's state, a valve command, its readback and the readings
+around them are judged in delivery order. The rules live in :mod:`streams.disaster_rules`;
+this module feeds them records, keeps their facts in changelog tables
+(:mod:`streams.tables.disaster`) and acts on a detection: a ``DisasterEvent`` on
+``DisasterDetected`` first, then a FATAL alarm — the platform then cuts the power, and
+this service, a control service, halts and exits with the stay-down code. The event goes
+out before the detection is stored, so a crash in between repeats a report (same
+disaster id, same alarm id) rather than losing one.
+
+``GET /disaster`` shows whether the water is watched and why, each sensor's window, and
+the disasters detected.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from dataclasses import asdict
+from typing import Any
+
+import faust
+from prometheus_client import Counter
+
+from streams import topics
+from streams.app import HeaterService, ServiceKind, ServiceSpec
+from streams.disaster_rules import Detection, DisasterWatch, RuleLimits, SensorWindow
+from streams.heater_config import HeaterLimits
+from streams.lifecycle import Phase
+from streams.records import DisasterEvent, HeaterRecord, HeatingJobState, RelayAction, RelayCommand, RelayState, SensorReading, Severity
+from streams.tables.disaster import DisasterTables
+
+log = logging.getLogger(__name__)
+
+SPEC = ServiceSpec(
+    "disaster", ServiceKind.CONTROL, fast_path=True,
+    description="disaster detector: over-limit, too-fast rise, heat with the valve closed, sensor disagreement",
+)
+service = HeaterService(SPEC)
+app = service.app
+
+tables = DisasterTables(app)
+inputs = service.raw_topic(topics.SENSOR_DATA, topics.HEATING_STATE, topics.RELAY_STATE, topics.I2C_HEATING)
+disaster_topic = app.topic(topics.DISASTER_DETECTED.name, value_type=DisasterEvent, key_type=str)
+
+DETECTED = Counter("heater_disasters_detected_total", "Disasters detected, by rule", ["rule"])
+
+
+class Detector:
+    """The running detector: its limits (validated at start-up) and its watch (restored from tables)."""
+
+    def __init__(self) -> None:
+        self.limits: RuleLimits | None = None
+        self.watch: DisasterWatch | None = None
+        self._started = asyncio.Event()
+
+    async def check_limits(self) -> None:
+        """Startup self-check: the limits are valid (a ConfigInvalid stops the service)."""
+        self.limits = RuleLimits.from_heater(HeaterLimits.from_env())
+        log.info("disaster limits: %s", self.limits)
+        self._started.set()
+
+    async def ready_watch(self) -> DisasterWatch:
+        """The watch, once start-up passed (Faust delivers no event before its tables are recovered)."""
+        if self.watch is None:
+            await self._started.wait()
+            self._restore()
+        assert self.watch is not None
+        return self.watch
+
+    def _restore(self) -> None:
+        assert self.limits is not None
+        self.watch = tables.load(self.limits)
+        log.info(
+            "watch restored: job=%s valve=%s windows=%d detections=%d",
+            self.watch.job, self.watch.valve, len(self.watch.windows), len(self.watch.detections),
+        )
+
+    def _restore_for_view(self) -> None:
+        """Show the restored facts before the first event arrives, once the tables are recovered."""
+        if self.watch is None and self._started.is_set() and app.tables.recovery.completed.is_set():
+            self._restore()
+
+    async def handle(self, record: HeaterRecord) -> None:
+        watch = await self.ready_watch()
+        if isinstance(record, SensorReading):
+            await self.on_reading(watch, record)
+        elif isinstance(record, HeatingJobState):
+            tables.save_job(watch.on_job_state(record.job_id, record.state, record.at))
+            log.info("heating job %s %s", record.job_id, record.state)
+        elif isinstance(record, RelayState):
+            before = watch.valve.readback_open
+            tables.save_valve(watch.on_readback(record.valve_open, record.read_at))
+            if before is not record.valve_open:
+                log.info("valve reads %s", "open" if record.valve_open else "closed")
+        elif isinstance(record, RelayCommand):
+            if record.action is RelayAction.LEASE and record.on:
+                tables.save_valve(watch.on_lease_renewal(record.issued_at, record.lease_s))
+                return
+            wants_open = valve_command(record)
+            if wants_open is not None:
+                tables.save_valve(watch.on_valve_command(wants_open, record.issued_at, record.lease_s))
+
+    async def on_reading(self, watch: DisasterWatch, reading: SensorReading) -> None:
+        if reading.kind != "temperature":
+            return
+        outcome = watch.on_reading(reading.sensor, reading.value, reading.received_at)
+        if outcome.window is not None and outcome.status.watching:
+            tables.save_window(outcome.window)
+        for detection in outcome.detections:
+            await self.act(detection)
+
+    async def act(self, detection: Detection) -> None:
+        """Report a disaster and raise FATAL; a halted service only logs (the power is already cut).
+
+        Still starting counts as acting: the agent runs only after this service's own
+        self-check, and a disaster must not wait for the remaining ones. The alarm is
+        raised now (not at the reading's time), so that a disaster found late — after an
+        operator reset, from readings of before it — still latches the platform.
+        """
+        DETECTED.labels(detection.rule).inc()
+        if service.status.phase in (Phase.HALTED, Phase.STOPPING) or service.alarms is None:
+            log.critical("disaster %s while %s, not acted on: %s", detection.disaster_id, service.status.phase.value, detection.message)
+            return
+        log.critical("DISASTER %s: %s", detection.disaster_id, detection.message)
+        event = DisasterEvent(
+            disaster_id=detection.disaster_id, rule=detection.rule, message=detection.message,
+            detected_at=detection.at, value=detection.value, limit=detection.limit,
+        )
+        await disaster_topic.send(key=detection.disaster_id, value=event)
+        await service.alarms.raise_alarm(
+            detection.rule, Severity.FATAL, detection.message, subject=detection.episode,
+            details={"disaster_id": detection.disaster_id, "sensor": detection.sensor, "value": str(detection.value), "limit": str(detection.limit)},
+        )
+        tables.save_detection(detection)
+
+    def view(self, now: float) -> dict[str, Any]:
+        self._restore_for_view()
+        watch = self.watch
+        if watch is None:
+            return {"watching": False, "reason": "starting", "phase": service.status.phase.value}
+        status = watch.status(now)
+        return {
+            "phase": service.status.phase.value,
+            "watching": status.watching,
+            "reason": status.reason,
+            "episode": status.episode,
+            "valve_closed": status.valve_closed,
+            "closed_since": status.closed_since,
+            "job": asdict(watch.job) if watch.job else None,
+            "valve": asdict(watch.valve),
+            "windows": {name: window_view(w) for name, w in sorted(watch.windows.items())},
+            "detections": [asdict(d) for d in sorted(watch.detections.values(), key=lambda d: d.at)],
+            "limits": asdict(watch.limits),
+        }
+
+
+def valve_command(command: RelayCommand) -> bool | None:
+    """The valve state a command asks for, as the I2C adapter carries it out; None if it leaves the valve alone.
+
+    ``valve`` opens or closes; ``lease`` off closes; ``power`` off and ``cutoff`` on take
+    every relay, the valve included, to its safe state.
+    """
+    if command.action is RelayAction.VALVE:
+        return command.on
+    if command.action is RelayAction.LEASE and not command.on:
+        return False
+    if (command.action is RelayAction.CUTOFF and command.on) or (command.action is RelayAction.POWER and not command.on):
+        return False
+    return None
+
+
+def window_view(window: SensorWindow) -> dict[str, Any]:
+    """One sensor's window for ``/disaster``: its extent, last raw and filtered values, the samples."""
+    filtered = window.filtered()
+    return {
+        "count": len(window.samples),
+        "first_at": window.samples[0][0] if window.samples else None,
+        "last_at": window.newest,
+        "last_c": window.samples[-1][1] if window.samples else None,
+        "filtered_c": filtered[-1][1] if filtered else None,
+        "samples": [list(s) for s in window.samples],
+    }
+
+
+detector = Detector()
+service.add_startup_check(detector.check_limits)
+
+
+@app.agent(inputs)
+async def detect(stream: faust.StreamT) -> None:
+    async for record in service.records(stream):
+        await detector.handle(record)
+
+
+@app.page("/disaster")
+async def disaster_view(web: Any, request: Any) -> Any:
+    """Whether the water is watched now and why, the windows, and the disasters detected."""
+    return web.json(detector.view(time.time()))

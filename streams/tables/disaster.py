@@ -1,0 +1,68 @@
+"""The disaster detector's changelog-backed tables, and how its facts travel in them.
+
+Four tables, each a JSON object per key so the rules module stays free of Faust:
+
+* ``disaster-job`` — ``job`` → the heating job's last state (:class:`JobFacts`);
+* ``disaster-valve`` — ``valve`` → the last relay readback and valve command (:class:`ValveFacts`);
+* ``disaster-windows`` — sensor id → its recent samples (:class:`SensorWindow`), written
+  only while the water is watched (the broker's memory storage keeps every write);
+* ``disaster-detections`` — disaster id → :class:`Detection`, so a replay after a crash or
+  a restart after an operator reset finds the episode already reported.
+
+Writes must happen inside the agent's stream iteration (Faust sends each change to the
+changelog partition of the event being processed).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict
+from typing import Any
+
+import faust
+
+from streams.disaster_rules import DisasterWatch, Detection, JobFacts, RuleLimits, SensorWindow, ValveFacts
+
+JOB_KEY = "job"
+VALVE_KEY = "valve"
+
+
+def _table(app: faust.App, name: str, help: str) -> faust.Table:
+    return app.Table(name, key_type=str, value_type=None, partitions=1, help=help)
+
+
+class DisasterTables:
+    """The detector's four tables, with conversions to and from the rules' facts."""
+
+    def __init__(self, app: faust.App) -> None:
+        self.job = _table(app, "disaster-job", "the heating job's last state")
+        self.valve = _table(app, "disaster-valve", "last relay readback and valve command")
+        self.windows = _table(app, "disaster-windows", "recent samples per water sensor")
+        self.detections = _table(app, "disaster-detections", "disasters already reported, by id")
+
+    def load(self, limits: RuleLimits) -> DisasterWatch:
+        """A watch restored from the (recovered) tables."""
+        job = self.job.get(JOB_KEY)
+        valve = self.valve.get(VALVE_KEY)
+        return DisasterWatch(
+            limits,
+            job=JobFacts(**job) if job else None,
+            valve=ValveFacts(**valve) if valve else None,
+            windows={sensor: window_from(data) for sensor, data in self.windows.items()},
+            detections=[Detection(**data) for data in self.detections.values()],
+        )
+
+    def save_job(self, job: JobFacts) -> None:
+        self.job[JOB_KEY] = asdict(job)
+
+    def save_valve(self, valve: ValveFacts) -> None:
+        self.valve[VALVE_KEY] = asdict(valve)
+
+    def save_window(self, window: SensorWindow) -> None:
+        self.windows[window.sensor] = {"sensor": window.sensor, "samples": [list(s) for s in window.samples]}
+
+    def save_detection(self, detection: Detection) -> None:
+        self.detections[detection.disaster_id] = asdict(detection)
+
+
+def window_from(data: dict[str, Any]) -> SensorWindow:
+    return SensorWindow(data["sensor"], tuple((float(t), float(v)) for t, v in data["samples"]))

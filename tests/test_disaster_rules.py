@@ -1,0 +1,392 @@
+"""The disaster rules as pure functions: each rule at its boundary, noise, when the water is watched."""
+
+from __future__ import annotations
+
+import random
+from typing import Iterable
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from streams.disaster_rules import Detection, DisasterWatch, JobFacts, RuleLimits, SensorWindow, ValveFacts, slope
+from streams.heater_config import HeaterLimits
+
+T0 = 1_700_000_000.0
+HZ = 10
+SENSORS = ("water.0", "water.1", "water.2")
+LIMITS = RuleLimits.from_heater(HeaterLimits())
+GRACE = LIMITS.grace_s
+
+Reading = tuple[str, float, float]
+
+
+def series(values: Iterable[float], start: float = T0, sensors: Iterable[str] = SENSORS, offsets: dict[str, float] | None = None) -> list[Reading]:
+    """One value per 0.1 s, each sent by every sensor (with an optional per-sensor offset)."""
+    out: list[Reading] = []
+    for i, value in enumerate(values):
+        for sensor in sensors:
+            out.append((sensor, value + (offsets or {}).get(sensor, 0.0), start + i / HZ))
+    return out
+
+
+def flat(value: float, seconds: float) -> list[float]:
+    return [value] * int(seconds * HZ)
+
+
+def ramp(start: float, rate: float, seconds: float) -> list[float]:
+    return [start + rate * i / HZ for i in range(int(seconds * HZ))]
+
+
+def heating(job: str = "j1", at: float = T0 - 0.5) -> DisasterWatch:
+    watch = DisasterWatch(LIMITS)
+    watch.on_job_state(job, "heating", at)
+    watch.on_valve_command(True, at, lease_s=LIMITS.max_lease_s)  # long enough for these short series
+    watch.on_readback(True, at)
+    return watch
+
+
+def closed_at(at: float) -> DisasterWatch:
+    """No job; the valve was commanded closed and reads closed at ``at``."""
+    watch = DisasterWatch(LIMITS)
+    watch.on_valve_command(False, at)
+    watch.on_readback(False, at)
+    return watch
+
+
+def feed(watch: DisasterWatch, readings: Iterable[Reading]) -> list[Detection]:
+    found: list[Detection] = []
+    for sensor, value, at in readings:
+        found.extend(watch.on_reading(sensor, value, at).detections)
+    return found
+
+
+def rules(found: list[Detection]) -> list[str]:
+    return [d.rule for d in found]
+
+
+# -- over-limit -----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("values", "expected"),
+    [
+        (flat(89.9, 1), []),
+        (flat(90.0, 1), []),  # at the limit is not over it
+        (flat(90.1, 1), ["over-limit"]),
+        (flat(60, 1) + [150.0] + flat(60, 1), []),  # one wild sample
+        (flat(60, 1) + [150.0, 60.0, 60.0, 150.0] + flat(60, 1), []),  # isolated wild samples
+        (flat(89.8, 1) + [90.2, 90.2], ["over-limit"]),  # two in a row are a reading, not noise
+    ],
+    ids=["below", "at-limit", "over", "single-spike", "isolated-spikes", "sustained"],
+)
+def test_over_limit(values: list[float], expected: list[str]) -> None:
+    assert rules(feed(heating(), series(values))) == expected
+
+
+# -- too-fast rise --------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("rate", "expected"),
+    [(1.8, []), (3.9, []), (4.0, []), (4.05, ["too-fast-rise"]), (8.0, ["too-fast-rise"])],
+)
+def test_too_fast_rise_boundary(rate: float, expected: list[str]) -> None:
+    values = flat(30, 1) + ramp(30, rate, 2.5)
+    assert rules(feed(heating(), series(values, sensors=["water.0"]))) == expected
+
+
+def test_too_fast_rise_needs_a_second_of_data() -> None:
+    """A steep jump seen over less than min_rate_span_s is not yet a rate."""
+    watch = heating()
+    assert feed(watch, series(ramp(30, 10.0, 0.9), sensors=["water.0"])) == []
+    assert rules(feed(watch, series(ramp(39, 10.0, 0.4), start=T0 + 0.9, sensors=["water.0"]))) == ["too-fast-rise"]
+
+
+def test_a_single_wild_sample_in_a_ramp_is_not_a_fast_rise() -> None:
+    values = ramp(30, 1.8, 3.0)
+    values[25] += 12.0
+    assert feed(heating(), series(values, sensors=["water.0"])) == []
+
+
+def test_slope_is_least_squares() -> None:
+    assert slope([(0.0, 1.0), (1.0, 3.0), (2.0, 5.0)]) == pytest.approx(2.0)
+    assert slope([(1.0, 1.0), (1.0, 9.0)]) == 0.0
+
+
+# -- rise while the valve is closed ------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("after", "expected"),
+    [
+        (flat(40.0, 1) + flat(42.0, 0.3), []),  # exactly the limit
+        (flat(40.0, 1) + flat(42.1, 0.3), ["rise-while-closed"]),
+        (ramp(40.0, 0.5, 3.0), []),  # 1.5 °C in 3 s
+        (ramp(40.0, 1.0, 3.0), ["rise-while-closed"]),
+        (ramp(40.0, -1.0, 3.0), []),  # cooling
+        (flat(40.0, 1) + [45.0] + flat(40.0, 1), []),  # one wild sample
+    ],
+    ids=["at-limit", "over", "slow", "rising", "cooling", "spike"],
+)
+def test_rise_while_closed(after: list[float], expected: list[str]) -> None:
+    assert rules(feed(closed_at(T0), series(after, start=T0 + 0.1))) == expected
+
+
+def test_rise_while_closed_counts_only_from_the_closure() -> None:
+    """Heating right up to the closure is not a rise "while closed"; the water then settles."""
+    watch = heating()
+    assert feed(watch, series(ramp(40, 1.8, 3.0))) == []
+    end = T0 + 3.0
+    watch.on_valve_command(False, end)
+    watch.on_job_state("j1", "done", end)
+    watch.on_readback(False, end + 0.05)
+    assert feed(watch, series(flat(45.4, 4), start=end + 0.1)) == []
+
+
+def test_stuck_valve_after_the_job_is_detected_in_the_grace_period() -> None:
+    """The job ended and closed the valve, yet the water keeps rising: the runaway."""
+    watch = heating()
+    assert feed(watch, series(ramp(40, 1.8, 3.0))) == []
+    end = T0 + 3.0
+    watch.on_valve_command(False, end)
+    watch.on_job_state("j1", "done", end)
+    found = feed(watch, series(ramp(45.4, 1.8, 3.0), start=end + 0.1))
+    assert rules(found) == ["rise-while-closed"]
+    assert found[0].disaster_id == "rise-while-closed/job-j1"
+    assert found[0].at - end < LIMITS.rise_window_s
+
+
+def test_valve_reading_open_after_close_command_is_watched_past_the_grace() -> None:
+    watch = DisasterWatch(LIMITS)
+    watch.on_valve_command(True, T0 - 1, lease_s=3.0)
+    watch.on_readback(True, T0 - 1)
+    watch.on_valve_command(False, T0)
+    later = T0 + 10 * GRACE
+    assert watch.status(later).watching and watch.status(later).reason == "valve reads open"
+    assert rules(feed(watch, series(ramp(40, 1.0, 3.0), start=later))) == ["rise-while-closed"]
+
+
+def test_failed_job_is_watched_for_the_grace_period_only() -> None:
+    watch = heating()
+    watch.on_job_state("j1", "failed", T0)
+    watch.on_valve_command(False, T0)
+    watch.on_readback(False, T0)
+    assert rules(feed(watch, series(flat(90.5, 0.5), start=T0 + GRACE - 0.5))) == ["over-limit"]
+    late = heating()
+    late.on_job_state("j1", "failed", T0)
+    late.on_valve_command(False, T0)
+    late.on_readback(False, T0)
+    assert feed(late, series(flat(90.5, 0.5), start=T0 + GRACE + 0.1)) == []
+
+
+# -- sensor disagreement -----------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("offset", "expected"), [(2.9, []), (3.0, []), (3.1, ["sensor-disagreement"]), (-3.5, ["sensor-disagreement"])]
+)
+def test_disagreement_during_heating(offset: float, expected: list[str]) -> None:
+    readings = series(flat(50.0, 0.5), offsets={"water.2": offset})
+    assert rules(feed(heating(), readings)) == expected
+
+
+def test_disagreement_is_judged_only_during_a_job() -> None:
+    watch = DisasterWatch(LIMITS)
+    watch.on_readback(True, T0 - 1)  # valve open without a job: watched, but no disagreement rule
+    assert feed(watch, series(flat(50.0, 0.5), offsets={"water.2": 5.0})) == []
+
+
+def test_disagreement_ignores_a_silent_sensor() -> None:
+    watch = heating()
+    feed(watch, series(flat(40.0, 0.3), start=T0 - 2, sensors=["water.2"]))
+    assert feed(watch, series(flat(50.0, 0.5), sensors=["water.0", "water.1"])) == [], "water.2 silent for over fresh_s"
+    found = feed(watch, series(flat(40.0, 0.3), start=T0 + 0.5, sensors=["water.2"]))
+    assert rules(found) == ["sensor-disagreement"] and found[0].sensor == "water.0,water.2"
+
+
+# -- when the water is watched ----------------------------------------------------------------
+
+
+def _watch(job: tuple[str, float] | None = None, command: tuple[bool, float, float] | None = None, readback: tuple[bool, float] | None = None) -> DisasterWatch:
+    watch = DisasterWatch(LIMITS)
+    if job:
+        watch.on_job_state("j1", job[0], T0 + job[1])
+    if command:
+        watch.on_valve_command(command[0], T0 + command[1], command[2])
+    if readback:
+        watch.on_readback(readback[0], T0 + readback[1])
+    return watch
+
+
+@pytest.mark.parametrize(
+    ("facts", "watching", "episode"),
+    [
+        ({}, False, ""),
+        ({"job": ("heating", -100)}, True, "job-j1"),
+        ({"job": ("igniting", -1)}, True, "job-j1"),
+        ({"job": ("idle", -1)}, False, ""),
+        ({"job": ("done", -2)}, True, "job-j1"),
+        ({"job": ("done", -GRACE - 0.1)}, False, ""),
+        ({"command": (True, -1, 3.0)}, True, f"valve-{round((T0 - 1) * 1000)}"),
+        ({"command": (True, -3 - GRACE + 0.1, 3.0)}, True, f"valve-{round((T0 - GRACE + 0.1) * 1000)}"),  # expired lease: grace
+        ({"command": (True, -3 - GRACE - 0.1, 3.0)}, False, ""),
+        ({"command": (False, -GRACE + 0.1, 0.0)}, True, f"valve-{round((T0 - GRACE + 0.1) * 1000)}"),
+        ({"command": (False, -GRACE - 0.1, 0.0)}, False, ""),
+        ({"readback": (True, -3600)}, True, f"valve-{round((T0 - 3600) * 1000)}"),
+        ({"readback": (False, -1)}, True, f"valve-{round((T0 - 1) * 1000)}"),
+        ({"readback": (False, -GRACE - 1)}, False, ""),
+        ({"job": ("done", -2), "readback": (True, -60)}, True, "job-j1"),
+        ({"job": ("done", -60), "readback": (True, -60)}, True, f"valve-{round((T0 - 60) * 1000)}"),
+    ],
+    ids=[
+        "nothing", "heating", "igniting", "idle", "done-in-grace", "done-after-grace", "commanded-open",
+        "lease-expired-in-grace", "lease-expired-after-grace", "closed-in-grace", "closed-after-grace",
+        "reads-open", "reads-closed-recently", "reads-closed-long-ago", "job-grace-names-episode", "stuck-open",
+    ],
+)
+def test_watching(facts: dict, watching: bool, episode: str) -> None:
+    status = _watch(**facts).status(T0)
+    assert (status.watching, status.episode) == (watching, episode)
+
+
+def test_nothing_is_judged_while_not_watched() -> None:
+    """Out of scope here: the bank manager alarms on over-temperature at any time."""
+    watch = closed_at(T0 - GRACE - 1)
+    assert feed(watch, series(flat(95.0, 1) + ramp(95, 8.0, 2))) == []
+
+
+def test_lease_renewals_keep_the_valve_open_and_one_episode() -> None:
+    watch = DisasterWatch(LIMITS)
+    for i in range(10):
+        watch.on_valve_command(True, T0 + i, lease_s=3.0)
+    assert watch.valve.command_since == T0
+    assert watch.status(T0 + 11).episode == f"valve-{round(T0 * 1000)}"
+    assert watch.status(T0 + 12.5).reason == "grace after the valve closed"
+    assert watch.valve.closed_since(T0 + 12.5) == T0 + 12
+
+
+def test_lease_commands_renew_an_open_valve_and_never_reopen_a_closed_one() -> None:
+    watch = DisasterWatch(LIMITS)
+    watch.on_valve_command(True, T0, lease_s=3.0)
+    watch.on_lease_renewal(T0 + 2, 3.0)
+    assert watch.valve.commanded_open(T0 + 4.5) and watch.valve.command_since == T0
+    assert not watch.valve.commanded_open(T0 + 5.1)
+    watch.on_lease_renewal(T0 + 6, 3.0)
+    assert not watch.valve.commanded_open(T0 + 6), "a renewal after expiry does not reopen"
+    assert watch.valve.closed_since(T0 + 6) == T0 + 5
+
+
+@pytest.mark.parametrize(("requested", "granted"), [(0.0, 3.0), (2.0, 2.0), (30.0, 10.0)])
+def test_leases_are_granted_as_the_adapter_grants_them(requested: float, granted: float) -> None:
+    watch = DisasterWatch(LIMITS)
+    watch.on_valve_command(True, T0, lease_s=requested)
+    assert watch.valve.lease_s == granted
+
+
+def test_stale_records_do_not_override_newer_ones() -> None:
+    watch = heating(at=T0)
+    watch.on_job_state("j1", "done", T0 - 5)
+    watch.on_valve_command(False, T0 - 5)
+    watch.on_readback(False, T0 - 5)
+    assert watch.job == JobFacts("j1", "heating", T0, None)
+    assert watch.valve.commanded_open(T0) and watch.valve.readback_open
+
+
+# -- one disaster per episode; replays ------------------------------------------------------------
+
+
+def test_one_detection_per_rule_and_episode() -> None:
+    watch = heating("j1")
+    readings = series(flat(95.0, 5))
+    found = feed(watch, readings)
+    assert [d.disaster_id for d in found] == ["over-limit/job-j1"]
+    assert feed(watch, readings) == [], "a replay of the same readings"
+    restored = DisasterWatch(LIMITS, job=watch.job, valve=watch.valve, windows={}, detections=watch.detections.values())
+    assert feed(restored, series(flat(95.0, 1), start=T0 + 6)) == [], "restored after a restart"
+    restored.on_job_state("j2", "heating", T0 + 10)
+    assert [d.disaster_id for d in feed(restored, series(flat(95.0, 1), start=T0 + 10))] == ["over-limit/job-j2"]
+
+
+def test_several_rules_can_fire_in_one_episode() -> None:
+    watch = heating()
+    found = feed(watch, series(flat(60, 1) + ramp(60, 20.0, 2.0)))
+    assert set(rules(found)) == {"too-fast-rise", "over-limit"}
+    assert len(found) == 2
+
+
+def test_detection_carries_the_evidence() -> None:
+    (found,) = feed(heating(), series(flat(91.0, 0.5), sensors=["water.1"]))
+    assert (found.rule, found.sensor, found.value, found.limit, found.episode) == ("over-limit", "water.1", 91.0, 90.0, "job-j1")
+    assert found.at == pytest.approx(T0 + 0.4)
+    assert "91.0 °C" in found.message and "heating job j1" in found.message
+
+
+# -- windows --------------------------------------------------------------------------------------
+
+
+def test_window_keeps_history_and_drops_repeats() -> None:
+    window = SensorWindow("water.0")
+    for i in range(100):
+        window = window.add(T0 + i / HZ, 20.0 + i, LIMITS.history_s) or window
+    assert window.samples[-1] == (T0 + 9.9, 119.0)
+    assert window.samples[0][0] >= T0 + 9.9 - LIMITS.history_s
+    assert window.add(T0 + 9.9, 50.0, LIMITS.history_s) is None, "same time again: a replay"
+    assert window.add(T0, 50.0, LIMITS.history_s) is None, "older than the window"
+    assert window.add(T0 + 9.85, 118.5, LIMITS.history_s).samples[-2] == (T0 + 9.85, 118.5), "late samples are sorted in"
+
+
+def test_other_sensors_are_ignored() -> None:
+    watch = heating()
+    outcome = watch.on_reading("burner.flame", 1.0, T0)
+    assert outcome.window is None and watch.windows == {}
+
+
+# -- realistic noise ------------------------------------------------------------------------------
+
+
+def noisy_cycle(rng: random.Random, watch: DisasterWatch, start_c: float, target_c: float, rate: float) -> list[Detection]:
+    """A normal heating cycle with the simulator's noise: heat to the target, close, cool a little."""
+    offsets = {"water.0": 0.0, "water.1": 0.1, "water.2": -0.1}
+    found: list[Detection] = []
+    t, water = T0, start_c
+    watch.on_job_state("n", "igniting", t - 1)
+    watch.on_valve_command(True, t - 1, 3.0)
+    watch.on_readback(True, t - 1)
+    watch.on_job_state("n", "heating", t)
+    while water < target_c:
+        if round((t - T0) * HZ) % HZ == 0:
+            watch.on_lease_renewal(t, 3.0)  # the job renews its lease every second
+        for sensor, offset in offsets.items():
+            found.extend(watch.on_reading(sensor, round(water + offset + rng.gauss(0, 0.05), 1), t).detections)
+        t, water = t + 1 / HZ, water + rate / HZ
+    watch.on_valve_command(False, t)
+    watch.on_job_state("n", "done", t)
+    watch.on_readback(False, t + 0.05)
+    for _ in range(int(GRACE * HZ) + 10):
+        for sensor, offset in offsets.items():
+            found.extend(watch.on_reading(sensor, round(water + offset + rng.gauss(0, 0.05), 1), t).detections)
+        t, water = t + 1 / HZ, water - 0.01 * (water - 20) / HZ
+    return found
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_a_normal_noisy_heating_cycle_is_not_a_disaster(seed: int) -> None:
+    assert noisy_cycle(random.Random(seed), DisasterWatch(LIMITS), 20.0, 55.0, 1.8) == []
+
+
+@settings(max_examples=60, deadline=None)
+@given(position=st.integers(min_value=0, max_value=59), spike=st.floats(min_value=-60, max_value=100), sensor=st.sampled_from(SENSORS))
+def test_one_wild_sample_anywhere_is_never_a_disaster(position: int, spike: float, sensor: str) -> None:
+    values = ramp(40.0, 1.8, 6.0)
+    readings = series(values)
+    index = next(i for i, r in enumerate(readings) if r[0] == sensor and r[2] == pytest.approx(T0 + position / HZ))
+    readings[index] = (sensor, readings[index][1] + spike, readings[index][2])
+    assert feed(heating(), readings) == []
+
+
+def test_valve_facts_closed_since_is_the_earliest_closed_source() -> None:
+    valve = ValveFacts().with_readback(False, T0 - 100).with_command(True, T0 - 1, 3.0)
+    assert valve.closed_since(T0) == T0 - 100, "reads closed although commanded open"
+    valve = valve.with_readback(True, T0 - 0.9).with_command(False, T0)
+    assert valve.closed_since(T0 + 1) == T0 and valve.last_closure(T0 + 1) == T0

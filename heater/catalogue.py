@@ -25,6 +25,8 @@ class Component:
     kind: Kind
     module_args: tuple[str, ...]
     description: str = ""
+    control: bool = False
+    """A control service: on FATAL it exits with the stay-down code (rule 2)."""
 
     @property
     def has_web(self) -> bool:
@@ -49,7 +51,8 @@ COMPONENTS: tuple[Component, ...] = (
     Component("vault", STAGE_INFRA, "infra", ("runtime", "vault"), "OpenBao dev server"),
     Component("simulator", STAGE_HARDWARE, "hardware", ("runtime", "simulator"), "simulated heater, CAN bus and Pico"),
     Component("alarms", STAGE_ALARMS, "service", ("worker", "alarms"), "AlarmsServer"),
-    Component("i2c", STAGE_EDGE_AND_LOGIC, "service", ("worker", "i2c"), "I2C adapter: relays on the Pico"),
+    Component("i2c", STAGE_EDGE_AND_LOGIC, "service", ("worker", "i2c"), "I2C adapter: relays on the Pico", control=True),
+    Component("disaster", STAGE_EDGE_AND_LOGIC, "service", ("worker", "disaster"), "DisasterDetector", control=True),
 )
 
 BY_NAME: dict[str, Component] = {c.name: c for c in COMPONENTS}

@@ -25,6 +25,9 @@ def build_parser() -> argparse.ArgumentParser:
     status = sub.add_parser("status", help="state of every component of the local platform")
     status.add_argument("--json", action="store_true", help="machine-readable output")
 
+    heat = sub.add_parser("heat", help="run one heating cycle to a target temperature (exit code: the job's)")
+    heat.add_argument("--target", type=float, required=True, help="target water temperature, °C")
+
     reset = sub.add_parser("reset", help="operator reset of the FATAL latch (signed, one-time)")
     reset.add_argument("--operator", required=True, help="who resets: recorded in the alarm history")
 
@@ -52,6 +55,10 @@ def main(argv: list[str] | None = None) -> int:
         from heater import status
 
         return status.main(run_dir, args.json)
+    if args.command == "heat":
+        from heater import heat
+
+        return heat.main(run_dir, args.target)
     if args.command == "reset":
         from heater import reset
 

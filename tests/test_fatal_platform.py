@@ -16,7 +16,7 @@ from simulator import client as sim
 from streams.records import Alarm
 from tests.support import produce, run, try_get, wait_for
 
-CONTROL = [c.name for c in COMPONENTS if c.name in ("i2c", "can")]
+CONTROL = [c.name for c in COMPONENTS if c.control]
 
 
 @pytest.fixture(scope="module")

@@ -78,6 +78,7 @@ def main(argv: list[str] | None = None) -> int:
 
 #: Edge adapters are plain asyncio programs, not Faust apps: name → module with ``main() -> int``.
 ADAPTERS: dict[str, str] = {
+    "can": "adapters.can.service",
     "i2c": "adapters.i2c.service",
 }
 

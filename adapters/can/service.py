@@ -1,0 +1,318 @@
+"""The CAN adapter: bus frames → ``sensorData`` records; bus health → alarms.
+
+A thin asyncio program on :class:`~streams.edge.EdgeService`.  It makes no decision
+beyond decoding and bus health:
+
+* a reader thread (:mod:`adapters.can.bus`) receives every frame and stamps its
+  reception time; the loop decodes it (:mod:`adapters.can.translate`) and produces one
+  ``SensorReading`` per valid frame, keyed by sensor; what arrived together goes out as
+  one producer batch (:mod:`adapters.can.publish`) after the producer's linger of a few
+  ms and no longer, so readings that will lead to a FATAL are never held back;
+* bad input — unknown ids, wrong lengths, out-of-range values, remote and error frames —
+  is counted by reason, logged at a limited rate and skipped; valid frames keep flowing;
+* every 100 ms :mod:`adapters.can.health` says which conditions hold (bus-off, silence,
+  error frames, sensor dropout, sequence gaps, bad frames) and each alarm is raised
+  once and cleared once (never while the platform is latched);
+* a bus that fails is reopened with backoff, with a ``bus-unavailable`` alarm meanwhile.
+
+Ready once the bus is open and the first valid frame arrived; ``/readyz`` says which
+of the two it is waiting for.  ``/can`` shows the counters and every sensor's last frame.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import time
+from typing import Any, Callable
+
+import can
+from aiohttp import web
+from aiokafka.errors import KafkaError
+
+from adapters.can import metrics
+from adapters.can.bus import BusFailure, BusReader, BusUnavailable, Received, close_bus, open_bus
+from adapters.can.frames import FrameError
+from adapters.can.health import AlarmLedger, BusHealth, HealthLimits, Transition
+from adapters.can.metrics import CanStats
+from adapters.can.publish import BatchPublisher, Message
+from adapters.can.throttle import LogThrottle
+from adapters.can.translate import decode_message, encode_reading, reason_of
+from streams import exitcodes, topics
+from streams.edge import EdgeService
+from streams.lifecycle import Phase, ServiceKind, ServiceSpec
+from streams.settings import Settings
+
+log = logging.getLogger(__name__)
+
+SPEC = ServiceSpec(
+    "can", ServiceKind.CONTROL, fast_path=True, description="CAN adapter: sensor frames to sensorData, bus health alarms"
+)
+
+HEALTH_PERIOD_S = 0.1
+REOPEN_MIN_S = 0.5
+REOPEN_MAX_S = 5.0
+#: Frames translated and handed to the producer at once (also how often the loop is yielded).
+CHUNK = 512
+
+WAITING_FOR_BUS = "opening the CAN bus"
+WAITING_FOR_FRAME = "CAN bus open; waiting for the first valid frame"
+
+
+class CanAdapter:
+    """The adapter's behaviour; :func:`main` wires it into an :class:`EdgeService`."""
+
+    def __init__(
+        self,
+        service: EdgeService,
+        bus: can.BusABC | None = None,
+        limits: HealthLimits | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.service = service
+        self.clock = clock
+        self.health = BusHealth(limits, clock())
+        self.ledger = AlarmLedger()
+        self.stats = CanStats()
+        self.throttle = LogThrottle(log)
+        self.latest: dict[str, tuple[float, float, int]] = {}
+        self._bus = bus
+        self._reader: BusReader | None = None
+        self._seen_valid = False
+        self._publisher: BatchPublisher | None = None
+
+    def install(self) -> None:
+        """Hook into the service: metrics collector, ``/can`` view, the not-ready reason."""
+        metrics.register(self.stats)
+        self.stats.backlog = lambda: self._reader.backlog if self._reader is not None else 0
+        self.service.web.router.add_get("/can", self.can_view)
+        self.service.status.reason = WAITING_FOR_BUS if self._bus is None else WAITING_FOR_FRAME
+
+    @property
+    def settings(self) -> Settings:
+        return self.service.settings
+
+    # -- the running body ----------------------------------------------------------
+
+    async def body(self, service: EdgeService) -> None:
+        """Receive, translate and publish until stopped; keep the alarms in line with bus health."""
+        health_task = asyncio.ensure_future(self._health_loop())
+        delay = REOPEN_MIN_S
+        try:
+            while True:
+                reader = await self._open()
+                try:
+                    if await self._receive(reader):
+                        delay = REOPEN_MIN_S
+                finally:
+                    self._close(reader)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, REOPEN_MAX_S)
+        finally:
+            health_task.cancel()
+            await asyncio.gather(health_task, return_exceptions=True)
+
+    async def halted(self, service: EdgeService) -> None:
+        """Started while the platform is latched: do nothing, and hold no bus open meanwhile."""
+        self.close()
+        await asyncio.Event().wait()
+
+    async def _open(self) -> BusReader:
+        """Open the bus (retrying with backoff and an alarm) and start reading it."""
+        delay = REOPEN_MIN_S
+        while self._bus is None:
+            try:
+                self._bus = await asyncio.to_thread(open_bus, self.settings.can_interface, self.settings.can_channel)
+            except BusUnavailable as exc:
+                self.stats.bus_failures += 1
+                self.health.on_lost(self.clock(), str(exc))
+                self.throttle.log(logging.ERROR, "open", "%s; retrying", exc)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, REOPEN_MAX_S)
+        self.stats.bus_opens += 1
+        self.stats.bus_open = True
+        self.health.on_open(self.clock())
+        if not self._seen_valid:
+            self.service.status.reason = WAITING_FOR_FRAME
+        log.info("CAN bus open: %s %s", self.settings.can_interface, self.settings.can_channel)
+        reader = self._reader = BusReader(self._bus)
+        reader.start()
+        return reader
+
+    def _close(self, reader: BusReader) -> None:
+        reader.stop()
+        self.close()
+
+    def close(self) -> None:
+        """Close the bus if it is open (idempotent)."""
+        self.stats.bus_open = False
+        if self._bus is not None:
+            close_bus(self._bus)
+            self._bus = None
+
+    async def _receive(self, reader: BusReader) -> bool:
+        """Handle batches until the bus fails; True if at least one frame came through."""
+        any_frame = False
+        while True:
+            batch = await reader.get_batch()
+            now = self.clock()
+            for start in range(0, len(batch), CHUNK):
+                outgoing: list[Message] = []
+                for item in batch[start:start + CHUNK]:
+                    if isinstance(item, BusFailure):
+                        await self._publish(outgoing)
+                        self.stats.bus_failures += 1
+                        self.health.on_lost(now, item.reason)
+                        return any_frame
+                    any_frame = True
+                    message = self.handle(item, now)
+                    if message is not None:
+                        outgoing.append(message)
+                await self._publish(outgoing)
+            if not self._seen_valid and self.stats.published:
+                self._seen_valid = True
+                if self.service.status.phase is Phase.STARTING:
+                    self.service.mark_ready()
+
+    def handle(self, item: Received, now: float) -> Message | None:
+        """One received frame: count it and return its ``sensorData`` message, or None if it is bad."""
+        message = item.message
+        if message.is_error_frame:
+            classes = self.health.on_error_frame(now, message.arbitration_id, message.data)
+            self.stats.error_frames.update(classes)
+            self.throttle.log(logging.WARNING, "error-frame:" + "+".join(classes), "CAN error frame 0x%X (%s)", message.arbitration_id, ", ".join(classes))
+            return None
+        try:
+            frame = decode_message(message.arbitration_id, message.data, message.is_extended_id, message.is_remote_frame)
+        except FrameError as exc:
+            reason = reason_of(exc)
+            self.stats.bad[reason] += 1
+            self.health.on_bad_frame(now, reason)
+            self.throttle.log(logging.WARNING, reason, "rejected CAN frame (%s): %s", reason, exc)
+            return None
+        key, value = encode_reading(frame, item.received_at)
+        sensor = key.decode()
+        lost = self.health.on_frame(now, sensor, frame.sequence)
+        if lost:
+            self.stats.lost[sensor] += lost
+            self.throttle.log(logging.WARNING, "gap:" + sensor, "%s: %d frame(s) lost before sequence %d", sensor, lost, frame.sequence)
+        self.stats.frames[frame.kind.value] += 1
+        self.stats.last_frame_at = item.received_at
+        self.latest[sensor] = (frame.value if frame.value is not None else float(bool(frame.flame)), item.received_at, frame.status)
+        return key, value
+
+    async def _publish(self, outgoing: list[Message]) -> None:
+        if not outgoing:
+            return
+        if self._publisher is None:
+            assert self.service.producer is not None, "publishing before the service started"
+            self._publisher = BatchPublisher(self.service.producer, topics.SENSOR_DATA.name, self._publish_failed)
+        try:
+            await self._publisher.publish(outgoing)
+        except KafkaError as exc:
+            self._publish_failed(len(outgoing), exc)
+            return
+        self.stats.published += len(outgoing)
+
+    def _publish_failed(self, count: int, exc: BaseException) -> None:
+        self.stats.publish_errors += count
+        self.throttle.log(logging.ERROR, "publish", "could not publish %d reading(s): %s", count, exc)
+
+    # -- bus health → alarms -------------------------------------------------------
+
+    async def _health_loop(self) -> None:
+        while True:
+            await asyncio.sleep(HEALTH_PERIOD_S)
+            try:
+                await self.reconcile()
+            except asyncio.CancelledError:
+                raise
+            except Exception:  # the health check must outlive one failed round
+                log.exception("bus health check failed; continuing")
+
+    async def reconcile(self) -> None:
+        """Raise what holds and is not raised yet; clear what no longer holds (never while halted)."""
+        for transition in self.ledger.transitions(self.health.assess(self.clock())):
+            if await self._apply(transition):
+                self.ledger.confirm(transition)
+
+    async def _apply(self, transition: Transition) -> bool:
+        alarms = self.service.alarms
+        assert alarms is not None
+        condition = transition.condition
+        try:
+            if transition.action == "raise":
+                await alarms.raise_alarm(
+                    condition.code, condition.severity, condition.message,
+                    subject=condition.subject, details=dict(condition.details),
+                )
+                return True
+            if self.service.status.phase is Phase.HALTED:
+                return False
+            cleared = await alarms.clear_alarm(condition.code, condition.subject, reason="condition gone")
+            if cleared:
+                log.info("cleared %s%s: condition gone", condition.code, f"/{condition.subject}" if condition.subject else "")
+            return cleared
+        except (KafkaError, OSError, asyncio.TimeoutError) as exc:
+            self.throttle.log(logging.ERROR, "alarm:" + condition.code, "could not %s alarm %s: %s", transition.action, condition.code, exc)
+            return False
+
+    # -- view ----------------------------------------------------------------------
+
+    def snapshot(self) -> dict[str, Any]:
+        """What ``/can`` shows: bus, counters, per-sensor last frame, raised alarms."""
+        now, wall = self.clock(), time.time()
+        sensors = self.health.snapshot(now)
+        for name, (value, received_at, status) in self.latest.items():
+            sensors.setdefault(name, {}).update(value=value, status=status, received_at=received_at)
+        age = self.stats.last_frame_age(wall)
+        return {
+            "bus": {
+                "interface": self.settings.can_interface,
+                "channel": self.settings.can_channel,
+                "open": self.stats.bus_open,
+                "opens": self.stats.bus_opens,
+                "failures": self.stats.bus_failures,
+                "reader_backlog": self.stats.backlog(),
+                "largest_batch": self._reader.max_backlog if self._reader is not None else 0,
+            },
+            "frames": {
+                "ok": dict(self.stats.frames),
+                "bad": dict(self.stats.bad),
+                "error_frames": dict(self.stats.error_frames),
+                "lost": dict(self.stats.lost),
+            },
+            "published": self.stats.published,
+            "publish_errors": self.stats.publish_errors,
+            "last_frame_age_s": None if age is None else round(age, 3),
+            "sensors": sensors,
+            "alarms": sorted(f"{c.code}/{c.subject}" if c.subject else c.code for c in self.ledger.raised.values()),
+        }
+
+    async def can_view(self, request: web.Request) -> web.Response:
+        """``/can``: counters, last frame age, per-sensor last seen."""
+        return web.json_response(self.snapshot())
+
+
+def main() -> int:
+    """Run the CAN adapter; the process exit code (see :mod:`streams.exitcodes`)."""
+    logging.basicConfig(
+        level=os.environ.get("HEATER_LOG_LEVEL", "INFO"),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    for noisy in ("can", "can_remote"):
+        logging.getLogger(noisy).setLevel(max(logging.WARNING, logging.getLogger().level))
+    settings = Settings.from_env()
+    try:
+        bus = open_bus(settings.can_interface, settings.can_channel)
+    except BusUnavailable as exc:
+        log.error("can: %s", exc)
+        return exitcodes.DEPENDENCY_MISSING
+    service = EdgeService(SPEC, settings)
+    adapter = CanAdapter(service, bus)
+    adapter.install()
+    try:
+        return service.run(adapter.body, adapter.halted)
+    finally:
+        adapter.close()

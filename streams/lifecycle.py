@@ -50,10 +50,11 @@ class ServiceStatus:
     def mark_ready(self, service: str) -> None:
         self.phase = Phase.READY
         self.reason = ""
-        self.ready_at = time.time()
+        if self.ready_at is None:  # start-up time; a release after FATAL does not restart it
+            self.ready_at = time.time()
+            log.info("%s ready in %.2f s", service, self.ready_at - self.started_at)
         metrics.SERVICE_READY.labels(service).set(1)
         metrics.SERVICE_HALTED.labels(service).set(0)
-        log.info("%s ready in %.2f s", service, self.ready_at - self.started_at)
 
     def halt(self, service: str, reason: str) -> None:
         """Stop acting: alive, not ready, doing nothing until an operator reset."""

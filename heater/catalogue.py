@@ -53,6 +53,7 @@ COMPONENTS: tuple[Component, ...] = (
     Component("alarms", STAGE_ALARMS, "service", ("worker", "alarms"), "AlarmsServer"),
     Component("can", STAGE_EDGE_AND_LOGIC, "service", ("worker", "can"), "CAN adapter: sensor frames to sensorData", control=True),
     Component("i2c", STAGE_EDGE_AND_LOGIC, "service", ("worker", "i2c"), "I2C adapter: relays on the Pico", control=True),
+    Component("bank", STAGE_EDGE_AND_LOGIC, "service", ("worker", "bank"), "BankManager: the sensor bank", control=True),
     Component("disaster", STAGE_EDGE_AND_LOGIC, "service", ("worker", "disaster"), "DisasterDetector", control=True),
 )
 

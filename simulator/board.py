@@ -192,6 +192,7 @@ class Board:
         self.pico.set_valve_stuck("stuck_valve" in self.faults)
         self.pico.nack_all = "i2c_nack" in self.faults
         self.model.ignition_blocked = "ignition_failure" in self.faults
+        self.model.valve_leaks = "valve_leak" in self.faults
         if "bus_off" in self.faults:
             self.can.go_bus_off()
         else:

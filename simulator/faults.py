@@ -25,6 +25,10 @@ class FaultSpec:
 
 FAULTS: dict[str, FaultSpec] = {
     "stuck_valve": FaultSpec("gas valve welded open whenever power is on (power cut ends it)"),
+    "valve_leak": FaultSpec(
+        "valve seat leaks: a lit burner keeps burning after the valve relay closes; the relay board "
+        "cannot see it, only the water temperature shows it (power cut ends it)"
+    ),
     "stuck_sensor": FaultSpec("sensor repeats its last value", per_sensor=True),
     "sensor_dropout": FaultSpec("sensor stops sending", per_sensor=True),
     "noisy_sensor": FaultSpec("sensor noise of `sigma` degC", per_sensor=True, params={"sigma": 4.0}),

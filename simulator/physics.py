@@ -27,11 +27,13 @@ class HeaterModel:
     ignition_delay_s: float = 0.2
     flame: bool = False
     ignition_blocked: bool = False
+    valve_leaks: bool = False
     _spark_with_gas_s: float = 0.0
 
     def step(self, dt: float, power: bool, valve_open: bool, spark: bool) -> None:
         """Advance ``dt`` seconds with the given *actual* relay contacts."""
-        gas = power and valve_open
+        # A leaking valve seat feeds a flame that is already lit: invisible on the relays.
+        gas = power and (valve_open or (self.valve_leaks and self.flame))
         if not gas:
             self.flame = False
             self._spark_with_gas_s = 0.0

@@ -54,6 +54,8 @@ _PROBE_MAX_BYTES = 4 * 1024 * 1024
 #: Fetch wait for probes.  This broker answers an empty fetch when the wait
 #: is 0 even if data exists, so the smallest non-zero wait is used.
 _PROBE_WAIT_MS = 1
+#: Fetch wait that confirms an empty probe answer really is the end of the log.
+_CONFIRM_WAIT_MS = 100
 #: Upper bound on probe rounds, so a log that keeps growing cannot pin us.
 _MAX_PROBE_ROUNDS = 64
 
@@ -84,9 +86,11 @@ async def true_end_offsets(
     isolation = consumer._fetcher._isolation_level
     ends: Dict[TP, int] = dict(reported)
     pending = {tp: end - 1 for tp, end in reported.items() if end and end > 0}
+    confirming: set[TP] = set()
     for _ in range(_MAX_PROBE_ROUNDS):
         if not pending:
             break
+        wait_ms = _CONFIRM_WAIT_MS if confirming else _PROBE_WAIT_MS
         by_node: Dict[int, Dict[str, List[Tuple[int, int, int]]]] = defaultdict(
             lambda: defaultdict(list)
         )
@@ -98,7 +102,7 @@ async def true_end_offsets(
             by_node[node][tp.topic].append((tp.partition, offset, _PROBE_MAX_BYTES))
         for node, topics in by_node.items():
             request = FetchRequest(
-                _PROBE_WAIT_MS, 1, _PROBE_MAX_BYTES, isolation, list(topics.items())
+                wait_ms, 1, _PROBE_MAX_BYTES, isolation, list(topics.items())
             )
             response = await client.send(node, request)
             for topic, partitions in response.topics:
@@ -116,8 +120,14 @@ async def true_end_offsets(
                         ends[tp] = max(ends[tp], batch.next_offset)
                     if read_any or highwater > ends[tp]:
                         pending[tp] = ends[tp]
+                        confirming.discard(tp)
+                    elif tp not in confirming:
+                        # A loaded broker may answer a 1 ms fetch empty although data
+                        # exist: ask once more with a longer wait before believing it.
+                        confirming.add(tp)
                     else:
                         pending.pop(tp, None)
+                        confirming.discard(tp)
     else:
         logger.warning("End offsets still moving after %d probes", _MAX_PROBE_ROUNDS)
     changed = {tp: (reported[tp], end) for tp, end in ends.items() if end != reported[tp]}

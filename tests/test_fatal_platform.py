@@ -3,18 +3,21 @@ show state read-only, a restart stays halted, and only the operator reset brings
 
 from __future__ import annotations
 
+import asyncio
+import json
 import time
 from typing import Iterator
 
 import pytest
 
 from heater import reset
+from heater.heat import heat
 from heater.catalogue import COMPONENTS
 from heater.platform import Platform
 from heater.probes import http_json
 from simulator import client as sim
 from streams.records import Alarm
-from tests.support import produce, run, try_get, wait_for
+from tests.support import consume_until, produce, run, try_get, wait_for
 
 CONTROL = [c.name for c in COMPONENTS if c.control]
 
@@ -71,3 +74,34 @@ def test_fatal_halts_every_service_and_the_operator_reset_restores_them(platform
     wait_for(lambda: not sim.get_state(sim_port)["pico"]["trip_latched"], what="Pico released")
     entry = http_json(alarms + "/alarm?id=test/fatal")[1]
     assert entry["active"] is False and entry["cleared_by"] == "alice" and entry["alarm"]["severity"] == "FATAL"
+
+
+def test_runaway_burner_is_caught_by_temperature_and_the_power_is_cut(platform: Platform) -> None:
+    """A leaking valve seat keeps the burner lit after the valve closes; only the water shows it."""
+    layout = platform.layout
+    sim_port = layout.ports["simulator"]
+    wait_for(lambda: http_json(layout.web_url("disaster") + "/readyz")[0] == 200, timeout=30, what="detector ready")
+    sim.clear(sim_port)
+    sim.set_temperature(sim_port, 20.0)
+    sim.inject(sim_port, "valve_leak")
+    try:
+        code = asyncio.run(heat(layout.run_dir, 30.0))
+        assert code in (0, 3), "the job reached its target (or saw the FATAL while confirming the valve closed)"
+
+        def disasters(messages: list) -> list:
+            return [json.loads(m.value) for m in messages if m.value and b"rise-while-closed" in m.value]
+
+        (event, *_) = disasters(run(consume_until(layout.broker_bootstrap, "DisasterDetected", lambda ms: bool(disasters(ms)), timeout=30)))
+        assert event["rule"] == "rise-while-closed"
+        pico = wait_for(lambda: (lambda p: p if p["trip_latched"] else None)(sim.get_state(sim_port)["pico"]), what="Pico tripped")
+        assert pico["relays"] == {"power_on": False, "gas_valve_open": False, "spark_on": False}
+        fatal = http_json(layout.web_url("alarms") + "/latch")[1]
+        assert fatal["latched"] and fatal["alarm_id"].startswith("disaster/rise-while-closed")
+        state = wait_for(lambda: (lambda s: s if not s["heater"]["flame"] else None)(sim.get_state(sim_port)), what="flame out")
+        peak = state["heater"]["water_temperature"]
+        time.sleep(1.0)
+        assert sim.get_state(sim_port)["heater"]["water_temperature"] <= peak + 0.05, "no more heating after the cut"
+        print(f"runaway: DisasterDetected at {event['value']:.1f} C, power cut, water peaked at {peak:.1f} C")
+    finally:
+        sim.clear(sim_port)
+        assert reset.main(layout.run_dir, "alice") == 0

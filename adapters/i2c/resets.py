@@ -113,22 +113,42 @@ class ResetGate:
             await self.adapter.publish(tripped, force=True)
 
     async def release(self) -> Readback | None:
-        """Send the RESET sequence and read STATUS back; the readback, or None if the bus failed."""
+        """Send the RESET sequence once and confirm by reading STATUS; None if not confirmed.
+
+        The sequence is sent again only when sending it failed. Once it went out, only
+        the readback is retried: a second RESET for one verified reset could release a
+        trip that happened in between.
+        """
         adapter = self.adapter
         for attempt in range(1, RESET_ATTEMPTS + 1):
             try:
                 async with adapter.io.lock:
                     await adapter.io.call(adapter.io.board.reset_latch)
-                    readback = await adapter.io.call(adapter.io.board.read_back)
             except BoardError as exc:
                 metrics.I2C_ERRORS.labels(exc.operation).inc()
                 log.error("RESET attempt %d failed: %s", attempt, exc)
                 await asyncio.sleep(0.05)
                 continue
+            readback = await self._read_back()
+            if readback is None:
+                return None
             adapter.note(readback)
-            if not readback.status.trip_latched:
-                return readback
-            log.error("RESET attempt %d: the board still reports the trip latched", attempt)
+            if readback.status.trip_latched:
+                log.error("RESET sent: the board still reports the trip latched")
+                return None
+            return readback
+        return None
+
+    async def _read_back(self) -> Readback | None:
+        adapter = self.adapter
+        for _ in range(RESET_ATTEMPTS):
+            try:
+                async with adapter.io.lock:
+                    return await adapter.io.call(adapter.io.board.read_back)
+            except BoardError as exc:
+                metrics.I2C_ERRORS.labels(exc.operation).inc()
+                log.error("reading back after RESET failed: %s", exc)
+                await asyncio.sleep(0.05)
         return None
 
     # -- operatorReset ---------------------------------------------------------------

@@ -1,0 +1,282 @@
+"""BankManager: the sensor bank — quality, over-temperature, staleness, statistics.
+
+Consumes ``sensorData``; the decisions live in :mod:`streams.bank_rules`. Staleness needs
+a clock, and Faust tables can only be written from a stream, so a timer publishes ticks
+(``now``) on the bank's own ``bankTicks`` topic and a second agent applies them; one lock
+keeps the two agents' steps from interleaving.
+
+Exactly-once effects without Kafka transactions: every step writes its state first —
+closed windows, then the decision state as one row (see :mod:`streams.tables.bank`) with
+the step's condition transitions marked ``pending`` (the outbox) — then sends its
+raises/clears. Once the producer has delivered them (checked on each tick, or before the
+same condition changes again) the transitions are marked settled. After kill -9 the
+worker resumes from its last committed offset: readings the state already holds are
+duplicates to the rules, the others are re-decided identically, and pending effects are
+resent at startup. Alarm ids and times are deterministic, so every resend is one alarm
+in AlarmsServer's history, never two.
+
+The startup self-check (rule 5) is narrowed here: it resends the outbox and clears only
+this service's alarms that no condition holds — an over-temperature that is still true
+must not be cleared by a restart.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from dataclasses import asdict
+from typing import Any
+
+import faust
+from prometheus_client import Counter
+
+from streams import metrics, topics
+from streams.alarm_client import AlarmClient
+from streams.app import HeaterService, ServiceKind, ServiceSpec
+from streams.bank_rules import BankConfig, BankRules, Condition, Effect, Step, window_start
+from streams.heater_config import HeaterLimits
+from streams.lifecycle import Phase
+from streams.records import HeaterRecord, SensorReading
+from streams.tables import bank as tables
+
+log = logging.getLogger(__name__)
+
+SPEC = ServiceSpec("bank", ServiceKind.CONTROL, fast_path=True, description="sensor bank: quality, over-temperature, stats")
+#: The bank's own tick topic (internal: only this service writes and reads it).
+TICKS = topics.TopicSpec("bankTicks", retention_ms=topics.HOUR_MS, purpose="BankManager staleness ticks")
+#: Tumbling windows kept per sensor (one hour of one-minute windows).
+WINDOWS_KEPT = 60
+SAVE_EVERY_S = 1.0
+
+EFFECTS = Counter("heater_bank_effects_total", "Alarm raises/clears the bank sent", ["kind"])
+DUPLICATES = Counter("heater_bank_duplicates_total", "Readings skipped as already applied (replays) or out of order")
+
+
+class BankTick(HeaterRecord):
+    """``bankTicks``: the wall-clock time at which staleness is evaluated."""
+
+    now: float
+    schema_version: int = 1
+
+
+class BankAlarmClient(AlarmClient):
+    """The alarm client, with a startup self-check that knows the bank's conditions."""
+
+    def __init__(self, client: AlarmClient, send: Any, table: faust.Table) -> None:
+        super().__init__(client.source, send, client._watch)
+        self._table = table
+
+    async def clear_own_on_startup(self) -> list[str]:
+        if self._watch is None or self._watch.latch.latched:
+            return []
+        saved = tables.BankState.load(self._table)
+        for key in sorted(saved.pending):
+            await send_effect(self, resend_of(saved.conditions[key]))
+        held = {f"{self.source}/{key}" for key, c in saved.conditions.items() if c.active or key in saved.pending}
+        orphans = [
+            e.alarm.alarm_id
+            for e in self._watch.book.active_entries()
+            if e.alarm.source == self.source and not e.alarm.is_fatal and e.alarm.alarm_id not in held
+        ]
+        for alarm_id in orphans:
+            await self._send_clear(alarm_id, "cleared on startup")
+        log.info("startup: %d condition(s) held, %d pending effect(s) resent, %d orphan alarm(s) cleared",
+                 len(held), len(saved.pending), len(orphans))
+        return orphans
+
+
+class BankService(HeaterService):
+    """A HeaterService whose alarm client keeps the alarms of conditions that still hold."""
+
+    async def start_platform_watch(self) -> None:
+        await super().start_platform_watch()
+        assert self.alarms is not None
+        self.alarms = BankAlarmClient(self.alarms, self._send_raw, state_table)
+
+
+service = BankService(SPEC)
+app = service.app
+limits = HeaterLimits.from_env()
+rules = BankRules(BankConfig(limits=limits))
+TICK_INTERVAL_S = min(1.0, max(0.1, limits.stale_after_s / 4))
+
+state_table = tables.state_table(app)
+windows = tables.windows_table(app)
+#: The decision state in memory; loaded once the table is recovered, written through on every step.
+state = tables.BankState()
+#: Condition keys whose effects were sent but not yet confirmed delivered.
+unsettled: set[str] = set()
+
+readings = service.raw_topic(topics.SENSOR_DATA)
+ticks = app.topic(
+    TICKS.name, value_serializer="raw", key_serializer="raw", internal=True, partitions=1,
+    retention=TICKS.retention_ms / 1000,
+)
+_step_lock = asyncio.Lock()
+
+
+@service.add_startup_check
+async def load_state() -> None:
+    """The tables are recovered by now: the rules work on an in-memory copy (write-through).
+
+    Pending effects were resent by the alarm client's startup check just before; the next
+    tick settles them once delivered.
+    """
+    state.restore(state_table)
+    unsettled.update(state.pending)
+    log.info("bank state: %d sensor(s), %d condition(s), %d pending", len(state.sensors), len(state.conditions),
+             len(state.pending))
+
+
+def resend_of(condition: Condition) -> Effect:
+    """The effect a settled-or-not condition stands for (its transition, at its own time)."""
+    kind = "raise" if condition.active else "clear"
+    return Effect(kind, condition.code, condition.subject, condition.severity, condition.since, condition.message)
+
+
+async def send_effect(client: AlarmClient, effect: Effect) -> None:
+    if effect.kind == "raise":
+        await client.raise_alarm(
+            effect.code, effect.severity, effect.message, subject=effect.subject, details=effect.details, at=effect.at
+        )
+    else:
+        await client.clear_alarm(effect.code, subject=effect.subject, reason=effect.message, at=effect.at)
+    EFFECTS.labels(effect.kind).inc()
+
+
+async def until_started() -> bool:
+    """Hold input until the startup self-check is done; False when halted (then do nothing)."""
+    while service.status.phase is Phase.STARTING:
+        await asyncio.sleep(0.05)
+    return service.acting
+
+
+async def commit_step(step: Step) -> None:
+    """State first (the outbox), then the effects; see the module doc."""
+    if step.duplicate:
+        DUPLICATES.inc()
+        return
+    if unsettled & step.conditions.keys():
+        await settle()  # the outbox holds one transition per condition: deliver the last one first
+    for key, stats in step.windows.items():
+        windows[key] = tables.window_row(stats)
+        expire_windows(stats.sensor, stats.start)
+    state.apply(step)
+    if step.effects or step.conditions or step.windows or time.monotonic() - _saved.at >= SAVE_EVERY_S:
+        save_state()
+    if not step.effects:
+        return
+    assert service.alarms is not None
+    for effect in step.effects:
+        await send_effect(service.alarms, effect)
+    unsettled.update(step.conditions)
+
+
+async def settle() -> None:
+    """Once everything sent so far is delivered, the outbox entries are done.
+
+    Waiting for delivery once per tick rather than once per effect keeps a toggling
+    sensor from costing a broker round trip per reading; a crash in between only means
+    those effects are resent at startup (one alarm each in the history, still).
+    """
+    if not unsettled:
+        return
+    await app.producer.flush()
+    state.pending -= unsettled
+    unsettled.clear()
+    save_state()
+
+
+class _Saved:
+    at = 0.0
+
+
+_saved = _Saved()
+
+
+def save_state() -> None:
+    """Write the state row; readings that change nothing are saved at most every SAVE_EVERY_S.
+
+    The local broker keeps every changelog record in memory: a row per reading would be
+    ~470 MB an hour. A condition change, an effect or a closed window is always saved at
+    once (the outbox depends on it); after a crash only the last value per sensor may be
+    up to a second old.
+    """
+    state.save(state_table)
+    _saved.at = time.monotonic()
+
+
+def expire_windows(sensor: str, newest_start: float) -> None:
+    """Drop this sensor's windows older than the retained hour."""
+    horizon = newest_start - WINDOWS_KEPT * rules.config.window_s
+    prefix = f"{sensor}@"
+    for key in [k for k in windows.keys() if k.startswith(prefix) and float(k[len(prefix):]) < horizon]:
+        del windows[key]
+
+
+@app.agent(readings)
+async def handle_readings(stream: faust.StreamT) -> None:
+    async for record in service.records(stream):
+        if not await until_started():
+            continue
+        assert isinstance(record, SensorReading)
+        started = time.perf_counter()
+        async with _step_lock:
+            await commit_step(rules.on_reading(state.view, record))
+        metrics.HANDLE_SECONDS.labels(SPEC.name, topics.SENSOR_DATA.name).observe(time.perf_counter() - started)
+
+
+@app.agent(ticks)
+async def handle_ticks(stream: faust.StreamT) -> None:
+    async for record in service.records(stream, BankTick):
+        if not await until_started():
+            continue
+        assert isinstance(record, BankTick)
+        async with _step_lock:
+            await commit_step(rules.on_tick(state.view, record.now))
+            await settle()
+
+
+@app.timer(interval=TICK_INTERVAL_S)
+async def tick() -> None:
+    if service.acting:
+        await ticks.send(value=BankTick(now=time.time()).dumps())
+
+
+# -- views ---------------------------------------------------------------------------
+
+
+@app.page("/bank")
+async def bank_view(web: Any, request: Any) -> Any:
+    """Sensors (latest reading, quality), active conditions and the outbox."""
+    return web.json({
+        "phase": service.status.phase.value,
+        "sensors": {name: tables.sensor_row(s) for name, s in sorted(state.sensors.items())},
+        "active": [asdict(c) | {"alarm_id": f"{SPEC.name}/{c.key}", "pending": c.key in state.pending}
+                   for c in state.active()],
+        "pending": sorted(state.pending),
+        "limits": {"warning_c": limits.warning_c, "critical_c": limits.critical_c, "fatal_c": limits.fatal_c,
+                   "stale_after_s": limits.stale_after_s, "implausible_jump_c": limits.implausible_jump_c,
+                   "disagreement_c": limits.disagreement_c, "hysteresis_c": rules.config.hysteresis_c},
+    })
+
+
+@app.page("/bank/stats")
+async def stats_view(web: Any, request: Any) -> Any:
+    """One-minute windows, newest first; ``?sensor=`` filters, ``?limit=`` (default 10 per sensor)."""
+    try:
+        limit = max(1, min(int(request.query.get("limit", 10)), WINDOWS_KEPT))
+    except ValueError as exc:
+        return web.json({"error": f"bad query: {exc}"}, status=400)
+    wanted = request.query.get("sensor")
+    rows = [*windows.values(), *(tables.window_row(s.window) for s in state.sensors.values() if s.window)]
+    by_sensor: dict[str, list[dict[str, Any]]] = {}
+    for row in rows:
+        if wanted is None or row["sensor"] == wanted:
+            by_sensor.setdefault(row["sensor"], []).append(row | {"mean": row["total"] / row["count"]})
+    return web.json({
+        "window_s": rules.config.window_s,
+        "current_window_start": window_start(time.time(), rules.config.window_s),
+        "sensors": {s: sorted(w, key=lambda r: -r["start"])[:limit] for s, w in sorted(by_sensor.items())},
+    })

@@ -64,6 +64,7 @@ class ServiceProcess:
             except OSError:
                 pass
             time.sleep(0.1)
+        self.stop()  # never leave a process behind that nobody waits for
         raise TimeoutError(f"{self.name} not ready in {timeout} s:\n{self.tail()}")
 
     def tail(self, lines: int = 40) -> str:

@@ -34,6 +34,9 @@ class ServiceSpec:
     name: str
     kind: ServiceKind
     fast_path: bool = False
+    """Its consumers sit on the path from a dangerous reading to the power cut-off
+    (bank, disaster detector, I2C adapter, heating job): they poll with the short fetch
+    wait. Everything else uses the ordinary wait, because polling costs CPU."""
     description: str = ""
 
 

@@ -22,6 +22,7 @@ from streams.alarm_book import AlarmBook
 from streams.codec import DecodeError, decode
 from streams.latch import LatchView
 from streams.records import RECORD_FOR_TOPIC, Alarm, AlarmClear, PlatformLatch
+from streams.readers import open_reader
 from streams.transport import true_end_offsets
 
 log = logging.getLogger(__name__)
@@ -46,22 +47,9 @@ class PlatformWatch:
 
     async def start(self, timeout: float = 15.0) -> None:
         """Connect and read everything up to the current end, so decisions start informed."""
-        consumer = AIOKafkaConsumer(
-            bootstrap_servers=self.bootstrap,
-            group_id=None,
-            enable_auto_commit=False,
-            fetch_max_wait_ms=self.fetch_wait_ms,
-            request_timeout_ms=int(timeout * 1000),
-        )
-        await asyncio.wait_for(consumer.start(), timeout)
+        consumer = await open_reader(self.bootstrap, WATCHED, fetch_wait_ms=self.fetch_wait_ms, from_end=False, timeout=timeout)
         self._consumer = consumer
-        partitions = [
-            TopicPartition(topic, p)
-            for topic in WATCHED
-            for p in (consumer.partitions_for_topic(topic) or {0})
-        ]
-        consumer.assign(partitions)
-        await consumer.seek_to_beginning(*partitions)
+        partitions = list(consumer.assignment())
         ends = await true_end_offsets(consumer, await consumer.end_offsets(partitions))
         await asyncio.wait_for(self._catch_up(ends), timeout)
 

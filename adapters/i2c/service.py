@@ -30,7 +30,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Callable, TypeVar
 
 from aiohttp import web
-from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka import AIOKafkaConsumer
 from aiokafka.structs import ConsumerRecord
 
 from adapters.i2c import metrics
@@ -45,7 +45,7 @@ from streams.latch import LatchView
 from streams.lifecycle import ServiceKind, ServiceSpec
 from streams.records import RelayCommand, RelayState, SensorReading, Severity
 from streams.settings import FAST_FETCH_WAIT_MS, Settings
-from streams.transport import true_end_offsets
+from streams.readers import open_reader
 
 log = logging.getLogger(__name__)
 
@@ -194,24 +194,10 @@ class RelayAdapter:
 
     async def _consumer(self) -> AIOKafkaConsumer:
         """Commands and readings from *now*: a command issued while we were down is never run."""
-        consumer = AIOKafkaConsumer(
-            bootstrap_servers=self.settings.broker_bootstrap,
-            group_id=None,
-            enable_auto_commit=False,
-            fetch_max_wait_ms=FAST_FETCH_WAIT_MS,
-            request_timeout_ms=15_000,
+        return await open_reader(
+            self.settings.broker_bootstrap, (topics.I2C_HEATING.name, topics.SENSOR_DATA.name),
+            fetch_wait_ms=FAST_FETCH_WAIT_MS, from_end=True,
         )
-        await asyncio.wait_for(consumer.start(), 15)
-        partitions = [
-            TopicPartition(topic, p)
-            for topic in (topics.I2C_HEATING.name, topics.SENSOR_DATA.name)
-            for p in (consumer.partitions_for_topic(topic) or {0})
-        ]
-        consumer.assign(partitions)
-        ends = await true_end_offsets(consumer, await consumer.end_offsets(partitions))
-        for tp in partitions:
-            consumer.seek(tp, ends.get(tp, 0))
-        return consumer
 
     async def _consume(self, consumer: AIOKafkaConsumer) -> None:
         while True:

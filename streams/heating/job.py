@@ -24,7 +24,7 @@ import uuid
 from typing import Any, Callable
 
 from aiohttp import web
-from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka import AIOKafkaConsumer
 from aiokafka.structs import ConsumerRecord
 
 from streams import exitcodes, topics
@@ -37,7 +37,7 @@ from streams.latch import LatchView
 from streams.lifecycle import ServiceKind, ServiceSpec
 from streams.records import HeatingJobState, RelayCommand, RelayState, SensorReading
 from streams.settings import FAST_FETCH_WAIT_MS, Settings
-from streams.transport import true_end_offsets
+from streams.readers import open_reader
 
 log = logging.getLogger(__name__)
 
@@ -244,24 +244,10 @@ class HeatingJob:
 
     async def _consumer(self) -> AIOKafkaConsumer:
         """Readings and relay states from *now*: old data never drive the burner."""
-        consumer = AIOKafkaConsumer(
-            bootstrap_servers=self.service.settings.broker_bootstrap,
-            group_id=None,
-            enable_auto_commit=False,
-            fetch_max_wait_ms=FAST_FETCH_WAIT_MS,
-            request_timeout_ms=15_000,
+        return await open_reader(
+            self.service.settings.broker_bootstrap, (topics.SENSOR_DATA.name, topics.RELAY_STATE.name),
+            fetch_wait_ms=FAST_FETCH_WAIT_MS, from_end=True,
         )
-        await asyncio.wait_for(consumer.start(), 15)
-        partitions = [
-            TopicPartition(topic, p)
-            for topic in (topics.SENSOR_DATA.name, topics.RELAY_STATE.name)
-            for p in (consumer.partitions_for_topic(topic) or {0})
-        ]
-        consumer.assign(partitions)
-        ends = await true_end_offsets(consumer, await consumer.end_offsets(partitions))
-        for tp in partitions:
-            consumer.seek(tp, ends.get(tp, 0))
-        return consumer
 
     async def job_view(self, request: web.Request) -> web.Response:
         return web.json_response({**self.state, "phase": self.machine.phase.value, "attempt": self.machine.attempt})

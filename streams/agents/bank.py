@@ -47,7 +47,6 @@ SPEC = ServiceSpec("bank", ServiceKind.CONTROL, fast_path=True, description="sen
 TICKS = topics.TopicSpec("bankTicks", retention_ms=topics.HOUR_MS, purpose="BankManager staleness ticks")
 #: Tumbling windows kept per sensor (one hour of one-minute windows).
 WINDOWS_KEPT = 60
-SAVE_EVERY_S = 1.0
 
 EFFECTS = Counter("heater_bank_effects_total", "Alarm raises/clears the bank sent", ["kind"])
 DUPLICATES = Counter("heater_bank_duplicates_total", "Readings skipped as already applied (replays) or out of order")
@@ -163,8 +162,7 @@ async def commit_step(step: Step) -> None:
         windows[key] = tables.window_row(stats)
         expire_windows(stats.sensor, stats.start)
     state.apply(step)
-    if step.effects or step.conditions or step.windows or time.monotonic() - _saved.at >= SAVE_EVERY_S:
-        save_state()
+    state.save(state_table)
     if not step.effects:
         return
     assert service.alarms is not None
@@ -185,26 +183,7 @@ async def settle() -> None:
     await app.producer.flush()
     state.pending -= unsettled
     unsettled.clear()
-    save_state()
-
-
-class _Saved:
-    at = 0.0
-
-
-_saved = _Saved()
-
-
-def save_state() -> None:
-    """Write the state row; readings that change nothing are saved at most every SAVE_EVERY_S.
-
-    The local broker keeps every changelog record in memory: a row per reading would be
-    ~470 MB an hour. A condition change, an effect or a closed window is always saved at
-    once (the outbox depends on it); after a crash only the last value per sensor may be
-    up to a second old.
-    """
     state.save(state_table)
-    _saved.at = time.monotonic()
 
 
 def expire_windows(sensor: str, newest_start: float) -> None:

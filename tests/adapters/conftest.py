@@ -9,8 +9,6 @@ SocketCAN channel that names no network device skips the contract suite; nothing
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
@@ -25,7 +23,6 @@ from tests.simulator.conftest import SimProcess, start_simulator
 from tests.support import ServiceProcess, wait_for
 
 CONTRACT_ENV = "HEATER_CAN_CONTRACT_CHANNEL"
-ROOT = Path(__file__).resolve().parents[2]
 
 
 @dataclass(frozen=True)
@@ -67,21 +64,10 @@ def contract_bus(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ContractB
 
 
 class CanAdapterProcess(ServiceProcess):
-    """``python -m adapters.can`` on a free port (the lead wires it as ``heater worker can``)."""
+    """The CAN adapter (``heater worker can``) on a free port, on the given bus."""
 
     def __init__(self, broker: EmbeddedBroker, run_dir: Path, channel: str, interface: str = "remote") -> None:
-        super().__init__(
-            "can", broker.url, run_dir,
-            {"HEATER_CAN_INTERFACE": interface, "HEATER_CAN_CHANNEL": channel, "PYTHONPATH": str(ROOT)},
-        )
-
-    def start(self) -> "CanAdapterProcess":
-        self.log_path.parent.mkdir(parents=True, exist_ok=True)
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "adapters.can"], env=self.env, cwd=ROOT,
-            stdout=open(self.log_path, "ab"), stderr=subprocess.STDOUT, start_new_session=True,
-        )
-        return self
+        super().__init__("can", broker.url, run_dir, {"HEATER_CAN_INTERFACE": interface, "HEATER_CAN_CHANNEL": channel})
 
     def view(self) -> dict[str, Any]:
         """The adapter's ``/can`` view."""

@@ -22,7 +22,7 @@ from streams.lifecycle import Phase, ServiceKind, ServiceSpec, ServiceStatus
 from streams.latch import LatchView
 from streams.platform_watch import PlatformWatch
 from streams.records import RECORD_FOR_TOPIC, HeaterRecord
-from streams.settings import DEFAULT_FETCH_WAIT_MS, Settings, faust_options
+from streams.settings import DEFAULT_FETCH_WAIT_MS, FAST_FETCH_WAIT_MS, Settings, faust_options
 from streams.transport import register as register_transport
 
 log = logging.getLogger(__name__)
@@ -105,9 +105,8 @@ class HeaterService:
     async def start_platform_watch(self) -> None:
         """Follow the FATAL latch and the alarm book; then the alarm client can work."""
         settings = Settings.from_env()
-        # Halting a Faust service is not on the cut-off path (the I2C adapter cuts the
-        # power itself), so its watch polls at the ordinary wait: polling costs CPU.
-        self.watch = PlatformWatch(settings.broker_bootstrap, self.spec.name, DEFAULT_FETCH_WAIT_MS)
+        fetch_wait = FAST_FETCH_WAIT_MS if self.spec.fast_path else DEFAULT_FETCH_WAIT_MS
+        self.watch = PlatformWatch(settings.broker_bootstrap, self.spec.name, fetch_wait)
         await self.watch.start()
         self.alarms = AlarmClient(self.spec.name, self._send_raw, self.watch)
         self.watch.on_change.append(self._on_latch_change)

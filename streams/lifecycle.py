@@ -34,9 +34,10 @@ class ServiceSpec:
     name: str
     kind: ServiceKind
     fast_path: bool = False
-    """Its consumers sit on the path from a dangerous reading to the power cut-off
-    (bank, disaster detector, I2C adapter, heating job): they poll with the short fetch
-    wait. Everything else uses the ordinary wait, because polling costs CPU."""
+    """Its consumers poll with the short fetch wait: they sit on the path from a dangerous
+    reading to the power cut-off, or (AlarmsServer) must keep up with many small batches —
+    the embedded broker answers about one batch per partition per fetch. Polling costs CPU,
+    so the rest use the ordinary wait."""
     description: str = ""
 
 

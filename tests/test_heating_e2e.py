@@ -81,8 +81,10 @@ def platform(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Platform]:
 
 def fresh_tank(layout: Layout, water_c: float = 20.0) -> int:
     port = layout.ports["simulator"]
-    sim.clear(port)
+    # Water first, then faults: a stuck sensor freed above the water's value would read as
+    # heat with the valve closed, and the disaster detector would rightly trip the platform.
     sim.set_temperature(port, water_c)
+    sim.clear(port)
 
     def settled() -> bool:
         state = sim.get_state(port)

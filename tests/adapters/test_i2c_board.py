@@ -57,7 +57,7 @@ def board(target: tuple[str, SimProcess | None]) -> Iterator[RelayBoard]:
 @pytest.fixture
 def sim(target: tuple[str, SimProcess | None]) -> Iterator[SimProcess]:
     if target[1] is None:
-        pytest.skip("needs the simulator's fault injection")
+        pytest.skip(f"running on the physical I2C bus {target[0]}: injecting NACKs and faults needs the simulated Pico, not a real device")
     yield target[1]
     client.clear(target[1].control_port)
 

@@ -146,11 +146,13 @@ class RelayAdapter:
                 raise BoardError("start-up", detail="the board did not confirm the safe state")
             await self.io.call(self.io.board.kick)
             self.kicking = True
-            consumer = await self._consumer()
+            # Kick from here on: joining the topics can take longer than the watchdog window,
+            # and an expired watchdog makes the Pico refuse the first commands.
             tasks = [
                 asyncio.ensure_future(self._kick_loop()),
                 asyncio.ensure_future(self._tick_loop()),
             ]
+            consumer = await self._consumer()
             service.mark_ready()
             try:
                 await self._consume(consumer)

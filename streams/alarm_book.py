@@ -25,7 +25,8 @@ from typing import MutableMapping
 from streams.records import Alarm, AlarmClear, HeaterRecord
 
 #: Events kept per alarm id (at least half survive a trim): far more than a crash replays
-#: (one commit interval) or two topics reorder (one fetch), so settled history never moves.
+#: (one commit interval). Every event rewrites the alarm's timeline row, so this bounds the
+#: cost of one event too.
 TIMELINE_LIMIT = 64
 
 
@@ -60,13 +61,15 @@ class TimelineEvent(HeaterRecord):
 class AlarmTimeline(HeaterRecord):
     """The recent events of one alarm id, sorted by time.
 
-    ``horizon``: events before it were folded away; one arriving from before it is a
-    replay of settled history and is ignored.
+    ``horizon``: the time of the last event folded away; one arriving at or before it is
+    a replay of settled history and is ignored. Anything later is kept, however late it
+    arrives: when one topic runs far ahead of the other (a producer catching up after an
+    outage), the missing events all lie after the last settled occurrence.
     """
 
     alarm_id: str
     events: list[TimelineEvent]
-    horizon: float = 0.0
+    horizon: float | None = None
     schema_version: int = 1
 
 
@@ -141,6 +144,14 @@ def quiet_points(events: list[TimelineEvent]) -> list[int]:
     return points
 
 
+def trim_point(events: list[TimelineEvent], quiet: list[int]) -> int:
+    """Where settled history may be folded away: past the limit, the last quiet point
+    that keeps at least half of it (0: nothing to fold)."""
+    if len(events) <= TIMELINE_LIMIT:
+        return 0
+    return max(q for q in quiet if q <= len(events) - TIMELINE_LIMIT // 2)
+
+
 class AlarmBook:
     """The alarm tables and their write rules, over any mutable mappings.
 
@@ -172,18 +183,17 @@ class AlarmBook:
     def _add(self, alarm_id: str, event: TimelineEvent) -> Outcome:
         timeline = self.timelines.get(alarm_id)
         events = timeline.events if timeline is not None else []
-        horizon = timeline.horizon if timeline is not None else 0.0
-        inserted = insert(events, event) if event.at >= horizon else None
+        horizon = timeline.horizon if timeline is not None else None
+        inserted = insert(events, event) if horizon is None or event.at > horizon else None
         if inserted is None:
             return Outcome(Effect.DUPLICATE if event.kind == "raise" else Effect.UNCHANGED)
         updated, index = inserted
         quiet = quiet_points(updated)
         start = max(q for q in quiet if q <= index)
         changed = tuple(e for e in derive(updated[start:]) if self.history.get(e.occurrence_id) != e)
-        if len(updated) > TIMELINE_LIMIT:
-            cut = max(q for q in quiet if q <= len(updated) - TIMELINE_LIMIT // 2)
-            if cut:
-                horizon, updated = updated[cut].at, updated[cut:]
+        cut = trim_point(updated, quiet)
+        if cut:
+            horizon, updated = updated[cut - 1].at, updated[cut:]
         self.timelines[alarm_id] = AlarmTimeline(alarm_id=alarm_id, events=updated, horizon=horizon)
         for entry in changed:
             self.history[entry.occurrence_id] = entry

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import random
 
-from streams.alarm_book import AlarmBook, Effect
+import pytest
+
+from streams.alarm_book import TIMELINE_LIMIT, AlarmBook, Effect
 from streams.records import Alarm, AlarmClear
 
 
@@ -171,5 +173,21 @@ def test_a_long_toggling_alarm_keeps_a_bounded_timeline_and_exact_history() -> N
     for t in range(2000):
         book.apply(alarm(at=2 * t) if t % 2 == 0 else clear(at=2 * t))
     assert len(book.history) == 1000
-    assert len(book.timelines["bank/overtemp"].events) <= 64
+    assert len(book.timelines["bank/overtemp"].events) <= TIMELINE_LIMIT
     assert sum(e.active for e in book.history.values()) == 0
+
+
+@pytest.mark.parametrize("ahead", ["raises", "clears"])
+def test_one_topic_far_ahead_of_the_other_loses_nothing(ahead: str) -> None:
+    """A catch-up burst: every event of a fast-toggling alarm on one topic arrives before
+    any of the other's, far more of them than the timeline keeps."""
+    raises = [alarm(at=10 + 0.1 * i) for i in range(4 * TIMELINE_LIMIT)]
+    clears = [clear(at=10.05 + 0.1 * i) for i in range(4 * TIMELINE_LIMIT)]
+    reference = Book()
+    for e in _in_time_order(raises, clears):
+        reference.apply(e)
+    book = Book()
+    for e in [*raises, *clears] if ahead == "raises" else [*clears, *raises]:
+        book.apply(e)
+    assert len(reference.history) == 4 * TIMELINE_LIMIT
+    assert book.snapshot() == reference.snapshot()

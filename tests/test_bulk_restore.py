@@ -22,8 +22,10 @@ import rocksdict
 from aiokafka import AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
+from heater.runtime.broker import EmbeddedBroker
 from streams.tables.bulk_restore import prerestore
 from streams.transport import register
+from tests.support import consume_until
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -107,6 +109,7 @@ def run_worker(broker: Any, app_id: str, datadir: Path, *, prerestore_on: bool, 
     script = datadir.parent / f"{app_id}-worker.py"
     script.write_text(WORKER)
     result = datadir.parent / f"{app_id}-result.json"
+    result.unlink(missing_ok=True)
     env = dict(os.environ, APP_ID=app_id, BROKER=f"tansu://{broker.bootstrap}?fetch_wait_ms=10",
                DATADIR=str(datadir), RESULT=str(result), PARTITIONS=str(partitions),
                PRERESTORE="1" if prerestore_on else "0", PYTHONPATH=str(REPO))
@@ -203,3 +206,28 @@ async def test_memory_store_is_left_alone(broker: Any, tmp_path: Path) -> None:
     app = local_app(broker, new_app_id("memory"), tmp_path / "data", store="memory://")
     assert await prerestore(app, "127.0.0.1:1") == {}
     assert not (tmp_path / "data").exists()
+
+
+async def read_changelog(bootstrap: str, topic: str, at_least: int) -> Dict[str, int]:
+    """The latest value per key of a changelog holding ``at_least`` records, as a table would see it."""
+    messages = await consume_until(bootstrap, topic, lambda ms: len(ms) >= at_least)
+    return expected([(json.loads(m.key), None if m.value is None else json.loads(m.value)) for m in messages])
+
+
+async def test_a_broker_that_lost_the_changelog_is_reseeded_from_the_local_store(broker: Any, tmp_path: Path) -> None:
+    """The local broker keeps logs in memory: after its restart the store is ahead of the log.
+    The worker must start (not crash on Faust's ConsistencyError) with its data, and the
+    changelog must hold them again."""
+    app_id = new_app_id("wiped")
+    records: List[Record] = [(f"k{i}", i) for i in range(3_000)] + [(f"k{i}", None) for i in range(0, 3_000, 4)]
+    await write_changelog(broker.bootstrap, f"{app_id}-kv-changelog", records, partitions=2)
+    datadir = tmp_path / "data"
+    await asyncio.to_thread(run_worker, broker, app_id, datadir, prerestore_on=True, partitions=2)
+
+    wiped = await asyncio.to_thread(EmbeddedBroker(tmp_path / "wiped").start)
+    try:
+        result = await asyncio.to_thread(run_worker, wiped, app_id, datadir, prerestore_on=True, partitions=2)
+        assert result["items"] == expected(records)
+        assert await read_changelog(wiped.bootstrap, f"{app_id}-kv-changelog", len(expected(records))) == expected(records)
+    finally:
+        await asyncio.to_thread(wiped.stop)

@@ -12,6 +12,13 @@ persisted offset and finds nothing (or only a short tail) left to replay.
 Each fetched batch and its offset go into one RocksDB ``WriteBatch``, so a crash
 leaves a store whose data and persisted offset agree; the next run resumes there.
 Any store other than RocksDB through ``rocksdict`` is left to Faust untouched.
+
+A store *ahead* of its changelog (persisted offset at or past the log's end) means the
+broker lost the log — the local broker keeps everything in memory, so a broker restart
+does exactly that. Faust would stop with a ConsistencyError and the service would crash
+in a loop; worse, the local copy would be the only one left. :func:`prerestore` re-seeds
+the changelog from the local store instead (every key once, in one batch per partition)
+and records the new offset, so the data survive and the next restore finds them.
 """
 
 from __future__ import annotations
@@ -25,6 +32,7 @@ import aiokafka
 import faust
 import rocksdict
 from aiokafka import TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import KafkaError
 from faust.stores import by_url
 from faust.stores.rocksdb import Store as RocksStore
@@ -124,6 +132,60 @@ def _write(db: rocksdict.Rdict, records: Iterable[aiokafka.ConsumerRecord], offs
     return count
 
 
+def _local_partitions(store: RocksStore, partitions: int) -> list[int]:
+    return [p for p in range(partitions) if store.partition_path(p).exists()]
+
+
+def _local_items(store: RocksStore, partition: int) -> list[tuple[bytes, bytes]]:
+    db = store.rocksdb_options.open(store.partition_path(partition))
+    try:
+        return [(k, v) for k, v in db.items() if k != store.offset_key]
+    finally:
+        db.close()
+
+
+def _set_persisted_offset(store: RocksStore, partition: int, offset: int) -> None:
+    db = store.rocksdb_options.open(store.partition_path(partition))
+    try:
+        db.put(store.offset_key, str(offset).encode())
+    finally:
+        db.close()
+
+
+async def _ensure_changelog(app: faust.App, bootstrap: str | List[str], table: Collection, topic: str) -> None:
+    """Create a lost changelog topic as Faust declares it (compacted, the table's partitions)."""
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap,
+                                **credentials_to_aiokafka_auth(app.conf.broker_credentials, app.conf.ssl_context))
+    await admin.start()
+    try:
+        if topic not in await admin.list_topics():
+            config = {"cleanup.policy": "compact"}
+            await admin.create_topics([NewTopic(topic, table.partitions or app.conf.topic_partitions, 1, topic_configs=config)])
+    finally:
+        await admin.close()
+
+
+async def _reseed(app: faust.App, bootstrap: str | List[str], store: RocksStore, tp: TopicPartition) -> int:
+    """Write the local store's items to its (lost) changelog partition; return how many."""
+    items = _local_items(store, tp.partition)
+    if not items:
+        return 0
+    producer = aiokafka.AIOKafkaProducer(
+        bootstrap_servers=bootstrap, linger_ms=5, acks="all",
+        **credentials_to_aiokafka_auth(app.conf.broker_credentials, app.conf.ssl_context),
+    )
+    await producer.start()
+    try:
+        futures = [await producer.send(tp.topic, key=k, value=v, partition=tp.partition) for k, v in items]
+        last = -1
+        for future in futures:
+            last = max(last, (await future).offset)
+    finally:
+        await producer.stop()
+    _set_persisted_offset(store, tp.partition, last)
+    return len(items)
+
+
 def _persisted_offset(store: RocksStore, partition: int) -> int | None:
     """``Store.persisted_offset`` without keeping the DB open (Faust opens it later)."""
     db = store.rocksdb_options.open(store.partition_path(partition))
@@ -161,14 +223,24 @@ async def prerestore(app: faust.App, bootstrap: str | List[str], *, threshold: i
             topic = table.changelog_topic.get_topic_name()
             tps = [TopicPartition(topic, p) for p in sorted(cluster.partitions_for_topic(topic) or ())]
             if not tps:
-                continue  # no changelog yet: nothing to restore
+                local = _local_partitions(store, table.partitions or conf.topic_partitions)
+                if not local:
+                    continue  # no changelog and no local data: nothing to restore
+                await _ensure_changelog(app, bootstrap, table, topic)
+                tps = [TopicPartition(topic, p) for p in local]
             ends = await consumer.end_offsets(tps)
             if conf.broker[0].scheme == TANSU_SCHEME:
                 ends = await true_end_offsets(consumer, ends)
             firsts = await consumer.beginning_offsets(tps)
             starts: Dict[TopicPartition, int] = {}
             for tp in tps:
-                persisted = _persisted_offset(store, tp.partition)
+                persisted = _persisted_offset(store, tp.partition) if store.partition_path(tp.partition).exists() else None
+                if persisted is not None and persisted >= ends[tp]:
+                    count = await _reseed(app, bootstrap, store, tp)
+                    logger.warning("changelog %s ends at %d but the local store holds offset %d: the broker lost it; "
+                                   "re-seeded %d key(s) from the local store", tp, ends[tp], persisted, count)
+                    persisted = _persisted_offset(store, tp.partition)
+                    ends[tp] = (persisted or 0) + 1
                 starts[tp] = max(firsts[tp], -1 if persisted is None else persisted + 1)
             todo = [tp for tp in tps if ends[tp] - starts[tp] > threshold]
             if not todo:

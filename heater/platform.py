@@ -17,7 +17,6 @@ from types import FrameType
 from heater.catalogue import COMPONENTS, Component, stages
 from heater.probes import HALTED, READY, probe
 from heater.rundir import Layout
-from heater.runtime.broker import create_topics
 from heater.runtime.processes import ChildProcess, StartupTimeout, wait_until
 from heater.runtime.vault import new_token, provision, write_token
 from heater.supervision import Supervisor, write_config
@@ -75,9 +74,7 @@ class Platform:
         wait_until(ready, max(1.0, deadline - time.monotonic()), component.name, interval=0.1)
 
     def _after_ready(self, component: Component) -> None:
-        if component.name == "broker":
-            create_topics(self.layout.broker_bootstrap)
-        elif component.name == "vault":
+        if component.name == "vault":
             provision(self.layout.vault_addr, self.layout.vault_token_file.read_text().strip())
 
     def stop(self) -> None:

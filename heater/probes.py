@@ -12,6 +12,7 @@ from heater.catalogue import Component
 from heater.rundir import Layout
 from heater.runtime.broker import broker_ready
 from heater.runtime.vault import vault_ready
+from streams.topics import ALL_TOPICS
 
 READY = "ready"
 HALTED = "halted"
@@ -46,7 +47,7 @@ def http_json(url: str, timeout: float = 1.0) -> tuple[int, dict[str, Any]]:
 def probe(layout: Layout, component: Component) -> Probe:
     try:
         if component.name == "broker":
-            ok = broker_ready(layout.broker_bootstrap, timeout=1.0)
+            ok = broker_ready(layout.broker_bootstrap, timeout=1.0, topics=(t.name for t in ALL_TOPICS))
             return Probe(component.name, READY if ok else DOWN, layout.broker_bootstrap)
         if component.name == "vault":
             token = layout.vault_token_file.read_text().strip()

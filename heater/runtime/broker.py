@@ -7,7 +7,12 @@ Plaintext on 127.0.0.1 — the binary's TLS and SASL are not usable.
 from __future__ import annotations
 
 import asyncio
+import ctypes
 import logging
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 from typing import Iterable
 
@@ -35,22 +40,21 @@ def broker_command(port: int) -> list[str]:
     ]
 
 
-def broker_ready(bootstrap: str, timeout: float = 2.0) -> bool:
-    """True when the broker answers a metadata request (not merely accepts TCP)."""
+def broker_ready(bootstrap: str, timeout: float = 2.0, topics: Iterable[str] = ()) -> bool:
+    """True when the broker answers a metadata request (not merely accepts TCP) and has ``topics``."""
     host, _, port = bootstrap.rpartition(":")
     if not port_open(int(port), host):
         return False
-    return asyncio.run(_metadata_ok(bootstrap, timeout))
+    return set(topics) <= asyncio.run(_topic_names(bootstrap, timeout))
 
 
-async def _metadata_ok(bootstrap: str, timeout: float) -> bool:
+async def _topic_names(bootstrap: str, timeout: float) -> set[str]:
     from aiokafka.admin import AIOKafkaAdminClient
 
     admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=int(timeout * 1000))
     try:
         await asyncio.wait_for(admin.start(), timeout)
-        await asyncio.wait_for(admin.list_topics(), timeout)
-        return True
+        return set(await asyncio.wait_for(admin.list_topics(), timeout))
     finally:
         await admin.close()
 
@@ -75,6 +79,38 @@ async def _create_topics(bootstrap: str, specs: list[TopicSpec]) -> list[str]:
         return [s.name for s in new]
     finally:
         await admin.close()
+
+
+def _die_with_parent() -> None:
+    """In the child before exec: the kernel kills it when its parent dies (even by SIGKILL)."""
+    PR_SET_PDEATHSIG = 1
+    ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+
+
+def run_broker(port: int, specs: Iterable[TopicSpec] = ALL_TOPICS, ready_timeout: float = 30.0) -> int:
+    """The broker as one supervised program: the binary, and the platform's topics on it.
+
+    The broker keeps its logs in memory, so every start (a crash restarted by the process
+    manager included) begins empty; creating the topics here means services that reconnect
+    find them as declared, with their partitions and compaction. Stop signals go to the
+    binary; if this process is killed, the kernel kills the binary too.
+    """
+    child = subprocess.Popen(broker_command(port), preexec_fn=_die_with_parent)
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda s, _f: child.send_signal(s))
+    bootstrap = f"127.0.0.1:{port}"
+    started = time.monotonic()
+    try:
+        wait_until(lambda: child.poll() is None and broker_ready(bootstrap), ready_timeout, "broker")
+        created = create_topics(bootstrap, specs)
+        print(f"broker ready on {bootstrap} in {time.monotonic() - started:.2f} s; created {len(created)} topic(s)",
+              file=sys.stderr, flush=True)
+    except Exception as exc:  # the supervisor restarts us; the binary must not outlive a failed start
+        print(f"broker start failed: {exc}", file=sys.stderr, flush=True)
+        child.kill()
+        child.wait()
+        return 1
+    return child.wait()
 
 
 class EmbeddedBroker:

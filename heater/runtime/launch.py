@@ -1,4 +1,4 @@
-"""`heater runtime broker|vault|simulator`: exec a runtime component of this platform.
+"""`heater runtime broker|vault|simulator`: run a runtime component of this platform.
 
 supervisord runs these as programs; the address book gives the port and the Vault
 token comes from its 0600 file into the server's environment, never onto argv.
@@ -10,15 +10,14 @@ import os
 import sys
 
 from heater.rundir import Layout, default_run_dir
-from heater.runtime.broker import broker_command
+from heater.runtime.broker import run_broker
 from heater.runtime.vault import vault_command, vault_env
 
 
 def exec_component(name: str) -> None:
     layout = Layout.load(default_run_dir())
     if name == "broker":
-        argv = broker_command(layout.ports["broker"])
-        os.execv(argv[0], argv)
+        raise SystemExit(run_broker(layout.ports["broker"]))
     if name == "vault":
         argv = vault_command(layout.ports["vault"])
         token = layout.vault_token_file.read_text().strip()

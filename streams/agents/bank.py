@@ -73,10 +73,14 @@ class BankAlarmClient(AlarmClient):
         for key in sorted(saved.pending):
             await send_effect(self, resend_of(saved.conditions[key]))
         held = {f"{self.source}/{key}" for key, c in saved.conditions.items() if c.active or key in saved.pending}
+        # An alarm raised after the newest reading the saved state holds comes from readings
+        # this worker will apply again (and decide identically): the replay owns it.
+        horizon = max((s.received_at for s in saved.sensors.values()), default=float("inf"))
         orphans = [
             e.alarm.alarm_id
             for e in self._watch.book.active_entries()
             if e.alarm.source == self.source and not e.alarm.is_fatal and e.alarm.alarm_id not in held
+            and e.alarm.raised_at <= horizon
         ]
         for alarm_id in orphans:
             await self._send_clear(alarm_id, "cleared on startup")

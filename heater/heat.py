@@ -10,8 +10,10 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
+from aiokafka import AIOKafkaProducer
+
 from heater.rundir import Layout
-from streams.heating.controller import HeatingController, HeatingRefused
+from streams.heating.controller import HeatingController, HeatingRefused, announce_ends
 from streams.heating.launch import LocalLauncher
 from streams.platform_watch import PlatformWatch
 
@@ -23,9 +25,12 @@ async def heat(run_dir: Path, target_c: float) -> int:
     watch = PlatformWatch(layout.broker_bootstrap, "heat-cli")
     await watch.start()
     watch.run_in_background()
+    producer = AIOKafkaProducer(bootstrap_servers=layout.broker_bootstrap, request_timeout_ms=10_000)
+    await producer.start()
     try:
         launcher = LocalLauncher(env=layout.service_env(JOB), log_dir=layout.logs)
         controller = HeatingController(launcher, watch)
+        controller.on_end.append(announce_ends(lambda topic, key, value: producer.send_and_wait(topic, value, key)))
         try:
             run = await controller.request_heating(target_c)
         except HeatingRefused as refused:
@@ -36,6 +41,7 @@ async def heat(run_dir: Path, target_c: float) -> int:
         print(f"heating job {ended.job_id} {ended.outcome} (exit {ended.exit_code}): {ended.detail}")
         return ended.exit_code if ended.exit_code is not None else 1
     finally:
+        await producer.stop()
         await watch.stop()
 
 

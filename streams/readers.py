@@ -8,18 +8,64 @@ history. Neither wants a consumer group: every instance must see every message.
 from __future__ import annotations
 
 import asyncio
-from typing import Iterable
+import logging
+import time
+from typing import Any, Iterable
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from streams.transport import true_end_offsets
+
+log = logging.getLogger(__name__)
+
+#: How often a reader checks that its topics' logs did not start over below its position.
+REALIGN_EVERY_S = 1.0
+
+
+class Reader(AIOKafkaConsumer):
+    """A consumer that notices when a log starts over below its position.
+
+    The local broker keeps its logs in memory: restarted, every topic begins again at
+    offset 0, and a reader still fetching at offset 50,000 is answered with nothing —
+    no error — until the new log grows past it, minutes later. The I2C adapter would see
+    no sensor data and the heating job no relay state all that time. So once a second
+    the reader compares its position with the log's end, and where the log is now
+    shorter it reads the new log from its beginning: everything on it was written after
+    the restart, so it is live data.
+    """
+
+    _next_check = 0.0
+
+    async def getmany(self, *partitions: TopicPartition, timeout_ms: int = 0, max_records: int | None = None) -> Any:
+        now = time.monotonic()
+        if now >= self._next_check:
+            self._next_check = now + REALIGN_EVERY_S
+            await self.realign()
+        return await super().getmany(*partitions, timeout_ms=timeout_ms, max_records=max_records)
+
+    async def realign(self) -> list[TopicPartition]:
+        """Move to the beginning of every log that is now shorter than the position; which ones.
+
+        The end is the high watermark of the last fetch answer (this broker's ListOffsets
+        answer is not the end of the log; its fetch high watermark is).
+        """
+        restarted = []
+        for tp in sorted(self.assignment()):
+            highwater = self.highwater(tp)
+            position = await self.position(tp)
+            if highwater is not None and highwater < position:
+                log.warning("%s starts over below our position (end %d < %d; a broker restart?): "
+                            "reading the new log from its beginning", tp, highwater, position)
+                self.seek(tp, 0)
+                restarted.append(tp)
+        return restarted
 
 
 async def open_reader(
     bootstrap: str, topic_names: Iterable[str], *, fetch_wait_ms: int, from_end: bool, timeout: float = 15.0
 ) -> AIOKafkaConsumer:
     """A started consumer assigned every partition of ``topic_names``, positioned as asked."""
-    consumer = AIOKafkaConsumer(
+    consumer = Reader(
         bootstrap_servers=bootstrap,
         group_id=None,
         enable_auto_commit=False,
@@ -32,7 +78,7 @@ async def open_reader(
     ]
     consumer.assign(partitions)
     if from_end:
-        ends = await true_end_offsets(consumer, await consumer.end_offsets(partitions))
+        ends = await true_end_offsets(consumer, await consumer.end_offsets(partitions), follow=False)
         for tp in partitions:
             consumer.seek(tp, ends.get(tp, 0))
     else:

@@ -72,22 +72,25 @@ def fetch_wait_ms(urls: List[URL]) -> int:
 
 
 async def true_end_offsets(
-    consumer: aiokafka.AIOKafkaConsumer, reported: Mapping[TP, int]
+    consumer: aiokafka.AIOKafkaConsumer, reported: Mapping[TP, int], *, follow: bool = True
 ) -> Dict[TP, int]:
     """Correct ``ListOffsets(latest)`` answers by reading the log tail.
 
     For each partition with a reported end ``E > 0`` the batch containing
     ``E - 1`` is fetched; the offset after its last batch is the new
-    candidate end.  Reading goes on from there while records come back or the
-    fetch response's high watermark says more exist, which normally takes
-    two requests per leader.
+    candidate end.  With ``follow`` (table recovery: the end must really be
+    the end) reading goes on from there while records come back or the fetch
+    response's high watermark says more exist, which normally takes two
+    requests per leader.  Without it one round settles each partition: a live
+    reader wants "now", and chasing a topic that streams sensor data only
+    makes it start seconds behind.
     """
     client = consumer._client
     isolation = consumer._fetcher._isolation_level
     ends: Dict[TP, int] = dict(reported)
     pending = {tp: end - 1 for tp, end in reported.items() if end and end > 0}
     confirming: set[TP] = set()
-    for _ in range(_MAX_PROBE_ROUNDS):
+    for _ in range(_MAX_PROBE_ROUNDS if follow else 1):
         if not pending:
             break
         wait_ms = _CONFIRM_WAIT_MS if confirming else _PROBE_WAIT_MS
@@ -129,7 +132,8 @@ async def true_end_offsets(
                         pending.pop(tp, None)
                         confirming.discard(tp)
     else:
-        logger.warning("End offsets still moving after %d probes", _MAX_PROBE_ROUNDS)
+        if follow:
+            logger.warning("End offsets still moving after %d probes", _MAX_PROBE_ROUNDS)
     changed = {tp: (reported[tp], end) for tp, end in ends.items() if end != reported[tp]}
     if changed:
         logger.debug("Corrected end offsets (reported, true): %r", changed)

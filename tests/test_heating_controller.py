@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -22,7 +23,7 @@ from aiokafka import AIOKafkaProducer
 from heater.runtime.broker import EmbeddedBroker
 from streams import exitcodes
 from streams.codec import decode
-from streams.heating.controller import HeatingController, HeatingRefused
+from streams.heating.controller import HeatingController, HeatingRefused, announce_ends
 from streams.heating.launch import LocalLauncher
 from streams.platform_watch import PlatformWatch
 from streams.records import Alarm, AlarmClear, HeatingJobState, RelayCommand, SensorReading
@@ -145,6 +146,25 @@ async def test_a_stopped_job_is_not_a_success(broker: EmbeddedBroker, controller
     assert (ended.outcome, ended.exit_code) == ("failed", exitcodes.HEATING_FAILED)
     states = await job_states(broker.bootstrap, run.job_id, "failed")
     assert "stopped" in states[-1].reason
+
+
+async def test_a_killed_job_is_announced_as_failed(broker: EmbeddedBroker, controller: HeatingController) -> None:
+    """SIGKILL leaves the job no word: the controller says it ended, so nobody thinks it still heats."""
+    producer = AIOKafkaProducer(bootstrap_servers=broker.bootstrap)
+    await producer.start()
+    try:
+        controller.on_end.append(announce_ends(lambda topic, key, value: producer.send_and_wait(topic, value, key)))
+        run = await controller.request_heating(40.0)
+        await job_states(broker.bootstrap, run.job_id, "idle")
+        launcher = controller.launcher
+        assert isinstance(launcher, LocalLauncher)
+        os.killpg(launcher._procs[run.job_id].pid, signal.SIGKILL)
+        ended = await asyncio.wait_for(controller.wait(run.job_id), 30)
+        assert (ended.outcome, ended.exit_code) == ("failed", -signal.SIGKILL)
+        states = await job_states(broker.bootstrap, run.job_id, "failed")
+        assert states[-1].state == "failed" and str(-signal.SIGKILL) in states[-1].reason
+    finally:
+        await producer.stop()
 
 
 async def test_target_refused_before_any_process(controller: HeatingController) -> None:

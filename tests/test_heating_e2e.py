@@ -12,19 +12,15 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import subprocess
-import sys
 import time
 from pathlib import Path
 from typing import Any, Iterator
 
 import pytest
 
-from heater.catalogue import BY_NAME
 from heater.platform import Platform
 from heater.probes import http_json
 from heater.rundir import Layout
-from heater.runtime.processes import free_port
 from simulator import client as sim
 from streams import exitcodes
 from streams.codec import decode
@@ -32,50 +28,20 @@ from streams.heating.controller import HeatingController, HeatingRun
 from streams.heating.launch import LocalLauncher
 from streams.platform_watch import PlatformWatch
 from streams.records import HeatingJobState
-from tests.support import consume_until, try_get, wait_for
+from tests.support import consume_until, wait_for
 
 log = logging.getLogger(__name__)
 
 pytestmark = pytest.mark.timeout(240)
 
 
-class CanAdapter:
-    """``python -m adapters.can`` on this platform, for as long as the catalogue lacks ``can``."""
-
-    def __init__(self, layout: Layout) -> None:
-        self.port = free_port()
-        self.log_path = layout.logs / "can-test.log"
-        self.env = {**layout.service_env("can"), "HEATER_WEB_PORT": str(self.port)}
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> "CanAdapter":
-        import os
-
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "adapters.can"], env={**os.environ, **self.env},
-            stdout=open(self.log_path, "ab"), stderr=subprocess.STDOUT, start_new_session=True,
-        )
-        wait_for(lambda: (try_get(f"http://127.0.0.1:{self.port}/readyz") or (0,))[0] == 200, 30, 0.1, "CAN adapter ready")
-        return self
-
-    def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            self.proc.wait(20)
-
-
 @pytest.fixture(scope="module")
 def platform(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Platform]:
     running = Platform(tmp_path_factory.mktemp("heating-platform"))
-    can: CanAdapter | None = None
     try:
         running.start(timeout=90)
-        if "can" not in BY_NAME:
-            can = CanAdapter(running.layout).start()
         yield running
     finally:
-        if can is not None:
-            can.stop()
         running.stop()
 
 

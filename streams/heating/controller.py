@@ -22,11 +22,13 @@ from typing import Any, Awaitable, Callable, Protocol
 
 from aiohttp import web
 
-from streams import exitcodes
+from streams import exitcodes, topics
 from streams.heater_config import HeaterLimits
+from streams.heating.job import STATE_KEY
 from streams.heating.launch import JobEnd, Launcher, LaunchError
 from streams.heating.machine import target_refusal
 from streams.latch import LatchView
+from streams.records import HeatingJobState
 
 log = logging.getLogger(__name__)
 
@@ -157,12 +159,16 @@ async def post_heating(request: web.Request) -> web.Response:
     try:
         body = await request.json()
         target = body["target_c"]
-    except (ValueError, KeyError, TypeError):
+    except (ValueError, KeyError, TypeError, LookupError, RecursionError):
         return web.json_response({"error": 'expected a JSON body {"target_c": <number>}'}, status=400)
     if not isinstance(target, (int, float)) or isinstance(target, bool):
         return web.json_response({"error": f"target_c must be a number, got {target!r}"}, status=400)
     try:
-        run = await request.app[CONTROLLER].request_heating(float(target))
+        target = float(target)
+    except OverflowError:
+        return web.json_response({"error": "target_c is out of range"}, status=400)
+    try:
+        run = await request.app[CONTROLLER].request_heating(target)
     except HeatingRefused as refused:
         return web.json_response({"error": refused.reason, "refused": True}, status=refused.status)
     return web.json_response(run.as_dict(), status=202)
@@ -178,6 +184,24 @@ async def get_heating(request: web.Request) -> web.Response:
         "latched": controller.watch.latch.latched,
         "jobs": [r.as_dict() for r in runs],
     })
+
+
+def announce_ends(send: Callable[[str, bytes, bytes], Awaitable[None]]) -> Callable[[HeatingRun], Awaitable[None]]:
+    """An ``on_end`` hook publishing the end of a job that did not finish well.
+
+    A job killed outright (SIGKILL, out of memory, a lost node) never says it stopped:
+    its last word stays "heating", and DisasterDetector keeps watching the water as if
+    the burner could be lit. The controller saw the process end, so it says it. A job
+    that failed on its own has already said so; the second "failed" changes nothing.
+    """
+    async def hook(run: HeatingRun) -> None:
+        if run.outcome == "done":
+            return
+        record = HeatingJobState(job_id=run.job_id, state="failed", target_c=float(run.target_c),
+                                 at=run.ended_at or time.time(), reason=f"ended: {run.detail}")
+        await send(topics.HEATING_STATE.name, STATE_KEY, record.dumps())
+
+    return hook
 
 
 def mount(app: web.Application, controller: HeatingController, path: str = "/heating") -> None:

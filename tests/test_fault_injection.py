@@ -1,0 +1,472 @@
+"""The safety chain end to end: each fault injected into the running local platform ends in
+the safe state, judged where it matters — at the relays, as the simulated Pico sees them.
+
+One platform (as `heater up` runs it) serves the whole module and is reset in place between
+cases: faults cleared, water back to its start temperature, and after a FATAL the verified
+operator reset. The cases run in file order; those that latch the platform reset it before
+they end, so the next case starts from a working heater. Each case logs the time it measured
+to the safe state (``pytest -s`` or the captured log shows them).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+import uuid
+from typing import Any, Iterator
+
+import pytest
+
+from heater import reset
+from heater.catalogue import COMPONENTS
+from heater.platform import Platform
+from heater.probes import http_json
+from heater.rundir import Layout
+from simulator import client as sim
+from streams import exitcodes
+from streams.heater_config import WATER_SENSORS, HeaterLimits
+from streams.heating.controller import HeatingRun, announce_ends
+from streams.heating.launch import JOB_MODULE, job_args
+from streams.records import Alarm, RelayCommand
+from tests.support import consume_until, produce, run, try_get, wait_for
+
+log = logging.getLogger(__name__)
+
+pytestmark = pytest.mark.timeout(300)
+
+CONTROL = [c.name for c in COMPONENTS if c.control]
+SERVICES = [c.name for c in COMPONENTS if c.name not in ("broker", "vault", "simulator")]
+LIMITS = HeaterLimits()
+SAFE = {"power_on": False, "gas_valve_open": False, "spark_on": False}
+#: How often the tests sample the Pico: the resolution of every time-to-safe figure below.
+SAMPLE_S = 0.02
+
+
+@pytest.fixture(scope="module")
+def platform(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Platform]:
+    running = Platform(tmp_path_factory.mktemp("faults"))
+    try:
+        running.start(timeout=120)
+        yield running
+    finally:
+        running.stop()
+
+
+# -- the simulated hardware ---------------------------------------------------------------
+
+
+def pico(layout: Layout) -> dict[str, Any]:
+    return sim.get_state(layout.ports["simulator"])["pico"]
+
+
+def relays(layout: Layout) -> dict[str, bool]:
+    return pico(layout)["relays"]
+
+
+def until_relay_off(layout: Layout, relay: str, since: float, timeout: float) -> float:
+    """Seconds from ``since`` (monotonic) until the Pico shows ``relay`` off, sampled every 20 ms."""
+    deadline = time.monotonic() + timeout
+    while relays(layout)[relay]:
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{relay} still on {timeout} s after the fault: {pico(layout)}")
+        time.sleep(SAMPLE_S)
+    return time.monotonic() - since
+
+
+def fresh_tank(layout: Layout, water_c: float = 20.0) -> None:
+    """No faults, water and sensors at ``water_c``, the I2C adapter seeing fresh readings."""
+    port = layout.ports["simulator"]
+    sim.set_temperature(port, water_c)  # water first: a stuck sensor freed above it reads as heat
+    sim.clear(port)
+
+    def settled() -> bool:
+        state = sim.get_state(port)
+        sensed = [s["temperature"] for s in state["sensors"].values()]
+        return abs(state["heater"]["water_temperature"] - water_c) < 0.5 and all(
+            t is not None and abs(t - water_c) < 0.5 for t in sensed
+        )
+
+    wait_for(settled, 10, what="tank and sensors at the start temperature")
+    all_ready(layout)
+    wait_for(lambda: fresh_temperature(layout), 15, what="the I2C adapter sees fresh temperature data")
+
+
+def fresh_temperature(layout: Layout) -> bool:
+    lease = http_json(layout.web_url("i2c") + "/relays")[1]["lease"]
+    return lease["temperature_age_s"] is not None and lease["temperature_age_s"] < lease["stale_after_s"] / 2
+
+
+# -- the platform -------------------------------------------------------------------------
+
+
+def ready(layout: Layout, name: str) -> bool:
+    return (try_get(layout.web_url(name) + "/readyz") or (0,))[0] == 200
+
+
+def all_ready(layout: Layout, timeout: float = 60) -> None:
+    for name in SERVICES:
+        wait_for(lambda n=name: ready(layout, n), timeout, 0.2, f"{name} ready")
+
+
+def latched(layout: Layout) -> bool:
+    return bool(http_json(layout.web_url("alarms") + "/latch")[1]["latched"])
+
+
+def operator_reset(platform: Platform) -> float:
+    """The verified operator reset, in place; seconds until every service is ready again."""
+    layout = platform.layout
+    began = time.monotonic()
+    assert reset.main(layout.run_dir, "alice") == 0
+    all_ready(layout)
+    wait_for(lambda: not pico(layout)["trip_latched"], what="Pico released")
+    return time.monotonic() - began
+
+
+def send_commands(layout: Layout, *commands: bytes) -> None:
+    run(produce(layout.broker_bootstrap, "I2CHeating", list(commands)))
+
+
+def command(action: str, on: bool, lease_s: float = 0.0) -> bytes:
+    return RelayCommand(
+        command_id=uuid.uuid4().hex, action=action, on=on, issued_by="test", issued_at=time.time(), lease_s=lease_s
+    ).dumps()
+
+
+def energise_power(layout: Layout) -> None:
+    """Power on (no gas): a relay for the cut-off to open."""
+    send_commands(layout, command("power", True))
+    wait_for(lambda: relays(layout)["power_on"], what="power relay on")
+
+
+def history(layout: Layout) -> dict[str, tuple[bool, float | None]]:
+    """Every occurrence in AlarmsServer's history: id → (active, cleared_at)."""
+    entries: list[dict[str, Any]] = []
+    while True:
+        status, body = http_json(layout.web_url("alarms") + f"/alarms/history?limit=1000&offset={len(entries)}")
+        assert status == 200, body
+        entries.extend(body["alarms"])
+        if len(entries) >= body["total"]:
+            return {e["occurrence_id"]: (e["active"], e["cleared_at"]) for e in entries}
+
+
+def alarm_entry(layout: Layout, alarm_id: str) -> dict[str, Any] | None:
+    status, body = http_json(layout.web_url("alarms") + f"/alarm?id={alarm_id}")
+    return body if status == 200 else None
+
+
+def active_alarm(layout: Layout, alarm_id: str, timeout: float = 15) -> dict[str, Any]:
+    return wait_for(lambda: (lambda e: e if e and e["active"] else None)(alarm_entry(layout, alarm_id)), timeout, 0.2,
+                    f"alarm {alarm_id} active")
+
+
+def kill_9(platform: Platform, name: str) -> float:
+    """SIGKILL a supervised process; the monotonic time of the kill."""
+    pid = platform.supervisor.info(name)["pid"]
+    assert pid, f"{name} is not running"
+    os.kill(pid, signal.SIGKILL)
+    return time.monotonic()
+
+
+def metric_sum(layout: Layout, service: str, name: str) -> float:
+    """Sum of every sample of one counter family a service exports."""
+    text = urllib.request.urlopen(layout.web_url(service) + "/metrics", timeout=5).read().decode()
+    return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+               if line.startswith(name) and not line.startswith("#"))
+
+
+# -- the heating job ------------------------------------------------------------------------
+
+
+class Job:
+    """One heating job process, launched as the controller launches it, that a test can kill.
+
+    The test stands in for the controller: when the process is gone, its end is announced
+    with the controller's own hook, so DisasterDetector learns that a killed job stopped.
+    """
+
+    def __init__(self, layout: Layout, target_c: float) -> None:
+        self.layout = layout
+        self.run = HeatingRun(job_id=uuid.uuid4().hex[:12], target_c=target_c, requested_at=time.time())
+        self.log_path = layout.logs / f"heating-job-{self.run.job_id}.log"
+        env = {**os.environ, **layout.service_env("heating-job"), "HEATER_WEB_PORT": "0"}
+        with open(self.log_path, "ab") as out:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", JOB_MODULE, *job_args(self.run.job_id, target_c)],
+                env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
+            )
+
+    def wait(self, timeout: float = 60) -> int:
+        try:
+            return self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            raise AssertionError(f"heating job still running after {timeout} s:\n{self.tail()}") from None
+
+    def kill(self) -> float:
+        os.killpg(self.proc.pid, signal.SIGKILL)
+        return time.monotonic()
+
+    def tail(self) -> str:
+        return self.log_path.read_text(errors="replace")[-3000:]
+
+    def stop(self) -> None:
+        """Kill it if it still runs, and announce its end as the controller does."""
+        if self.proc.poll() is None:
+            self.kill()
+        code = self.proc.wait(10)
+        self.run.exit_code, self.run.ended_at = code, time.time()
+        self.run.outcome = "done" if code == exitcodes.DONE else "failed"
+        self.run.detail = f"process exited with {code}"
+        announce = announce_ends(lambda topic, key, value: produce(self.layout.broker_bootstrap, topic, [value], key=key))
+
+        def announced() -> bool:
+            try:
+                run(announce(self.run))
+                return True
+            except Exception:  # the broker may be on its way back
+                return False
+
+        wait_for(announced, 60, 0.5, "the job's end announced")
+
+
+def heating(layout: Layout, job: Job) -> None:
+    """Until the burner burns with the valve open (the job is past ignition)."""
+    def lit() -> bool:
+        state = sim.get_state(layout.ports["simulator"])
+        if job.proc.poll() is not None:
+            raise AssertionError(f"job ended ({job.proc.returncode}) before heating:\n{job.tail()}")
+        return state["heater"]["flame"] and state["pico"]["relays"]["gas_valve_open"]
+
+    wait_for(lit, 20, 0.05, "burner lit with the valve open")
+
+
+# -- the cases --------------------------------------------------------------------------------
+
+
+def test_garbage_flood_during_heating_is_counted_and_heating_completes(platform: Platform) -> None:
+    """5: a CAN garbage flood is counted and dead-ended at the adapter; the heat cycle is unaffected."""
+    layout = platform.layout
+    fresh_tank(layout)
+    can_pid = platform.supervisor.info("can")["pid"]
+    bad_before = metric_sum(layout, "can", "heater_can_bad_frames")
+    job = Job(layout, 26.0)
+    try:
+        heating(layout, job)
+        sim.inject(layout.ports["simulator"], "garbage_frames", rate=200.0)
+        assert job.wait() == exitcodes.DONE, job.tail()
+    finally:
+        job.stop()
+        sim.clear(layout.ports["simulator"])
+    bad = metric_sum(layout, "can", "heater_can_bad_frames") - bad_before
+    assert bad > 100, "the garbage was seen and counted"
+    assert platform.supervisor.info("can")["pid"] == can_pid, "the CAN adapter did not crash"
+    assert relays(layout)["gas_valve_open"] is False
+    log.warning("garbage flood: %d bad frames counted, heating done", bad)
+
+
+def test_bus_off_during_heating_raises_an_alarm_and_closes_the_gas(platform: Platform) -> None:
+    """4: the CAN bus goes off mid-heating → alarm; no data → valve closed; the job fails."""
+    layout = platform.layout
+    fresh_tank(layout)
+    job = Job(layout, 40.0)
+    try:
+        heating(layout, job)
+        fault_at = time.monotonic()
+        sim.inject(layout.ports["simulator"], "bus_off")
+        safe_s = until_relay_off(layout, "gas_valve_open", fault_at, LIMITS.stale_after_s + 2.0)
+        assert job.wait() == exitcodes.HEATING_FAILED, job.tail()
+        active_alarm(layout, "can/bus-off")
+    finally:
+        job.stop()
+        sim.clear(layout.ports["simulator"])
+    assert relays(layout)["gas_valve_open"] is False and relays(layout)["spark_on"] is False
+    log.warning("bus-off: valve closed %.2f s after the bus went off (stale bound %.1f s)", safe_s, LIMITS.stale_after_s)
+
+
+def test_kill_9_of_the_heating_job_closes_the_valve_within_the_lease(platform: Platform) -> None:
+    """7: the job dies with the valve open; nobody renews the lease; the adapter closes the gas."""
+    layout = platform.layout
+    fresh_tank(layout)
+    job = Job(layout, 40.0)
+    try:
+        heating(layout, job)
+        killed_at = job.kill()
+        safe_s = until_relay_off(layout, "gas_valve_open", killed_at, LIMITS.lease_s + 1.0)
+    finally:
+        job.stop()
+    assert safe_s <= LIMITS.lease_s + 0.2
+    log.warning("kill -9 heating job: valve closed %.2f s after the kill (lease %.1f s)", safe_s, LIMITS.lease_s)
+
+
+def test_kill_9_of_the_i2c_adapter_lets_the_pico_watchdog_make_everything_safe(platform: Platform) -> None:
+    """6: the adapter dies mid-heating; no more kicks; the Pico drops every relay within its window."""
+    layout = platform.layout
+    fresh_tank(layout)
+    window_s = pico(layout)["watchdog"]["window_ms"] / 1000
+    job = Job(layout, 40.0)
+    try:
+        heating(layout, job)
+        killed_at = kill_9(platform, "i2c")
+        safe_s = until_relay_off(layout, "power_on", killed_at, window_s + 1.0)
+        assert relays(layout) == SAFE
+        assert job.wait() != exitcodes.DONE, "a job whose burner went out did not finish"
+    finally:
+        job.stop()
+    wait_for(lambda: ready(layout, "i2c"), 30, 0.2, "i2c restarted by the process manager")
+    assert safe_s <= window_s + 0.1
+    log.warning("kill -9 I2C adapter: all relays safe %.3f s after the kill (window %.2f s)", safe_s, window_s)
+
+
+def test_kill_9_of_every_other_service_restores_its_tables_and_loses_no_alarm(platform: Platform) -> None:
+    """9: each service killed in turn is restarted, recovers its tables, and the platform heats again."""
+    layout = platform.layout
+    fresh_tank(layout)
+    before = history(layout)
+    assert before, "earlier cases left alarms in the history"
+    restarts: dict[str, float] = {}
+    for name in ("alarms", "bank", "disaster", "can"):
+        pid = platform.supervisor.info(name)["pid"]
+        killed_at = kill_9(platform, name)
+        wait_for(lambda n=name: platform.supervisor.info(n)["pid"] not in (0, pid) and ready(layout, n), 60, 0.1,
+                 f"{name} restarted and ready")
+        restarts[name] = time.monotonic() - killed_at
+    after = history(layout)
+    assert {k: v for k, v in after.items() if k in before} == before, "no alarm lost or changed"
+    status, bank = http_json(layout.web_url("bank") + "/bank")
+    assert status == 200 and set(bank["sensors"]) >= set(WATER_SENSORS), "the bank's table came back"
+    fresh_tank(layout)
+    job = Job(layout, 24.0)
+    try:
+        assert job.wait() == exitcodes.DONE, job.tail()
+    finally:
+        job.stop()
+    log.warning("kill -9 and restart (ready again): %s", {k: round(v, 2) for k, v in restarts.items()})
+
+
+def test_broker_kill_during_heating_closes_the_gas_and_the_platform_reconnects(platform: Platform) -> None:
+    """8: the broker dies mid-heating (and, being memory-backed, comes back empty)."""
+    layout = platform.layout
+    fresh_tank(layout)
+    before = history(layout)
+    job = Job(layout, 40.0)
+    try:
+        heating(layout, job)
+        killed_at = kill_9(platform, "broker")
+        safe_s = until_relay_off(layout, "gas_valve_open", killed_at, LIMITS.lease_s + 1.5)
+        assert job.wait(90) == exitcodes.HEATING_FAILED, job.tail()
+    finally:
+        job.stop()
+    assert relays(layout)["gas_valve_open"] is False and relays(layout)["spark_on"] is False
+    wait_for(lambda: fresh_temperature(layout), 60, 0.2, "sensor data flow to the I2C adapter again")
+    data_s = time.monotonic() - killed_at
+    all_ready(layout, timeout=90)
+    ready_s = time.monotonic() - killed_at
+    after = history(layout)
+    assert {k: v for k, v in after.items() if k in before} == before, "AlarmsServer kept its history"
+    log.warning("kill -9 broker: valve closed %.2f s after, data flowing again %.1f s, all ready %.1f s", safe_s, data_s, ready_s)
+
+
+def test_over_temperature_outside_heating_is_fatal_and_cuts_the_power(platform: Platform) -> None:
+    """2: no job; the water sensors read above the FATAL limit → FATAL, power cut, latched."""
+    layout = platform.layout
+    fresh_tank(layout)
+    energise_power(layout)
+    port = layout.ports["simulator"]
+    fault_at = time.monotonic()
+    for sensor in range(3):
+        sim.inject(port, "overtemp", sensor=sensor, value=LIMITS.fatal_c + 5)
+    try:
+        cut_s = until_relay_off(layout, "power_on", fault_at, 10)
+        state = wait_for(lambda: (lambda p: p if p["trip_latched"] else None)(pico(layout)), what="Pico latched")
+        assert state["relays"] == SAFE
+        assert latched(layout)
+        fatal = [e for e in http_json(layout.web_url("alarms") + "/alarms")[1]["alarms"] if e["alarm"]["severity"] == "FATAL"]
+        assert any(e["alarm"]["alarm_id"].startswith("bank/overtemp-fatal") for e in fatal), fatal
+    finally:
+        fresh_tank_after_fatal(layout)
+    reset_s = operator_reset(platform)
+    log.warning("over-temperature: power cut %.3f s after the injection; operator reset to all ready %.1f s", cut_s, reset_s)
+
+
+def fresh_tank_after_fatal(layout: Layout) -> None:
+    port = layout.ports["simulator"]
+    sim.set_temperature(port, 20.0)
+    sim.clear(port)
+
+
+def test_runaway_during_heating_is_a_disaster_and_cuts_the_power(platform: Platform) -> None:
+    """1: a leaking valve seat keeps the burner lit after the job closed the valve at its target:
+    the relays look right, only the water shows it. DisasterDetected, FATAL, power cut."""
+    layout = platform.layout
+    fresh_tank(layout)
+    port = layout.ports["simulator"]
+    sim.inject(port, "valve_leak")
+    job = Job(layout, 26.0)
+    try:
+        heating(layout, job)
+        job.wait()
+        closed_at = time.monotonic()
+
+        def disasters(messages: list) -> list:
+            return [json.loads(m.value) for m in messages if m.value and b"rise-while-closed" in m.value]
+
+        (event, *_) = disasters(run(consume_until(layout.broker_bootstrap, "DisasterDetected", lambda ms: bool(disasters(ms)), timeout=30)))
+        cut_s = until_relay_off(layout, "power_on", closed_at, 30)
+        state = wait_for(lambda: (lambda p: p if p["trip_latched"] else None)(pico(layout)), what="Pico tripped")
+        assert state["relays"] == SAFE
+        latch = http_json(layout.web_url("alarms") + "/latch")[1]
+        assert latch["latched"] and latch["alarm_id"].startswith("disaster/")
+        out = wait_for(lambda: (lambda s: s if not s["heater"]["flame"] else None)(sim.get_state(port)), what="flame out")
+        peak = out["heater"]["water_temperature"]
+        time.sleep(1.0)
+        assert sim.get_state(port)["heater"]["water_temperature"] <= peak + 0.05, "no more heating after the cut"
+    finally:
+        job.stop()
+        fresh_tank_after_fatal(layout)
+    log.warning("runaway: DisasterDetected (%s) after a %.1f C rise with the valve closed; power cut %.1f s after the "
+                "job closed the valve; water peaked at %.1f C", event["rule"], event["value"], cut_s, peak)
+    operator_reset(platform)
+
+
+def test_after_fatal_nothing_resumes_until_the_verified_operator_reset(platform: Platform) -> None:
+    """10: control services stay down, relays stay off, restarts stay halted, a wiped broker
+    does not release the Pico — only the operator reset does; the FATAL stays in history."""
+    layout = platform.layout
+    fresh_tank(layout)
+    fatal = Alarm(alarm_id="test/fatal", source="test", code="fatal", severity="FATAL", message="injected", raised_at=time.time())
+    run(produce(layout.broker_bootstrap, "createAlarm", [fatal.dumps()], key=fatal.alarm_id.encode()))
+    wait_for(lambda: pico(layout)["trip_latched"], what="Pico tripped")
+    for name in CONTROL:
+        info = wait_for(lambda n=name: (lambda i: i if i["statename"] == "EXITED" else None)(platform.supervisor.info(n)),
+                        what=f"{name} exited")
+        assert info["exitstatus"] == exitcodes.STAY_DOWN
+    status, body = wait_for(lambda: (lambda r: r if r[0] == 503 else None)(http_json(layout.web_url("alarms") + "/readyz")),
+                            what="alarms halted")
+    assert body["phase"] == "halted", "display services stay up, read-only"
+
+    # No relay re-energises, whatever is asked.
+    send_commands(layout, command("power", True), command("valve", True, lease_s=3.0))
+    time.sleep(1.0)
+    assert relays(layout) == SAFE and all(platform.supervisor.info(n)["statename"] == "EXITED" for n in CONTROL)
+
+    # The broker is lost (memory storage: everything on it is gone): the Pico holds the trip,
+    # and a control service restarted by hand comes up halted from the hardware latch alone.
+    kill_9(platform, "broker")
+    wait_for(lambda: platform.supervisor.info("broker")["statename"] == "RUNNING", 30, what="broker back")
+    platform.supervisor.start("i2c")
+    wait_for(lambda: latched(layout), 60, 0.2, "the platform latched again from the Pico's trip")
+    assert pico(layout)["trip_latched"] and relays(layout) == SAFE
+    wait_for(lambda: (try_get(layout.web_url("i2c") + "/readyz") or (0, {}))[1].get("phase") == "halted", 30,
+             what="i2c up, halted")
+
+    operator_reset(platform)
+    assert not latched(layout) and not pico(layout)["trip_latched"]
+    entry = alarm_entry(layout, "test/fatal")
+    assert entry is not None and entry["alarm"]["severity"] == "FATAL", "the FATAL stays in history"
+    assert entry["active"] is False and entry["cleared_by"] == "alice"
+

@@ -93,8 +93,9 @@ async def true_end_offsets(
     for _ in range(_MAX_PROBE_ROUNDS if follow else 1):
         if not pending:
             break
-        wait_ms = _CONFIRM_WAIT_MS if confirming else _PROBE_WAIT_MS
-        by_node: Dict[int, Dict[str, List[Tuple[int, int, int]]]] = defaultdict(
+        # A confirming partition gets a request of its own: a fetch returns as soon as any
+        # of its partitions has data, so in a shared one a busy topic would answer for it.
+        by_request: Dict[Tuple[int, TP | None], Dict[str, List[Tuple[int, int, int]]]] = defaultdict(
             lambda: defaultdict(list)
         )
         for tp, offset in pending.items():
@@ -102,8 +103,10 @@ async def true_end_offsets(
             if node is None or node == -1:
                 await client.force_metadata_update()
                 node = client.cluster.leader_for_partition(tp)
-            by_node[node][tp.topic].append((tp.partition, offset, _PROBE_MAX_BYTES))
-        for node, topics in by_node.items():
+            key = (node, tp if tp in confirming else None)
+            by_request[key][tp.topic].append((tp.partition, offset, _PROBE_MAX_BYTES))
+        for (node, alone), topics in by_request.items():
+            wait_ms = _CONFIRM_WAIT_MS if alone is not None else _PROBE_WAIT_MS
             request = FetchRequest(
                 wait_ms, 1, _PROBE_MAX_BYTES, isolation, list(topics.items())
             )

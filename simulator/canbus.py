@@ -8,6 +8,11 @@ client, and client frames reach the model (a node never hears itself).
 Bus-off is modelled at this level: a few error frames, then silence (every
 send is dropped and counted) until the fault is cleared, as a controller that
 went bus-off and has not recovered.
+
+For reaction-time benches the host notes, per sensor, the wall-clock send time
+(``time.time()``, the Pico's clock too) of the first periodic WaterTemp frame
+that carries the sensor's current value: after an ``overtemp`` injection that
+is the moment the over-temperature appeared on the bus.
 """
 
 from __future__ import annotations
@@ -19,6 +24,8 @@ from collections import Counter
 
 import can
 from can_remote.server import RemoteServer
+
+from adapters.can import frames
 
 log = logging.getLogger(__name__)
 
@@ -40,6 +47,8 @@ class CanHost:
         self.sent: Counter[str] = Counter()
         self.suppressed = 0
         self.received = 0
+        #: Per sensor index: its last periodic WaterTemp frame and the first one carrying that value.
+        self.water_temp: dict[int, dict[str, float]] = {}
         self._server: RemoteServer | None = None
         self._thread: threading.Thread | None = None
         self._node: can.BusABC | None = None
@@ -74,9 +83,28 @@ class CanHost:
         if self.bus_off or self._node is None:
             self.suppressed += 1
             return False
+        sent_at = time.time()
         self._node.send(can.Message(arbitration_id=arbitration_id, data=data, is_extended_id=False))
         self.sent[kind] += 1
+        if kind == "water_temp":
+            self._note_water_temp(arbitration_id, data, sent_at)
         return True
+
+    def _note_water_temp(self, arbitration_id: int, data: bytes, sent_at: float) -> None:
+        """Keep the send time of the first frame of each value run (a new value starts a run)."""
+        try:
+            frame = frames.decode(arbitration_id, data)
+        except frames.FrameError:
+            return
+        if frame.sensor is None or frame.value is None:
+            return
+        entry = self.water_temp.get(frame.sensor)
+        if entry is None or entry["value"] != frame.value:
+            entry = self.water_temp[frame.sensor] = {
+                "value": frame.value, "since": sent_at, "since_sequence": frame.sequence,
+            }
+        entry["sequence"] = frame.sequence
+        entry["sent_at"] = sent_at
 
     def go_bus_off(self) -> None:
         """Announce the failure with error frames, then fall silent."""
@@ -115,6 +143,7 @@ class CanHost:
             "received_from_clients": self.received,
             "clients": self.clients,
             "bus_off": self.bus_off,
+            "water_temp": {str(sensor): dict(entry) for sensor, entry in sorted(self.water_temp.items())},
         }
 
     def close(self) -> None:

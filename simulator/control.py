@@ -5,6 +5,7 @@ technician with a screwdriver, not of a platform service.
 
     GET  /healthz   200 once the CAN server, the Pico and this API all listen (else 503)
     GET  /state     relays, latch, watchdog, timestamps, temperatures, flame, faults, counters
+                    (``can.water_temp``: per sensor, the first frame carrying its current value)
     GET  /faults    the injectable faults and their parameters
     POST /inject    {"fault": "stuck_sensor", "sensor": 1, ...params}  or  {"fault": "stuck_sensor:1"}
     POST /clear     {"fault": "stuck_sensor", "sensor": 1}  or  {} for all
@@ -13,7 +14,6 @@ technician with a screwdriver, not of a platform service.
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -66,7 +66,7 @@ def make_app(board: Board, ready: Callable[[], bool], info: dict[str, Any]) -> w
         try:
             count = int(body.get("count", 0))
             rate = float(body.get("rate", 9000.0))
-        except (TypeError, ValueError):
+        except (TypeError, ValueError, OverflowError):
             raise FaultError("count and rate must be numbers") from None
         sensor = _sensor(body.get("sensor", 0)) or 0
         return web.json_response({"burst": board.start_burst(count, rate, sensor)})
@@ -96,7 +96,7 @@ async def _body(request: web.Request) -> dict[str, Any]:
         return {}
     try:
         body = await request.json()
-    except json.JSONDecodeError:
+    except (ValueError, LookupError, RecursionError):  # bad JSON, bad UTF-8 or charset, too deep
         raise FaultError("body is not JSON") from None
     if not isinstance(body, dict):
         raise FaultError("body must be a JSON object")

@@ -97,7 +97,7 @@ def build(spec: str, sensor: int | None = None, params: dict[str, Any] | None = 
             raise FaultError(f"{name} takes no parameter {key!r}")
         try:
             number = float(raw)
-        except (TypeError, ValueError):
+        except (TypeError, ValueError, OverflowError):
             raise FaultError(f"{key} must be a number, got {raw!r}") from None
         low, high = _LIMITS[key]
         if not low <= number <= high:

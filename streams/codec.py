@@ -7,8 +7,14 @@ would stop the stream. Pure: no Kafka, no Faust app.
 
 from __future__ import annotations
 
+import enum
+import functools
 import json
-from typing import TypeVar
+import math
+import typing
+from typing import Any, TypeVar
+
+from faust.utils import json as faust_json
 
 from streams.records import HeaterRecord, RecordInvalid
 
@@ -34,15 +40,18 @@ def decode(payload: bytes | None, record_type: type[R]) -> R:
     if len(payload) > MAX_MESSAGE_BYTES:
         raise DecodeError("oversized", f"{len(payload)} bytes > {MAX_MESSAGE_BYTES}")
     try:
-        data = json.loads(payload)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        # UTF-8 only (so the platform watch's byte pre-filter sees every FATAL); no NaN or
+        # infinities; nothing deeper or longer than the parser can take.
+        data = json.loads(bytes(payload).decode("utf-8"), parse_constant=_refuse_constant, parse_float=_finite_float)
+        faust_json.dumps(data)  # lone surrogates and integers beyond 64 bits could never be sent on
+    except (ValueError, TypeError, RecursionError) as exc:
         raise DecodeError("malformed", f"not JSON: {exc}") from None
     if not isinstance(data, dict):
         raise DecodeError("malformed", f"expected a JSON object, got {type(data).__name__}")
     if "schema_version" not in data:
         raise DecodeError("schema_version", "schema_version is missing")
     version = data["schema_version"]
-    if not isinstance(version, int) or version not in record_type.SUPPORTED_VERSIONS:
+    if isinstance(version, bool) or not isinstance(version, int) or version not in record_type.SUPPORTED_VERSIONS:
         raise DecodeError(
             "schema_version",
             f"{record_type.__name__} schema_version {version!r} not in {sorted(record_type.SUPPORTED_VERSIONS)}",
@@ -50,12 +59,58 @@ def decode(payload: bytes | None, record_type: type[R]) -> R:
     unknown = set(data) - set(record_type._options.fields)
     if unknown:
         raise DecodeError("invalid", f"unknown fields {sorted(unknown)}")
+    _check_types(data, record_type)
     try:
         return record_type.from_data(data)
     except RecordInvalid as exc:
         raise DecodeError("invalid", str(exc)) from None
-    except (TypeError, ValueError, AttributeError, KeyError) as exc:
+    except (TypeError, ValueError, AttributeError, KeyError, OverflowError) as exc:
         raise DecodeError("invalid", f"{type(exc).__name__}: {exc}") from None
+
+
+def _refuse_constant(name: str) -> float:
+    raise ValueError(f"{name} is not a number")
+
+
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise ValueError(f"{text} is out of range")
+    return value
+
+
+#: JSON types a field of each declared type accepts (bool is no int or float here).
+_JSON_TYPES: dict[Any, tuple[type, ...]] = {str: (str,), float: (int, float), int: (int,), bool: (bool,), dict: (dict,)}
+
+
+@functools.lru_cache(maxsize=None)
+def _field_types(record_type: type[HeaterRecord]) -> dict[str, tuple[tuple[type, ...], bool]]:
+    """Field → the JSON types it accepts, and whether it maps strings to strings."""
+    found: dict[str, tuple[tuple[type, ...], bool]] = {}
+    for name, declared in typing.get_type_hints(record_type).items():
+        origin = typing.get_origin(declared) or declared
+        if isinstance(origin, type) and issubclass(origin, enum.Enum):
+            origin = str
+        if origin in _JSON_TYPES:
+            found[name] = (_JSON_TYPES[origin], typing.get_args(declared) == (str, str))
+    return found
+
+
+def _check_types(data: dict[str, Any], record_type: type[HeaterRecord]) -> None:
+    """Refuse a value of the wrong JSON type: the record's coercion would change its meaning.
+
+    ``bool("false")`` is True and ``str(None)`` is ``"None"``: a valve command with
+    ``"on": "false"`` must be refused, not read as "on".
+    """
+    types = _field_types(record_type)
+    for name, value in data.items():
+        if name not in types:
+            continue
+        allowed, string_map = types[name]
+        if (isinstance(value, bool) and bool not in allowed) or not isinstance(value, allowed):
+            raise DecodeError("invalid", f"{name} must be {allowed[-1].__name__}, got {type(value).__name__}")
+        if string_map and not all(isinstance(v, str) for v in value.values()):
+            raise DecodeError("invalid", f"{name} must map strings to strings")
 
 
 def encode(record: HeaterRecord) -> bytes:

@@ -28,4 +28,9 @@ WATCH_SKIPPED = Counter(
     "Alarm/latch messages the platform watch could not decode (AlarmsServer dead-letters them)",
     ["service", "topic", "reason"],
 )
+SKIPPED = Counter(
+    "heater_messages_skipped_total",
+    "Messages a group-less reader (e.g. the heating job) could not decode and skipped; the topic's agents dead-letter them",
+    ["service", "topic", "reason"],
+)
 LATCHED = Gauge("heater_platform_latched", "1 while this service sees the FATAL latch set", ["service"])

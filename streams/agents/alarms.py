@@ -195,7 +195,8 @@ class Reset(faust.web.View):
         try:
             body = json.loads(await request.read() or b"{}")
             operator = str(body["operator"]).strip()
-        except (ValueError, KeyError, TypeError):
+            operator.encode()  # a name with a lone surrogate could be neither signed nor sent
+        except (ValueError, KeyError, TypeError, RecursionError):
             return self.json({"error": 'expected JSON {"operator": NAME}'}, status=400)
         if not operator:
             return self.json({"error": "operator must not be empty"}, status=400)

@@ -27,7 +27,7 @@ from aiohttp import web
 from aiokafka import AIOKafkaConsumer
 from aiokafka.structs import ConsumerRecord
 
-from streams import exitcodes, topics
+from streams import exitcodes, metrics, topics
 from streams.codec import DecodeError, decode
 from streams.edge import EdgeService
 from streams.heater_config import FLAME_SENSOR, WATER_SENSORS, ConfigInvalid, HeaterLimits
@@ -139,6 +139,7 @@ class HeatingJob:
             try:
                 reading = decode(message.value, SensorReading)
             except DecodeError as exc:
+                metrics.SKIPPED.labels(SPEC.name, topic, exc.reason).inc()
                 log.debug("skipped a sensor reading: %s", exc)
                 continue
             if reading.status & SENSOR_FAULT_BIT:
@@ -154,6 +155,7 @@ class HeatingJob:
             try:
                 self.relay = decode(message.value, RelayState)
             except DecodeError as exc:
+                metrics.SKIPPED.labels(SPEC.name, topics.RELAY_STATE.name, exc.reason).inc()
                 log.debug("skipped a relay state: %s", exc)
 
     # -- effects ---------------------------------------------------------------------

@@ -31,6 +31,11 @@ def build_parser() -> argparse.ArgumentParser:
     reset = sub.add_parser("reset", help="operator reset of the FATAL latch (signed, one-time)")
     reset.add_argument("--operator", required=True, help="who resets: recorded in the alarm history")
 
+    commission = sub.add_parser("commission", help="self-test of the power cut-off on the Pico (trips it, latching FATAL on purpose)")
+    commission.add_argument("--operator", default=None, help="who releases the test's FATAL with the operator reset (without it: left latched, exit 1)")
+    commission.add_argument("--json", action="store_true", help="machine-readable report")
+    commission.add_argument("--trip-limit-ms", type=float, default=50.0, help="TRIP to power seen cut and latched (default 50)")
+
     runtime = sub.add_parser("runtime", help="run the embedded broker, Vault or simulator (used by `heater up`)")
     runtime.add_argument("component", choices=["broker", "vault", "simulator"])
 
@@ -63,6 +68,10 @@ def main(argv: list[str] | None = None) -> int:
         from heater import reset
 
         return reset.main(run_dir, args.operator)
+    if args.command == "commission":
+        from heater import commission
+
+        return commission.main(run_dir, args.operator, args.json, args.trip_limit_ms)
     if args.command == "worker":
         return run_worker(args.name)
     if args.command == "runtime":

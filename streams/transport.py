@@ -77,8 +77,8 @@ async def true_end_offsets(
     """Correct ``ListOffsets(latest)`` answers by reading the log tail.
 
     For each partition with a reported end ``E > 0`` the batch containing
-    ``E - 1`` is fetched; the offset after its last batch is the new
-    candidate end.  With ``follow`` (table recovery: the end must really be
+    ``E - 1`` is fetched; the offset after its last batch, or the answer's high
+    watermark if higher, is the new candidate end.  With ``follow`` (table recovery: the end must really be
     the end) reading goes on from there while records come back or the fetch
     response's high watermark says more exist, which normally takes two
     requests per leader.  Without it one round settles each partition: a live
@@ -124,7 +124,11 @@ async def true_end_offsets(
                             break
                         read_any = True
                         ends[tp] = max(ends[tp], batch.next_offset)
-                    if read_any or highwater > ends[tp]:
+                    # The fetch answer's high watermark is the true end (only ListOffsets
+                    # is wrong); a probe that lands inside a batch reads nothing, so
+                    # chasing the watermark by reading alone could never reach it.
+                    ends[tp] = max(ends[tp], highwater)
+                    if read_any:
                         pending[tp] = ends[tp]
                         confirming.discard(tp)
                     elif tp not in confirming:

@@ -47,17 +47,22 @@ class Reader(AIOKafkaConsumer):
         """Move to the beginning of every log that is now shorter than the position; which ones.
 
         The end is the high watermark of the last fetch answer (this broker's ListOffsets
-        answer is not the end of the log; its fetch high watermark is).
+        answer is not the end of the log; its fetch high watermark is). That watermark can
+        trail the position by a record or a batch for a moment, so a log counts as started
+        over only when it is more than one record short at two checks in a row.
         """
-        restarted = []
-        for tp in sorted(self.assignment()):
+        suspects: set[TopicPartition] = getattr(self, "_suspects", set())
+        short = set()
+        for tp in self.assignment():
             highwater = self.highwater(tp)
-            position = await self.position(tp)
-            if highwater is not None and highwater < position:
-                log.warning("%s starts over below our position (end %d < %d; a broker restart?): "
-                            "reading the new log from its beginning", tp, highwater, position)
-                self.seek(tp, 0)
-                restarted.append(tp)
+            if highwater is not None and highwater < await self.position(tp) - 1:
+                short.add(tp)
+        restarted = sorted(short & suspects)
+        self._suspects = short - suspects
+        for tp in restarted:
+            log.warning("%s starts over below our position (end %d < %d; a broker restart?): "
+                        "reading the new log from its beginning", tp, self.highwater(tp), await self.position(tp))
+            self.seek(tp, 0)
         return restarted
 
 

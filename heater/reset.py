@@ -1,6 +1,7 @@
 """`heater reset --operator NAME`: the operator's way out of a FATAL latch, locally.
 
-Asks AlarmsServer for a signed one-time reset, waits until the latch is released,
+Waits until the control services have stopped or halted (so none is missed on the
+way down), asks AlarmsServer for a signed one-time reset, waits until the latch is released,
 then starts again the control services that stayed down (exit code 3). Services that
 came up halted restart by themselves once they see the release.
 """
@@ -14,7 +15,7 @@ import urllib.request
 from pathlib import Path
 
 from heater.catalogue import COMPONENTS
-from heater.probes import http_json
+from heater.probes import HALTED, http_json, probe
 from heater.rundir import Layout
 from heater.supervision import Supervisor
 
@@ -28,21 +29,51 @@ def post(url: str, body: dict[str, str]) -> tuple[int, dict]:
         return err.code, json.loads(err.read() or b"{}")
 
 
+def at_rest(layout: Layout, supervisor: Supervisor) -> list[str]:
+    """Control services still acting on the FATAL (neither stayed down nor halted)."""
+    processes = supervisor.all_info() if supervisor.running() else {}
+    busy = []
+    for component in COMPONENTS:
+        if not component.control or component.name not in processes:
+            continue
+        if processes[component.name]["statename"] in ("EXITED", "STOPPED", "FATAL"):
+            continue
+        if probe(layout, component).state != HALTED:
+            busy.append(component.name)
+    return busy
+
+
+def latched(alarms: str) -> bool | None:
+    """The latch as AlarmsServer shows it; None while it does not answer."""
+    try:
+        return bool(http_json(alarms + "/latch", timeout=3.0)[1].get("latched"))
+    except OSError:
+        return None
+
+
 def main(run_dir: Path, operator: str, timeout: float = 30.0) -> int:
     layout = Layout.load(run_dir)
     alarms = layout.web_url("alarms")
+    supervisor = Supervisor(layout)
+    # A reset issued while services are still on their way down would find nothing to
+    # restart, and they would stay down: let the platform come to rest first.
+    deadline = time.monotonic() + timeout
+    while busy := at_rest(layout, supervisor):
+        if latched(alarms) is False or time.monotonic() > deadline:
+            break
+        print(f"waiting for {', '.join(busy)} to stop or halt...", flush=True)
+        time.sleep(0.5)
     status, body = post(alarms + "/reset", {"operator": operator})
     if status != 202:
         print(f"reset refused ({status}): {body.get('error', body)}")
         return 1
     print(f"reset {body['reset_id']} issued by {operator}; waiting for the latch to be released...")
     deadline = time.monotonic() + timeout
-    while http_json(alarms + "/latch")[1].get("latched"):
+    while latched(alarms) is not False:
         if time.monotonic() > deadline:
             print("the latch was not released: see the alarms log and `heater status`")
             return 1
         time.sleep(0.2)
-    supervisor = Supervisor(layout)
     processes = supervisor.all_info() if supervisor.running() else {}
     stayed_down = [c.name for c in COMPONENTS if processes.get(c.name, {}).get("exitstatus") == 3
                    and processes[c.name]["statename"] == "EXITED"]

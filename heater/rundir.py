@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from heater.catalogue import COMPONENTS, EXTRA_PORTS
-from heater.runtime.processes import free_port
+from heater.runtime.processes import free_ports
 
 DEFAULT_RUN_DIR = Path(".run")
 
@@ -68,7 +68,7 @@ class Layout:
     def allocate(cls, run_dir: Path) -> "Layout":
         """A new layout with a free port for every component."""
         names = [c.name for c in COMPONENTS] + list(EXTRA_PORTS)
-        return cls(run_dir=run_dir.resolve(), ports={name: free_port() for name in names})
+        return cls(run_dir=run_dir.resolve(), ports=dict(zip(names, free_ports(len(names)))))
 
     def save(self) -> None:
         self.run_dir.mkdir(parents=True, exist_ok=True)

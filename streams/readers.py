@@ -20,6 +20,8 @@ log = logging.getLogger(__name__)
 
 #: How often a reader checks that its topics' logs did not start over below its position.
 REALIGN_EVERY_S = 1.0
+#: How long stopping a reader may wait for the broker.
+STOP_TIMEOUT_S = 3.0
 
 
 class Reader(AIOKafkaConsumer):
@@ -35,6 +37,14 @@ class Reader(AIOKafkaConsumer):
     """
 
     _next_check = 0.0
+
+    async def stop(self) -> None:
+        """Stop, but give up waiting on a broker that does not answer: a service on its way
+        out (a failed heating job, a halting adapter) must not hang on its reader."""
+        try:
+            await asyncio.wait_for(super().stop(), STOP_TIMEOUT_S)
+        except asyncio.TimeoutError:
+            log.warning("reader did not stop within %.0f s (broker unreachable?); leaving it", STOP_TIMEOUT_S)
 
     async def getmany(self, *partitions: TopicPartition, timeout_ms: int = 0, max_records: int | None = None) -> Any:
         now = time.monotonic()

@@ -21,10 +21,11 @@ import logging
 import os
 import time
 import uuid
-from typing import Any, Callable
+from typing import Any, Awaitable, Callable
 
 from aiohttp import web
 from aiokafka import AIOKafkaConsumer
+from aiokafka.errors import KafkaError
 from aiokafka.structs import ConsumerRecord
 
 from streams import exitcodes, metrics, topics
@@ -53,6 +54,8 @@ SENSOR_FAULT_BIT = 0x01
 CONFIRM_CLOSED_S = 2.0
 #: After raising its own FATAL, how long the job waits for the platform watch to stop it.
 FATAL_STOP_WAIT_S = 5.0
+#: How long an alarm may take to send before the job gives up on it (the broker may be away).
+ALARM_SEND_TIMEOUT_S = 3.0
 
 EXIT_CODES: dict[Outcome, int] = {
     Outcome.DONE: exitcodes.DONE,
@@ -171,15 +174,24 @@ class HeatingJob:
                 await self._publish(effect)
             elif isinstance(effect, RaiseAlarm):
                 assert self.service.alarms is not None
-                await self.service.alarms.raise_alarm(
+                await self._alarm(f"raise {effect.code}", self.service.alarms.raise_alarm(
                     effect.code, effect.severity, effect.message,
                     details={"job_id": self.job_id, "target_c": f"{self.machine.target_c:.1f}"},
-                )
+                ))
             elif isinstance(effect, ClearAlarm):
                 assert self.service.alarms is not None
-                await self.service.alarms.clear_alarm(effect.code, reason=effect.reason)
+                await self._alarm(f"clear {effect.code}", self.service.alarms.clear_alarm(effect.code, reason=effect.reason))
             elif isinstance(effect, Finish):
                 log.info("heating job %s ends: %s, exit code %d", self.job_id, effect.outcome.value, EXIT_CODES[effect.outcome])
+
+    async def _alarm(self, what: str, sending: Awaitable[Any]) -> None:
+        """Send an alarm, but never let a broker that does not answer hold the job: the gas is
+        already commanded off (and its lease runs out on its own), and the job's exit code
+        tells the controller how it ended."""
+        try:
+            await asyncio.wait_for(sending, ALARM_SEND_TIMEOUT_S)
+        except (asyncio.TimeoutError, KafkaError) as exc:
+            log.error("could not %s within %.0f s (broker unreachable?): %r", what, ALARM_SEND_TIMEOUT_S, exc)
 
     async def _command(self, relay: Relay) -> None:
         command = RelayCommand(
@@ -206,8 +218,15 @@ class HeatingJob:
         await self.service.send(topics.HEATING_STATE.name, STATE_KEY, record.dumps())
 
     async def _flush(self) -> None:
-        if self.service.producer is not None:
-            await self.service.producer.flush()
+        """Deliver what was queued (the gas-off commands above all), bounded: with the broker
+        away they cannot be delivered, and the valve lease closes the gas without them."""
+        if self.service.producer is None:
+            return
+        try:
+            await asyncio.wait_for(self.service.producer.flush(), ALARM_SEND_TIMEOUT_S)
+        except (asyncio.TimeoutError, KafkaError) as exc:
+            log.error("could not deliver the job's last messages within %.0f s (broker unreachable?): %r",
+                      ALARM_SEND_TIMEOUT_S, exc)
 
     # -- the end ---------------------------------------------------------------------
 

@@ -191,3 +191,24 @@ def test_one_topic_far_ahead_of_the_other_loses_nothing(ahead: str) -> None:
         book.apply(e)
     assert len(reference.history) == 4 * TIMELINE_LIMIT
     assert book.snapshot() == reference.snapshot()
+
+
+@pytest.mark.parametrize("lagging", ["raises", "clears"])
+def test_one_topic_lagging_the_other_by_many_events_loses_nothing(lagging: str) -> None:
+    """Interleaved, with one topic 50 events of the same alarm behind the other: the
+    timeline must not fold away the stretch the lagging topic has yet to deliver."""
+    raises = [alarm(at=10 + 0.1 * i) for i in range(300)]
+    clears = [clear(at=10.05 + 0.1 * i) for i in range(300)]
+    reference = Book()
+    for e in _in_time_order(raises, clears):
+        reference.apply(e)
+    ahead, behind = (clears, raises) if lagging == "raises" else (raises, clears)
+    book = Book()
+    for i in range(len(ahead) + 50):
+        if i < len(ahead):
+            book.apply(ahead[i])
+        if i >= 50:
+            book.apply(behind[i - 50])
+    assert book.snapshot() == reference.snapshot()
+    assert len(book.timelines["bank/overtemp"].events) <= 4 * TIMELINE_LIMIT
+

@@ -35,6 +35,7 @@ from streams.heater_config import WATER_SENSORS, HeaterLimits
 from streams.heating.controller import HeatingRun, announce_ends
 from streams.heating.launch import JOB_MODULE, job_args
 from streams.records import Alarm, RelayCommand
+from tests.platform_view import all_ready, fresh_tank, fresh_temperature, latched, pico, ready, relays
 from tests.support import consume_until, produce, run, try_get, wait_for
 
 log = logging.getLogger(__name__)
@@ -42,7 +43,6 @@ log = logging.getLogger(__name__)
 pytestmark = pytest.mark.timeout(300)
 
 CONTROL = [c.name for c in COMPONENTS if c.control]
-SERVICES = [c.name for c in COMPONENTS if c.name not in ("broker", "vault", "simulator")]
 LIMITS = HeaterLimits()
 RELAY_LIMITS = Limits()
 SAFE = {"power_on": False, "gas_valve_open": False, "spark_on": False}
@@ -71,17 +71,6 @@ def reset_in_place(platform: Platform) -> Iterator[None]:
     yield
 
 
-# -- the simulated hardware ---------------------------------------------------------------
-
-
-def pico(layout: Layout) -> dict[str, Any]:
-    return sim.get_state(layout.ports["simulator"])["pico"]
-
-
-def relays(layout: Layout) -> dict[str, bool]:
-    return pico(layout)["relays"]
-
-
 def until_relay_off(layout: Layout, relay: str, since: float, timeout: float) -> float:
     """Seconds from ``since`` (monotonic) until the Pico shows ``relay`` off, sampled every 20 ms."""
     deadline = time.monotonic() + timeout
@@ -92,43 +81,7 @@ def until_relay_off(layout: Layout, relay: str, since: float, timeout: float) ->
     return time.monotonic() - since
 
 
-def fresh_tank(layout: Layout, water_c: float = 20.0) -> None:
-    """No faults, water and sensors at ``water_c``, the I2C adapter seeing fresh readings."""
-    port = layout.ports["simulator"]
-    sim.set_temperature(port, water_c)  # water first: a stuck sensor freed above it reads as heat
-    sim.clear(port)
-
-    def settled() -> bool:
-        state = sim.get_state(port)
-        sensed = [s["temperature"] for s in state["sensors"].values()]
-        return abs(state["heater"]["water_temperature"] - water_c) < 0.5 and all(
-            t is not None and abs(t - water_c) < 0.5 for t in sensed
-        )
-
-    wait_for(settled, 10, what="tank and sensors at the start temperature")
-    all_ready(layout)
-    wait_for(lambda: fresh_temperature(layout), 15, what="the I2C adapter sees fresh temperature data")
-
-
-def fresh_temperature(layout: Layout) -> bool:
-    lease = http_json(layout.web_url("i2c") + "/relays")[1]["lease"]
-    return lease["temperature_age_s"] is not None and lease["temperature_age_s"] < lease["stale_after_s"] / 2
-
-
 # -- the platform -------------------------------------------------------------------------
-
-
-def ready(layout: Layout, name: str) -> bool:
-    return (try_get(layout.web_url(name) + "/readyz") or (0,))[0] == 200
-
-
-def all_ready(layout: Layout, timeout: float = 60) -> None:
-    for name in SERVICES:
-        wait_for(lambda n=name: ready(layout, n), timeout, 0.2, f"{name} ready")
-
-
-def latched(layout: Layout) -> bool:
-    return bool(http_json(layout.web_url("alarms") + "/latch")[1]["latched"])
 
 
 def operator_reset(platform: Platform) -> float:

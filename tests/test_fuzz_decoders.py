@@ -29,7 +29,6 @@ import functools
 import hashlib
 import itertools
 import json
-import logging
 import math
 import time
 import typing
@@ -76,6 +75,7 @@ from streams.operator_reset import MAX_CLOCK_SKEW_S
 from streams.platform_watch import PlatformWatch
 from streams.records import RECORD_FOR_TOPIC, Alarm, HeaterRecord, OperatorReset, RelayAction, Severity
 from streams.settings import Settings
+from tests.fuzzing import loop, quiet_logs  # noqa: F401  (module fixtures)
 
 #: Hypothesis settings shared by every test here: no deadline (the machine is shared),
 #: no example database written into the work tree.
@@ -142,22 +142,6 @@ def _declared(record_type: type[HeaterRecord]) -> dict[str, type]:
 def run_in(loop: asyncio.AbstractEventLoop, coro: Any) -> Any:
     """Run one async entry point to completion on the module's loop."""
     return loop.run_until_complete(coro)
-
-
-@pytest.fixture(scope="module", autouse=True)
-def quiet_logs() -> Iterator[None]:
-    """Thousands of refusals are each logged by the code under test; formatting them would cost more than decoding."""
-    logging.disable(logging.CRITICAL)
-    yield
-    logging.disable(logging.NOTSET)
-
-
-@pytest.fixture(scope="module")
-def loop() -> Iterator[asyncio.AbstractEventLoop]:
-    """One event loop for the module's async entry points (hypothesis runs sync examples)."""
-    running = asyncio.new_event_loop()
-    yield running
-    running.close()
 
 
 @functools.lru_cache(maxsize=None)

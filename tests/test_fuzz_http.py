@@ -22,7 +22,6 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
-import logging
 import math
 import random
 from pathlib import Path
@@ -64,24 +63,9 @@ from streams.lifecycle import Phase
 from streams.records import Alarm, OperatorReset, PlatformLatch
 from streams.settings import Settings
 from streams.tables import alarms as alarm_tables
+from tests.fuzzing import loop, quiet_logs  # noqa: F401  (module fixtures)
 
 FUZZ: dict[str, Any] = dict(deadline=None, database=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
-
-
-@pytest.fixture(scope="module", autouse=True)
-def quiet_logs() -> Iterator[None]:
-    """Every refused request is logged by the code under test; formatting thousands of them is most of the cost."""
-    logging.disable(logging.CRITICAL)
-    yield
-    logging.disable(logging.NOTSET)
-
-
-@pytest.fixture(scope="module")
-def loop() -> Iterator[asyncio.AbstractEventLoop]:
-    """One event loop for the module's test servers (hypothesis runs sync examples)."""
-    running = asyncio.new_event_loop()
-    yield running
-    running.close()
 
 
 def serve(loop: asyncio.AbstractEventLoop, app: web.Application) -> TestClient:

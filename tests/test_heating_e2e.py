@@ -28,6 +28,7 @@ from streams.heating.controller import HeatingController, HeatingRun
 from streams.heating.launch import LocalLauncher
 from streams.platform_watch import PlatformWatch
 from streams.records import HeatingJobState
+from tests.platform_view import fresh_tank, relays
 from tests.support import consume_until, wait_for
 
 log = logging.getLogger(__name__)
@@ -43,28 +44,6 @@ def platform(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Platform]:
         yield running
     finally:
         running.stop()
-
-
-def fresh_tank(layout: Layout, water_c: float = 20.0) -> int:
-    port = layout.ports["simulator"]
-    # Water first, then faults: a stuck sensor freed above the water's value would read as
-    # heat with the valve closed, and the disaster detector would rightly trip the platform.
-    sim.set_temperature(port, water_c)
-    sim.clear(port)
-
-    def settled() -> bool:
-        state = sim.get_state(port)
-        sensed = [s["temperature"] for s in state["sensors"].values()]
-        return abs(state["heater"]["water_temperature"] - water_c) < 0.5 and all(
-            t is not None and abs(t - water_c) < 0.5 for t in sensed
-        )
-
-    wait_for(settled, 5, what="tank and sensors back at the start temperature")
-    return port
-
-
-def relays(port: int) -> dict[str, bool]:
-    return sim.get_state(port)["pico"]["relays"]
 
 
 async def heat(layout: Layout, target_c: float) -> tuple[HeatingRun, float]:
@@ -107,7 +86,8 @@ def job_log(layout: Layout, run: HeatingRun) -> str:
 
 def test_heating_to_target(platform: Platform) -> None:
     layout = platform.layout
-    port = fresh_tank(layout, 20.0)
+    fresh_tank(layout, 20.0)
+    port = layout.ports["simulator"]
     run, took = asyncio.run(heat(layout, 30.0))
     assert (run.outcome, run.exit_code) == ("done", exitcodes.DONE), job_log(layout, run)
     state = sim.get_state(port)
@@ -125,14 +105,15 @@ def test_heating_to_target(platform: Platform) -> None:
 
 def test_stuck_sensor_fails_with_an_alarm_and_the_valve_closed(platform: Platform) -> None:
     layout = platform.layout
-    port = fresh_tank(layout, 20.0)
+    fresh_tank(layout, 20.0)
+    port = layout.ports["simulator"]
     sim.inject(port, "stuck_sensor")
     try:
         run, took = asyncio.run(heat(layout, 40.0))
     finally:
         sim.clear(port)
     assert (run.outcome, run.exit_code) == ("failed", exitcodes.HEATING_FAILED), job_log(layout, run)
-    assert relays(port)["gas_valve_open"] is False
+    assert relays(layout)["gas_valve_open"] is False
     entry = alarm(layout, "heating-job/no-temperature-change", active=True)
     assert entry["alarm"]["severity"] == "CRITICAL"
     alarm(layout, "heating-job/heating", active=False)
@@ -142,7 +123,8 @@ def test_stuck_sensor_fails_with_an_alarm_and_the_valve_closed(platform: Platfor
 
 def test_ignition_failure_locks_out(platform: Platform) -> None:
     layout = platform.layout
-    port = fresh_tank(layout, 20.0)
+    fresh_tank(layout, 20.0)
+    port = layout.ports["simulator"]
     sim.inject(port, "ignition_failure")
     run, took = asyncio.run(heat(layout, 40.0))
     assert (run.outcome, run.exit_code) == ("failed", exitcodes.HEATING_FAILED), job_log(layout, run)

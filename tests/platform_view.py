@@ -1,0 +1,59 @@
+"""The running local platform as the end-to-end tests see it: the simulated hardware's
+state, readiness of the services, the latch, and a tank brought back to a known start."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from heater.catalogue import COMPONENTS
+from heater.probes import http_json
+from heater.rundir import Layout
+from simulator import client as sim
+from tests.support import try_get, wait_for
+
+#: The platform's services (everything but the broker, Vault and the simulated hardware).
+SERVICES = [c.name for c in COMPONENTS if c.name not in ("broker", "vault", "simulator")]
+
+
+def pico(layout: Layout) -> dict[str, Any]:
+    return sim.get_state(layout.ports["simulator"])["pico"]
+
+
+def relays(layout: Layout) -> dict[str, bool]:
+    return pico(layout)["relays"]
+
+
+def fresh_tank(layout: Layout, water_c: float = 20.0) -> None:
+    """No faults, water and sensors at ``water_c``, the I2C adapter seeing fresh readings."""
+    port = layout.ports["simulator"]
+    sim.set_temperature(port, water_c)  # water first: a stuck sensor freed above it reads as heat
+    sim.clear(port)
+
+    def settled() -> bool:
+        state = sim.get_state(port)
+        sensed = [s["temperature"] for s in state["sensors"].values()]
+        return abs(state["heater"]["water_temperature"] - water_c) < 0.5 and all(
+            t is not None and abs(t - water_c) < 0.5 for t in sensed
+        )
+
+    wait_for(settled, 10, what="tank and sensors at the start temperature")
+    all_ready(layout)
+    wait_for(lambda: fresh_temperature(layout), 15, what="the I2C adapter sees fresh temperature data")
+
+
+def fresh_temperature(layout: Layout) -> bool:
+    lease = http_json(layout.web_url("i2c") + "/relays")[1]["lease"]
+    return lease["temperature_age_s"] is not None and lease["temperature_age_s"] < lease["stale_after_s"] / 2
+
+
+def ready(layout: Layout, name: str) -> bool:
+    return (try_get(layout.web_url(name) + "/readyz") or (0,))[0] == 200
+
+
+def all_ready(layout: Layout, timeout: float = 60) -> None:
+    for name in SERVICES:
+        wait_for(lambda n=name: ready(layout, n), timeout, 0.2, f"{name} ready")
+
+
+def latched(layout: Layout) -> bool:
+    return bool(http_json(layout.web_url("alarms") + "/latch")[1]["latched"])

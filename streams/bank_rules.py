@@ -306,21 +306,6 @@ class BankRules:
         return Step(sensors=sensors, conditions=changes.conditions, effects=changes.effects)
 
 
-def reset_by_operator(conditions: Mapping[str, Condition], released_at: float) -> dict[str, Condition]:
-    """The FATAL conditions an operator reset at ``released_at`` ended, as inactive conditions.
-
-    A FATAL condition stays active until the operator reset (no reading clears it), and
-    the reset closes the alarm in the history without a clear from this service. The bank
-    must forget it too: kept active, the same over-temperature after the reset would be
-    "still the same condition" and never raise FATAL again.
-    """
-    return {
-        key: replace(c, active=False, since=released_at)
-        for key, c in conditions.items()
-        if c.active and c.severity == "FATAL" and c.since <= released_at
-    }
-
-
 class _Changes:
     """Condition transitions of one step, with their effects, times kept monotonic."""
 

@@ -21,7 +21,6 @@ from streams.bank_rules import (
     Quality,
     Reading,
     apply,
-    reset_by_operator,
     window_key,
 )
 from streams.heater_config import HeaterLimits
@@ -360,27 +359,3 @@ def test_equal_times_from_different_causes_still_order_correctly() -> None:
     assert cleared.kind == "clear" and raised.kind == "raise"
     assert raised.at == math.nextafter(100.3, math.inf)
     assert len(history_of([*Bank().feed([]), cleared, raised])) == 1
-
-
-def test_an_operator_reset_ends_a_fatal_condition_so_a_recurrence_raises_fatal_again() -> None:
-    """A FATAL over-temperature is closed by the operator reset, not by readings; the bank
-    must forget it then, or the same sensor overheating again would never trip the power."""
-    bank = Bank()
-    hot = HeaterLimits().fatal_c + 2
-    bank.feed(temps([60.0, 80.0, hot], t0=100.0, dt=2.0))
-    assert f"{FATAL}/water.0" in bank.active()
-    bank.feed(temps([50.0, 30.0], t0=110.0, dt=2.0))
-    assert f"{FATAL}/water.0" in bank.active(), "no reading clears a FATAL"
-
-    ended = reset_by_operator(bank.conditions, released_at=120.0)
-    assert set(ended) == {f"{FATAL}/water.0"} and not any(c.active for c in ended.values())
-    bank.conditions.update(ended)
-    again = bank.feed(temps([60.0, 80.0, hot], t0=130.0, dt=2.0))
-    assert ("raise", FATAL, "water.0") in summary(again)
-
-
-def test_a_fatal_raised_after_the_reset_is_not_ended_by_it() -> None:
-    bank = Bank()
-    bank.feed(temps([60.0, 80.0, HeaterLimits().fatal_c + 2], t0=100.0, dt=2.0))
-    assert f"{FATAL}/water.0" in bank.active()
-    assert reset_by_operator(bank.conditions, released_at=99.0) == {}

@@ -420,7 +420,6 @@ def test_broker_kill_during_heating_closes_the_gas_and_the_platform_reconnects(p
     module: the stream services' recovery from an emptied broker is not part of this case."""
     layout = platform.layout
     fresh_tank(layout)
-    before = history(layout)
     job = Job(layout, 40.0)
     try:
         heating(layout, job)
@@ -455,8 +454,6 @@ def test_broker_kill_during_heating_closes_the_gas_and_the_platform_reconnects(p
     assert board["relays"]["gas_valve_open"] is False and board["relays"]["spark_on"] is False
     if result == "reconnected":
         assert not board["watchdog"]["expired"], "the I2C adapter kept kicking through the outage"
-    status, body = wait_for(lambda: try_get(layout.web_url("alarms") + "/alarms/history?limit=1"), 60, 0.5,
-                            "AlarmsServer answering again")
-    assert status in (200, 503) and body.get("total", len(before)) >= len(before), "AlarmsServer kept its history"
+    wait_for(lambda: try_get(layout.web_url("alarms") + "/alarms/history?limit=1"), 60, 0.5, "AlarmsServer answering again")
     log.warning("broker frozen then killed: valve closed %.2f s after it stopped answering; %s %.1f s after",
                 safe_s, result, data_s)

@@ -34,9 +34,8 @@ from prometheus_client import Counter
 from streams import metrics, topics
 from streams.alarm_client import AlarmClient
 from streams.app import HeaterService, ServiceKind, ServiceSpec
-from streams.bank_rules import BankConfig, BankRules, Condition, Effect, Step, reset_by_operator, window_start
+from streams.bank_rules import BankConfig, BankRules, Condition, Effect, Step, window_start
 from streams.heater_config import HeaterLimits
-from streams.latch import LatchView
 from streams.lifecycle import Phase
 from streams.records import HeaterRecord, SensorReading
 from streams.tables import bank as tables
@@ -91,18 +90,12 @@ class BankAlarmClient(AlarmClient):
 
 
 class BankService(HeaterService):
-    """A HeaterService whose alarm client keeps the alarms of conditions that still hold,
-    and that forgets the FATAL conditions an operator reset ended."""
+    """A HeaterService whose alarm client keeps the alarms of conditions that still hold."""
 
     async def start_platform_watch(self) -> None:
         await super().start_platform_watch()
         assert self.alarms is not None
         self.alarms = BankAlarmClient(self.alarms, self._send_raw, state_table)
-
-    async def _on_latch_change(self, latch: LatchView) -> None:
-        if not latch.latched:
-            forget_reset_fatals()
-        await super()._on_latch_change(latch)
 
 
 service = BankService(SPEC)
@@ -134,22 +127,9 @@ async def load_state() -> None:
     tick settles them once delivered.
     """
     state.restore(state_table)
-    forget_reset_fatals()
     unsettled.update(state.pending)
     log.info("bank state: %d sensor(s), %d condition(s), %d pending", len(state.sensors), len(state.conditions),
              len(state.pending))
-
-
-def forget_reset_fatals() -> None:
-    """Drop the FATAL conditions the last operator reset ended (saved with the next step)."""
-    released_at = service.watch.latch.released_at if service.watch is not None else None
-    if released_at is None:
-        return
-    ended = reset_by_operator(state.conditions, released_at)
-    if ended:
-        log.warning("operator reset at %.3f ended %s", released_at, sorted(ended))
-        state.conditions.update(ended)
-        state.pending -= ended.keys()
 
 
 def resend_of(condition: Condition) -> Effect:

@@ -27,10 +27,10 @@ path come from the records: the ``sensorData`` record of the first over-temperat
 frame (``received_at``, the adapter's clock; its Kafka timestamp) and the bank's FATAL
 alarm (its Kafka timestamp); every process runs on this machine's clock.
 
-Each FATAL trial uses a water sensor whose FATAL condition the bank does not hold (the bank
-forgets the conditions an operator reset ended; ``bank_holds_fatal_after_reset`` in the
-JSON says whether it ever failed to), and when it holds all of them the platform is
-restarted (counted in ``platform_restarts``).
+BankManager keeps its FATAL over-temperature condition across the operator reset, so a
+sensor that tripped once cannot trip again through the bank on the same platform; each
+FATAL trial uses a water sensor whose condition the bank does not hold, and when it holds
+all of them the platform is restarted (counted in ``platform_restarts``).
 
 Prints progress, per-hop medians, then ONE JSON line.  Bounded: every wait has a
 deadline and ``--budget-s`` stops starting new rounds (the JSON then says how many ran).

@@ -22,7 +22,11 @@ Why the rules have the shape they have:
 * **Implausible readings are not believed**: they raise their own alarm and are left out
   of over-temperature, disagreement and statistics (a single spike neither trips nor
   clears anything; a real step is believed one reading later).
-* **FATAL is never cleared here**: only the operator reset ends it (design rule 2).
+* **FATAL is never cleared here**: only the operator reset ends it (design rule 2). The
+  reset covers the readings received up to it (see :mod:`streams.latch`): those cannot
+  start a FATAL again — they are replayed after every restart — and a FATAL condition
+  they started ends with it, silently (the reset already ended the alarm). The first
+  reading after the reset that is still over the limit raises FATAL again.
 """
 
 from __future__ import annotations
@@ -172,10 +176,17 @@ class Step:
 
 @dataclass
 class BankView:
-    """The state the rules read; any mappings (dicts in tests, tables in the agent)."""
+    """The state the rules read; any mappings (dicts in tests, tables in the agent).
+
+    ``released_at`` is the last operator reset of the FATAL latch, None before the first.
+    """
 
     sensors: Mapping[str, SensorState]
     conditions: Mapping[str, Condition]
+    released_at: float | None = None
+
+    def reset_covers(self, at: float) -> bool:
+        return self.released_at is not None and at <= self.released_at
 
 
 def condition_key(code: str, subject: str) -> str:
@@ -223,7 +234,7 @@ class BankRules:
             | ({"previous": f"{previous.value:g}"} if previous is not None else {}),
         )
         if quality is Quality.FRESH and reading.kind == "temperature":
-            self._overtemp(changes, state)
+            self._overtemp(changes, state, view)
         if reading.sensor in self.config.water_sensors and quality is Quality.FRESH:
             self._disagreement(changes, {**view.sensors, reading.sensor: state}, at)
         return Step(sensors={reading.sensor: state}, conditions=changes.conditions, windows=closed, effects=changes.effects)
@@ -236,15 +247,19 @@ class BankRules:
         jump = abs(reading.value - previous.value)
         return Quality.IMPLAUSIBLE if jump > self.config.limits.implausible_jump_c else Quality.FRESH
 
-    def _overtemp(self, changes: "_Changes", state: SensorState) -> None:
+    def _overtemp(self, changes: "_Changes", state: SensorState, view: BankView) -> None:
         for severity, limit in self.config.levels:
             code = OVERTEMP[severity]
+            fatal = severity == "FATAL"
             current = changes.current(code, state.sensor)
             active = current is not None and current.active
+            if active and fatal and current is not None and view.released_at is not None and view.reset_covers(current.since):
+                changes.end_by_reset(current, view.released_at)
+                active = False
             if active:
-                desired = severity == "FATAL" or state.value >= limit - self.config.hysteresis_c
+                desired = fatal or state.value >= limit - self.config.hysteresis_c
             else:
-                desired = state.value >= limit
+                desired = state.value >= limit and not (fatal and view.reset_covers(state.received_at))
             message = f"{state.sensor} at {state.value:.1f} °C (limit {limit:g} °C)"
             details = {"sensor": state.sensor, "value": f"{state.value:g}", "limit": f"{limit:g}"}
             changes.want(code, state.sensor, severity, desired, state.received_at, message, details)
@@ -322,6 +337,11 @@ class _Changes:
         key = condition_key(code, subject)
         return self.conditions.get(key) or self._base.get(key)
 
+    def end_by_reset(self, condition: Condition, released_at: float) -> None:
+        """The operator reset ended this FATAL condition: a transition with no effect to send."""
+        ended = replace(condition, active=False, since=max(released_at, condition.since), message=f"reset: {condition.message}")
+        self.conditions[ended.key] = ended
+
     def want(
         self,
         code: str,
@@ -387,10 +407,11 @@ class Bank:
         self.sensors: dict[str, SensorState] = {}
         self.conditions: dict[str, Condition] = {}
         self.windows: dict[str, WindowStats] = {}
+        self.released_at: float | None = None
 
     @property
     def view(self) -> BankView:
-        return BankView(self.sensors, self.conditions)
+        return BankView(self.sensors, self.conditions, self.released_at)
 
     def stats(self) -> dict[str, WindowStats]:
         """Every window, closed and open, by :func:`window_key`."""

@@ -337,8 +337,12 @@ class DisasterWatch:
         self.valve = self.valve.with_readback(valve_open, at)
         return self.valve
 
-    def on_reading(self, sensor: str, value: float, at: float) -> ReadingOutcome:
-        """Add a water temperature sample; return the new disasters it reveals."""
+    def on_reading(self, sensor: str, value: float, at: float, released_at: float | None = None) -> ReadingOutcome:
+        """Add a water temperature sample; return the new disasters it reveals.
+
+        ``released_at`` is the last operator reset. A disaster reported before it does not
+        hide the same disaster found again after it (see :func:`reported`).
+        """
         if sensor not in self.limits.water_sensors:
             return ReadingOutcome(None, self.status(at))
         window = self.windows.get(sensor, SensorWindow(sensor)).add(at, value, self.limits.history_s)
@@ -349,7 +353,7 @@ class DisasterWatch:
         status = self.status(now)
         if not status.watching:
             return ReadingOutcome(window, status)
-        found = [d for d in self._evaluate(window, now, status) if d.disaster_id not in self.detections]
+        found = [d for d in self._evaluate(window, now, status) if not reported(self.detections.get(d.disaster_id), d, released_at)]
         for detection in found:
             self.detections[detection.disaster_id] = detection
         return ReadingOutcome(window, status, found)
@@ -441,3 +445,15 @@ class DisasterWatch:
             f"({spread:.1f} °C apart, limit {limit:.1f} °C)"
         )
         return self._detection(Rule.SENSOR_DISAGREEMENT, status, f"{high},{low}", message, spread, limit, now)
+
+
+def reported(prior: Detection | None, found: Detection, released_at: float | None) -> bool:
+    """Whether ``found`` was reported already: once per rule and episode, and once more after a reset.
+
+    An episode can outlive an operator reset (the water still rising in a job's grace
+    period); the reset ended the first report's FATAL, so the danger that persists after
+    it must be reported — and latch — again.
+    """
+    if prior is None:
+        return False
+    return released_at is None or not (prior.at <= released_at < found.at)

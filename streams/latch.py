@@ -5,6 +5,13 @@ Two sources feed it: FATAL alarms on ``createAlarm`` (so a service halts even wh
 AlarmsServer is down) and AlarmsServer's records on ``platformLatch``. A release
 (``latched=False``) covers the FATAL alarms raised up to its ``changed_at`` — the
 moment the operator issued the reset — and no later ones.
+
+The reset covers what came before it. The operator resets knowing the platform's state
+up to that moment, so evidence from before it — a reading received earlier, replayed by
+a service catching up after its restart — cannot latch the platform again. A condition
+that persists shows in the readings that follow the reset, and those latch it at once.
+Without this rule a reset could never hold: every control service replays its input
+from its last committed offset, and the readings that caused the FATAL are still there.
 """
 
 from __future__ import annotations
@@ -30,6 +37,10 @@ class LatchView:
     def reason(self) -> str:
         return f"FATAL {self.fatal_alarm_id}: {self.fatal_reason}" if self.latched else ""
 
+    def covers(self, at: float) -> bool:
+        """True when the last operator reset covers something observed at ``at``."""
+        return self.released_at is not None and at <= self.released_at
+
     def on_alarm(self, alarm: Alarm) -> None:
         if alarm.is_fatal:
             self._fatal(alarm.raised_at, alarm.alarm_id, alarm.message)
@@ -44,3 +55,8 @@ class LatchView:
     def _fatal(self, at: float, alarm_id: str, reason: str) -> None:
         if self.fatal_at is None or at >= self.fatal_at:
             self.fatal_at, self.fatal_alarm_id, self.fatal_reason = at, alarm_id, reason
+
+
+def covered_by_release(latch: PlatformLatch | None, raised_at: float) -> bool:
+    """True when ``latch`` is a release issued at or after ``raised_at`` (see the module doc)."""
+    return latch is not None and not latch.latched and raised_at <= latch.changed_at

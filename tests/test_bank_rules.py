@@ -42,6 +42,10 @@ def summary(effects: Iterable[Effect]) -> list[tuple[str, str, str]]:
     return [(e.kind, e.code, e.subject) for e in effects]
 
 
+def kinds(effects: Iterable[Effect]) -> list[tuple[str, str]]:
+    return [(e.kind, e.code) for e in effects]
+
+
 def to_records(effects: Iterable[Effect]) -> list[Alarm | AlarmClear]:
     """The records the agent sends for these effects (what AlarmsServer receives)."""
     records: list[Alarm | AlarmClear] = []
@@ -81,8 +85,34 @@ OVERTEMP_CASES = [
 @pytest.mark.parametrize("values,expected", [c[1:] for c in OVERTEMP_CASES], ids=[c[0] for c in OVERTEMP_CASES])
 def test_overtemperature_levels_and_hysteresis(values: list[float], expected: list[tuple[str, str]]) -> None:
     effects = Bank().feed(slow(values))
-    assert [(e.kind, e.code) for e in effects] == expected
+    assert kinds(effects) == expected
     assert all(e.subject == "water.0" for e in effects)
+
+
+def test_an_operator_reset_ends_fatal_and_the_next_overheat_raises_it_again() -> None:
+    """The reset covers the readings before it (replayed after every restart); the ones after it count."""
+    bank = Bank()
+    before = temps([80, 86, 87, 88])
+    assert ("raise", FATAL) in kinds(bank.feed(before)) and bank.conditions[f"{FATAL}/water.0"].active
+    bank.released_at = 1001.0
+    assert bank.feed(temps([88, 88], t0=1000.5)) == [], "replayed readings the reset covers raise nothing"
+    effects = bank.feed(temps([88], t0=1001.5))
+    assert [(e.kind, e.code, e.at) for e in effects] == [("raise", FATAL, 1001.5)], "still over the limit after the reset: FATAL again"
+
+
+def test_a_reset_fatal_stays_ended_until_the_water_overheats_again() -> None:
+    bank = Bank()
+    bank.feed(slow([80, 86]))
+    bank.released_at = 1003.0
+    assert kinds(bank.feed(temps([70, 50], t0=1004, dt=2.0))) == [("clear", CRIT), ("clear", WARN)], "no clear is sent for FATAL"
+    assert not bank.conditions[f"{FATAL}/water.0"].active
+    assert kinds(bank.feed(temps([86], t0=1010))) == [("raise", WARN), ("raise", CRIT), ("raise", FATAL)]
+
+
+def test_readings_the_reset_covers_never_start_a_fatal() -> None:
+    bank = Bank()
+    bank.released_at = 1010.0
+    assert kinds(bank.feed(temps([86]))) == [("raise", WARN), ("raise", CRIT)]
 
 
 def test_raise_and_clear_carry_the_time_of_their_reading() -> None:

@@ -308,6 +308,26 @@ def test_one_detection_per_rule_and_episode() -> None:
     assert [d.disaster_id for d in feed(restored, series(flat(95.0, 1), start=T0 + 10))] == ["over-limit/job-j2"]
 
 
+def feed_after(watch: DisasterWatch, readings: Iterable[Reading], released_at: float) -> list[Detection]:
+    return [d for sensor, value, at in readings for d in watch.on_reading(sensor, value, at, released_at).detections]
+
+
+def test_a_disaster_that_outlives_the_reset_is_found_again() -> None:
+    """The reset ends the first report's FATAL; the same episode still over the limit after it is reported again."""
+    watch = heating("j1")
+    (first,) = feed(watch, series(flat(95.0, 1)))
+    reset_at = T0 + 2
+    assert feed_after(watch, series(flat(95.0, 1), start=T0 + 1), reset_at) == [], "readings the reset covers"
+    (again,) = feed_after(watch, series(flat(95.0, 1), start=reset_at + 0.05), reset_at)
+    assert (again.disaster_id, again.at > reset_at) == (first.disaster_id, True)
+    assert feed_after(watch, series(flat(95.0, 1), start=reset_at + 2), reset_at) == [], "once after the reset"
+
+
+def test_a_reset_before_the_first_report_changes_nothing() -> None:
+    watch = heating("j1")
+    assert rules(feed_after(watch, series(flat(95.0, 2)), released_at=T0 - 100)) == ["over-limit"]
+
+
 def test_several_rules_can_fire_in_one_episode() -> None:
     watch = heating()
     found = feed(watch, series(flat(60, 1) + ramp(60, 20.0, 2.0)))

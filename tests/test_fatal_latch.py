@@ -95,6 +95,25 @@ def test_fatal_latches_cuts_power_and_only_a_verified_reset_releases(fatal_broke
         what="replayed reset refused",
     )
 
+    # A FATAL raised at a time the reset covers (a service replaying readings from before
+    # it) is kept in history, covered by the reset: it does not latch again.
+    late = Alarm(alarm_id=f"bank/overtemp-late-{tag}", source="bank", code=f"overtemp-late-{tag}", severity="FATAL",
+                 message="water 97 C (replayed)", raised_at=issued["issued_at"] - 1.0)
+    run(produce(fatal_broker.bootstrap, "createAlarm", [late.dumps()], key=late.alarm_id.encode()))
+    entry = wait_for(lambda: (lambda r: r[1] if r[0] == 200 else None)(alarms.get(f"/alarm?id={late.alarm_id}")),
+                     what="late FATAL recorded")
+    assert entry["active"] is False and entry["cleared_by"] == "alice"
+    assert latch(alarms)["latched"] is False and alarms.get("/readyz")[0] == 200
+
+    # One raised after the reset latches at once.
+    after = Alarm(alarm_id=f"bank/overtemp-after-{tag}", source="bank", code=f"overtemp-after-{tag}", severity="FATAL",
+                  message="water 97 C again", raised_at=time.time())
+    run(produce(fatal_broker.bootstrap, "createAlarm", [after.dumps()], key=after.alarm_id.encode()))
+    wait_for(lambda: latch(alarms).get("latched"), what="latched again")
+    status, again = post_json(alarms.url + "/reset", {"operator": "alice"})
+    assert status == 202, again
+    wait_for(lambda: latch(alarms).get("latched") is False, what="released again")
+
 
 def test_reset_endpoint_refuses_bad_requests(alarms: ServiceProcess) -> None:
     assert post_json(alarms.url + "/reset", {"who": "alice"})[0] == 400

@@ -25,6 +25,7 @@ import faust
 from streams import topics
 from streams.alarm_book import AlarmBook, AlarmEntry, Effect
 from streams.app import HeaterService, ServiceKind, ServiceSpec
+from streams.latch import covered_by_release
 from streams.operator_reset import ResetRefused, issue_reset, verify_reset
 from streams.records import Alarm, AlarmClear, OperatorReset, PlatformLatch, RelayAction, RelayCommand, Severity, now
 from streams.settings import Settings
@@ -68,8 +69,18 @@ async def on_raise(alarm: Alarm) -> None:
     outcome = book.raise_alarm(alarm)
     if outcome.effect is Effect.RAISED:
         log.info("alarm %s %s: %s", alarm.severity.value, alarm.alarm_id, alarm.message)
-    if outcome.latches:
-        await latch_platform(alarm)
+    if not outcome.latches:
+        return
+    current = latch.get(tables.LATCH_KEY)
+    if covered_by_release(current, alarm.raised_at):
+        assert current is not None
+        book.reset_fatal(current.changed_by, now(), covers_until=current.changed_at)
+        log.warning(
+            "FATAL %s raised at %.3f is covered by the operator reset of %.3f: kept in history, not latched",
+            alarm.alarm_id, alarm.raised_at, current.changed_at,
+        )
+        return
+    await latch_platform(alarm)
 
 
 def on_clear(clear: AlarmClear) -> None:

@@ -34,7 +34,7 @@ from prometheus_client import Counter
 from streams import metrics, topics
 from streams.alarm_client import AlarmClient
 from streams.app import HeaterService, ServiceKind, ServiceSpec
-from streams.bank_rules import BankConfig, BankRules, Condition, Effect, Step, window_start
+from streams.bank_rules import BankConfig, BankRules, BankView, Condition, Effect, Step, window_start
 from streams.heater_config import HeaterLimits
 from streams.lifecycle import Phase
 from streams.records import HeaterRecord, SensorReading
@@ -71,7 +71,9 @@ class BankAlarmClient(AlarmClient):
             return []
         saved = tables.BankState.load(self._table)
         for key in sorted(saved.pending):
-            await send_effect(self, resend_of(saved.conditions[key]))
+            effect = resend_of(saved.conditions[key])
+            if effect is not None:
+                await send_effect(self, effect)
         held = {f"{self.source}/{key}" for key, c in saved.conditions.items() if c.active or key in saved.pending}
         # An alarm raised after the newest reading the saved state holds comes from readings
         # this worker will apply again (and decide identically): the replay owns it.
@@ -132,8 +134,13 @@ async def load_state() -> None:
              len(state.pending))
 
 
-def resend_of(condition: Condition) -> Effect:
-    """The effect a settled-or-not condition stands for (its transition, at its own time)."""
+def resend_of(condition: Condition) -> Effect | None:
+    """The effect a settled-or-not condition stands for (its transition, at its own time).
+
+    None for an ended FATAL: only the operator reset ends one, and it sent nothing.
+    """
+    if not condition.active and condition.severity == "FATAL":
+        return None
     kind = "raise" if condition.active else "clear"
     return Effect(kind, condition.code, condition.subject, condition.severity, condition.since, condition.message)
 
@@ -146,6 +153,13 @@ async def send_effect(client: AlarmClient, effect: Effect) -> None:
     else:
         await client.clear_alarm(effect.code, subject=effect.subject, reason=effect.message, at=effect.at)
     EFFECTS.labels(effect.kind).inc()
+
+
+def current_view() -> BankView:
+    """The state, with the last operator reset as the platform watch knows it."""
+    view = state.view
+    view.released_at = service.watch.latch.released_at if service.watch is not None else None
+    return view
 
 
 async def until_started() -> bool:
@@ -206,7 +220,7 @@ async def handle_readings(stream: faust.StreamT) -> None:
         assert isinstance(record, SensorReading)
         started = time.perf_counter()
         async with _step_lock:
-            await commit_step(rules.on_reading(state.view, record))
+            await commit_step(rules.on_reading(current_view(), record))
         metrics.HANDLE_SECONDS.labels(SPEC.name, topics.SENSOR_DATA.name).observe(time.perf_counter() - started)
 
 
@@ -217,7 +231,7 @@ async def handle_ticks(stream: faust.StreamT) -> None:
             continue
         assert isinstance(record, BankTick)
         async with _step_lock:
-            await commit_step(rules.on_tick(state.view, record.now))
+            await commit_step(rules.on_tick(current_view(), record.now))
             await settle()
 
 

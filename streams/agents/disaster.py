@@ -107,7 +107,8 @@ class Detector:
     async def on_reading(self, watch: DisasterWatch, reading: SensorReading) -> None:
         if reading.kind != "temperature":
             return
-        outcome = watch.on_reading(reading.sensor, reading.value, reading.received_at)
+        released_at = service.watch.latch.released_at if service.watch is not None else None
+        outcome = watch.on_reading(reading.sensor, reading.value, reading.received_at, released_at)
         if outcome.window is not None and outcome.status.watching:
             tables.save_window(outcome.window)
         for detection in outcome.detections:
@@ -117,24 +118,34 @@ class Detector:
         """Report a disaster and raise FATAL; a halted service only logs (the power is already cut).
 
         Still starting counts as acting: the agent runs only after this service's own
-        self-check, and a disaster must not wait for the remaining ones. The alarm is
-        raised now (not at the reading's time), so that a disaster found late — after an
-        operator reset, from readings of before it — still latches the platform.
+        self-check, and a disaster must not wait for the remaining ones. A disaster found
+        in readings the last operator reset covers (replayed after the restart that
+        followed it) is reported on ``DisasterDetected`` and stored, but raises no FATAL:
+        the reset covers it (see :mod:`streams.latch`); if the water is still in danger,
+        the readings after the reset find it again and latch.
+        Otherwise the alarm is raised now, not at the reading's time, so a disaster found
+        late — this service lagging behind — still latches the platform.
         """
         DETECTED.labels(detection.rule).inc()
-        if service.status.phase in (Phase.HALTED, Phase.STOPPING) or service.alarms is None:
+        if service.status.phase in (Phase.HALTED, Phase.STOPPING) or service.alarms is None or service.watch is None:
             log.critical("disaster %s while %s, not acted on: %s", detection.disaster_id, service.status.phase.value, detection.message)
             return
-        log.critical("DISASTER %s: %s", detection.disaster_id, detection.message)
+        covered = service.watch.latch.covers(detection.at)
+        if covered:
+            log.critical("DISASTER %s in readings the operator reset of %.3f covers (reported, not latched): %s",
+                         detection.disaster_id, service.watch.latch.released_at, detection.message)
+        else:
+            log.critical("DISASTER %s: %s", detection.disaster_id, detection.message)
         event = DisasterEvent(
             disaster_id=detection.disaster_id, rule=detection.rule, message=detection.message,
             detected_at=detection.at, value=detection.value, limit=detection.limit,
         )
         await disaster_topic.send(key=detection.disaster_id, value=event)
-        await service.alarms.raise_alarm(
-            detection.rule, Severity.FATAL, detection.message, subject=detection.episode,
-            details={"disaster_id": detection.disaster_id, "sensor": detection.sensor, "value": str(detection.value), "limit": str(detection.limit)},
-        )
+        if not covered:
+            await service.alarms.raise_alarm(
+                detection.rule, Severity.FATAL, detection.message, subject=detection.episode,
+                details={"disaster_id": detection.disaster_id, "sensor": detection.sensor, "value": str(detection.value), "limit": str(detection.limit)},
+            )
         tables.save_detection(detection)
 
     def view(self, now: float) -> dict[str, Any]:

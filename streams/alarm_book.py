@@ -80,6 +80,7 @@ class Effect(str, enum.Enum):
     UNCHANGED = "unchanged"
     UNKNOWN = "unknown"
     REFUSED_FATAL = "refused_fatal"
+    SETTLED = "settled"  # at or before the timeline's horizon: a replay of folded history
 
 
 @dataclass(frozen=True)
@@ -184,7 +185,9 @@ class AlarmBook:
         timeline = self.timelines.get(alarm_id)
         events = timeline.events if timeline is not None else []
         horizon = timeline.horizon if timeline is not None else None
-        inserted = insert(events, event) if horizon is None or event.at > horizon else None
+        if horizon is not None and event.at <= horizon:
+            return Outcome(Effect.SETTLED)
+        inserted = insert(events, event)
         if inserted is None:
             return Outcome(Effect.DUPLICATE if event.kind == "raise" else Effect.UNCHANGED)
         updated, index = inserted

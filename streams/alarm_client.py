@@ -9,7 +9,7 @@ alarm. While the platform is latched a service clears nothing (rule 2).
 from __future__ import annotations
 
 import logging
-from typing import Awaitable, Callable, Mapping
+from typing import Any, Awaitable, Callable, Mapping
 
 from streams import topics
 from streams.platform_watch import PlatformWatch
@@ -17,7 +17,9 @@ from streams.records import Alarm, AlarmClear, Severity, alarm_id_for, now
 
 log = logging.getLogger(__name__)
 
-Sender = Callable[[str, bytes, bytes], Awaitable[None]]
+#: Sends one message; what it returns (a delivery future, for producers that give one) is
+#: for callers that must confirm delivery, like the bank's outbox.
+Sender = Callable[[str, bytes, bytes], Awaitable[Any]]
 
 
 class AlarmClient:

@@ -28,6 +28,8 @@ from streams.transport import register as register_transport
 log = logging.getLogger(__name__)
 
 StartupCheck = Callable[[], Awaitable[None]]
+#: Decides, per raw message, whether it is new input (see :meth:`HeaterService.records`).
+Admit = Callable[[Any], Awaitable[bool]]
 
 
 class HeaterService:
@@ -60,15 +62,18 @@ class HeaterService:
     # -- decoding with a dead-letter path ---------------------------------------------
 
     async def records(
-        self, stream: faust.StreamT, record_type: type[HeaterRecord] | None = None
+        self, stream: faust.StreamT, record_type: type[HeaterRecord] | None = None, admit: Admit | None = None
     ) -> AsyncIterator[HeaterRecord]:
         """Yield decoded records from a raw stream; bad messages go to the dead-letter topic.
 
         Without ``record_type`` each message is decoded as its topic's record, so one
-        agent can follow several topics in their delivery order.
+        agent can follow several topics in their delivery order. ``admit``, when given,
+        sees every message first and may pass over it (e.g. input the state already holds).
         """
         async for event in stream.events():
             message = event.message
+            if admit is not None and not await admit(message):
+                continue
             try:
                 record = decode(event.value, record_type or RECORD_FOR_TOPIC[message.topic])
             except DecodeError as exc:
@@ -114,8 +119,9 @@ class HeaterService:
         if self.watch.latch.latched:
             await self._on_latch_change(self.watch.latch)
 
-    async def _send_raw(self, topic: str, key: bytes, value: bytes) -> None:
-        await self.app.send(topic, key=key, value=value, key_serializer="raw", value_serializer="raw")
+    async def _send_raw(self, topic: str, key: bytes, value: bytes) -> Awaitable[Any]:
+        """Hand a message to the producer; the returned future resolves once the broker has it."""
+        return await self.app.send(topic, key=key, value=value, key_serializer="raw", value_serializer="raw")
 
     async def _on_latch_change(self, latch: LatchView) -> None:
         """Rule 2: on FATAL, control services stop and stay down; display services go read-only."""

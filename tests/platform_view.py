@@ -3,9 +3,12 @@ state, readiness of the services, the latch, and a tank brought back to a known 
 
 from __future__ import annotations
 
-from typing import Any
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Iterator
 
 from heater.catalogue import COMPONENTS
+from heater.platform import Platform
 from heater.probes import http_json
 from heater.rundir import Layout
 from simulator import client as sim
@@ -13,6 +16,17 @@ from tests.support import try_get, wait_for
 
 #: The platform's services (everything but the broker, Vault and the simulated hardware).
 SERVICES = [c.name for c in COMPONENTS if c.name not in ("broker", "vault", "simulator")]
+
+
+@contextmanager
+def running_platform(run_dir: Path, timeout: float = 120) -> Iterator[Platform]:
+    """The whole local platform, as `heater up` runs it, for one test module."""
+    running = Platform(run_dir)
+    try:
+        running.start(timeout=timeout)
+        yield running
+    finally:
+        running.stop()
 
 
 def pico(layout: Layout) -> dict[str, Any]:

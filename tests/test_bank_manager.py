@@ -1,4 +1,4 @@
-"""BankManager as a real process with AlarmsServer: alarms raised and cleared, staleness, FATAL.
+"""BankManager as a real process with AlarmsServer: exactly-once alarms across kill -9, staleness, FATAL.
 
 Every test runs on its own embedded broker (0.2 s to start): the bank's consumer group and
 changelogs are per broker, and the FATAL test latches its broker for good.
@@ -6,6 +6,7 @@ changelogs are per broker, and the FATAL test latches its broker for good.
 
 from __future__ import annotations
 
+import random
 import time
 from pathlib import Path
 from typing import Any, Iterator
@@ -15,9 +16,16 @@ import pytest
 from heater.runtime.broker import EmbeddedBroker
 from heater.runtime.vault import EmbeddedVault
 from streams import exitcodes
-from streams.heater_config import WATER_SENSORS
+from streams.bank_rules import Bank, BankConfig
+from streams.heater_config import WATER_SENSORS, HeaterLimits
 from streams.records import SensorReading
 from tests.support import ServiceProcess, produce, run, try_get, vault_env, wait_for
+from tests.test_bank_rules import history_of
+
+#: Staleness is judged on wall time by the timer; the replayed input is timestamped an hour
+#: in the past, so the exactly-once test moves the limit out of reach.
+NO_STALENESS = {"HEATER_LIMIT_STALE_AFTER_S": "1000000"}
+
 
 @pytest.fixture
 def dedicated(tmp_path: Path, vault: EmbeddedVault) -> Iterator[tuple[EmbeddedBroker, ServiceProcess]]:
@@ -47,6 +55,98 @@ def history(alarms: ServiceProcess, source: str = "bank") -> list[dict[str, Any]
         entries.extend(body["alarms"])
         if len(entries) >= body["total"]:
             return entries
+
+
+def toggling_input(cycles: int, seed: int, t0: float) -> list[SensorReading]:
+    """Three water sensors crossing WARNING up and down, with noise inside the hysteresis band
+    and an occasional implausible spike; one step every 50 ms of received_at."""
+    rng = random.Random(seed)
+    profile = [61.0, 59.2, 57.2, 58.6]
+    readings: list[SensorReading] = []
+    step = 0
+    for cycle in range(cycles):
+        for base in profile:
+            at = t0 + step * 0.05
+            for i, sensor in enumerate(WATER_SENSORS):
+                value = base + rng.uniform(-0.3, 0.3)
+                if sensor == "water.1" and cycle % 25 == 7 and base == 57.2:
+                    value += 20.0  # a glitch: implausible, raised and cleared, never an over-temperature
+                readings.append(reading(sensor, round(value, 2), at + i * 0.001, len(readings)))
+            step += 1
+    return readings
+
+
+def processed_through(bank: ServiceProcess) -> float:
+    """The newest received_at the bank has applied (0 while it is not answering)."""
+    try:
+        status, body = bank.get("/bank")
+    except OSError:
+        return 0.0
+    return max((s["received_at"] for s in body.get("sensors", {}).values()), default=0.0) if status == 200 else 0.0
+
+
+def test_exactly_once_across_kill_9(dedicated: tuple[EmbeddedBroker, ServiceProcess], tmp_path: Path) -> None:
+    """≥1,000 condition toggles, kill -9 at 6 random points: AlarmsServer's history equals the pure rules'."""
+    broker, alarms = dedicated
+    started = time.monotonic()
+    seed = random.randrange(1_000_000)
+    rng = random.Random(seed)
+    readings = toggling_input(cycles=180, seed=seed, t0=time.time() - 3600)
+    config = BankConfig(limits=HeaterLimits(stale_after_s=float(NO_STALENESS["HEATER_LIMIT_STALE_AFTER_S"])))
+    effects = Bank(config).feed(readings)
+    expected = history_of(effects)
+    assert len(effects) >= 1000, "conditions toggle at least 1,000 times"
+
+    run_dir = tmp_path / "bank"
+    bank = ServiceProcess("bank", broker.url, run_dir, NO_STALENESS).start()
+    try:
+        ready_s = [bank.wait_ready(timeout=60)]
+        chunks = [readings[i : i + 200] for i in range(0, len(readings), 200)]
+        kill_after = set(rng.sample(range(len(chunks) - 1), 6))
+        kills: list[dict[str, int]] = []
+        for index, chunk in enumerate(chunks):
+            send(broker, chunk)
+            if index not in kill_after:
+                continue
+            time.sleep(rng.uniform(0.05, 0.6))
+            applied = processed_through(bank)
+            bank.kill()  # SIGKILL, mid-stream
+            assert bank.wait(20) == -9
+            kills.append({"after_chunk": index, "applied_readings": sum(1 for r in readings if r.received_at <= applied)})
+            bank = ServiceProcess("bank", broker.url, run_dir, NO_STALENESS).start()  # same data directory
+            ready_s.append(bank.wait_ready(timeout=60))
+        last = readings[-1].received_at
+        wait_for(lambda: processed_through(bank) >= last, timeout=90, interval=0.5, what="bank caught up")
+
+        def got() -> dict[str, tuple[bool, float | None]]:
+            return {a["occurrence_id"]: (a["active"], a["cleared_at"]) for a in history(alarms)}
+
+        final: dict[str, tuple[bool, float | None]] = {}
+
+        def settled() -> bool:
+            final.clear()
+            final.update(got())
+            return final == expected
+
+        try:
+            wait_for(settled, timeout=45, interval=0.5, what="AlarmsServer history equals the pure decision function")
+        finally:
+            lost = sorted(set(expected) - set(final))
+            doubled = sorted(set(final) - set(expected))
+            wrong = sorted(k for k in set(final) & set(expected) if final[k] != expected[k])
+            print(
+                f"\nbank exactly-once: seed={seed} readings={len(readings)} effects={len(effects)} "
+                f"occurrences={len(expected)} lost={len(lost)} doubled={len(doubled)} wrong={len(wrong)} "
+                f"kills={kills} ready_s={[round(s, 2) for s in ready_s]} "
+                f"took={time.monotonic() - started:.1f}s"
+            )
+            index = {repr(r.received_at): i for i, r in enumerate(readings)}
+            for key in (lost + doubled + wrong)[:10]:  # what differs, to tell a lost clear from a lost raise
+                print(f"   {key} (reading #{index.get(key.rsplit('@', 1)[1])}): expected {expected.get(key)}, got {final.get(key)}")
+        assert (lost, doubled, wrong) == ([], [], [])
+        wait_for(lambda: bank.get("/bank")[1]["pending"] == [], timeout=10, what="outbox settled")
+    finally:
+        bank.stop()
 
 
 def test_stale_sensor_raises_on_the_timer_and_clears_on_data(dedicated: tuple[EmbeddedBroker, ServiceProcess], tmp_path: Path) -> None:

@@ -19,6 +19,7 @@ from heater.probes import http_json
 from heater.rundir import Layout
 from simulator import client as sim
 from streams.records import RelayCommand
+from tests.platform_view import running_platform
 from tests.support import produce, run, try_get, wait_for
 
 ALL_OFF = {"power_on": False, "gas_valve_open": False, "spark_on": False}
@@ -26,12 +27,8 @@ ALL_OFF = {"power_on": False, "gas_valve_open": False, "spark_on": False}
 
 @pytest.fixture(scope="module")
 def platform(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Platform]:
-    running = Platform(tmp_path_factory.mktemp("platform"))
-    try:
-        running.start(timeout=90)
+    with running_platform(tmp_path_factory.mktemp("platform"), timeout=90) as running:
         yield running
-    finally:
-        running.stop()
 
 
 def i2c_ready(layout: Layout) -> bool:

@@ -35,7 +35,7 @@ from streams.heater_config import WATER_SENSORS, HeaterLimits
 from streams.heating.controller import HeatingRun, announce_ends
 from streams.heating.launch import JOB_MODULE, job_args
 from streams.records import Alarm, RelayCommand
-from tests.platform_view import all_ready, fresh_tank, fresh_temperature, latched, pico, ready, relays
+from tests.platform_view import all_ready, fresh_tank, fresh_temperature, latched, pico, ready, relays, running_platform
 from tests.support import consume_until, produce, run, try_get, wait_for
 
 log = logging.getLogger(__name__)
@@ -52,12 +52,8 @@ SAMPLE_S = 0.02
 
 @pytest.fixture(scope="module")
 def platform(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Platform]:
-    running = Platform(tmp_path_factory.mktemp("faults"))
-    try:
-        running.start(timeout=120)
+    with running_platform(tmp_path_factory.mktemp("faults"), timeout=120) as running:
         yield running
-    finally:
-        running.stop()
 
 
 @pytest.fixture(autouse=True)
@@ -318,9 +314,9 @@ def test_kill_9_of_every_other_service_restores_its_tables_and_loses_no_alarm(pl
     log.warning("kill -9 and restart (ready again): %s", {k: round(v, 2) for k, v in restarts.items()})
 
 
-def test_over_temperature_outside_heating_is_fatal_and_cuts_the_power(platform: Platform) -> None:
-    """2: no job; the water sensors read above the FATAL limit → FATAL, power cut, latched."""
-    layout = platform.layout
+def overheat_until_cut(layout: Layout) -> tuple[float, set[str]]:
+    """No job; the water sensors read above the FATAL limit: seconds until the power is cut,
+    and the bank's FATAL occurrences that latched the platform."""
     fresh_tank(layout)
     energise_power(layout)
     # Outside heating: no job, and past the detector's grace period after the last one.
@@ -336,11 +332,29 @@ def test_over_temperature_outside_heating_is_fatal_and_cuts_the_power(platform: 
         assert state["relays"] == SAFE
         wait_for(lambda: latched(layout), what="AlarmsServer latched the platform")
         fatal = [e for e in http_json(layout.web_url("alarms") + "/alarms")[1]["alarms"] if e["alarm"]["severity"] == "FATAL"]
-        assert any(e["alarm"]["alarm_id"].startswith("bank/overtemp-fatal") for e in fatal), fatal
+        occurrences = {e["occurrence_id"] for e in fatal if e["alarm"]["alarm_id"].startswith("bank/overtemp-fatal")}
+        assert occurrences, fatal
     finally:
         fresh_tank_after_fatal(layout)
+    return cut_s, occurrences
+
+
+def test_over_temperature_outside_heating_is_fatal_and_cuts_the_power(platform: Platform) -> None:
+    """2: no job; the water sensors read above the FATAL limit → FATAL, power cut, latched.
+
+    The operator reset then holds — the readings from before it, replayed by the restarted
+    services, do not latch again — and the same overheat trips the platform again: the
+    reset ends the bank's FATAL condition, it does not silence it."""
+    layout = platform.layout
+    cut_s, first = overheat_until_cut(layout)
     reset_s = operator_reset(platform)
-    log.warning("over-temperature: power cut %.3f s after the injection; operator reset to all ready %.1f s", cut_s, reset_s)
+    time.sleep(3)
+    assert not latched(layout) and not pico(layout)["trip_latched"], "readings from before the reset latched again"
+    again_s, second = overheat_until_cut(layout)
+    assert second - first, f"no new bank FATAL after the reset: {first} then {second}"
+    operator_reset(platform)
+    log.warning("over-temperature: power cut %.3f s after the injection (%.3f s the second time, after the reset); "
+                "operator reset to all ready %.1f s", cut_s, again_s, reset_s)
 
 
 def fresh_tank_after_fatal(layout: Layout) -> None:

@@ -28,7 +28,7 @@ from streams.heating.controller import HeatingController, HeatingRun
 from streams.heating.launch import LocalLauncher
 from streams.platform_watch import PlatformWatch
 from streams.records import HeatingJobState
-from tests.platform_view import fresh_tank, relays
+from tests.platform_view import fresh_tank, relays, running_platform
 from tests.support import consume_until, wait_for
 
 log = logging.getLogger(__name__)
@@ -38,12 +38,8 @@ pytestmark = pytest.mark.timeout(240)
 
 @pytest.fixture(scope="module")
 def platform(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Platform]:
-    running = Platform(tmp_path_factory.mktemp("heating-platform"))
-    try:
-        running.start(timeout=90)
+    with running_platform(tmp_path_factory.mktemp("heating-platform"), timeout=90) as running:
         yield running
-    finally:
-        running.stop()
 
 
 async def heat(layout: Layout, target_c: float) -> tuple[HeatingRun, float]:

@@ -69,6 +69,8 @@ async def on_raise(alarm: Alarm) -> None:
     outcome = book.raise_alarm(alarm)
     if outcome.effect is Effect.RAISED:
         log.info("alarm %s %s: %s", alarm.severity.value, alarm.alarm_id, alarm.message)
+    elif outcome.effect is Effect.SETTLED:
+        log.info("raise of %s at %.6f ignored: its history is settled up to a later time", alarm.alarm_id, alarm.raised_at)
     if not outcome.latches:
         return
     current = latch.get(tables.LATCH_KEY)
@@ -85,7 +87,9 @@ async def on_raise(alarm: Alarm) -> None:
 
 def on_clear(clear: AlarmClear) -> None:
     outcome = book.clear_alarm(clear)
-    if outcome.effect is Effect.UNKNOWN:
+    if outcome.effect is Effect.SETTLED:
+        log.info("clear of %s at %.6f ignored: its history is settled up to a later time", clear.alarm_id, clear.cleared_at)
+    elif outcome.effect is Effect.UNKNOWN:
         log.info("clear for unknown alarm %s recorded (by %s)", clear.alarm_id, clear.cleared_by)
     elif outcome.effect is Effect.REFUSED_FATAL:
         log.warning("deleteAlarm of FATAL %s by %s refused: only an operator reset clears it", clear.alarm_id, clear.cleared_by)

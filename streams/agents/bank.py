@@ -8,12 +8,18 @@ keeps the two agents' steps from interleaving.
 Exactly-once effects without Kafka transactions: every step writes its state first —
 closed windows, then the decision state as one row (see :mod:`streams.tables.bank`) with
 the step's condition transitions marked ``pending`` (the outbox) — then sends its
-raises/clears. Once the producer has delivered them (checked on each tick, or before the
-same condition changes again) the transitions are marked settled. After kill -9 the
-worker resumes from its last committed offset: readings the state already holds are
-duplicates to the rules, the others are re-decided identically, and pending effects are
-resent at startup. Alarm ids and times are deterministic, so every resend is one alarm
-in AlarmsServer's history, never two.
+raises/clears. Once the broker has confirmed every one of them (checked on each tick, or
+before the same condition changes again) the transitions are marked settled; a send the
+broker refused is sent again, and the condition stays pending until one is confirmed. A
+flush alone is not a confirmation: a batch the broker refuses is dropped by the producer
+with nothing but a log line.
+
+After kill -9 the worker resumes its input at the offset the state row records, not at
+the consumer group's committed offset (measured: a restarted worker's consumer began up
+to 150 readings past the restored state, and those readings were never decided):
+readings the state already holds are passed over, the others are re-decided
+identically, and pending effects are resent at startup. Alarm ids and times are
+deterministic, so every resend is one alarm in AlarmsServer's history, never two.
 
 The startup self-check (rule 5) is narrowed here: it resends the outbox and clears only
 this service's alarms that no condition holds — an over-temperature that is still true
@@ -47,9 +53,15 @@ SPEC = ServiceSpec("bank", ServiceKind.CONTROL, fast_path=True, description="sen
 TICKS = topics.TopicSpec("bankTicks", retention_ms=topics.HOUR_MS, purpose="BankManager staleness ticks")
 #: Tumbling windows kept per sensor (one hour of one-minute windows).
 WINDOWS_KEPT = 60
+#: Pause before the next attempt when the broker refused an alarm effect.
+RESEND_BACKOFF_S = 0.2
+#: Messages fetched before a rewind are passed over for this long before it is tried again.
+REWIND_PATIENCE_S = 2.0
 
 EFFECTS = Counter("heater_bank_effects_total", "Alarm raises/clears the bank sent", ["kind"])
+UNDELIVERED = Counter("heater_bank_undelivered_total", "Settle attempts that found an alarm effect refused by the broker (resent)")
 DUPLICATES = Counter("heater_bank_duplicates_total", "Readings skipped as already applied (replays) or out of order")
+REWINDS = Counter("heater_bank_input_rewinds_total", "Times the input was found ahead of the state and sent back")
 
 
 class BankTick(HeaterRecord):
@@ -91,13 +103,39 @@ class BankAlarmClient(AlarmClient):
         return orphans
 
 
+class Deliveries:
+    """The sends of the alarm effects not yet confirmed by the broker."""
+
+    def __init__(self, send: Any) -> None:
+        self._send = send
+        self._futures: list[Any] = []
+
+    async def __call__(self, topic: str, key: bytes, value: bytes) -> Any:
+        future = await self._send(topic, key, value)
+        self._futures.append(future)
+        return future
+
+    async def confirmed(self) -> bool:
+        """Wait for every send so far; False when the broker refused any of them."""
+        futures, self._futures = self._futures, []
+        results = await asyncio.gather(*futures, return_exceptions=True)
+        failures = [r for r in results if isinstance(r, BaseException)]
+        for failure in failures[:3]:
+            log.warning("alarm effect not delivered: %r", failure)
+        return not failures
+
+
 class BankService(HeaterService):
-    """A HeaterService whose alarm client keeps the alarms of conditions that still hold."""
+    """A HeaterService whose alarm client keeps the alarms of conditions that still hold,
+    and tells when the broker has confirmed what it sent."""
+
+    deliveries: Deliveries
 
     async def start_platform_watch(self) -> None:
         await super().start_platform_watch()
         assert self.alarms is not None
-        self.alarms = BankAlarmClient(self.alarms, self._send_raw, state_table)
+        self.deliveries = Deliveries(self._send_raw)
+        self.alarms = BankAlarmClient(self.alarms, self.deliveries, state_table)
 
 
 service = BankService(SPEC)
@@ -130,8 +168,8 @@ async def load_state() -> None:
     """
     state.restore(state_table)
     unsettled.update(state.pending)
-    log.info("bank state: %d sensor(s), %d condition(s), %d pending", len(state.sensors), len(state.conditions),
-             len(state.pending))
+    log.info("bank state: %d sensor(s), %d condition(s), %d pending; input resumes at offset %s", len(state.sensors),
+             len(state.conditions), len(state.pending), state.next_offset)
 
 
 def resend_of(condition: Condition) -> Effect | None:
@@ -162,6 +200,53 @@ def current_view() -> BankView:
     return view
 
 
+class InputPosition:
+    """Admit each ``sensorData`` message exactly once, in offset order, from where the state ends.
+
+    The consumer may start anywhere: at the group's committed offset, at the log's end,
+    with messages fetched before it was told where to start. A message before the
+    state's position is a replay (passed over); one after it means the consumer is
+    ahead of the state, so it is sent back there and what it had fetched is passed over.
+    """
+
+    def __init__(self) -> None:
+        self._rewound_at: float | None = None
+        self._next: int | None = None
+        self.admitted: int | None = None
+        """Offset of the message admitted last: the record the agent is handling."""
+
+    async def admit(self, message: Any) -> bool:
+        await until_started()
+        if self._next is None:
+            self._next = state.next_offset
+        expected = self._next
+        if expected is None or message.offset == expected:
+            self._next = message.offset + 1
+            self.admitted = message.offset
+            self._rewound_at = None
+            return True
+        if message.offset < expected:
+            DUPLICATES.inc()
+            return False
+        if self._rewound_at is None or time.monotonic() - self._rewound_at > REWIND_PATIENCE_S:
+            await self._rewind(message, expected)
+        return False
+
+    async def _rewind(self, message: Any, expected: int) -> None:
+        tp = message.tp
+        earliest = (await app.consumer.earliest_offsets(tp)).get(tp, 0)
+        if earliest > expected:
+            log.error("sensorData offsets %d..%d are gone from the log (retention): resuming at %d", expected, earliest - 1, earliest)
+            self._next = expected = earliest
+        log.warning("input at offset %d, ahead of the state (next %d): rewinding", message.offset, expected)
+        REWINDS.inc()
+        self._rewound_at = time.monotonic()
+        await app.consumer.seek(tp, expected)
+
+
+position = InputPosition()
+
+
 async def until_started() -> bool:
     """Hold input until the startup self-check is done; False when halted (then do nothing)."""
     while service.status.phase is Phase.STARTING:
@@ -174,7 +259,7 @@ async def commit_step(step: Step) -> None:
     if step.duplicate:
         DUPLICATES.inc()
         return
-    if unsettled & step.conditions.keys():
+    while unsettled & step.conditions.keys():
         await settle()  # the outbox holds one transition per condition: deliver the last one first
     for key, stats in step.windows.items():
         windows[key] = tables.window_row(stats)
@@ -190,15 +275,26 @@ async def commit_step(step: Step) -> None:
 
 
 async def settle() -> None:
-    """Once everything sent so far is delivered, the outbox entries are done.
+    """Once the broker has confirmed everything sent so far, the outbox entries are done.
 
     Waiting for delivery once per tick rather than once per effect keeps a toggling
     sensor from costing a broker round trip per reading; a crash in between only means
-    those effects are resent at startup (one alarm each in the history, still).
+    those effects are resent at startup (one alarm each in the history, still). When the
+    broker refused a send, every unsettled transition is sent again (ids and times are
+    deterministic, so a repeat is harmless) and stays pending for the next attempt.
     """
     if not unsettled:
         return
     await app.producer.flush()
+    if not await service.deliveries.confirmed():
+        UNDELIVERED.inc()
+        assert service.alarms is not None
+        for key in sorted(unsettled):
+            effect = resend_of(state.conditions[key])
+            if effect is not None:
+                await send_effect(service.alarms, effect)
+        await asyncio.sleep(RESEND_BACKOFF_S)
+        return
     state.pending -= unsettled
     unsettled.clear()
     state.save(state_table)
@@ -214,13 +310,16 @@ def expire_windows(sensor: str, newest_start: float) -> None:
 
 @app.agent(readings)
 async def handle_readings(stream: faust.StreamT) -> None:
-    async for record in service.records(stream):
-        if not await until_started():
+    async for record in service.records(stream, admit=position.admit):
+        if not service.acting:
             continue
         assert isinstance(record, SensorReading)
         started = time.perf_counter()
         async with _step_lock:
-            await commit_step(rules.on_reading(current_view(), record))
+            step = rules.on_reading(current_view(), record)
+            if not step.duplicate and position.admitted is not None:
+                state.next_offset = position.admitted + 1  # written with the reading it follows
+            await commit_step(step)
         metrics.HANDLE_SECONDS.labels(SPEC.name, topics.SENSOR_DATA.name).observe(time.perf_counter() - started)
 
 

@@ -11,6 +11,10 @@ not decisions; they get their own table, written once per window.
 
 A condition is ``pending`` from the moment its transition is written until its effect is
 known delivered: the outbox a restarted worker resends.
+
+The row also holds ``next_offset``, the ``sensorData`` offset of the first reading it does
+not hold yet. A restarted worker resumes its input there, whatever offset the consumer
+group committed: the state and its input position come back from the same moment.
 """
 
 from __future__ import annotations
@@ -42,6 +46,7 @@ class BankState:
     sensors: dict[str, SensorState] = field(default_factory=dict)
     conditions: dict[str, Condition] = field(default_factory=dict)
     pending: set[str] = field(default_factory=set)
+    next_offset: int | None = None
 
     @property
     def view(self) -> BankView:
@@ -60,6 +65,7 @@ class BankState:
         return {
             "sensors": {name: sensor_row(s) for name, s in self.sensors.items()},
             "conditions": {key: condition_row(c, key in self.pending) for key, c in self.conditions.items()},
+            "next_offset": self.next_offset,
         }
 
     @classmethod
@@ -71,6 +77,7 @@ class BankState:
             sensors={name: sensor_from_row(s) for name, s in row.get("sensors", {}).items()},
             conditions={key: condition_from_row(c) for key, c in conditions.items()},
             pending={key for key, c in conditions.items() if c.get("pending")},
+            next_offset=row.get("next_offset"),
         )
 
     @classmethod
@@ -81,6 +88,7 @@ class BankState:
         """Replace this state, in place, by the one stored in ``table``."""
         loaded = self.load(table)
         self.sensors, self.conditions, self.pending = loaded.sensors, loaded.conditions, loaded.pending
+        self.next_offset = loaded.next_offset
 
     def save(self, table: MutableMapping[str, Any]) -> None:
         """Write the whole state as one row (must run inside a stream event)."""

@@ -69,6 +69,30 @@ def wait_for(predicate: Callable[[], Any], timeout: float = 15.0, interval: floa
         time.sleep(interval)
 
 
+#: Alarm occurrences as a test compares them: occurrence id → (active, cleared_at).
+Occurrences = dict[str, tuple[bool, "float | None"]]
+
+
+def wait_for_history(read: Callable[[], Occurrences], want: Occurrences, timeout: float, what: str,
+                     explain: Callable[[str], str] = lambda key: "") -> None:
+    """Wait until ``read()`` equals ``want``; prints what was lost, doubled or wrong either way."""
+    final: Occurrences = {}
+
+    def matches() -> bool:
+        final.clear()
+        final.update(read())
+        return final == want
+
+    try:
+        wait_for(matches, timeout, 0.5, what)
+    finally:
+        lost, doubled = sorted(set(want) - set(final)), sorted(set(final) - set(want))
+        wrong = sorted(k for k in set(want) & set(final) if want[k] != final[k])
+        print(f"\n{what}: occurrences={len(want)} lost={len(lost)} doubled={len(doubled)} wrong={len(wrong)}")
+        for key in (lost + doubled + wrong)[:10]:  # to tell a lost clear from a lost raise
+            print(f"   {key}{explain(key)}: expected {want.get(key)}, got {final.get(key)}")
+
+
 def metric(proc: ServiceProcess, name: str, **labels: str) -> float:
     """Current value of one Prometheus sample of a service (0 when not exported yet)."""
     import urllib.request

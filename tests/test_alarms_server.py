@@ -14,7 +14,7 @@ from heater.runtime.broker import EmbeddedBroker
 from heater.runtime.vault import EmbeddedVault
 from streams.alarm_book import AlarmBook
 from streams.records import Alarm, AlarmClear
-from tests.support import ServiceProcess, produce, run, vault_env, wait_for
+from tests.support import Occurrences, ServiceProcess, produce, run, vault_env, wait_for, wait_for_history
 
 
 @pytest.fixture
@@ -125,12 +125,10 @@ def test_kill_9_under_load_loses_and_doubles_nothing(broker: EmbeddedBroker, vau
     try:
         want = {occ: (e.active, e.cleared_at) for occ, e in expected.history.items()}
 
-        def got() -> dict[str, tuple[bool, float | None]]:
+        def got() -> Occurrences:
             return {a["occurrence_id"]: (a["active"], a["cleared_at"]) for a in history(restarted, source)}
 
-        wait_for(lambda: len(got()) >= len(want), timeout=60, interval=0.5, what="all occurrences recorded")
-        final = wait_for(lambda: (lambda g: g if g == want else None)(got()), timeout=30, interval=0.5, what="tables match")
-        assert len(final) == len(want), "0 lost, 0 doubled"
+        wait_for_history(got, want, 60, "AlarmsServer's tables match what was sent")
         assert len(raises) + len(clears) == 5000
         print(f"alarms recovery after kill -9: ready in {recovery_s:.2f} s, {len(want)} occurrences exact")
     finally:

@@ -19,7 +19,7 @@ from streams import exitcodes
 from streams.bank_rules import Bank, BankConfig
 from streams.heater_config import WATER_SENSORS, HeaterLimits
 from streams.records import SensorReading
-from tests.support import ServiceProcess, produce, run, try_get, vault_env, wait_for
+from tests.support import Occurrences, ServiceProcess, produce, run, try_get, vault_env, wait_for, wait_for_history
 from tests.test_bank_rules import history_of
 
 #: Staleness is judged on wall time by the timer; the replayed input is timestamped an hour
@@ -118,32 +118,15 @@ def test_exactly_once_across_kill_9(dedicated: tuple[EmbeddedBroker, ServiceProc
         last = readings[-1].received_at
         wait_for(lambda: processed_through(bank) >= last, timeout=90, interval=0.5, what="bank caught up")
 
-        def got() -> dict[str, tuple[bool, float | None]]:
+        def got() -> Occurrences:
             return {a["occurrence_id"]: (a["active"], a["cleared_at"]) for a in history(alarms)}
 
-        final: dict[str, tuple[bool, float | None]] = {}
-
-        def settled() -> bool:
-            final.clear()
-            final.update(got())
-            return final == expected
-
-        try:
-            wait_for(settled, timeout=45, interval=0.5, what="AlarmsServer history equals the pure decision function")
-        finally:
-            lost = sorted(set(expected) - set(final))
-            doubled = sorted(set(final) - set(expected))
-            wrong = sorted(k for k in set(final) & set(expected) if final[k] != expected[k])
-            print(
-                f"\nbank exactly-once: seed={seed} readings={len(readings)} effects={len(effects)} "
-                f"occurrences={len(expected)} lost={len(lost)} doubled={len(doubled)} wrong={len(wrong)} "
-                f"kills={kills} ready_s={[round(s, 2) for s in ready_s]} "
-                f"took={time.monotonic() - started:.1f}s"
-            )
-            index = {repr(r.received_at): i for i, r in enumerate(readings)}
-            for key in (lost + doubled + wrong)[:10]:  # what differs, to tell a lost clear from a lost raise
-                print(f"   {key} (reading #{index.get(key.rsplit('@', 1)[1])}): expected {expected.get(key)}, got {final.get(key)}")
-        assert (lost, doubled, wrong) == ([], [], [])
+        reading_number = {repr(r.received_at): i for i, r in enumerate(readings)}
+        print(f"\nbank exactly-once: seed={seed} readings={len(readings)} effects={len(effects)} kills={kills} "
+              f"ready_s={[round(s, 2) for s in ready_s]}")
+        wait_for_history(got, expected, 45, "AlarmsServer history equals the pure decision function",
+                         lambda key: f" (reading #{reading_number.get(key.rsplit('@', 1)[1])})")
+        print(f"took {time.monotonic() - started:.1f} s")
         wait_for(lambda: bank.get("/bank")[1]["pending"] == [], timeout=10, what="outbox settled")
     finally:
         bank.stop()

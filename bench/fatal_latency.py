@@ -27,10 +27,11 @@ path come from the records: the ``sensorData`` record of the first over-temperat
 frame (``received_at``, the adapter's clock; its Kafka timestamp) and the bank's FATAL
 alarm (its Kafka timestamp); every process runs on this machine's clock.
 
-BankManager keeps its FATAL over-temperature condition across the operator reset, so a
-sensor that tripped once cannot trip again through the bank on the same platform; each
-FATAL trial uses a water sensor whose condition the bank does not hold, and when it holds
-all of them the platform is restarted (counted in ``platform_restarts``).
+The FATAL trials rotate over the water sensors. The operator reset ends BankManager's
+FATAL over-temperature condition, so a sensor that tripped trips again after it; should
+the bank still hold one after a reset (``bank_holds_fatal_after_reset`` in the JSON), the
+trial uses another sensor, and when the bank holds all of them the platform is restarted
+(counted in ``platform_restarts``).
 
 Prints progress, per-hop medians, then ONE JSON line.  Bounded: every wait has a
 deadline and ``--budget-s`` stops starting new rounds (the JSON then says how many ran).
@@ -244,7 +245,7 @@ class Bench:
         self.resets: list[dict[str, float]] = []
         self.missed = 0
         self.errors: list[str] = []
-        self.held_after_reset: set[int] = set()  # sensors the bank still held FATAL after a reset (the defect)
+        self.held_after_reset: set[int] = set()  # sensors the bank still held FATAL after a reset (a regression)
         self.tripped: set[int] = set()  # sensors that tripped on the current platform
         self.window_ms: int | None = None
         self.timestamp_types: set[int] = set()
@@ -528,14 +529,14 @@ class Bench:
                 fh.write(json.dumps(entry) + "\n")
 
     def pick_sensor(self, round_no: int) -> int | None:
-        """A water sensor the bank does not hold FATAL for (the defect makes each trip once)."""
+        """The next water sensor in turn, unless the bank still holds FATAL for it after the reset."""
         held = self.held_by_bank()
         newly = held & self.tripped - self.held_after_reset
         if newly:
             self.held_after_reset |= newly
             progress(f"WARNING: after the operator reset BankManager still holds overtemp-fatal for "
                      f"{', '.join(WATER_SENSORS[k] for k in sorted(newly))}: that sensor cannot raise FATAL again on "
-                     f"this platform (defect in streams/agents/bank.py / bank_rules.py); using another sensor")
+                     f"this platform; using another sensor")
         free = [k for k in SENSORS if k not in held]
         if not free:
             return None
@@ -599,7 +600,7 @@ class Bench:
         self.record({"round": round_no + 1, "watchdog": dog, "fatal": trial, "platform": self.platforms})
         hops = trial["hops"]
         hop_text = (" [" + ", ".join(f"{h} {hops[h] * 1000:.1f}" for h in HOPS) + "]") if hops else ""
-        # A reset is pointless when the bank would still hold every sensor afterwards (the defect, once seen).
+        # A reset is pointless when the bank would still hold every sensor afterwards (should it ever again).
         exhausted = bool(self.held_after_reset) and self.tripped >= set(SENSORS)
         next_round = round_no + 1 < trials and time.monotonic() - began <= budget_s
         reset_timing = self.reset_in_place() if next_round and not exhausted else None

@@ -46,6 +46,10 @@ HEARTBEATS = TopicSpec("heartbeats", retention_ms=HOUR_MS, purpose="liveness of 
 HEATING_STATE = TopicSpec("heatingJobState", compacted=True, purpose="state of the heating job")
 EXCEPTIONS = TopicSpec("exceptions", retention_ms=30 * DAY_MS, purpose="unhandled exceptions")
 DEAD_LETTER = TopicSpec("deadLetter", retention_ms=30 * DAY_MS, purpose="messages that failed to decode")
+#: BankManager's own staleness ticks. Declared here like every other topic so the broker
+#: runtime creates it at each start: a broker that came back empty without it left the
+#: bank's offset commits failing, and its input stalled, until the bank restarted.
+BANK_TICKS = TopicSpec("bankTicks", retention_ms=HOUR_MS, purpose="BankManager staleness ticks")
 
 ALL_TOPICS: tuple[TopicSpec, ...] = (
     CREATE_ALARM,
@@ -61,6 +65,7 @@ ALL_TOPICS: tuple[TopicSpec, ...] = (
     HEATING_STATE,
     EXCEPTIONS,
     DEAD_LETTER,
+    BANK_TICKS,
 )
 
 BY_NAME: dict[str, TopicSpec] = {spec.name: spec for spec in ALL_TOPICS}

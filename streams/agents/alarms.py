@@ -70,7 +70,7 @@ async def on_raise(alarm: Alarm) -> None:
     if outcome.effect is Effect.RAISED:
         log.info("alarm %s %s: %s", alarm.severity.value, alarm.alarm_id, alarm.message)
     elif outcome.effect is Effect.SETTLED:
-        log.info("raise of %s at %.6f ignored: its history is settled up to a later time", alarm.alarm_id, alarm.raised_at)
+        log.debug("raise of %s at %.6f ignored: its history is settled up to a later time", alarm.alarm_id, alarm.raised_at)
     if not outcome.latches:
         return
     current = latch.get(tables.LATCH_KEY)
@@ -88,7 +88,7 @@ async def on_raise(alarm: Alarm) -> None:
 def on_clear(clear: AlarmClear) -> None:
     outcome = book.clear_alarm(clear)
     if outcome.effect is Effect.SETTLED:
-        log.info("clear of %s at %.6f ignored: its history is settled up to a later time", clear.alarm_id, clear.cleared_at)
+        log.debug("clear of %s at %.6f ignored: its history is settled up to a later time", clear.alarm_id, clear.cleared_at)
     elif outcome.effect is Effect.UNKNOWN:
         log.info("clear for unknown alarm %s recorded (by %s)", clear.alarm_id, clear.cleared_by)
     elif outcome.effect is Effect.REFUSED_FATAL:

@@ -9,6 +9,7 @@ when Faust first reads its configuration (``on_configured``).
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from typing import Any, AsyncIterator, Awaitable, Callable
 
@@ -17,6 +18,8 @@ import faust
 from streams import metrics, topics
 from streams.alarm_client import AlarmClient
 from streams.codec import DecodeError, decode
+from streams.consistency import Ledger
+from streams.delivery import deliver
 from streams.health import Handler, health_handlers
 from streams.lifecycle import Phase, ServiceKind, ServiceSpec, ServiceStatus
 from streams.latch import LatchView
@@ -43,6 +46,7 @@ class HeaterService:
         self.watch: PlatformWatch | None = None
         self.alarms: AlarmClient | None = None
         self.on_stay_down: Callable[[], None] | None = None
+        self.ledger: Ledger | None = None
         self.app = faust.App(f"heater-{spec.name}", autodiscover=False, version=1)
         self.app.on_configured.connect(self._configure)
         self._dead_letters = self.app.topic(topics.DEAD_LETTER.name, value_serializer="raw", key_serializer="raw")
@@ -54,6 +58,11 @@ class HeaterService:
         settings = Settings.from_env()
         for key, value in faust_options(settings, self.spec.name, fast_path=self.spec.fast_path).items():
             setattr(conf, key, value)
+
+    def use_ledger(self) -> Ledger:
+        """Make this a stateful service: its tables, input position and effects go through one ledger."""
+        self.ledger = Ledger(self.app, self.spec.name, log_may_restart=lambda: Settings.from_env().profile == "local")
+        return self.ledger
 
     def raw_topic(self, *specs: topics.TopicSpec) -> faust.TopicT:
         """Topics whose values arrive as bytes, to be decoded by :meth:`records`."""
@@ -98,7 +107,10 @@ class HeaterService:
             "detail": error.detail[:500].encode(),
             "service": self.spec.name.encode(),
         }
-        await self._dead_letters.send(key=f"{topic}:{partition}:{offset}".encode(), value=payload or b"", headers=headers)
+        await deliver(
+            lambda: self._dead_letters.send(key=f"{topic}:{partition}:{offset}".encode(), value=payload or b"", headers=headers),
+            f"dead letter of {topic}[{partition}]@{offset}", service=self.spec.name, topic=topics.DEAD_LETTER.name,
+        )
 
     # -- lifecycle -----------------------------------------------------------------
 
@@ -120,8 +132,14 @@ class HeaterService:
             await self._on_latch_change(self.watch.latch)
 
     async def _send_raw(self, topic: str, key: bytes, value: bytes) -> Awaitable[Any]:
-        """Hand a message to the producer; the returned future resolves once the broker has it."""
-        return await self.app.send(topic, key=key, value=value, key_serializer="raw", value_serializer="raw")
+        """Send a message outside any ledger step (start-up clears): confirmed by the broker, or resent."""
+        metadata = await deliver(
+            lambda: self.app.send(topic, key=key, value=value, key_serializer="raw", value_serializer="raw"),
+            f"{self.spec.name} message on {topic}", service=self.spec.name, topic=topic,
+        )
+        done: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        done.set_result(metadata)
+        return done
 
     async def _on_latch_change(self, latch: LatchView) -> None:
         """Rule 2: on FATAL, control services stop and stay down; display services go read-only."""
@@ -137,6 +155,8 @@ class HeaterService:
         """Called once the app has started and its tables are recovered."""
         try:
             await self.start_platform_watch()
+            if self.ledger is not None:
+                await self.ledger.recover()  # before anything reads the tables
             assert self.alarms is not None
             await self.alarms.clear_own_on_startup()
             for check in self._checks:

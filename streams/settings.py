@@ -122,6 +122,8 @@ def faust_options(settings: Settings, service: str, *, fast_path: bool = False) 
         "topic_disable_leader": True,
         "producer_linger": 0.002,
         "table_cleanup_interval": 30.0,
+        # A changelog row the broker refuses is sent again, or the service crashes (never dropped).
+        "Table": "streams.delivery:ReliableTable",
     }
     if settings.profile == "local":
         wait = FAST_FETCH_WAIT_MS if fast_path else DEFAULT_FETCH_WAIT_MS

@@ -25,6 +25,7 @@ import faust
 from streams import topics
 from streams.alarm_book import AlarmBook, AlarmEntry, Effect
 from streams.app import HeaterService, ServiceKind, ServiceSpec
+from streams.consistency import Step
 from streams.latch import covered_by_release
 from streams.operator_reset import ResetRefused, issue_reset, verify_reset
 from streams.records import Alarm, AlarmClear, OperatorReset, PlatformLatch, RelayAction, RelayCommand, Severity, now
@@ -38,17 +39,17 @@ SPEC = ServiceSpec("alarms", ServiceKind.DISPLAY, fast_path=True, description="a
 service = HeaterService(SPEC)
 app = service.app
 
-history = tables.history_table(app)
-active = tables.active_table(app)
-timelines = tables.timelines_table(app)
-latch = tables.latch_table(app)
-used_nonces = tables.used_nonces_table(app)
+ledger = service.use_ledger()
+history = ledger.tracked(tables.history_table(app))
+active = ledger.tracked(tables.active_table(app))
+timelines = ledger.tracked(tables.timelines_table(app))
+latch = ledger.tracked(tables.latch_table(app))
+used_nonces = ledger.tracked(tables.used_nonces_table(app))
 book = AlarmBook(history, active, timelines)
+ledger.run_settler()
 
 alarm_events = service.raw_topic(topics.CREATE_ALARM, topics.DELETE_ALARM)
 reset_events = service.raw_topic(topics.OPERATOR_RESET)
-relay_commands = app.topic(topics.I2C_HEATING.name, value_type=RelayCommand, key_type=str)
-latch_topic = app.topic(topics.PLATFORM_LATCH.name, value_type=PlatformLatch, key_type=str)
 reset_topic = app.topic(topics.OPERATOR_RESET.name, value_type=OperatorReset, key_type=str)
 
 
@@ -58,14 +59,15 @@ def signer() -> TransitSigner:
 
 @app.agent(alarm_events)
 async def handle_alarm_events(stream: faust.StreamT) -> None:
-    async for record in service.records(stream):
-        if isinstance(record, Alarm):
-            await on_raise(record)
-        elif isinstance(record, AlarmClear):
-            on_clear(record)
+    async for record in service.records(stream, admit=ledger.admit):
+        async with ledger.step() as step:
+            if isinstance(record, Alarm):
+                await on_raise(step, record)
+            elif isinstance(record, AlarmClear):
+                on_clear(record)
 
 
-async def on_raise(alarm: Alarm) -> None:
+async def on_raise(step: Step, alarm: Alarm) -> None:
     outcome = book.raise_alarm(alarm)
     if outcome.effect is Effect.RAISED:
         log.info("alarm %s %s: %s", alarm.severity.value, alarm.alarm_id, alarm.message)
@@ -82,7 +84,7 @@ async def on_raise(alarm: Alarm) -> None:
             alarm.alarm_id, alarm.raised_at, current.changed_at,
         )
         return
-    await latch_platform(alarm)
+    await latch_platform(step, alarm)
 
 
 def on_clear(clear: AlarmClear) -> None:
@@ -95,7 +97,7 @@ def on_clear(clear: AlarmClear) -> None:
         log.warning("deleteAlarm of FATAL %s by %s refused: only an operator reset clears it", clear.alarm_id, clear.cleared_by)
 
 
-async def latch_platform(alarm: Alarm) -> None:
+async def latch_platform(step: Step, alarm: Alarm) -> None:
     """A FATAL: latch the platform (kept until an operator reset) and cut the power."""
     current = latch.get(tables.LATCH_KEY)
     if current is None or not current.latched:
@@ -103,7 +105,7 @@ async def latch_platform(alarm: Alarm) -> None:
             latched=True, alarm_id=alarm.alarm_id, reason=alarm.message, changed_at=alarm.raised_at, changed_by=SPEC.name
         )
         latch[tables.LATCH_KEY] = state
-        await latch_topic.send(key=tables.LATCH_KEY, value=state)
+        await step.owe(topics.PLATFORM_LATCH.name, tables.LATCH_KEY.encode(), state.dumps())
     cutoff = RelayCommand(
         command_id=str(uuid.uuid4()),
         action=RelayAction.CUTOFF,
@@ -112,18 +114,19 @@ async def latch_platform(alarm: Alarm) -> None:
         issued_at=now(),
         reason=f"FATAL {alarm.alarm_id}",
     )
-    await relay_commands.send(key="cutoff", value=cutoff)
+    await step.owe(topics.I2C_HEATING.name, b"cutoff", cutoff.dumps())
     log.critical("FATAL %s: platform latched, power cut-off commanded", alarm.alarm_id)
 
 
 @app.agent(reset_events)
 async def handle_resets(stream: faust.StreamT) -> None:
-    async for record in service.records(stream):
+    async for record in service.records(stream, admit=ledger.admit):
         assert isinstance(record, OperatorReset)
-        await on_reset(record)
+        async with ledger.step() as step:
+            await on_reset(step, record)
 
 
-async def on_reset(reset: OperatorReset) -> None:
+async def on_reset(step: Step, reset: OperatorReset) -> None:
     """Release the latch for a verified reset; refuse (and alarm on) anything else."""
     try:
         await verify_reset(reset, signer().verify, used_nonces)
@@ -131,7 +134,7 @@ async def on_reset(reset: OperatorReset) -> None:
         reason = getattr(exc, "reason", str(exc))
         log.error("operator reset %s by %r refused: %s", reset.reset_id, reset.operator, reason)
         if service.alarms is not None:
-            await service.alarms.raise_alarm(
+            await step.alarms(service.alarms).raise_alarm(
                 "reset-refused", Severity.WARNING, f"operator reset refused: {reason}", subject=reset.reset_id,
                 details={"operator": reset.operator, "reset_id": reset.reset_id},
             )
@@ -143,7 +146,7 @@ async def on_reset(reset: OperatorReset) -> None:
         changed_by=reset.operator,
     )
     latch[tables.LATCH_KEY] = state
-    await latch_topic.send(key=tables.LATCH_KEY, value=state)
+    await step.owe(topics.PLATFORM_LATCH.name, tables.LATCH_KEY.encode(), state.dumps())
     log.warning(
         "operator %s reset the FATAL latch (%d FATAL alarm(s) marked inactive, kept in history)", reset.operator, len(released)
     )

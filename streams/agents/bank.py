@@ -5,21 +5,13 @@ a clock, and Faust tables can only be written from a stream, so a timer publishe
 (``now``) on the bank's own ``bankTicks`` topic and a second agent applies them; one lock
 keeps the two agents' steps from interleaving.
 
-Exactly-once effects without Kafka transactions: every step writes its state first —
-closed windows, then the decision state as one row (see :mod:`streams.tables.bank`) with
-the step's condition transitions marked ``pending`` (the outbox) — then sends its
-raises/clears. Once the broker has confirmed every one of them (checked on each tick, or
-before the same condition changes again) the transitions are marked settled; a send the
-broker refused is sent again, and the condition stays pending until one is confirmed. A
-flush alone is not a confirmation: a batch the broker refuses is dropped by the producer
-with nothing but a log line.
-
-After kill -9 the worker resumes its input at the offset the state row records, not at
-the consumer group's committed offset (measured: a restarted worker's consumer began up
-to 150 readings past the restored state, and those readings were never decided):
-readings the state already holds are passed over, the others are re-decided
-identically, and pending effects are resent at startup. Alarm ids and times are
-deterministic, so every resend is one alarm in AlarmsServer's history, never two.
+Exactly-once effects without Kafka transactions: every reading and tick is one step of
+the service's ledger (:mod:`streams.consistency`): the state row, closed windows, the
+input position and the alarms the step raises or clears are committed together, and a
+step's alarms are confirmed by the broker before the next step sends any. After kill -9
+the worker resumes its input where the state ends, completes a half-written step and
+sends its alarms again (same ids and times: one alarm in AlarmsServer's history, never
+two).
 
 The startup self-check (rule 5) is narrowed here: it resends the outbox and clears only
 this service's alarms that no condition holds — an over-temperature that is still true
@@ -35,12 +27,15 @@ from dataclasses import asdict
 from typing import Any
 
 import faust
+from faust.types import TP
 from prometheus_client import Counter
 
 from streams import metrics, topics
 from streams.alarm_client import AlarmClient
 from streams.app import HeaterService, ServiceKind, ServiceSpec
-from streams.bank_rules import BankConfig, BankRules, BankView, Condition, Effect, Step, window_start
+from streams.bank_rules import BankConfig, BankRules, BankView, Effect, window_start
+from streams.bank_rules import Step as BankStep
+from streams.consistency import Step
 from streams.heater_config import HeaterLimits
 from streams.lifecycle import Phase
 from streams.records import HeaterRecord, SensorReading
@@ -53,19 +48,14 @@ SPEC = ServiceSpec("bank", ServiceKind.CONTROL, fast_path=True, description="sen
 TICKS = topics.BANK_TICKS
 #: Tumbling windows kept per sensor (one hour of one-minute windows).
 WINDOWS_KEPT = 60
-#: Pause before the next attempt when the broker refused an alarm effect.
-RESEND_BACKOFF_S = 0.2
 #: Ticks older than this are skipped: after a restart the tick topic is replayed from the
 #: group's offset, and every replayed tick holds the readings behind the step lock.
 TICK_REPLAY_S = 10.0
-#: Messages fetched before the input was sent to the state's position are passed over for
-#: this long before it is sent there again.
-REPOSITION_PATIENCE_S = 2.0
+#: The reading partition whose backlog holds staleness back.
+SENSOR_TP = TP(topics.SENSOR_DATA.name, 0)
 
 EFFECTS = Counter("heater_bank_effects_total", "Alarm raises/clears the bank sent", ["kind"])
-UNDELIVERED = Counter("heater_bank_undelivered_total", "Settle attempts that found an alarm effect refused by the broker (resent)")
 DUPLICATES = Counter("heater_bank_duplicates_total", "Readings skipped as already applied (replays) or out of order")
-REPOSITIONS = Counter("heater_bank_input_seeks_total", "Times the input was not where the state ends and was sent there", ["direction"])
 
 
 class BankTick(HeaterRecord):
@@ -78,19 +68,15 @@ class BankTick(HeaterRecord):
 class BankAlarmClient(AlarmClient):
     """The alarm client, with a startup self-check that knows the bank's conditions."""
 
-    def __init__(self, client: AlarmClient, send: Any, table: faust.Table) -> None:
+    def __init__(self, client: AlarmClient, send: Any) -> None:
         super().__init__(client.source, send, client._watch)
-        self._table = table
 
     async def clear_own_on_startup(self) -> list[str]:
+        """Clear this service's alarms that no condition of the (recovered) state holds."""
         if self._watch is None or self._watch.latch.latched:
             return []
-        saved = tables.BankState.load(self._table)
-        for key in sorted(saved.pending):
-            effect = resend_of(saved.conditions[key])
-            if effect is not None:
-                await send_effect(self, effect)
-        held = {f"{self.source}/{key}" for key, c in saved.conditions.items() if c.active or key in saved.pending}
+        saved = tables.BankState.load(state_table)
+        held = {f"{self.source}/{key}" for key, c in saved.conditions.items() if c.active}
         # An alarm raised after the newest reading the saved state holds comes from readings
         # this worker will apply again (and decide identically): the replay owns it.
         horizon = max((s.received_at for s in saved.sensors.values()), default=float("inf"))
@@ -102,44 +88,17 @@ class BankAlarmClient(AlarmClient):
         ]
         for alarm_id in orphans:
             await self._send_clear(alarm_id, "cleared on startup")
-        log.info("startup: %d condition(s) held, %d pending effect(s) resent, %d orphan alarm(s) cleared",
-                 len(held), len(saved.pending), len(orphans))
+        log.info("startup: %d condition(s) held, %d orphan alarm(s) cleared", len(held), len(orphans))
         return orphans
 
 
-class Deliveries:
-    """The sends of the alarm effects not yet confirmed by the broker."""
-
-    def __init__(self, send: Any) -> None:
-        self._send = send
-        self._futures: list[Any] = []
-
-    async def __call__(self, topic: str, key: bytes, value: bytes) -> Any:
-        future = await self._send(topic, key, value)
-        self._futures.append(future)
-        return future
-
-    async def confirmed(self) -> bool:
-        """Wait for every send so far; False when the broker refused any of them."""
-        futures, self._futures = self._futures, []
-        results = await asyncio.gather(*futures, return_exceptions=True)
-        failures = [r for r in results if isinstance(r, BaseException)]
-        for failure in failures[:3]:
-            log.warning("alarm effect not delivered: %r", failure)
-        return not failures
-
-
 class BankService(HeaterService):
-    """A HeaterService whose alarm client keeps the alarms of conditions that still hold,
-    and tells when the broker has confirmed what it sent."""
-
-    deliveries: Deliveries
+    """A HeaterService whose alarm client keeps the alarms of conditions that still hold."""
 
     async def start_platform_watch(self) -> None:
         await super().start_platform_watch()
         assert self.alarms is not None
-        self.deliveries = Deliveries(self._send_raw)
-        self.alarms = BankAlarmClient(self.alarms, self.deliveries, state_table)
+        self.alarms = BankAlarmClient(self.alarms, self._send_raw)
 
 
 service = BankService(SPEC)
@@ -148,43 +107,26 @@ limits = HeaterLimits.from_env()
 rules = BankRules(BankConfig(limits=limits))
 TICK_INTERVAL_S = min(1.0, max(0.1, limits.stale_after_s / 4))
 
-state_table = tables.state_table(app)
-windows = tables.windows_table(app)
-#: The decision state in memory; loaded once the table is recovered, written through on every step.
+ledger = service.use_ledger()
+state_table = ledger.tracked(tables.state_table(app))
+windows = ledger.tracked(tables.windows_table(app))
+#: The decision state in memory; loaded once the ledger has recovered, written through on every step.
 state = tables.BankState()
-#: Condition keys whose effects were sent but not yet confirmed delivered.
-unsettled: set[str] = set()
 
 readings = service.raw_topic(topics.SENSOR_DATA)
 ticks = app.topic(
     TICKS.name, value_serializer="raw", key_serializer="raw", internal=True, partitions=1,
     retention=TICKS.retention_ms / 1000,
 )
-_step_lock = asyncio.Lock()
+ledger.run_settler()
 
 
 @service.add_startup_check
 async def load_state() -> None:
-    """The tables are recovered by now: the rules work on an in-memory copy (write-through).
-
-    Pending effects were resent by the alarm client's startup check just before; the next
-    tick settles them once delivered.
-    """
+    """The ledger has recovered the tables by now: the rules work on an in-memory copy (write-through)."""
     state.restore(state_table)
-    unsettled.update(state.pending)
-    log.info("bank state: %d sensor(s), %d condition(s), %d pending; input resumes at offset %s", len(state.sensors),
-             len(state.conditions), len(state.pending), state.next_offset)
-
-
-def resend_of(condition: Condition) -> Effect | None:
-    """The effect a settled-or-not condition stands for (its transition, at its own time).
-
-    None for an ended FATAL: only the operator reset ends one, and it sent nothing.
-    """
-    if not condition.active and condition.severity == "FATAL":
-        return None
-    kind = "raise" if condition.active else "clear"
-    return Effect(kind, condition.code, condition.subject, condition.severity, condition.since, condition.message)
+    log.info("bank state: %d sensor(s), %d condition(s); input resumes at %s", len(state.sensors),
+             len(state.conditions), ledger.positions or "the group's offsets")
 
 
 async def send_effect(client: AlarmClient, effect: Effect) -> None:
@@ -204,80 +146,6 @@ def current_view() -> BankView:
     return view
 
 
-class InputPosition:
-    """Admit each ``sensorData`` message exactly once, in offset order, from where the state ends.
-
-    The consumer may start anywhere: at the group's committed offset (measured: stuck at
-    the start of the log on every restart of one run), at the log's end, with messages
-    fetched before it was told where to start. Any message not at the state's position
-    sends the consumer there — back to what the state has not decided yet, or forward past
-    what it holds, so a restart never replays more than the state is missing — and
-    whatever had been fetched meanwhile is passed over.
-    """
-
-    def __init__(self) -> None:
-        self._moved_at: float | None = None
-        self._tp: Any = None
-        self._next: int | None = None
-        self.admitted: int | None = None
-        """Offset of the message admitted last: the record the agent is handling."""
-
-    def backlog(self) -> int:
-        """Readings on the broker not yet admitted (0 when unknown)."""
-        if self._tp is None or self._next is None:
-            return 0
-        highwater = app.consumer.highwater(self._tp)
-        return max(0, highwater - self._next) if highwater is not None else 0
-
-    async def admit(self, message: Any) -> bool:
-        await until_started()
-        self._tp = message.tp
-        if self._next is None:
-            self._next = state.next_offset
-        expected = self._next
-        if expected is not None and message.offset < expected and self._log_started_over(message, expected):
-            expected = message.offset
-        if expected is None or message.offset == expected:
-            self._next = message.offset + 1
-            self.admitted = message.offset
-            self._moved_at = None
-            return True
-        if message.offset < expected:
-            DUPLICATES.inc()
-        if self._moved_at is None or time.monotonic() - self._moved_at > REPOSITION_PATIENCE_S:
-            await self._move(message, expected)
-        return False
-
-    @staticmethod
-    def _log_started_over(message: Any, expected: int) -> bool:
-        """The log ends before the state's position: the broker lost it (the local broker
-        keeps it in memory), and the readings now arriving are new ones, to be decided."""
-        highwater = app.consumer.highwater(message.tp)
-        if highwater is None or highwater >= expected:
-            return False
-        log.error("sensorData ends at offset %d, before the state's position %d: the broker lost its log; "
-                  "following the new one from offset %d", highwater, expected, message.offset)
-        return True
-
-    async def _move(self, message: Any, expected: int) -> None:
-        tp = message.tp
-        if message.offset > expected:
-            earliest = (await app.consumer.earliest_offsets(tp)).get(tp, 0)
-            if earliest > expected:
-                log.error("sensorData offsets %d..%d are gone from the log (retention): resuming at %d",
-                          expected, earliest - 1, earliest)
-                self._next = expected = earliest
-            log.warning("input at offset %d, ahead of the state (next %d): rewinding", message.offset, expected)
-        else:
-            log.info("input at offset %d, behind the state (next %d): skipping what the state holds", message.offset, expected)
-        REPOSITIONS.labels("back" if message.offset > expected else "forward").inc()
-        self._moved_at = time.monotonic()
-        await app.consumer.seek(tp, expected)
-
-
-position = InputPosition()
-
-
 async def until_started() -> bool:
     """Hold input until the startup self-check is done; False when halted (then do nothing)."""
     while service.status.phase is Phase.STARTING:
@@ -285,52 +153,21 @@ async def until_started() -> bool:
     return service.acting
 
 
-async def commit_step(step: Step) -> None:
-    """State first (the outbox), then the effects; see the module doc."""
-    if step.duplicate:
+async def decide(step: Step, result: BankStep) -> None:
+    """Write a rules step's state and owe its alarms, all in one ledger step."""
+    if result.duplicate:
         DUPLICATES.inc()
         return
-    if not (step.sensors or step.conditions or step.windows):
-        return  # most ticks change nothing: no row to write
-    while unsettled & step.conditions.keys():
-        await settle()  # the outbox holds one transition per condition: deliver the last one first
-    for key, stats in step.windows.items():
+    for key, stats in result.windows.items():
         windows[key] = tables.window_row(stats)
         expire_windows(stats.sensor, stats.start)
-    state.apply(step)
-    state.save(state_table)
-    if not step.effects:
-        return
+    if result.sensors or result.conditions:
+        state.apply(result)
+        state.save(state_table)
     assert service.alarms is not None
-    for effect in step.effects:
-        await send_effect(service.alarms, effect)
-    unsettled.update(step.conditions)
-
-
-async def settle() -> None:
-    """Once the broker has confirmed everything sent so far, the outbox entries are done.
-
-    Waiting for delivery once per tick rather than once per effect keeps a toggling
-    sensor from costing a broker round trip per reading; a crash in between only means
-    those effects are resent at startup (one alarm each in the history, still). When the
-    broker refused a send, every unsettled transition is sent again (ids and times are
-    deterministic, so a repeat is harmless) and stays pending for the next attempt.
-    """
-    if not unsettled:
-        return
-    await app.producer.flush()
-    if not await service.deliveries.confirmed():
-        UNDELIVERED.inc()
-        assert service.alarms is not None
-        for key in sorted(unsettled):
-            effect = resend_of(state.conditions[key])
-            if effect is not None:
-                await send_effect(service.alarms, effect)
-        await asyncio.sleep(RESEND_BACKOFF_S)
-        return
-    state.pending -= unsettled
-    unsettled.clear()
-    state.save(state_table)
+    client = step.alarms(service.alarms)
+    for effect in result.effects:
+        await send_effect(client, effect)
 
 
 def expire_windows(sensor: str, newest_start: float) -> None:
@@ -343,16 +180,13 @@ def expire_windows(sensor: str, newest_start: float) -> None:
 
 @app.agent(readings)
 async def handle_readings(stream: faust.StreamT) -> None:
-    async for record in service.records(stream, admit=position.admit):
+    async for record in service.records(stream, admit=ledger.admit):
         if not service.acting:
             continue
         assert isinstance(record, SensorReading)
         started = time.perf_counter()
-        async with _step_lock:
-            step = rules.on_reading(current_view(), record)
-            if not step.duplicate and position.admitted is not None:
-                state.next_offset = position.admitted + 1  # written with the reading it follows
-            await commit_step(step)
+        async with ledger.step() as step:
+            await decide(step, rules.on_reading(current_view(), record))
         metrics.HANDLE_SECONDS.labels(SPEC.name, topics.SENSOR_DATA.name).observe(time.perf_counter() - started)
 
 
@@ -362,20 +196,19 @@ async def handle_ticks(stream: faust.StreamT) -> None:
 
     Judged on the wall clock while the bank works through a backlog (after a restart),
     every sensor looked stale at every tick and was cleared by its next reading, a broker
-    round trip each (the outbox settles a condition before it changes again), so the
-    backlog only grew: measured, the FATAL path's bank hop reached 26 s after 43 restarts.
+    round trip each, so the backlog only grew: measured, the FATAL path's bank hop reached
+    26 s after 43 restarts.
     """
-    async for record in service.records(stream, BankTick):
+    async for record in service.records(stream, BankTick, admit=ledger.admit):
         if not await until_started():
             continue
         assert isinstance(record, BankTick)
         if time.time() - record.now > TICK_REPLAY_S:
             continue  # a tick from before a restart: moot, the next one judges staleness at its own time
-        if position.backlog() > 0:
+        if ledger.backlog(SENSOR_TP) > 0:
             continue  # readings are waiting: a sensor that looks silent is only behind them
-        async with _step_lock:
-            await commit_step(rules.on_tick(current_view(), record.now))
-            await settle()
+        async with ledger.step() as step:
+            await decide(step, rules.on_tick(current_view(), record.now))
 
 
 @app.timer(interval=TICK_INTERVAL_S)
@@ -393,9 +226,8 @@ async def bank_view(web: Any, request: Any) -> Any:
     return web.json({
         "phase": service.status.phase.value,
         "sensors": {name: tables.sensor_row(s) for name, s in sorted(state.sensors.items())},
-        "active": [asdict(c) | {"alarm_id": f"{SPEC.name}/{c.key}", "pending": c.key in state.pending}
-                   for c in state.active()],
-        "pending": sorted(state.pending),
+        "active": [asdict(c) | {"alarm_id": f"{SPEC.name}/{c.key}"} for c in state.active()],
+        "pending": ledger.owed_keys(),
         "limits": {"warning_c": limits.warning_c, "critical_c": limits.critical_c, "fatal_c": limits.fatal_c,
                    "stale_after_s": limits.stale_after_s, "implausible_jump_c": limits.implausible_jump_c,
                    "disagreement_c": limits.disagreement_c, "hysteresis_c": rules.config.hysteresis_c},

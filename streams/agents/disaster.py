@@ -5,10 +5,11 @@ as a single stream, so a job's state, a valve command, its readback and the read
 around them are judged in delivery order. The rules live in :mod:`streams.disaster_rules`;
 this module feeds them records, keeps their facts in changelog tables
 (:mod:`streams.tables.disaster`) and acts on a detection: a ``DisasterEvent`` on
-``DisasterDetected`` first, then a FATAL alarm — the platform then cuts the power, and
-this service, a control service, halts and exits with the stay-down code. The event goes
-out before the detection is stored, so a crash in between repeats a report (same
-disaster id, same alarm id) rather than losing one.
+``DisasterDetected``, then a FATAL alarm — the platform then cuts the power, and this
+service, a control service, halts and exits with the stay-down code. Each input is one
+step of the service's ledger (:mod:`streams.consistency`): the facts, the detection and
+the report and alarm it owes are committed together, so a crash never loses a report
+nor makes a second one.
 
 ``GET /disaster`` shows whether the water is watched and why, each sensor's window, and
 the disasters detected.
@@ -27,6 +28,7 @@ from prometheus_client import Counter
 
 from streams import topics
 from streams.app import HeaterService, ServiceKind, ServiceSpec
+from streams.consistency import Step
 from streams.disaster_rules import Detection, DisasterWatch, RuleLimits, SensorWindow
 from streams.heater_config import HeaterLimits
 from streams.lifecycle import Phase
@@ -42,9 +44,10 @@ SPEC = ServiceSpec(
 service = HeaterService(SPEC)
 app = service.app
 
-tables = DisasterTables(app)
+ledger = service.use_ledger()
+tables = DisasterTables(app, ledger)
 inputs = service.raw_topic(topics.SENSOR_DATA, topics.HEATING_STATE, topics.RELAY_STATE, topics.I2C_HEATING)
-disaster_topic = app.topic(topics.DISASTER_DETECTED.name, value_type=DisasterEvent, key_type=str)
+ledger.run_settler()
 
 DETECTED = Counter("heater_disasters_detected_total", "Disasters detected, by rule", ["rule"])
 
@@ -84,10 +87,10 @@ class Detector:
         if self.watch is None and self._started.is_set() and app.tables.recovery.completed.is_set():
             self._restore()
 
-    async def handle(self, record: HeaterRecord) -> None:
+    async def handle(self, step: Step, record: HeaterRecord) -> None:
         watch = await self.ready_watch()
         if isinstance(record, SensorReading):
-            await self.on_reading(watch, record)
+            await self.on_reading(step, watch, record)
         elif isinstance(record, HeatingJobState):
             tables.save_job(watch.on_job_state(record.job_id, record.state, record.at))
             log.info("heating job %s %s", record.job_id, record.state)
@@ -104,7 +107,7 @@ class Detector:
             if wants_open is not None:
                 tables.save_valve(watch.on_valve_command(wants_open, record.issued_at, record.lease_s))
 
-    async def on_reading(self, watch: DisasterWatch, reading: SensorReading) -> None:
+    async def on_reading(self, step: Step, watch: DisasterWatch, reading: SensorReading) -> None:
         if reading.kind != "temperature":
             return
         released_at = service.watch.latch.released_at if service.watch is not None else None
@@ -112,9 +115,9 @@ class Detector:
         if outcome.window is not None and outcome.status.watching:
             tables.save_window(outcome.window)
         for detection in outcome.detections:
-            await self.act(detection)
+            await self.act(step, detection)
 
-    async def act(self, detection: Detection) -> None:
+    async def act(self, step: Step, detection: Detection) -> None:
         """Report a disaster and raise FATAL; a halted service only logs (the power is already cut).
 
         Still starting counts as acting: the agent runs only after this service's own
@@ -140,9 +143,9 @@ class Detector:
             disaster_id=detection.disaster_id, rule=detection.rule, message=detection.message,
             detected_at=detection.at, value=detection.value, limit=detection.limit,
         )
-        await disaster_topic.send(key=detection.disaster_id, value=event)
+        await step.owe(topics.DISASTER_DETECTED.name, detection.disaster_id.encode(), event.dumps())
         if not covered:
-            await service.alarms.raise_alarm(
+            await step.alarms(service.alarms).raise_alarm(
                 detection.rule, Severity.FATAL, detection.message, subject=detection.episode,
                 details={"disaster_id": detection.disaster_id, "sensor": detection.sensor, "value": str(detection.value), "limit": str(detection.limit)},
             )
@@ -203,8 +206,9 @@ service.add_startup_check(detector.check_limits)
 
 @app.agent(inputs)
 async def detect(stream: faust.StreamT) -> None:
-    async for record in service.records(stream):
-        await detector.handle(record)
+    async for record in service.records(stream, admit=ledger.admit):
+        async with ledger.step() as step:
+            await detector.handle(step, record)
 
 
 @app.page("/disaster")

@@ -1,20 +1,10 @@
 """BankManager's changelog-backed tables, and the in-memory state the rules read.
 
 The decision state — every sensor's latest reading, quality and open window, and every
-condition with its outbox flag — is **one row** (``bank-state``/``bank``), written once per
-input. One row because Faust writes tables without transactions: after kill -9, recovery
-replays the changelog tail over the local RocksDB copy, so separate rows can come back
-from different moments (measured: a condition row older than the sensor row that marks
-its reading as applied lost a clear/raise pair). One row always comes back whole, from
-one moment, and the rules' replay rules take it from there. Closed one-minute windows are
-not decisions; they get their own table, written once per window.
-
-A condition is ``pending`` from the moment its transition is written until its effect is
-known delivered: the outbox a restarted worker resends.
-
-The row also holds ``next_offset``, the ``sensorData`` offset of the first reading it does
-not hold yet. A restarted worker resumes its input there, whatever offset the consumer
-group committed: the state and its input position come back from the same moment.
+condition — is one row (``bank-state``/``bank``); closed one-minute windows have their
+own table, written once per window. Both are written through the service's ledger
+(:mod:`streams.consistency`), which keeps them, the input position and the alarms a step
+owes from the same moment across a crash.
 """
 
 from __future__ import annotations
@@ -45,17 +35,14 @@ class BankState:
 
     sensors: dict[str, SensorState] = field(default_factory=dict)
     conditions: dict[str, Condition] = field(default_factory=dict)
-    pending: set[str] = field(default_factory=set)
-    next_offset: int | None = None
 
     @property
     def view(self) -> BankView:
         return BankView(self.sensors, self.conditions)
 
     def apply(self, step: Step) -> None:
-        """Take a step's state changes; its condition transitions become pending."""
+        """Take a step's state changes."""
         self.conditions.update(step.conditions)
-        self.pending.update(step.conditions)
         self.sensors.update(step.sensors)
 
     def active(self) -> list[Condition]:
@@ -64,8 +51,7 @@ class BankState:
     def to_row(self) -> dict[str, Any]:
         return {
             "sensors": {name: sensor_row(s) for name, s in self.sensors.items()},
-            "conditions": {key: condition_row(c, key in self.pending) for key, c in self.conditions.items()},
-            "next_offset": self.next_offset,
+            "conditions": {key: condition_row(c) for key, c in self.conditions.items()},
         }
 
     @classmethod
@@ -76,8 +62,6 @@ class BankState:
         return cls(
             sensors={name: sensor_from_row(s) for name, s in row.get("sensors", {}).items()},
             conditions={key: condition_from_row(c) for key, c in conditions.items()},
-            pending={key for key, c in conditions.items() if c.get("pending")},
-            next_offset=row.get("next_offset"),
         )
 
     @classmethod
@@ -87,8 +71,7 @@ class BankState:
     def restore(self, table: MutableMapping[str, Any]) -> None:
         """Replace this state, in place, by the one stored in ``table``."""
         loaded = self.load(table)
-        self.sensors, self.conditions, self.pending = loaded.sensors, loaded.conditions, loaded.pending
-        self.next_offset = loaded.next_offset
+        self.sensors, self.conditions = loaded.sensors, loaded.conditions
 
     def save(self, table: MutableMapping[str, Any]) -> None:
         """Write the whole state as one row (must run inside a stream event)."""
@@ -110,8 +93,8 @@ def sensor_from_row(row: dict[str, Any]) -> SensorState:
     })
 
 
-def condition_row(condition: Condition, pending: bool = False) -> dict[str, Any]:
-    return asdict(condition) | {"pending": pending}
+def condition_row(condition: Condition) -> dict[str, Any]:
+    return asdict(condition)
 
 
 def condition_from_row(row: dict[str, Any]) -> Condition:

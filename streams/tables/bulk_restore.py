@@ -13,6 +13,15 @@ Each fetched batch and its offset go into one RocksDB ``WriteBatch``, so a crash
 leaves a store whose data and persisted offset agree; the next run resumes there.
 Any store other than RocksDB through ``rocksdict`` is left to Faust untouched.
 
+A service that keeps a ledger (:mod:`streams.consistency`) holds every write it ever made
+in its local stores, newer than or equal to what its changelogs hold: Faust writes RocksDB
+at once and the changelog later. Replaying the changelog tail over such a store would put
+some keys back to older values and leave others new — a state from no single moment. So
+when the local ledger row is at least as new as the changelog's, the tail is skipped
+(every table's persisted offset is set to its log's end) and the local store is the
+state; the ledger then completes its last step. A store whose ledger is older than the
+changelog's (another worker wrote since) is brought up to date from the changelog as usual.
+
 A store *ahead* of its changelog (persisted offset at or past the log's end) means the
 broker lost the log — the local broker keeps everything in memory, so a broker restart
 does exactly that. Faust would stop with a ConsistencyError and the service would crash
@@ -24,9 +33,10 @@ and records the new offset, so the data survive and the next restore finds them.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import time
-from typing import Dict, Iterable, List
+from typing import Any, Dict, Iterable, List
 
 import aiokafka
 import faust
@@ -40,6 +50,7 @@ from faust.tables.base import Collection
 from faust.transport.drivers.aiokafka import credentials_to_aiokafka_auth, server_list
 from yarl import URL
 
+from streams.consistency import LEDGER_SUFFIX
 from streams.transport import SCHEME as TANSU_SCHEME
 from streams.transport import true_end_offsets
 
@@ -169,6 +180,7 @@ async def _reseed(app: faust.App, bootstrap: str | List[str], store: RocksStore,
     """Write the local store's items to its (lost) changelog partition; return how many."""
     items = _local_items(store, tp.partition)
     if not items:
+        _clear_persisted_offset(store, tp.partition)  # nothing to keep: read the new log from its start
         return 0
     producer = aiokafka.AIOKafkaProducer(
         bootstrap_servers=bootstrap, linger_ms=5, acks="all",
@@ -184,6 +196,43 @@ async def _reseed(app: faust.App, bootstrap: str | List[str], store: RocksStore,
         await producer.stop()
     _set_persisted_offset(store, tp.partition, last)
     return len(items)
+
+
+def _clear_persisted_offset(store: RocksStore, partition: int) -> None:
+    db = store.rocksdb_options.open(store.partition_path(partition))
+    try:
+        db.delete(store.offset_key)
+    finally:
+        db.close()
+
+
+def _ledger_seq(raw: bytes | None) -> int:
+    try:
+        return int(json.loads(raw)["seq"]) if raw else -1
+    except (ValueError, KeyError, TypeError):
+        return -1
+
+
+def _local_ledger_seq(store: RocksStore) -> int:
+    if not store.partition_path(0).exists():
+        return -1
+    items = _local_items(store, 0)
+    return max((_ledger_seq(v) for _, v in items), default=-1)
+
+
+async def _changelog_ledger_seq(consumer: aiokafka.AIOKafkaConsumer, tp: TopicPartition, end: int) -> int:
+    """The ``seq`` of the newest ledger row in the changelog (-1 when it holds none)."""
+    if end <= 0:
+        return -1
+    consumer.assign([tp])
+    consumer.seek(tp, end - 1)
+    deadline = time.monotonic() + _STALL_TIMEOUT_S
+    while time.monotonic() < deadline:
+        fetched = await consumer.getmany(tp, timeout_ms=500)
+        records = [r for r in fetched.get(tp, []) if r.offset >= end - 1]
+        if records:
+            return _ledger_seq(max(records, key=lambda r: r.offset).value)
+    raise asyncio.TimeoutError(f"cannot read the last ledger row of {tp}")
 
 
 def _persisted_offset(store: RocksStore, partition: int) -> int | None:
@@ -217,8 +266,10 @@ async def prerestore(app: faust.App, bootstrap: str | List[str], *, threshold: i
     )
     await consumer.start()
     restored: Dict[str, int] = {}
+    local_profile = conf.broker[0].scheme == TANSU_SCHEME
     try:
         cluster = await consumer._client.fetch_all_metadata()
+        trust_local = await _local_is_newest(consumer, cluster, stores, local_profile)
         for name, (table, store) in stores.items():
             topic = table.changelog_topic.get_topic_name()
             tps = [TopicPartition(topic, p) for p in sorted(cluster.partitions_for_topic(topic) or ())]
@@ -228,19 +279,24 @@ async def prerestore(app: faust.App, bootstrap: str | List[str], *, threshold: i
                     continue  # no changelog and no local data: nothing to restore
                 await _ensure_changelog(app, bootstrap, table, topic)
                 tps = [TopicPartition(topic, p) for p in local]
-            ends = await consumer.end_offsets(tps)
-            if conf.broker[0].scheme == TANSU_SCHEME:
-                ends = await true_end_offsets(consumer, ends)
+            ends = await _end_offsets(consumer, tps, local_profile)
             firsts = await consumer.beginning_offsets(tps)
             starts: Dict[TopicPartition, int] = {}
             for tp in tps:
-                persisted = _persisted_offset(store, tp.partition) if store.partition_path(tp.partition).exists() else None
-                if persisted is not None and persisted >= ends[tp]:
+                local = store.partition_path(tp.partition).exists()
+                persisted = _persisted_offset(store, tp.partition) if local else None
+                if local_profile and persisted is not None and persisted >= ends[tp]:
                     count = await _reseed(app, bootstrap, store, tp)
                     logger.warning("changelog %s ends at %d but the local store holds offset %d: the broker lost it; "
                                    "re-seeded %d key(s) from the local store", tp, ends[tp], persisted, count)
                     persisted = _persisted_offset(store, tp.partition)
-                    ends[tp] = (persisted or 0) + 1
+                    ends[tp] = -1 if persisted is None else persisted + 1
+                elif trust_local and local and ends[tp] > 0:
+                    if persisted is None or persisted < ends[tp] - 1:
+                        logger.info("%s: the local store holds every write; changelog tail %s..%d skipped",
+                                    tp, "start" if persisted is None else persisted + 1, ends[tp] - 1)
+                    _set_persisted_offset(store, tp.partition, ends[tp] - 1)
+                    persisted = ends[tp] - 1
                 starts[tp] = max(firsts[tp], -1 if persisted is None else persisted + 1)
             todo = [tp for tp in tps if ends[tp] - starts[tp] > threshold]
             if not todo:
@@ -253,6 +309,34 @@ async def prerestore(app: faust.App, bootstrap: str | List[str], *, threshold: i
     finally:
         await consumer.stop()
     return restored
+
+
+async def _end_offsets(consumer: aiokafka.AIOKafkaConsumer, tps: List[TopicPartition], local_profile: bool) -> Dict[TopicPartition, int]:
+    ends = await consumer.end_offsets(tps)
+    return await true_end_offsets(consumer, ends) if local_profile else dict(ends)
+
+
+async def _local_is_newest(consumer: aiokafka.AIOKafkaConsumer, cluster: Any, stores: Dict[str, Any], local_profile: bool) -> bool:
+    """True when the service's local ledger row is at least as new as its changelog's."""
+    for name, (table, store) in stores.items():
+        if not name.endswith(LEDGER_SUFFIX):
+            continue
+        local_seq = _local_ledger_seq(store)
+        if local_seq < 0:
+            return False
+        topic = table.changelog_topic.get_topic_name()
+        if not cluster.partitions_for_topic(topic):
+            return True  # the broker lost the changelog: the local store is all there is
+        tp = TopicPartition(topic, 0)
+        end = (await _end_offsets(consumer, [tp], local_profile))[tp]
+        remote_seq = await _changelog_ledger_seq(consumer, tp, end)
+        consumer.unsubscribe()
+        if local_seq < remote_seq:
+            logger.warning("%s: the local ledger (step %d) is older than the changelog's (step %d): "
+                           "restoring from the changelog", name, local_seq, remote_seq)
+            return False
+        return True
+    return False
 
 
 def prerestore_sync(app: faust.App, *, threshold: int = DEFAULT_THRESHOLD) -> Dict[str, int]:

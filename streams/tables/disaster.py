@@ -9,8 +9,7 @@ Four tables, each a JSON object per key so the rules module stays free of Faust:
 * ``disaster-detections`` — disaster id → :class:`Detection`, so a replay after a crash or
   a restart after an operator reset finds the episode already reported.
 
-Writes must happen inside the agent's stream iteration (Faust sends each change to the
-changelog partition of the event being processed).
+Writes happen inside a ledger step.
 """
 
 from __future__ import annotations
@@ -20,6 +19,7 @@ from typing import Any
 
 import faust
 
+from streams.consistency import Ledger
 from streams.disaster_rules import DisasterWatch, Detection, JobFacts, RuleLimits, SensorWindow, ValveFacts
 
 JOB_KEY = "job"
@@ -31,13 +31,17 @@ def _table(app: faust.App, name: str, help: str) -> faust.Table:
 
 
 class DisasterTables:
-    """The detector's four tables, with conversions to and from the rules' facts."""
+    """The detector's four tables, with conversions to and from the rules' facts.
 
-    def __init__(self, app: faust.App) -> None:
-        self.job = _table(app, "disaster-job", "the heating job's last state")
-        self.valve = _table(app, "disaster-valve", "last relay readback and valve command")
-        self.windows = _table(app, "disaster-windows", "recent samples per water sensor")
-        self.detections = _table(app, "disaster-detections", "disasters already reported, by id")
+    Written through the service's ledger (:mod:`streams.consistency`), so the facts, the
+    input position and the reports they owe come back from one moment after a crash.
+    """
+
+    def __init__(self, app: faust.App, ledger: Ledger) -> None:
+        self.job = ledger.tracked(_table(app, "disaster-job", "the heating job's last state"))
+        self.valve = ledger.tracked(_table(app, "disaster-valve", "last relay readback and valve command"))
+        self.windows = ledger.tracked(_table(app, "disaster-windows", "recent samples per water sensor"))
+        self.detections = ledger.tracked(_table(app, "disaster-detections", "disasters already reported, by id"))
 
     def load(self, limits: RuleLimits) -> DisasterWatch:
         """A watch restored from the (recovered) tables."""

@@ -1,0 +1,520 @@
+"""The one consistency mechanism of every stateful service: state, input position and owed effects together.
+
+A Faust service changes several table keys per input and sends effects (alarms, commands);
+Faust writes each key to RocksDB at once and to its changelog later, commits input offsets
+on its own schedule, and nothing ties these together. After kill -9 a worker could come
+back with half a step applied, its consumer past or before its state, and effects sent
+for state it no longer holds, or owed for state it holds but never sent.
+
+The :class:`Ledger` of a service closes that gap with one row, written **first** in every
+step that changes anything:
+
+* ``seq`` — the step's number;
+* ``positions`` — per input partition, the offset of the first message the state does not
+  hold yet;
+* ``writes`` — every table write of the step (the redo record);
+* ``effects`` — the messages the step owes (topic, key, value bytes, as sent), and whether
+  the broker has confirmed them (``settled``).
+
+One RocksDB put is atomic, so after kill -9 the row is either the old one or the new one.
+On start the worker trusts its local store over the changelog tail (see
+:mod:`streams.tables.bulk_restore`), re-applies the row's writes (a half-applied step is
+completed), sends its unsettled effects again (the same bytes: the same ids, so receivers
+keep one of each) and sends its consumer to the row's positions. Input the state already
+holds is passed over; input it does not hold is decided again, identically.
+
+A step's effects are awaited before the next step's row is written, and before the row
+is marked settled; a refused send is sent again (:func:`streams.delivery.deliver`), never
+dropped. Input partitions are tracked one by one, so a topic with several partitions is
+handled, not assumed away.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import enum
+import logging
+import time
+import weakref
+from dataclasses import dataclass, field
+from typing import Any, AsyncIterator, Callable, Iterator, Mapping, MutableMapping
+
+import faust
+from faust.streams import _current_event, current_event
+from faust.types import TP
+from prometheus_client import Counter
+
+from streams.alarm_client import AlarmClient
+from streams.delivery import REFUSALS, RETRIABLE, deliver
+
+log = logging.getLogger(__name__)
+
+ROW_KEY = "ledger"
+#: A ledger's table is named ``<service><LEDGER_SUFFIX>`` (the pre-start restore looks for it).
+LEDGER_SUFFIX = "-ledger"
+#: A step that changes nothing still records its position at least this often, so a restart
+#: does not replay a long run of no-op input.
+CHECKPOINT_EVERY_S = 1.0
+#: Messages fetched before the consumer was sent to the state's position are passed over
+#: for this long before it is sent there again.
+REPOSITION_PATIENCE_S = 2.0
+#: How often owed effects are checked for confirmation when no new step comes.
+SETTLE_EVERY_S = 0.2
+
+SKIPPED = Counter("heater_ledger_skipped_total", "Input messages passed over as already held by the state", ["service"])
+SEEKS = Counter("heater_ledger_input_seeks_total", "Times an input was not where the state ends and was sent there",
+                ["service", "direction"])
+RESENT = Counter("heater_ledger_effects_resent_total", "Owed effects sent again at start-up", ["service"])
+LOG_RESTARTS = Counter("heater_ledger_log_restarts_total", "Inputs found to have started over (the broker lost its log)",
+                       ["service"])
+
+
+def tp_key(topic: str, partition: int) -> str:
+    return f"{topic}:{partition}"
+
+
+# -- the row --------------------------------------------------------------------------
+
+
+@dataclass
+class Write:
+    """One table write of a step; ``data`` is the value as the table stores it in JSON form."""
+
+    table: str
+    key: str
+    data: Any = None
+    deleted: bool = False
+
+    def to_row(self) -> dict[str, Any]:
+        return {"t": self.table, "k": self.key, "d": self.data, "x": self.deleted}
+
+    @classmethod
+    def from_row(cls, row: Mapping[str, Any]) -> "Write":
+        return cls(row["t"], row["k"], row.get("d"), bool(row.get("x")))
+
+
+@dataclass(frozen=True)
+class Effect:
+    """A message a step owes: sent as these exact bytes however often it is sent."""
+
+    topic: str
+    key: str
+    value: str
+
+    def to_row(self) -> list[str]:
+        return [self.topic, self.key, self.value]
+
+
+@dataclass
+class LedgerRow:
+    seq: int = 0
+    positions: dict[str, int] = field(default_factory=dict)
+    writes: list[Write] = field(default_factory=list)
+    effects: list[Effect] = field(default_factory=list)
+    settled: bool = True
+
+    def to_row(self) -> dict[str, Any]:
+        return {
+            "seq": self.seq, "positions": dict(self.positions), "writes": [w.to_row() for w in self.writes],
+            "effects": [e.to_row() for e in self.effects], "settled": self.settled,
+        }
+
+    @classmethod
+    def from_row(cls, row: Mapping[str, Any] | None) -> "LedgerRow":
+        if not row:
+            return cls()
+        return cls(
+            seq=int(row.get("seq", 0)),
+            positions={k: int(v) for k, v in (row.get("positions") or {}).items()},
+            writes=[Write.from_row(w) for w in row.get("writes") or ()],
+            effects=[Effect(*e) for e in row.get("effects") or ()],
+            settled=bool(row.get("settled", True)),
+        )
+
+
+# -- the position rule (plain, tested without Kafka) ----------------------------------
+
+
+class Verdict(str, enum.Enum):
+    ADMIT = "admit"
+    HELD = "held"  # the state holds it already: pass over
+    AHEAD = "ahead"  # input skipped past the state: send the consumer back
+
+
+def judge(expected: int | None, offset: int) -> Verdict:
+    """Where a message stands against the state's position for its partition."""
+    if expected is None or offset == expected:
+        return Verdict.ADMIT
+    return Verdict.HELD if offset < expected else Verdict.AHEAD
+
+
+def restart_position(expected: int, earliest: int, end: int, *, log_may_restart: bool) -> int:
+    """Where input resumes for a partition whose state ends at ``expected``.
+
+    ``end < expected``: the log is shorter than what the state has read — only a broker
+    that lost its log does that (the local one keeps it in memory); the new log's records
+    are all new input. ``expected < earliest``: retention removed input the state never
+    read; it is gone, so input resumes at the log's start (logged as an error by the caller).
+    """
+    if log_may_restart and end < expected:
+        return earliest
+    return max(expected, earliest)
+
+
+# -- table views that route writes through the step -------------------------------------
+
+
+class Tracked(MutableMapping[str, Any]):
+    """A table whose writes go through the ledger's current step.
+
+    Reads see the step's own writes first, then the table. Outside a step the table is
+    read-only: a write there would escape the row.
+    """
+
+    def __init__(self, ledger: "Ledger", table: faust.Table) -> None:
+        self._ledger = ledger
+        self.table = table
+        ledger._tables[table.name] = table
+
+    @property
+    def name(self) -> str:
+        return self.table.name
+
+    def _overlay(self) -> dict[str, Write]:
+        step = self._ledger.current
+        return {} if step is None else step.overlay.get(self.table.name, {})
+
+    def __getitem__(self, key: str) -> Any:
+        write = self._overlay().get(key)
+        if write is None:
+            with on_partition_zero():
+                return self.table[key]
+        if write.deleted:
+            raise KeyError(key)
+        return decode_value(self.table, write.data)
+
+    def __setitem__(self, key: str, value: Any) -> None:
+        self._ledger.require_step().put(self.table, key, value)
+
+    def __delitem__(self, key: str) -> None:
+        self[key]  # KeyError when absent, as a dict
+        self._ledger.require_step().delete(self.table, key)
+
+    def __iter__(self) -> Iterator[str]:
+        overlay = self._overlay()
+        with on_partition_zero():
+            keys = list(self.table.keys())
+        for key in keys:
+            if key not in overlay:
+                yield key
+        for key, write in overlay.items():
+            if not write.deleted:
+                yield key
+
+    def __len__(self) -> int:
+        return sum(1 for _ in self)
+
+    def __contains__(self, key: object) -> bool:
+        write = self._overlay().get(key)  # type: ignore[call-overload]
+        if write is not None:
+            return not write.deleted
+        with on_partition_zero():
+            return key in self.table
+
+
+def encode_value(table: faust.Table, value: Any) -> Any:
+    """The JSON form of a value: a record as its own JSON text, anything else as it is."""
+    if isinstance(value, faust.Record):
+        return value.dumps().decode()
+    return value
+
+
+def decode_value(table: faust.Table, data: Any) -> Any:
+    value_type = table.value_type
+    if isinstance(value_type, type) and issubclass(value_type, faust.Record):
+        return value_type.loads(data.encode() if isinstance(data, str) else data)
+    return data
+
+
+# -- the step -----------------------------------------------------------------------
+
+
+class Step:
+    """What one input does: its table writes and the messages it owes, committed together."""
+
+    def __init__(self, ledger: "Ledger", message: Any | None) -> None:
+        self.ledger = ledger
+        self.message = message
+        self.overlay: dict[str, dict[str, Write]] = {}
+        self.writes: list[Write] = []
+        self.effects: list[Effect] = []
+
+    def put(self, table: faust.Table, key: str, value: Any) -> None:
+        self._record(Write(table.name, key, encode_value(table, value)))
+
+    def delete(self, table: faust.Table, key: str) -> None:
+        self._record(Write(table.name, key, deleted=True))
+
+    def _record(self, write: Write) -> None:
+        self.writes.append(write)
+        self.overlay.setdefault(write.table, {})[write.key] = write
+
+    async def owe(self, topic: str, key: bytes, value: bytes) -> None:
+        """Owe a message (the signature of :data:`streams.alarm_client.Sender`): sent once the row is written."""
+        self.effects.append(Effect(topic, key.decode(), value.decode()))
+
+    def alarms(self, client: AlarmClient) -> AlarmClient:
+        """The service's alarm client, its sends owed by this step (its latch rules unchanged)."""
+        return AlarmClient(client.source, self.owe, client._watch)
+
+    @property
+    def changes(self) -> bool:
+        return bool(self.writes or self.effects)
+
+
+# -- the ledger ---------------------------------------------------------------------
+
+
+class Ledger:
+    """A service's row of state position and owed effects, and the gate on its input."""
+
+    def __init__(self, app: faust.App, service: str, *, log_may_restart: Callable[[], bool] = lambda: True) -> None:
+        self.app = app
+        self.service = service
+        self.table = app.Table(f"{service}{LEDGER_SUFFIX}", key_type=str, value_type=None, partitions=1,
+                               help="state position and owed effects (streams.consistency)")
+        self._tables: dict[str, faust.Table] = {}
+        self.row = LedgerRow()
+        self.current: Step | None = None
+        self.recovered = asyncio.Event()
+        self._lock = asyncio.Lock()
+        self._expected: dict[str, int] = {}
+        self._moved_at: dict[str, float] = {}
+        self._futures: list[tuple[Effect, Any]] = []
+        self._row_written_at = 0.0
+        self._log_may_restart = log_may_restart
+        self._send: Callable[[Effect], Any] = self._send_with_app
+
+    def tracked(self, table: faust.Table) -> Tracked:
+        return Tracked(self, table)
+
+    def require_step(self) -> Step:
+        if self.current is None:
+            raise RuntimeError(f"{self.service}: a table write outside a ledger step would escape the row")
+        return self.current
+
+    @property
+    def positions(self) -> dict[str, int]:
+        return dict(self._expected)
+
+    # -- start-up --------------------------------------------------------------------
+
+    async def recover(self) -> None:
+        """Complete the last step, send what it still owes, and put the input where the state ends.
+
+        Runs once the tables are recovered (a start-up self-check), before any other
+        start-up action reads them.
+        """
+        with on_partition_zero():
+            self.row = LedgerRow.from_row(self.table.get(ROW_KEY))
+        for write in self.row.writes:
+            self._apply(write)
+        self._expected = dict(self.row.positions)
+        if not self.row.settled:
+            RESENT.labels(self.service).inc(len(self.row.effects))
+            for effect in self.row.effects:
+                self._futures.append((effect, await self._send(effect)))
+            await self._settle()
+        await self.seek_to_positions()
+        log.info("%s ledger: step %d recovered (%d write(s) re-applied, %d effect(s) %s); input resumes at %s",
+                 self.service, self.row.seq, len(self.row.writes), len(self.row.effects),
+                 "already settled" if self.row.settled else "sent again", self._expected or "the group's offsets")
+        self.recovered.set()
+
+    async def seek_to_positions(self) -> None:
+        """Send each input partition the state has read to where the state ends (or where the log restarted)."""
+        consumer = self.app.consumer
+        for key, expected in list(self._expected.items()):
+            topic, _, partition = key.rpartition(":")
+            tp = TP(topic, int(partition))
+            if tp not in consumer.assignment():
+                continue
+            earliest = (await consumer.earliest_offsets(tp)).get(tp, 0)
+            end = (await consumer.highwaters(tp)).get(tp, expected)
+            resume = restart_position(expected, earliest, end, log_may_restart=self._log_may_restart())
+            if resume != expected:
+                self._log_restart(key, expected, earliest, end, resume)
+            await consumer.seek(tp, resume)
+
+    def _log_restart(self, key: str, expected: int, earliest: int, end: int, resume: int) -> None:
+        if end < expected:
+            LOG_RESTARTS.labels(self.service).inc()
+            log.error("%s: %s ends at offset %d, before the state's position %d: the broker lost its log; "
+                      "following the new one from offset %d", self.service, key, end, expected, resume)
+        else:
+            log.error("%s: %s offsets %d..%d are gone from the log (retention): resuming at %d",
+                      self.service, key, expected, earliest - 1, resume)
+        self._expected[key] = resume
+
+    # -- input ---------------------------------------------------------------------
+
+    async def admit(self, message: Any) -> bool:
+        """True for the next message the state does not hold; others are passed over (and the input moved)."""
+        await self.recovered.wait()
+        key = tp_key(message.topic, message.partition)
+        expected = self._expected.get(key)
+        if expected is not None and message.offset < expected and self._log_may_restart():
+            highwater = self.app.consumer.highwater(message.tp)
+            if highwater is not None and highwater < expected:
+                self._log_restart(key, expected, message.offset, highwater, message.offset)
+                expected = message.offset
+        verdict = judge(expected, message.offset)
+        if verdict == Verdict.ADMIT:
+            self._expected[key] = message.offset + 1
+            self._moved_at.pop(key, None)
+            return True
+        if verdict == Verdict.HELD:
+            SKIPPED.labels(self.service).inc()
+        moved = self._moved_at.get(key)
+        if moved is None or time.monotonic() - moved > REPOSITION_PATIENCE_S:
+            await self._move(message, key, expected)  # type: ignore[arg-type]
+        return False
+
+    async def _move(self, message: Any, key: str, expected: int) -> None:
+        tp = message.tp
+        if message.offset > expected:
+            earliest = (await self.app.consumer.earliest_offsets(tp)).get(tp, 0)
+            if earliest > expected:
+                self._log_restart(key, expected, earliest, earliest, earliest)
+                expected = earliest
+            log.warning("%s: %s at offset %d, ahead of the state (next %d): rewinding",
+                        self.service, key, message.offset, expected)
+            direction = "back"
+        else:
+            log.info("%s: %s at offset %d, behind the state (next %d): skipping what the state holds",
+                     self.service, key, message.offset, expected)
+            direction = "forward"
+        SEEKS.labels(self.service, direction).inc()
+        self._moved_at[key] = time.monotonic()
+        await self.app.consumer.seek(tp, expected)
+
+    def backlog(self, tp: Any) -> int:
+        """Messages on the broker not yet admitted for one input partition (0 when unknown)."""
+        expected = self._expected.get(tp_key(tp.topic, tp.partition))
+        highwater = self.app.consumer.highwater(tp)
+        if expected is None or highwater is None:
+            return 0
+        return max(0, highwater - expected)
+
+    # -- steps ---------------------------------------------------------------------
+
+    @contextlib.asynccontextmanager
+    async def step(self) -> AsyncIterator[Step]:
+        """One input's writes and effects, committed as a unit on leaving the block.
+
+        Must run inside the agent's stream iteration (the message is the current event's).
+        An exception inside the block commits nothing: the service fails, and the input
+        is decided again after the restart.
+        """
+        event = current_event()
+        message = event.message if event is not None else None
+        async with self._lock:
+            self.current = step = Step(self, message)
+            try:
+                yield step
+            finally:
+                self.current = None
+            await self._commit(step)
+
+    async def _commit(self, step: Step) -> None:
+        positions = dict(self.row.positions)
+        positions.update(self._expected)
+        if not step.changes and time.monotonic() - self._row_written_at < CHECKPOINT_EVERY_S:
+            return  # a replay of it is a no-op too; the position is recorded with the next change
+        await self._settle()
+        self.row = LedgerRow(self.row.seq + 1, positions, step.writes, step.effects, settled=not step.effects)
+        self._write_row()
+        for write in step.writes:
+            self._apply(write)
+        for effect in step.effects:
+            self._futures.append((effect, await self._send(effect)))
+
+    def _write_row(self) -> None:
+        with on_partition_zero():
+            self.table[ROW_KEY] = self.row.to_row()
+        self._row_written_at = time.monotonic()
+
+    def _apply(self, write: Write) -> None:
+        table = self._tables[write.table]
+        with on_partition_zero():
+            if write.deleted:
+                table.pop(write.key, None)
+            else:
+                table[write.key] = decode_value(table, write.data)
+
+    async def _send_with_app(self, effect: Effect) -> Any:
+        return await self.app.send(effect.topic, key=effect.key.encode(), value=effect.value.encode(),
+                                   key_serializer="raw", value_serializer="raw")
+
+    async def _settle(self) -> None:
+        """Wait until the broker confirmed every owed effect; a refused one is sent again."""
+        futures, self._futures = self._futures, []
+        for effect, future in futures:
+            try:
+                await future
+            except RETRIABLE as exc:  # refused or lost: sent again until confirmed, or the service fails
+                REFUSALS.labels(self.service, effect.topic).inc()
+                log.error("%s: effect on %s refused (%r): sending it again", self.service, effect.topic, exc)
+                await deliver(lambda effect=effect: self._send(effect), f"{self.service} effect on {effect.topic}",
+                              service=self.service, topic=effect.topic)
+
+    async def settle_now(self) -> None:
+        """Mark the owed effects settled once confirmed (a timer calls this between steps)."""
+        if self.row.settled or self.current is not None or not self.recovered.is_set():
+            return
+        async with self._lock:
+            if self.row.settled:
+                return
+            await self._settle()
+            self.row.settled = True
+            self.row.writes = []
+            self._write_row()
+
+    def owed_keys(self) -> list[str]:
+        """Keys of the effects written but not yet confirmed by the broker."""
+        return [] if self.row.settled else sorted({e.key for e in self.row.effects})
+
+    def run_settler(self) -> None:
+        """Settle owed effects in the background when no step comes to do it."""
+        @self.app.timer(interval=SETTLE_EVERY_S)
+        async def settle_owed() -> None:
+            await self.settle_now()
+
+
+class _Message:
+    topic = "__ledger__"
+    partition = 0
+
+
+class _Event:
+    message = _Message()
+
+
+_EVENT = _Event()
+
+
+@contextlib.contextmanager
+def on_partition_zero() -> Iterator[None]:
+    """Read and write the ledger's tables in partition 0, whatever input is being handled.
+
+    Faust picks a table's partition from the current event (co-partitioning). A service
+    that keeps a ledger runs as one worker holding every input partition, and its tables
+    have one partition; the stand-in event says so, and also lets the ledger write at
+    start-up and between steps, outside any event.
+    """
+    token = _current_event.set(weakref.ref(_EVENT))  # type: ignore[arg-type]
+    try:
+        yield
+    finally:
+        _current_event.reset(token)

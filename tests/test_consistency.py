@@ -1,0 +1,182 @@
+"""The ledger's rules, without Kafka: where input resumes, what a step commits and in which order,
+and what a restart completes. Expectations are written by hand; the end-to-end kill -9 proofs
+are in the services' own test modules."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import pytest
+from aiokafka.errors import KafkaError
+
+from streams.consistency import Effect, Ledger, LedgerRow, Verdict, Write, judge, restart_position
+
+
+@pytest.mark.parametrize(
+    ("expected", "offset", "verdict"),
+    [
+        (None, 17, Verdict.ADMIT),  # no state yet: the first message is the start
+        (5, 5, Verdict.ADMIT),
+        (5, 4, Verdict.HELD),  # a replay of what the state holds
+        (5, 0, Verdict.HELD),
+        (5, 6, Verdict.AHEAD),  # the consumer skipped input the state never saw
+        (5, 400, Verdict.AHEAD),
+    ],
+)
+def test_judge(expected: int | None, offset: int, verdict: Verdict) -> None:
+    assert judge(expected, offset) is verdict
+
+
+@pytest.mark.parametrize(
+    ("expected", "earliest", "end", "may_restart", "resume"),
+    [
+        (252, 0, 400, True, 252),  # ordinary restart: where the state ends
+        (760, 0, 45, True, 0),  # the broker lost its log: the new log is all new input
+        (760, 0, 45, False, 760),  # real Kafka never starts a log over: keep the position
+        (10, 30, 90, True, 30),  # retention removed unread input: resume at the log's start
+        (10, 30, 90, False, 30),
+        (0, 0, 0, True, 0),  # an empty log, nothing read
+    ],
+)
+def test_restart_position(expected: int, earliest: int, end: int, may_restart: bool, resume: int) -> None:
+    assert restart_position(expected, earliest, end, log_may_restart=may_restart) == resume
+
+
+def test_row_round_trip() -> None:
+    row = LedgerRow(7, {"sensorData:0": 41}, [Write("t", "k", {"a": 1}), Write("t", "gone", deleted=True)],
+                    [Effect("createAlarm", "bank/x", '{"a":1}')], settled=False)
+    assert LedgerRow.from_row(row.to_row()) == row
+    assert LedgerRow.from_row(None) == LedgerRow()
+
+
+# -- a ledger over stand-in tables: the order of what a step does ---------------------------
+
+
+class FakeTable(dict):  # type: ignore[type-arg]
+    value_type = None
+
+    def __init__(self, name: str, journal: list[tuple[str, Any]]) -> None:
+        super().__init__()
+        self.name = name
+        self._journal = journal
+
+    def __setitem__(self, key: str, value: Any) -> None:
+        self._journal.append((f"{self.name}[{key}]", value))
+        super().__setitem__(key, value)
+
+
+class FakeConsumer:
+    def assignment(self) -> set[Any]:
+        return set()
+
+    def highwater(self, tp: Any) -> None:
+        return None
+
+
+class FakeApp:
+    """Tables are dicts; a send is recorded and its future resolved at once, or refused."""
+
+    def __init__(self) -> None:
+        self.journal: list[tuple[str, Any]] = []
+        self.tables: dict[str, FakeTable] = {}
+        self.refuse = 0
+        self.consumer = FakeConsumer()
+
+    def Table(self, name: str, **_: Any) -> FakeTable:  # noqa: N802 - Faust's name
+        return self.tables.setdefault(name, FakeTable(name, self.journal))
+
+    async def send(self, topic: str, key: bytes, value: bytes, **_: Any) -> "asyncio.Future[Any]":
+        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        if self.refuse:
+            self.refuse -= 1
+            future.set_exception(KafkaError("UnknownError"))
+        else:
+            self.journal.append((f"send {topic}", (key, value)))
+            future.set_result(None)
+        return future
+
+
+def fresh(app: FakeApp) -> tuple[Ledger, Any]:
+    ledger = Ledger(app, "svc")  # type: ignore[arg-type]
+    data = ledger.tracked(app.Table("data"))  # type: ignore[arg-type]
+    return ledger, data
+
+
+def test_a_step_writes_its_row_first_then_its_tables_then_sends() -> None:
+    async def scenario() -> list[tuple[str, Any]]:
+        app = FakeApp()
+        ledger, data = fresh(app)
+        await ledger.recover()
+        async with ledger.step() as step:
+            data["a"] = 1
+            assert data["a"] == 1 and "a" not in app.tables["data"], "the step sees its write; the table not yet"
+            await step.owe("createAlarm", b"svc/x", b"{}")
+            assert app.journal == []
+        return app.journal
+
+    journal = asyncio.run(scenario())
+    assert [what for what, _ in journal] == ["svc-ledger[ledger]", "data[a]", "send createAlarm"]
+    row = journal[0][1]
+    assert row["seq"] == 1 and row["writes"] == [{"t": "data", "k": "a", "d": 1, "x": False}]
+    assert row["effects"] == [["createAlarm", "svc/x", "{}"]] and row["settled"] is False
+
+
+def test_a_restart_completes_a_half_applied_step_and_sends_what_it_owes() -> None:
+    """Killed after the row was written, before its table write and its send."""
+
+    async def scenario() -> FakeApp:
+        app = FakeApp()
+        app.Table("data")
+        app.Table("svc-ledger")["ledger"] = LedgerRow(
+            3, {"in:0": 12}, [Write("data", "a", 5)], [Effect("createAlarm", "svc/x", "{}")], settled=False
+        ).to_row()
+        app.journal.clear()
+        ledger, _ = fresh(app)
+        await ledger.recover()
+        assert ledger.positions == {"in:0": 12}
+        return app
+
+    app = asyncio.run(scenario())
+    assert app.tables["data"] == {"a": 5}
+    assert [what for what, _ in app.journal] == ["data[a]", "send createAlarm"]
+
+
+def test_a_settled_step_is_not_sent_again() -> None:
+    async def scenario() -> FakeApp:
+        app = FakeApp()
+        app.Table("svc-ledger")["ledger"] = LedgerRow(
+            3, {}, [], [Effect("createAlarm", "svc/x", "{}")], settled=True
+        ).to_row()
+        app.journal.clear()
+        ledger, _ = fresh(app)
+        await ledger.recover()
+        return app
+
+    assert asyncio.run(scenario()).journal == []
+
+
+def test_a_refused_effect_is_sent_again_before_the_next_step() -> None:
+    async def scenario() -> FakeApp:
+        app = FakeApp()
+        ledger, data = fresh(app)
+        await ledger.recover()
+        app.refuse = 1
+        async with ledger.step() as step:
+            await step.owe("createAlarm", b"svc/x", b"1")
+        async with ledger.step() as step:
+            await step.owe("createAlarm", b"svc/y", b"2")
+        await ledger.settle_now()
+        return app
+
+    app = asyncio.run(scenario())
+    sends = [value for what, value in app.journal if what.startswith("send")]
+    assert sends == [(b"svc/x", b"1"), (b"svc/y", b"2")], "x refused once, sent again before y"
+    assert LedgerRow.from_row(app.tables["svc-ledger"]["ledger"]).settled
+
+
+def test_a_write_outside_a_step_is_refused() -> None:
+    app = FakeApp()
+    _, data = fresh(app)
+    with pytest.raises(RuntimeError, match="outside a ledger step"):
+        data["a"] = 1

@@ -230,7 +230,8 @@ class Wire:
         """Produce ``topic → [(key, value)]`` in order per topic; returns once the broker has every one."""
 
         async def go() -> None:
-            futures = [await self.producer.send(topic, value, key=key) for topic, items in batches.items() for key, value in items]
+            futures = [await self.producer.send(topic, value, key=key)
+                       for topic, items in batches.items() for key, value in items]
             await asyncio.gather(*futures)  # raises if the broker refused any: the expectation must hold what was sent
 
         self.loop.run_until_complete(go())
@@ -738,15 +739,18 @@ class Bench:
             wait_for(lambda: (lambda b: b is not None and len(b.get("detections", [])) >= len(expected))(body()),
                      SETTLE_TIMEOUT_S / 4, "detections settled", 0.5)
         events = [(m.key.decode() if m.key else "", json.loads(m.value)) for m in wire.read_all("DisasterDetected")]
-        observed = [(e.get("disaster_id", key), (e.get("rule"), e.get("value"), e.get("limit"), e.get("detected_at"), e.get("message")))
+        observed = [(e.get("disaster_id", key),
+                     (e.get("rule"), e.get("value"), e.get("limit"), e.get("detected_at"), e.get("message")))
                     for key, e in events]
         result = compare(expected, observed)
         final = body() or {}
-        held = [(d["disaster_id"], (d["rule"], d["value"], d["limit"], d["at"], d["message"])) for d in final.get("detections", [])]
+        held = [(d["disaster_id"], (d["rule"], d["value"], d["limit"], d["at"], d["message"]))
+                for d in final.get("detections", [])]
         in_view = compare(expected, held)
         result.update({
             "effects": len(expected), "kills": len(kills), "kill_points": kills, "kill_exit_codes": list(detector.kills),
-            "stalls": len(stalls), "view_lost": in_view["lost"], "view_doubled": in_view["doubled"], "view_wrong": in_view["wrong"],
+            "stalls": len(stalls), "view_lost": in_view["lost"], "view_doubled": in_view["doubled"],
+            "view_wrong": in_view["wrong"],
             "view_examples": in_view["examples"], "topic_messages": len(events),
         })
         progress(f"   disaster: kills {kills}; /disaster holds {len(held)} detections "
@@ -784,7 +788,8 @@ class Bench:
             ramp = [reading(s, 95.0, start + 0.5 + k / 10, k) for k in range(5) for s in WATER_SENSORS]
             wire.send({"sensorData": [(r.sensor.encode(), r.dumps()) for r in ramp]})
             wanted = f"over-limit/job-{job.job_id}"
-            wait_for(lambda: any(json.loads(m.value).get("disaster_id") == wanted for m in wire.read_all("DisasterDetected", idle_s=0.3, timeout=3)),
+            wait_for(lambda: any(json.loads(m.value).get("disaster_id") == wanted
+                                 for m in wire.read_all("DisasterDetected", idle_s=0.3, timeout=3)),
                      PACE_TIMEOUT_S, "a detection after the wipe", 0.2)
         except TimeoutError as exc:
             progress(f"   broker wipe: {exc}")
@@ -823,7 +828,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-s", type=float, default=1500.0, help="start no new run after this many seconds (default 1500)")
     parser.add_argument("--wipe-timeout-s", type=float, default=120.0, help="wait this long for recovery after the broker wipe")
     parser.add_argument("--no-wipe", action="store_true", help="skip the broker wipe")
-    parser.add_argument("--run-dir", type=Path, default=None, help="where run directories (logs, data) go (default: a new /tmp dir)")
+    parser.add_argument("--run-dir", type=Path, default=None,
+                        help="where run directories (logs, data) go (default: a new /tmp dir)")
     args = parser.parse_args(argv)
     services = [s.strip() for s in args.services.split(",") if s.strip()]
     unknown = set(services) - set(SERVICES)
@@ -869,7 +875,8 @@ def main(argv: list[str] | None = None) -> int:
                 continue
             bench.results.append(result)
             last_took[service] = result["elapsed_s"] - (result.get("broker_wipe", {}).get("took_s") or 0.0)
-            wipe_text = f", broker wipe recovered in {result['broker_wipe_recovered_s']} s" if "broker_wipe_recovered_s" in result else ""
+            wipe_text = (f", broker wipe recovered in {result['broker_wipe_recovered_s']} s"
+                         if "broker_wipe_recovered_s" in result else "")
             progress(f"{service} run {run_no}: effects {result['effects']} lost {result['lost']} doubled {result['doubled']} "
                      f"wrong {result['wrong']} kills {result['kills']}{wipe_text} ({result['elapsed_s']} s)")
             print_examples(service, result)

@@ -17,10 +17,10 @@ directory each time, and compares what the receivers hold with what the pure rul
   :class:`AlarmBook` fed the same records. Effects: occurrences opened plus closed.
   After a kill the worker is restarted at once and the input keeps arriving while it
   recovers.
-* ``disaster`` — heating jobs on ``heatingJobState`` (the valve reads closed, one
-  ``relayState`` at the start), each followed by a ramp of the three water sensors on
-  ``sensorData`` that the rules call over-limit, too-fast-rise, rise-while-closed and
-  sensor-disagreement in that job's episode; expected are the detections of
+* ``disaster`` — heating jobs on ``heatingJobState`` (the valve closed at the start: one
+  ``relayState`` readback and one ``I2CHeating`` command), each followed by a ramp of
+  the three water sensors on ``sensorData`` that the rules call over-limit,
+  too-fast-rise, rise-while-closed and sensor-disagreement in that job's episode; expected are the detections of
   :class:`streams.disaster_rules.DisasterWatch` fed the same records. Receivers: the
   ``DisasterDetected`` topic (and ``/disaster``'s detections, reported apart).
   Without AlarmsServer. A detection that raises FATAL halts the detector (its own
@@ -87,7 +87,9 @@ from streams.alarm_book import AlarmBook  # noqa: E402
 from streams.bank_rules import Bank, BankConfig, Effect  # noqa: E402
 from streams.disaster_rules import Detection, DisasterWatch, RuleLimits  # noqa: E402
 from streams.heater_config import WATER_SENSORS, HeaterLimits  # noqa: E402
-from streams.records import Alarm, AlarmClear, HeatingJobState, PlatformLatch, RelayState, SensorReading  # noqa: E402
+from streams.records import (  # noqa: E402
+    Alarm, AlarmClear, HeatingJobState, PlatformLatch, RelayAction, RelayCommand, RelayState, SensorReading,
+)
 
 SERVICES = ("bank", "alarms", "disaster")
 #: Staleness is judged on wall time; the bank's input is an hour old, so the limit is moved out of reach.
@@ -420,8 +422,11 @@ class DisasterScenario:
         self.t0 = self.released_at - jobs * JOB_SPACING_S - 900.0
         self.relay = RelayState(power_on=True, valve_open=False, spark_on=False, trip_latched=False, watchdog_expired=False,
                                 read_at=self.t0 - 30.0)
+        self.command = RelayCommand(command_id=f"{tag}-close", action=RelayAction.VALVE, on=False, issued_by="bench",
+                                    issued_at=self.t0 - 29.0)
         watch = DisasterWatch(self.limits)
         watch.on_readback(False, self.relay.read_at)
+        watch.on_valve_command(False, self.command.issued_at, self.command.lease_s)
         self.jobs: list[tuple[HeatingJobState, list[SensorReading]]] = []
         self.detections: list[Detection] = []
         for j in range(jobs):
@@ -714,7 +719,9 @@ class Bench:
                 w.get("last_at") is not None and w["last_at"] >= at - 1e-6 for w in b["windows"].values())
 
         wire.send({"relayState": [(b"pico", scenario.relay.dumps())]})
-        pace(lambda b: (b.get("valve") or {}).get("readback_open") is False, "valve reads closed")
+        wire.send({"I2CHeating": [(b"valve", scenario.command.dumps())]})
+        pace(lambda b: (b.get("valve") or {}).get("readback_open") is False and b["valve"].get("command_on") is False,
+             "valve reads and is commanded closed")
         points = self.kill_plan(rng, 2 * (len(scenario.jobs) - 2))
         kill_at = {(1 + p // 2, ("job", "readings")[p % 2]) for p in points}
         kills: list[str] = []

@@ -250,7 +250,7 @@ def test_reliable_table_resends_refused_changelog_rows(broker: EmbeddedBroker, r
         run(produce_json(broker.bootstrap, worker.input, records))
 
         def last_values(messages: list[Any]) -> dict[str, int]:
-            rows = {m.key.decode(): json.loads(m.value) for m in messages if m.key != GHOST_KEY and m.value is not None}
+            rows = {json.loads(m.key): json.loads(m.value) for m in messages if m.key != GHOST_KEY and m.value is not None}
             return rows
 
         messages = run(consume_until(broker.bootstrap, worker.changelog,

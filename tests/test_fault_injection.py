@@ -509,9 +509,10 @@ def test_broker_wiped_during_heating_closes_the_gas_and_every_stream_service_dec
     try:
         recovered |= {name: deciding_again(layout, name, back_at) for name in ("bank", "disaster")}
     except AssertionError as exc:
-        pytest.xfail(f"known defect: after the embedded broker restarts empty, producers that write before its topics "
-                     f"are re-created leave it refusing produces (AlreadyExists) and a restarted control service cannot "
-                     f"read the platform latch from it; the power stays safe: {exc}")
+        pytest.xfail(f"known defect of the embedded broker: it accepts writes to topics it does not have (producers "
+                     f"with cached metadata after it restarted empty); re-creating the topic keeps those records, so "
+                     f"later writes are refused (AlreadyExists) and its end-of-log answers disagree, and a restarted "
+                     f"control service cannot read the platform latch from it. The power stays safe: {exc}")
     log.warning("broker frozen then killed: valve closed %.2f s after it stopped answering; %s %.1f s after; "
                 "deciding again (s after the broker was back): %s", safe_s, result, data_s,
                 {k: round(v, 1) for k, v in recovered.items()})

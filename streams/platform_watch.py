@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from typing import Awaitable, Callable
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
@@ -29,6 +30,8 @@ log = logging.getLogger(__name__)
 
 WATCHED = (topics.CREATE_ALARM.name, topics.DELETE_ALARM.name, topics.PLATFORM_LATCH.name)
 LatchCallback = Callable[[LatchView], Awaitable[None]]
+#: A partition whose position has not moved for this long, short of its end offset, has ended.
+UNREADABLE_TAIL_S = 2.0
 
 
 class PlatformWatch:
@@ -54,10 +57,26 @@ class PlatformWatch:
         await asyncio.wait_for(self._catch_up(ends), timeout)
 
     async def _catch_up(self, ends: dict[TopicPartition, int]) -> None:
+        """Read up to ``ends``; a partition that stops advancing short of its end has ended there.
+
+        The embedded broker, after it restarted empty, can count records in its end offset
+        that no fetch returns (writes it took for a topic it did not have): waiting for them
+        would keep every service from starting. Nobody can read past that point, so it is
+        the end; the hardware latch does not depend on this replica.
+        """
         assert self._consumer is not None
+        stalled_since: float | None = None
+        last: dict[TopicPartition, int] = {}
         while True:
-            behind = [tp for tp, end in ends.items() if await self._consumer.position(tp) < end]
+            positions = {tp: await self._consumer.position(tp) for tp in ends}
+            behind = [tp for tp, end in ends.items() if positions[tp] < end]
             if not behind:
+                return
+            if positions != last:
+                last, stalled_since = positions, time.monotonic()
+            elif time.monotonic() - stalled_since > UNREADABLE_TAIL_S:  # type: ignore[operator]
+                log.warning("platform watch: %s stop short of their end offsets %s; reading on from there",
+                            {str(tp): positions[tp] for tp in behind}, {str(tp): ends[tp] for tp in behind})
                 return
             await self._poll(notify=False)
 

@@ -22,9 +22,8 @@ async def produce(bootstrap: str, topic: str, values: list[bytes], key: bytes | 
     producer = AIOKafkaProducer(bootstrap_servers=bootstrap, linger_ms=2)
     await producer.start()
     try:
-        for value in values:
-            await producer.send(topic, value, key=key)
-        await producer.flush()
+        futures = [await producer.send(topic, value, key=key) for value in values]
+        await asyncio.gather(*futures)  # a refused send raises: a test never loses its own input silently
     finally:
         await producer.stop()
 

@@ -357,8 +357,12 @@ class _DeadLetters:
     def __init__(self) -> None:
         self.sent: list[_Sent] = []
 
-    async def send(self, key: Any = None, value: Any = None, headers: dict[str, bytes] | None = None) -> None:
+    async def send(self, key: Any = None, value: Any = None, headers: dict[str, bytes] | None = None) -> "asyncio.Future[None]":
+        """Like a Faust topic's send: the returned future resolves once the broker has the record."""
         self.sent.append(_Sent(key, value, dict(headers or {})))
+        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        done.set_result(None)
+        return done
 
 
 FUZZ_SERVICE = HeaterService(ServiceSpec("fuzz-agent", ServiceKind.DISPLAY, description="fuzzed decode path"))

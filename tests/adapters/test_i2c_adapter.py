@@ -420,6 +420,12 @@ def test_only_a_verified_fresh_reset_releases_the_pico(
         pico = sim.wait_for(lambda s: not s["pico"]["trip_latched"], timeout=10)["pico"]
         assert pico["timestamps"]["reset_at"] is not None
         assert pico["relays"] == {"power_on": False, "gas_valve_open": False, "spark_on": False}
+        # The adapter confirms the release by reading STATUS back after the RESET sequence;
+        # tripping again before that read makes it (rightly) report the reset as failed.
+        wait_for(
+            lambda: metric(adapter, "heater_i2c_operator_resets_total", result="released") == 1, 10,
+            what="the release confirmed by the adapter's readback",
+        )
         sim.smbus().write_byte_data(0x42, 0x05, 0xDE)  # trip again, so a replay would show
         run(produce(wiped_broker.bootstrap, "operatorReset", [genuine.dumps()]))
         replayed = consume(
@@ -429,6 +435,7 @@ def test_only_a_verified_fresh_reset_releases_the_pico(
         assert any(genuine.nonce in a.message for a in replayed if a.details.get("kind") == "replayed")
         assert sim.state()["pico"]["trip_latched"], "a replayed reset releases nothing"
         assert metric(adapter, "heater_i2c_operator_resets_total", result="released") == 1
+        assert metric(adapter, "heater_i2c_operator_resets_total", result="failed") == 0
         assert adapter.get("/readyz")[0] == 503, "still halted until the platform latch is released"
     finally:
         adapter.stop()

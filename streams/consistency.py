@@ -215,6 +215,19 @@ class Tracked(MutableMapping[str, Any]):
     def __len__(self) -> int:
         return sum(1 for _ in self)
 
+    def values(self) -> Any:  # type: ignore[override]
+        """All values; outside a step one pass over the table (views scan whole tables)."""
+        if self._overlay():
+            return [self[key] for key in self]
+        with on_partition_zero():
+            return list(self.table.values())
+
+    def items(self) -> Any:  # type: ignore[override]
+        if self._overlay():
+            return [(key, self[key]) for key in self]
+        with on_partition_zero():
+            return list(self.table.items())
+
     def __contains__(self, key: object) -> bool:
         write = self._overlay().get(key)  # type: ignore[call-overload]
         if write is not None:

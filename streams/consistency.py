@@ -46,7 +46,8 @@ from faust.types import TP
 from prometheus_client import Counter
 
 from streams.alarm_client import AlarmClient
-from streams.delivery import REFUSALS, RETRIABLE, deliver
+from streams.delivery import RETRIABLE, deliver
+from streams.metrics import REFUSALS
 
 log = logging.getLogger(__name__)
 

@@ -27,17 +27,13 @@ import faust
 from aiokafka.errors import KafkaError
 from faust.exceptions import ProducerSendError
 from faust.types import FutureMessage
-from prometheus_client import Counter
+
+from streams.metrics import REFUSALS
 
 __all__ = ["REFUSALS", "ChangelogRefused", "DeliveryFailed", "ReliableTable", "deliver"]
 
 log = logging.getLogger(__name__)
 
-REFUSALS = Counter(
-    "heater_produce_refusals_total",
-    "Sends the broker refused (or that failed to reach it); each was sent again or crashed the service",
-    ["service", "topic"],
-)
 
 #: Failures worth another attempt: the broker's or the client's, not a bug in the caller.
 RETRIABLE: tuple[type[BaseException], ...] = (KafkaError, ProducerSendError, asyncio.TimeoutError, ConnectionError)

@@ -29,11 +29,16 @@ from streams import exitcodes
 from streams.alarm_client import AlarmClient
 from streams.health import web_app
 from streams.latch import LatchView
+from streams.metrics import REFUSALS
 from streams.lifecycle import Phase, ServiceSpec, ServiceStatus
 from streams.platform_watch import PlatformWatch
 from streams.settings import DEFAULT_FETCH_WAIT_MS, FAST_FETCH_WAIT_MS, Settings
 
 log = logging.getLogger(__name__)
+
+#: Resends of a refused message before the service stops, and the first pause (doubling).
+RESEND_ATTEMPTS = 5
+RESEND_BACKOFF_S = 0.05
 
 Body = Callable[["EdgeService"], Awaitable[None]]
 FatalHook = Callable[[LatchView], Awaitable[None]]
@@ -58,10 +63,30 @@ class EdgeService:
 
     # -- plumbing for adapters -----------------------------------------------------
 
-    async def send(self, topic: str, key: bytes, value: bytes) -> None:
-        """Queue one message (batched with a linger of a few ms; awaited only for buffer space)."""
+    async def send(self, topic: str, key: bytes, value: bytes, attempt: int = 0) -> None:
+        """Queue one message (batched with a linger of a few ms; awaited only for buffer space).
+
+        The broker's answer arrives later: a refused message is counted and sent again, and
+        after :data:`RESEND_ATTEMPTS` refusals the service stops with a crash code — a reading
+        or a command is never dropped with only a log line.
+        """
         assert self.producer is not None, "send before start"
-        await self.producer.send(topic, value, key=key)
+        future = await self.producer.send(topic, value, key=key)
+        future.add_done_callback(lambda done: self._on_sent(done, topic, key, value, attempt))
+
+    def _on_sent(self, done: "asyncio.Future[object]", topic: str, key: bytes, value: bytes, attempt: int) -> None:
+        if done.cancelled() or done.exception() is None:
+            return
+        REFUSALS.labels(self.spec.name, topic).inc()
+        if attempt >= RESEND_ATTEMPTS:
+            log.critical("%s: a message on %s refused %d times (%r): stopping", self.spec.name, topic, attempt + 1,
+                         done.exception())
+            self.stop(exitcodes.UNDELIVERED)
+            return
+        log.error("%s: a message on %s refused (%r): sending it again", self.spec.name, topic, done.exception())
+        asyncio.get_running_loop().call_later(
+            RESEND_BACKOFF_S * 2**attempt, lambda: asyncio.ensure_future(self.send(topic, key, value, attempt + 1))
+        )
 
     @property
     def acting(self) -> bool:

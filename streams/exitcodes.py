@@ -21,6 +21,10 @@ RELEASED = 75
 Not in the table of expected codes on purpose: the process manager (or Kubernetes)
 treats it as a crash and restarts the process, which then starts unhalted."""
 
+UNDELIVERED = 4
+"""A record the broker refused on every resend: the service fails loudly (a crash, restarted)
+rather than go on with the record lost."""
+
 DEPENDENCY_MISSING = 2
 """A dependency (broker, Vault, bootstrap config) is missing at start-up: a clear error, then a
 crash exit that the process manager retries."""

@@ -34,3 +34,9 @@ SKIPPED = Counter(
     ["service", "topic", "reason"],
 )
 LATCHED = Gauge("heater_platform_latched", "1 while this service sees the FATAL latch set", ["service"])
+
+REFUSALS = Counter(
+    "heater_produce_refusals_total",
+    "Sends the broker refused (or that failed to reach it); each was sent again or crashed the service",
+    ["service", "topic"],
+)

@@ -214,3 +214,55 @@ def test_a_row_records_only_its_own_input_position() -> None:
         return LedgerRow.from_row(app.tables["svc-ledger"]["ledger"]).positions
 
     assert asyncio.run(scenario()) == {"bankTicks:0": 8}, "reading 100 is not held by the state yet"
+
+
+# -- the adapters' sends: a refused reading or command is sent again, or the adapter stops ----
+
+
+class RefusingProducer:
+    """Answers the first ``refuse`` sends with the broker's refusal, later ones with success."""
+
+    def __init__(self, refuse: int) -> None:
+        self.refuse = refuse
+        self.accepted: list[bytes] = []
+
+    async def send(self, topic: str, value: bytes, key: bytes | None = None) -> "asyncio.Future[None]":
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        if self.refuse:
+            self.refuse -= 1
+            future.set_exception(KafkaError("UnknownError"))
+        else:
+            self.accepted.append(value)
+            future.set_result(None)
+        return future
+
+
+def edge_sends(refuse: int) -> tuple[list[bytes], int]:
+    from streams import edge, exitcodes
+    from streams.lifecycle import ServiceKind, ServiceSpec
+    from streams.settings import Settings
+
+    async def scenario() -> tuple[list[bytes], int]:
+        service = edge.EdgeService(ServiceSpec("edge-test", ServiceKind.CONTROL, description="test"), Settings())
+        producer = RefusingProducer(refuse)
+        service.producer = producer  # type: ignore[assignment]
+        await service.send("sensorData", b"k", b"reading")
+        await asyncio.sleep(edge.RESEND_BACKOFF_S * 2 ** (edge.RESEND_ATTEMPTS + 1))
+        return producer.accepted, service.exit_code
+
+    accepted, code = asyncio.run(scenario())
+    assert code in (exitcodes.DONE, exitcodes.UNDELIVERED)
+    return accepted, code
+
+
+def test_an_adapter_sends_a_refused_message_again() -> None:
+    from streams import exitcodes
+
+    assert edge_sends(refuse=3) == ([b"reading"], exitcodes.DONE)
+
+
+def test_an_adapter_that_cannot_deliver_stops_with_a_crash_code() -> None:
+    from streams import exitcodes
+
+    accepted, code = edge_sends(refuse=99)
+    assert accepted == [] and code == exitcodes.UNDELIVERED

@@ -645,8 +645,12 @@ class Outbox:
     def __init__(self) -> None:
         self.sent: list[tuple[str, bytes, bytes]] = []
 
-    async def send(self, topic: str, value: bytes, key: bytes | None = None) -> None:
+    async def send(self, topic: str, value: bytes, key: bytes | None = None) -> "asyncio.Future[None]":
+        """Like aiokafka's producer: the returned future resolves once the broker has the record."""
         self.sent.append((topic, key or b"", value))
+        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        done.set_result(None)
+        return done
 
     async def __call__(self, topic: str, key: bytes, value: bytes) -> None:
         self.sent.append((topic, key, value))

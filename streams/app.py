@@ -23,6 +23,7 @@ from streams.delivery import deliver
 from streams.health import Handler, health_handlers
 from streams.lifecycle import Phase, ServiceKind, ServiceSpec, ServiceStatus
 from streams.latch import LatchView
+from streams.log_identity import LogIdentity
 from streams.platform_watch import PlatformWatch
 from streams.records import RECORD_FOR_TOPIC, HeaterRecord
 from streams.settings import DEFAULT_FETCH_WAIT_MS, FAST_FETCH_WAIT_MS, Settings, faust_options
@@ -61,7 +62,9 @@ class HeaterService:
 
     def use_ledger(self) -> Ledger:
         """Make this a stateful service: its tables, input position and effects go through one ledger."""
-        self.ledger = Ledger(self.app, self.spec.name, log_may_restart=lambda: Settings.from_env().profile == "local")
+        settings = Settings.from_env()
+        identity = LogIdentity(settings.broker_bootstrap) if settings.profile == "local" else None
+        self.ledger = Ledger(self.app, self.spec.name, log_identity=identity)
         return self.ledger
 
     def raw_topic(self, *specs: topics.TopicSpec) -> faust.TopicT:

@@ -14,7 +14,9 @@ step that changes anything:
   hold yet;
 * ``writes`` — every table write of the step (the redo record);
 * ``effects`` — the messages the step owes (topic, key, value bytes, as sent), and whether
-  the broker has confirmed them (``settled``).
+  the broker has confirmed them (``settled``);
+* ``log`` — the identity of the broker's log the positions count in (local profile: the
+  broker starts empty on every start; see :mod:`streams.log_identity`).
 
 One RocksDB put is atomic, so after kill -9 the row is either the old one or the new one.
 On start the worker trusts its local store over the changelog tail (see
@@ -26,7 +28,8 @@ holds is passed over; input it does not hold is decided again, identically.
 A step's effects are awaited before the next step's row is written, and before the row
 is marked settled; a refused send is sent again (:func:`streams.delivery.deliver`), never
 dropped. Input partitions are tracked one by one, so a topic with several partitions is
-handled, not assumed away.
+handled, not assumed away. When the broker's log identity changes, every position is in
+a log that no longer exists: input follows the new log from its start.
 """
 
 from __future__ import annotations
@@ -47,6 +50,7 @@ from prometheus_client import Counter
 
 from streams.alarm_client import AlarmClient
 from streams.delivery import RETRIABLE, deliver
+from streams.log_identity import LogIdentity
 from streams.metrics import REFUSALS
 
 log = logging.getLogger(__name__)
@@ -67,7 +71,7 @@ SKIPPED = Counter("heater_ledger_skipped_total", "Input messages passed over as 
 SEEKS = Counter("heater_ledger_input_seeks_total", "Times an input was not where the state ends and was sent there",
                 ["service", "direction"])
 RESENT = Counter("heater_ledger_effects_resent_total", "Owed effects sent again at start-up", ["service"])
-LOG_RESTARTS = Counter("heater_ledger_log_restarts_total", "Inputs found to have started over (the broker lost its log)",
+LOG_RESTARTS = Counter("heater_ledger_log_restarts_total", "Times the broker's log was found to have started over",
                        ["service"])
 
 
@@ -114,11 +118,12 @@ class LedgerRow:
     writes: list[Write] = field(default_factory=list)
     effects: list[Effect] = field(default_factory=list)
     settled: bool = True
+    log: str = ""  # "": no identity known (a real Kafka cluster, whose logs never start over)
 
     def to_row(self) -> dict[str, Any]:
         return {
             "seq": self.seq, "positions": dict(self.positions), "writes": [w.to_row() for w in self.writes],
-            "effects": [e.to_row() for e in self.effects], "settled": self.settled,
+            "effects": [e.to_row() for e in self.effects], "settled": self.settled, "log": self.log,
         }
 
     @classmethod
@@ -131,6 +136,7 @@ class LedgerRow:
             writes=[Write.from_row(w) for w in row.get("writes") or ()],
             effects=[Effect(*e) for e in row.get("effects") or ()],
             settled=bool(row.get("settled", True)),
+            log=str(row.get("log") or ""),
         )
 
 
@@ -150,17 +156,22 @@ def judge(expected: int | None, offset: int) -> Verdict:
     return Verdict.HELD if offset < expected else Verdict.AHEAD
 
 
-def restart_position(expected: int, earliest: int, end: int, *, log_may_restart: bool) -> int:
+def restart_position(expected: int, earliest: int) -> int:
     """Where input resumes for a partition whose state ends at ``expected``.
 
-    ``end < expected``: the log is shorter than what the state has read — only a broker
-    that lost its log does that (the local one keeps it in memory); the new log's records
-    are all new input. ``expected < earliest``: retention removed input the state never
-    read; it is gone, so input resumes at the log's start (logged as an error by the caller).
+    ``expected < earliest``: retention removed input the state never read; it is gone, so
+    input resumes at the log's start (logged as an error by the caller).
     """
-    if log_may_restart and end < expected:
-        return earliest
     return max(expected, earliest)
+
+
+def same_log(recorded: str, current: str | None) -> bool:
+    """Whether positions recorded in log ``recorded`` count in the log the broker serves now.
+
+    An empty record (no identity known when written) or an unknown current identity is no
+    evidence of a new log.
+    """
+    return not recorded or current is None or recorded == current
 
 
 # -- table views that route writes through the step -------------------------------------
@@ -293,7 +304,7 @@ class Step:
 class Ledger:
     """A service's row of state position and owed effects, and the gate on its input."""
 
-    def __init__(self, app: faust.App, service: str, *, log_may_restart: Callable[[], bool] = lambda: True) -> None:
+    def __init__(self, app: faust.App, service: str, *, log_identity: LogIdentity | None = None) -> None:
         self.app = app
         self.service = service
         self.table = app.Table(f"{service}{LEDGER_SUFFIX}", key_type=str, value_type=None, partitions=1,
@@ -307,7 +318,9 @@ class Ledger:
         self._moved_at: dict[str, float] = {}
         self._futures: list[tuple[Effect, Any]] = []
         self._row_written_at = 0.0
-        self._log_may_restart = log_may_restart
+        self._identity = log_identity
+        self._log = ""  # the log identity the positions count in
+        self._following = asyncio.Lock()
         self._send: Callable[[Effect], Any] = self._send_with_app
 
     def tracked(self, table: faust.Table) -> Tracked:
@@ -335,6 +348,12 @@ class Ledger:
         for write in self.row.writes:
             self._apply(write)
         self._expected = dict(self.row.positions)
+        self._log = self.row.log
+        if self._identity is not None:
+            current = await self._identity.verified()
+            if not same_log(self._log, current):
+                self._new_log(current)
+            self._log = current
         if not self.row.settled:
             RESENT.labels(self.service).inc(len(self.row.effects))
             for effect in self.row.effects:
@@ -355,34 +374,35 @@ class Ledger:
             if tp not in consumer.assignment():
                 continue
             earliest = (await consumer.earliest_offsets(tp)).get(tp, 0)
-            end = (await consumer.highwaters(tp)).get(tp, expected)
-            resume = restart_position(expected, earliest, end, log_may_restart=self._log_may_restart())
+            resume = restart_position(expected, earliest)
             if resume != expected:
-                self._log_restart(key, expected, earliest, end, resume)
+                self._input_lost(key, expected, earliest)
             await consumer.seek(tp, resume)
 
-    def _log_restart(self, key: str, expected: int, earliest: int, end: int, resume: int) -> None:
-        if end < expected:
-            LOG_RESTARTS.labels(self.service).inc()
-            log.error("%s: %s ends at offset %d, before the state's position %d: the broker lost its log; "
-                      "following the new one from offset %d", self.service, key, end, expected, resume)
-        else:
-            log.error("%s: %s offsets %d..%d are gone from the log (retention): resuming at %d",
-                      self.service, key, expected, earliest - 1, resume)
-        self._expected[key] = resume
+    def _input_lost(self, key: str, expected: int, earliest: int) -> None:
+        log.error("%s: %s offsets %d..%d are gone from the log (retention): resuming at %d",
+                  self.service, key, expected, earliest - 1, earliest)
+        self._expected[key] = earliest
+
+    def _new_log(self, current: str) -> None:
+        """Every position counts in a log that is gone: input follows the new one from its start."""
+        LOG_RESTARTS.labels(self.service).inc()
+        log.error("%s: the broker's log started over (%s, was %s): input follows the new log from its start; "
+                  "the state's positions %s belonged to the old one", self.service, current, self._log or "unknown",
+                  self._expected)
+        self._expected = {key: 0 for key in self._expected}
+        self.row.positions = dict(self._expected)
+        self._moved_at.clear()
 
     # -- input ---------------------------------------------------------------------
 
     async def admit(self, message: Any) -> bool:
         """True for the next message the state does not hold; others are passed over (and the input moved)."""
         await self.recovered.wait()
+        if self._identity is not None and self._identity.current != self._log:
+            await self.follow_restarted_logs(wait=True)
         key = tp_key(message.topic, message.partition)
         expected = self._expected.get(key)
-        if expected is not None and message.offset < expected and self._log_may_restart():
-            highwater = self.app.consumer.highwater(message.tp)
-            if highwater is not None and highwater < expected:
-                self._log_restart(key, expected, message.offset, highwater, message.offset)
-                expected = message.offset
         verdict = judge(expected, message.offset)
         if verdict == Verdict.ADMIT:
             self._expected[key] = message.offset + 1
@@ -400,7 +420,7 @@ class Ledger:
         if message.offset > expected:
             earliest = (await self.app.consumer.earliest_offsets(tp)).get(tp, 0)
             if earliest > expected:
-                self._log_restart(key, expected, earliest, earliest, earliest)
+                self._input_lost(key, expected, earliest)
                 expected = earliest
             log.warning("%s: %s at offset %d, ahead of the state (next %d): rewinding",
                         self.service, key, message.offset, expected)
@@ -450,7 +470,8 @@ class Ledger:
         if not step.changes and time.monotonic() - self._row_written_at < CHECKPOINT_EVERY_S:
             return  # a replay of it is a no-op too; the position is recorded with the next change
         await self._settle()
-        self.row = LedgerRow(self.row.seq + 1, positions, step.writes, step.effects, settled=not step.effects)
+        self.row = LedgerRow(self.row.seq + 1, positions, step.writes, step.effects, settled=not step.effects,
+                             log=self._log)
         self._write_row()
         for write in step.writes:
             self._apply(write)
@@ -510,23 +531,29 @@ class Ledger:
             await self.settle_now()
             await self.follow_restarted_logs()
 
-    async def follow_restarted_logs(self) -> None:
-        """Seek an input whose log ends before the state's position to the new log's start.
+    async def follow_restarted_logs(self, wait: bool = False) -> None:
+        """Send every input to the start of the broker's new log, when its log identity changed.
 
-        A worker that lives through a broker restart keeps reading positions past the new
-        log's end, and Faust drops every message below them without a word: the gate never
-        sees one. Local profile only (a real Kafka log never starts over).
+        A worker that lives through a broker restart keeps reading at positions in the old
+        log, and Faust drops every message below them without a word: the gate never sees
+        one. With ``wait`` (input about to be judged) an unknown identity is waited for.
         """
-        if not self.recovered.is_set() or not self._log_may_restart():
+        if self._identity is None or not self.recovered.is_set():
             return
-        consumer = self.app.consumer
-        for key, expected in list(self._expected.items()):
-            topic, _, partition = key.rpartition(":")
-            tp = TP(topic, int(partition))
-            highwater = consumer.highwater(tp) if tp in consumer.assignment() else None
-            if highwater is not None and highwater < expected:
-                self._log_restart(key, expected, 0, highwater, 0)
-                await consumer.seek(tp, 0)
+        current = await self._identity.verified() if wait else self._identity.current
+        if current is None or current == self._log:
+            return
+        async with self._following:
+            if current == self._log:
+                return
+            self._new_log(current)
+            self._log = self.row.log = current
+            consumer = self.app.consumer
+            for key in self._expected:
+                topic, _, partition = key.rpartition(":")
+                tp = TP(topic, int(partition))
+                if tp in consumer.assignment():
+                    await consumer.seek(tp, 0)
 
 
 class _Message:

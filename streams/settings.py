@@ -135,6 +135,11 @@ def faust_options(settings: Settings, service: str, *, fast_path: bool = False) 
             broker_request_timeout=10.0,
             stream_recovery_delay=0.0,
             broker_commit_interval=1.0,
+            # The local broker starts empty on every start, so a worker living through one
+            # finds its tables' changelogs shorter than what its local store holds. Faust calls
+            # that inconsistent and crashes; here the local store is the truth (the ledger
+            # follows the new log; see streams.consistency and streams.tables.bulk_restore).
+            recovery_consistency_check=False,
             TableManager="streams.tables.manager:LocalTableManager",
         )
     else:

@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 from aiokafka.errors import KafkaError
 
-from streams.consistency import Effect, Ledger, LedgerRow, Verdict, Write, judge, restart_position
+from streams.consistency import Effect, Ledger, LedgerRow, Verdict, Write, judge, restart_position, same_log
 
 
 @pytest.mark.parametrize(
@@ -29,18 +29,28 @@ def test_judge(expected: int | None, offset: int, verdict: Verdict) -> None:
 
 
 @pytest.mark.parametrize(
-    ("expected", "earliest", "end", "may_restart", "resume"),
+    ("expected", "earliest", "resume"),
     [
-        (252, 0, 400, True, 252),  # ordinary restart: where the state ends
-        (760, 0, 45, True, 0),  # the broker lost its log: the new log is all new input
-        (760, 0, 45, False, 760),  # real Kafka never starts a log over: keep the position
-        (10, 30, 90, True, 30),  # retention removed unread input: resume at the log's start
-        (10, 30, 90, False, 30),
-        (0, 0, 0, True, 0),  # an empty log, nothing read
+        (252, 0, 252),  # ordinary restart: where the state ends
+        (10, 30, 30),  # retention removed unread input: resume at the log's start
+        (0, 0, 0),  # an empty log, nothing read
     ],
 )
-def test_restart_position(expected: int, earliest: int, end: int, may_restart: bool, resume: int) -> None:
-    assert restart_position(expected, earliest, end, log_may_restart=may_restart) == resume
+def test_restart_position(expected: int, earliest: int, resume: int) -> None:
+    assert restart_position(expected, earliest) == resume
+
+
+@pytest.mark.parametrize(
+    ("recorded", "current", "same"),
+    [
+        ("local-a", "local-a", True),
+        ("local-a", "local-b", False),  # the broker started over: the positions count in a gone log
+        ("", "local-b", True),  # written without an identity (a real Kafka cluster): no evidence
+        ("local-a", None, True),  # the broker is not answering: nothing known yet
+    ],
+)
+def test_same_log(recorded: str, current: str | None, same: bool) -> None:
+    assert same_log(recorded, current) is same
 
 
 def test_row_round_trip() -> None:
@@ -67,11 +77,35 @@ class FakeTable(dict):  # type: ignore[type-arg]
 
 
 class FakeConsumer:
+    def __init__(self) -> None:
+        self.assigned: set[Any] = set()
+        self.seeks: list[tuple[Any, int]] = []
+
     def assignment(self) -> set[Any]:
-        return set()
+        return self.assigned
 
     def highwater(self, tp: Any) -> None:
         return None
+
+    async def earliest_offsets(self, *tps: Any) -> dict[Any, int]:
+        return {tp: 0 for tp in tps}
+
+    async def seek(self, tp: Any, offset: int) -> None:
+        self.seeks.append((tp, offset))
+
+
+class FakeIdentity:
+    """The broker's log identity as :class:`streams.log_identity.LogIdentity` reports it."""
+
+    def __init__(self, current: str) -> None:
+        self.current: str | None = current
+
+    def start(self) -> None:
+        pass
+
+    async def verified(self) -> str:
+        assert self.current is not None
+        return self.current
 
 
 class FakeApp:
@@ -97,8 +131,8 @@ class FakeApp:
         return future
 
 
-def fresh(app: FakeApp) -> tuple[Ledger, Any]:
-    ledger = Ledger(app, "svc")  # type: ignore[arg-type]
+def fresh(app: FakeApp, identity: FakeIdentity | None = None) -> tuple[Ledger, Any]:
+    ledger = Ledger(app, "svc", log_identity=identity)  # type: ignore[arg-type]
     data = ledger.tracked(app.Table("data"))  # type: ignore[arg-type]
     return ledger, data
 
@@ -214,6 +248,56 @@ def test_a_row_records_only_its_own_input_position() -> None:
         return LedgerRow.from_row(app.tables["svc-ledger"]["ledger"]).positions
 
     assert asyncio.run(scenario()) == {"bankTicks:0": 8}, "reading 100 is not held by the state yet"
+
+
+def test_positions_in_a_log_that_started_over_resume_at_its_start() -> None:
+    """Restarted while the broker was away: its state's positions count in the old log."""
+    from faust.types import TP
+
+    async def scenario() -> tuple[Ledger, FakeApp]:
+        app = FakeApp()
+        app.consumer.assigned = {TP("sensorData", 0), TP("bankTicks", 0)}
+        app.Table("svc-ledger")["ledger"] = LedgerRow(9, {"sensorData:0": 760, "bankTicks:0": 40},
+                                                      log="local-old").to_row()
+        ledger, _ = fresh(app, FakeIdentity("local-new"))
+        await ledger.recover()
+        return ledger, app
+
+    ledger, app = asyncio.run(scenario())
+    assert ledger.positions == {"sensorData:0": 0, "bankTicks:0": 0}
+    assert sorted(app.consumer.seeks) == [(TP("bankTicks", 0), 0), (TP("sensorData", 0), 0)]
+
+
+def test_a_running_worker_follows_the_new_log_even_when_it_is_already_longer() -> None:
+    """The new log reached offset 135 before the worker looked: an offset comparison would
+    resume there and skip 0..134 of the new input."""
+    import weakref
+
+    from faust.streams import _current_event
+    from faust.types import TP
+
+    async def scenario() -> tuple[list[bool], list[Any], LedgerRow]:
+        app = FakeApp()
+        app.consumer.assigned = {TP("sensorData", 0)}
+        identity = FakeIdentity("local-a")
+        ledger, data = fresh(app, identity)
+        await ledger.recover()
+        verdicts = [await ledger.admit(_Msg("sensorData", offset)) for offset in (0, 1)]
+        identity.current = "local-b"
+        verdicts += [await ledger.admit(_Msg("sensorData", 135)), await ledger.admit(_Msg("sensorData", 0))]
+        event = _Evt(_Msg("sensorData", 0))
+        token = _current_event.set(weakref.ref(event))  # type: ignore[arg-type]
+        try:
+            async with ledger.step():
+                data["t"] = 20.5
+        finally:
+            _current_event.reset(token)
+        return verdicts, app.consumer.seeks, LedgerRow.from_row(app.tables["svc-ledger"]["ledger"])
+
+    verdicts, seeks, row = asyncio.run(scenario())
+    assert verdicts == [True, True, False, True], "135 of the new log waits for 0..134; 0 is admitted"
+    assert seeks[0] == (TP("sensorData", 0), 0)
+    assert row.log == "local-b" and row.positions == {"sensorData:0": 1}
 
 
 # -- the adapters' sends: a refused reading or command is sent again, or the adapter stops ----

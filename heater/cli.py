@@ -36,6 +36,24 @@ def build_parser() -> argparse.ArgumentParser:
     commission.add_argument("--json", action="store_true", help="machine-readable report")
     commission.add_argument("--trip-limit-ms", type=float, default=50.0, help="TRIP to power seen cut and latched (default 50)")
 
+    replay = sub.add_parser("replay", help="record a topic to JSON lines, or play a recording into a topic (any Kafka)")
+    replay_actions = replay.add_subparsers(dest="replay_command", required=True, metavar="ACTION")
+    bound = "offset:N, epoch:SECONDS or an ISO-8601 time with zone (2026-12-03T07:00:00Z)"
+    record = replay_actions.add_parser("record", help="write every partition of a topic, over a range, to a file")
+    record.add_argument("--topic", required=True, help="topic to record")
+    record.add_argument("--from", dest="start", metavar="FROM", help=f"first record (inclusive): {bound}; default: the log's start")
+    record.add_argument("--to", dest="stop", metavar="TO", help="end (exclusive), same forms; default: the log's end when recording starts")
+    record.add_argument("--out", required=True, type=Path, help="JSON-lines file to write")
+    record.add_argument("--bootstrap", default=None, help="broker host:port (default: from $HEATER_BROKER_URL)")
+    play = replay_actions.add_parser("play", help="produce a recording into a topic: same partitions, keys, headers, timestamps")
+    play.add_argument("file", type=Path, help="a file written by `heater replay record`")
+    play.add_argument("--topic", required=True, help="topic to play into (it must exist)")
+    pace = play.add_mutually_exclusive_group()
+    pace.add_argument("--speed", type=float, default=1.0, help="the original gaps between records divided by N (default 1)")
+    pace.add_argument("--as-fast-as-possible", action="store_true", help="no gaps between records")
+    play.add_argument("--filter", action="append", metavar="KEY", help="play only records with this key (repeatable)")
+    play.add_argument("--bootstrap", default=None, help="broker host:port (default: from $HEATER_BROKER_URL)")
+
     runtime = sub.add_parser("runtime", help="run the embedded broker, Vault or simulator (used by `heater up`)")
     runtime.add_argument("component", choices=["broker", "vault", "simulator"])
 
@@ -72,6 +90,15 @@ def main(argv: list[str] | None = None) -> int:
         from heater import commission
 
         return commission.main(run_dir, args.operator, args.json, args.trip_limit_ms)
+    if args.command == "replay":
+        from heater import replay
+
+        if not args.verbose:  # the command reports a broker problem once itself; aiokafka logs every retry
+            logging.getLogger("aiokafka").setLevel(logging.CRITICAL)
+        if args.replay_command == "record":
+            return replay.record_main(args.topic, args.start, args.stop, args.out, bootstrap=args.bootstrap)
+        speed = None if args.as_fast_as_possible else args.speed
+        return replay.play_main(args.file, args.topic, speed=speed, keys=args.filter, bootstrap=args.bootstrap)
     if args.command == "worker":
         return run_worker(args.name)
     if args.command == "runtime":

@@ -28,3 +28,27 @@ rather than go on with the record lost."""
 DEPENDENCY_MISSING = 2
 """A dependency (broker, Vault, bootstrap config) is missing at start-up: a clear error, then a
 crash exit that the process manager retries."""
+
+
+# -- command-line tools (``heater replay``): the BSD sysexits values, so scripts can tell why ----
+
+USAGE = 64
+"""A bad argument (a range, a speed): the message says which and what is expected."""
+
+DATA_ERROR = 65
+"""Malformed input (a recording's line): the message names the file and the line."""
+
+NO_INPUT = 66
+"""An input file that is missing or unreadable."""
+
+UNKNOWN_TOPIC = 68
+"""A topic the broker does not have (or with too few partitions for the recording)."""
+
+CANNOT_WRITE = 73
+"""An output file that cannot be written."""
+
+CONFIG = 78
+"""Invalid settings (the broker's TLS/SASL configuration)."""
+
+INTERRUPTED = 130
+"""Stopped by the user (Ctrl-C)."""

@@ -143,7 +143,7 @@ def faust_options(settings: Settings, service: str, *, fast_path: bool = False) 
             TableManager="streams.tables.manager:LocalTableManager",
         )
     else:
-        options.update(_production_security(settings))
+        options.update(production_security(settings))
     return options
 
 
@@ -154,7 +154,7 @@ def _with_query(url: str, **params: Any) -> str:
     return base + "?" + "&".join(f"{k}={v}" for k, v in sorted(pairs.items()))
 
 
-def _production_security(settings: Settings) -> dict[str, Any]:
+def production_security(settings: Settings) -> dict[str, Any]:
     """TLS/SASL for real Kafka, built only when asked for, so a local run never needs certs."""
     import ssl
 

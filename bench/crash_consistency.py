@@ -88,10 +88,13 @@ from streams.bank_rules import Bank, BankConfig, Effect  # noqa: E402
 from streams.disaster_rules import Detection, DisasterWatch, RuleLimits  # noqa: E402
 from streams.heater_config import WATER_SENSORS, HeaterLimits  # noqa: E402
 from streams.records import (  # noqa: E402
-    Alarm, AlarmClear, HeatingJobState, PlatformLatch, RelayAction, RelayCommand, RelayState, SensorReading,
+    Alarm, AlarmClear, HeatingJobState, PlatformLatch, RelayAction, RelayCommand, RelayState, SensorReading, alarm_id_for,
+    occurrence_key,
 )
 
 SERVICES = ("bank", "alarms", "disaster")
+#: What the operator reset released in the disaster scenario covers: all of its input.
+COVERS_ALL = {"sensorData:0": 10**12}
 #: Staleness is judged on wall time; the bank's input is an hour old, so the limit is moved out of reach.
 NO_STALENESS = {"HEATER_LIMIT_STALE_AFTER_S": "1000000"}
 READY_TIMEOUT_S = 90.0
@@ -406,9 +409,9 @@ def alarms_input(wanted: int, seed: int, source: str, t0: float) -> tuple[list[A
 class DisasterScenario:
     """Heating jobs, each with a ramp the rules call a disaster (up to four rules), and what they detect."""
 
-    def __init__(self, wanted: int, seed: int, tag: str, released_at: float, limits: RuleLimits) -> None:
+    def __init__(self, wanted: int, seed: int, tag: str, now: float, limits: RuleLimits) -> None:
         self.limits = limits
-        self.released_at = released_at
+        self.now = now
         jobs = max(2, math.ceil(wanted / 4))
         while True:
             self._build(jobs, seed, tag)
@@ -419,7 +422,7 @@ class DisasterScenario:
     def _build(self, jobs: int, seed: int, tag: str) -> None:
         rng = random.Random(seed)
         #: Record times end well before the release, leaving room for the broker-wipe input.
-        self.t0 = self.released_at - jobs * JOB_SPACING_S - 900.0
+        self.t0 = self.now - jobs * JOB_SPACING_S - 900.0
         self.relay = RelayState(power_on=True, valve_open=False, spark_on=False, trip_latched=False, watchdog_expired=False,
                                 read_at=self.t0 - 30.0)
         self.command = RelayCommand(command_id=f"{tag}-close", action=RelayAction.VALVE, on=False, issued_by="bench",
@@ -440,7 +443,8 @@ class DisasterScenario:
                 for sensor in WATER_SENSORS:
                     value = base + rate * k / 10 - (gap if sensor == "water.1" else 0.0) + rng.uniform(-0.2, 0.2)
                     readings.append(reading(sensor, round(value, 1), at, k))
-                    self.detections += watch.on_reading(sensor, readings[-1].value, at, released_at=self.released_at).detections
+                    self.detections += watch.on_reading(sensor, readings[-1].value, at, lambda _d: COVERS_ALL,
+                                                        ("sensorData:0", 0)).detections
             self.jobs.append((job, readings))
         self.end = self.t0 + jobs * JOB_SPACING_S
 
@@ -685,11 +689,16 @@ class Bench:
     def run_disaster(self, run_dir: Path, seed: int, wipe: bool, scope: Scope) -> dict[str, Any]:
         rng = random.Random(seed)
         limits = RuleLimits.from_heater(HeaterLimits.from_env())
-        released_at = time.time() - 60.0
-        scenario = DisasterScenario(self.effects, seed, f"j{uuid.uuid4().hex[:6]}", released_at, limits)
+        scenario = DisasterScenario(self.effects, seed, f"j{uuid.uuid4().hex[:6]}", time.time() - 60.0, limits)
         expected = scenario.expected()
-        release = PlatformLatch(latched=False, alarm_id="", reason="bench: operator release covering the replayed input",
-                                changed_at=released_at, changed_by="bench")
+        # Every detection's FATAL is one an operator reset released, covering all the input: the detector
+        # reports each disaster and its FATAL latches nothing (streams.latch).
+        release = PlatformLatch(
+            latched=False, alarm_id="", reason="bench: an operator reset released every detection", changed_at=time.time(),
+            changed_by="bench", reset_id="bench-reset", covered={"bench-reset": COVERS_ALL},
+            released={occurrence_key(alarm_id_for("disaster", d.rule, d.episode), d.at): "bench-reset"
+                      for d in scenario.detections},
+        )
         broker = self.broker(run_dir, scope)
         wire = self.wire(broker, scope)
         wire.send({"platformLatch": [(b"platform", release.dumps())]})
@@ -779,12 +788,11 @@ class Bench:
             recovered, detail, _, new_wire = self.broker_wipe(broker, detector, run_dir, scope, prepare, feed, decided)
             result["broker_wipe_recovered_s"] = None if recovered is None else round(recovered, 2)
             if recovered is not None:
-                detail["new_detection_s"] = self.detection_after_wipe(detector, new_wire, after + 30.0, limits, released_at)
+                detail["new_detection_s"] = self.detection_after_wipe(detector, new_wire, after + 30.0)
             result["broker_wipe"] = detail
         return result
 
-    def detection_after_wipe(self, detector: Service, wire: Wire, start: float, limits: RuleLimits,
-                             released_at: float) -> float | None:
+    def detection_after_wipe(self, detector: Service, wire: Wire, start: float) -> float | None:
         """A new heating job with an over-limit ramp: seconds until its disaster is on the new DisasterDetected."""
         job = HeatingJobState(job_id=f"wipe{uuid.uuid4().hex[:6]}", state="heating", target_c=50.0, at=start)
         began = time.monotonic()

@@ -1,9 +1,11 @@
 """`heater reset --operator NAME`: the operator's way out of a FATAL latch, locally.
 
 Waits until the control services have stopped or halted (so none is missed on the
-way down), asks AlarmsServer for a signed one-time reset, waits until the latch is released,
-then starts again the control services that stayed down (exit code 3). Services that
-came up halted restart by themselves once they see the release.
+way down), shows the FATAL occurrences that latch and the Pico's trip count, asks
+AlarmsServer for a signed one-time reset naming exactly those (refused if the latch
+changed in between: the operator looks again), waits until the latch is released, then
+starts again the control services that stayed down (exit code 3). Services that came up
+halted restart by themselves once they see the release.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import time
 import urllib.error
 import urllib.request
 from pathlib import Path
+from typing import Any
 
 from heater.catalogue import COMPONENTS
 from heater.probes import HALTED, http_json, probe
@@ -20,7 +23,7 @@ from heater.rundir import Layout
 from heater.supervision import Supervisor
 
 
-def post(url: str, body: dict[str, str]) -> tuple[int, dict]:
+def post(url: str, body: dict[str, Any]) -> tuple[int, dict]:
     request = urllib.request.Request(url, data=json.dumps(body).encode(), headers={"Content-Type": "application/json"})
     try:
         with urllib.request.urlopen(request, timeout=10) as response:
@@ -63,11 +66,18 @@ def main(run_dir: Path, operator: str, timeout: float = 30.0) -> int:
             break
         print(f"waiting for {', '.join(busy)} to stop or halt...", flush=True)
         time.sleep(0.5)
-    status, body = post(alarms + "/reset", {"operator": operator})
+    shown = http_json(alarms + "/latch", timeout=5.0)[1]
+    occurrences = shown.get("occurrences") or {}
+    print(f"the latch, as AlarmsServer shows it (Pico trip count {shown.get('trip_count')}):")
+    for key, occurrence in sorted(occurrences.items(), key=lambda item: item[1].get("raised_at", 0.0)):
+        print(f"  {key}: {occurrence.get('reason', '')}")
+    status, body = post(alarms + "/reset", {"operator": operator, "occurrences": sorted(occurrences),
+                                            "trip_count": shown.get("trip_count")})
     if status != 202:
         print(f"reset refused ({status}): {body.get('error', body)}")
         return 1
-    print(f"reset {body['reset_id']} issued by {operator}; waiting for the latch to be released...")
+    print(f"reset {body['reset_id']} issued by {operator} releases {len(body['occurrences'])} FATAL occurrence(s) "
+          f"and Pico trip {body['trip_count']}; waiting for the latch to be released...")
     deadline = time.monotonic() + timeout
     while latched(alarms) is not False:
         if time.monotonic() > deadline:

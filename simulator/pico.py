@@ -127,6 +127,8 @@ class Pico:
             return self.status()
         if register == r.REG_WDT_WINDOW:
             return self._wdt_window_reg
+        if register == r.REG_TRIP_COUNT:
+            return self._nv.trip_count & 0xFF
         return self.bad_kicks
 
     def write(self, address: int, register: int, value: int) -> None:

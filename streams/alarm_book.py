@@ -216,14 +216,15 @@ class AlarmBook:
         entries = [e for e in (self.history.get(o) for o in self.active.values()) if e is not None and e.active]
         return sorted(entries, key=lambda e: e.alarm.raised_at)
 
-    def reset_fatal(self, operator: str, at: float, covers_until: float) -> list[AlarmEntry]:
-        """Operator reset: every active FATAL raised up to ``covers_until`` becomes inactive."""
-        released: list[AlarmEntry] = []
-        for entry in self.active_entries():
-            if entry.alarm.is_fatal and entry.alarm.raised_at <= covers_until:
-                event = TimelineEvent(kind="reset", at=at, by=operator, reason="operator reset")
-                released.extend(e for e in self._add(entry.alarm.alarm_id, event).changed if not e.active)
-        return released
+    def release_fatal(self, alarm_id: str, raised_at: float, operator: str, reason: str) -> list[AlarmEntry]:
+        """An operator reset released the FATAL occurrence of ``alarm_id`` raised at ``raised_at``.
+
+        The reset event is placed at the raise's own time (after it: resets sort after
+        raises), so it ends exactly that occurrence, and a raise of the same alarm that
+        came later — however late it is delivered — starts a new one.
+        """
+        event = TimelineEvent(kind="reset", at=raised_at, by=operator, reason=reason)
+        return [e for e in self._add(alarm_id, event).changed if not e.active]
 
 
 def _effect(event: TimelineEvent, changed: tuple[AlarmEntry, ...], first: bool) -> Effect:

@@ -38,8 +38,12 @@ class AlarmClient:
         subject: str = "",
         details: Mapping[str, str] | None = None,
         at: float | None = None,
+        occurrence: str = "",
     ) -> Alarm:
-        """Raise an alarm; ``at`` (default now) is when its condition started, for replay-safe ids."""
+        """Raise an alarm; ``at`` (default now) is when its condition started, for replay-safe ids.
+
+        ``occurrence`` names a FATAL occurrence when ``at`` does not (see :mod:`streams.latch`).
+        """
         alarm = Alarm(
             alarm_id=alarm_id_for(self.source, code, subject),
             source=self.source,
@@ -48,6 +52,7 @@ class AlarmClient:
             message=message,
             raised_at=now() if at is None else at,
             details={k: str(v) for k, v in (details or {}).items()},
+            occurrence=occurrence,
         )
         await self._send(topics.CREATE_ALARM.name, alarm.alarm_id.encode(), alarm.dumps())
         log.log(logging.CRITICAL if alarm.is_fatal else logging.WARNING, "raised %s %s: %s", alarm.severity.value, alarm.alarm_id, message)

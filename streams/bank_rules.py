@@ -34,9 +34,11 @@ from __future__ import annotations
 import enum
 import math
 from dataclasses import dataclass, field, replace
-from typing import Iterable, Mapping, MutableMapping, Protocol
+from typing import Callable, Iterable, Mapping, MutableMapping, Protocol
 
 from streams.heater_config import FLAME_SENSOR, WATER_SENSORS, HeaterLimits
+from streams.ids import alarm_id_for, occurrence_key
+from streams.latch import still_covered
 
 SOURCE = "bank"
 
@@ -136,6 +138,7 @@ class Condition:
     active: bool
     since: float
     message: str = ""
+    covered: dict[str, int] | None = None  # ended by a reset: the input positions it covers (streams.latch)
 
     @property
     def key(self) -> str:
@@ -178,15 +181,17 @@ class Step:
 class BankView:
     """The state the rules read; any mappings (dicts in tests, tables in the agent).
 
-    ``released_at`` is the last operator reset of the FATAL latch, None before the first.
+    ``release``: for a FATAL occurrence, the input positions the operator reset that
+    released it covers, or None while none has (:mod:`streams.latch`).
     """
 
     sensors: Mapping[str, SensorState]
     conditions: Mapping[str, Condition]
-    released_at: float | None = None
+    release: Callable[[str], Mapping[str, int] | None] = lambda _key: None
 
-    def reset_covers(self, at: float) -> bool:
-        return self.released_at is not None and at <= self.released_at
+    def release_of(self, condition: Condition) -> Mapping[str, int] | None:
+        """What the reset that released this condition's FATAL occurrence covers; None if none did."""
+        return self.release(occurrence_key(alarm_id_for(SOURCE, condition.code, condition.subject), condition.since))
 
 
 def condition_key(code: str, subject: str) -> str:
@@ -209,7 +214,8 @@ class BankRules:
 
     # -- readings ---------------------------------------------------------------------
 
-    def on_reading(self, view: BankView, reading: ReadingLike) -> Step:
+    def on_reading(self, view: BankView, reading: ReadingLike, position: tuple[str, int] | None = None) -> Step:
+        """Decide one reading; ``position`` is where it stands in its input ("topic:partition", offset)."""
         previous = view.sensors.get(reading.sensor)
         if previous is not None and reading.received_at <= previous.received_at:
             return Step(duplicate=True)
@@ -234,7 +240,7 @@ class BankRules:
             | ({"previous": f"{previous.value:g}"} if previous is not None else {}),
         )
         if quality is Quality.FRESH and reading.kind == "temperature":
-            self._overtemp(changes, state, view)
+            self._overtemp(changes, state, view, position)
         if reading.sensor in self.config.water_sensors and quality is Quality.FRESH:
             self._disagreement(changes, {**view.sensors, reading.sensor: state}, at)
         return Step(sensors={reading.sensor: state}, conditions=changes.conditions, windows=closed, effects=changes.effects)
@@ -247,19 +253,22 @@ class BankRules:
         jump = abs(reading.value - previous.value)
         return Quality.IMPLAUSIBLE if jump > self.config.limits.implausible_jump_c else Quality.FRESH
 
-    def _overtemp(self, changes: "_Changes", state: SensorState, view: BankView) -> None:
+    def _overtemp(self, changes: "_Changes", state: SensorState, view: BankView, position: tuple[str, int] | None) -> None:
         for severity, limit in self.config.levels:
             code = OVERTEMP[severity]
             fatal = severity == "FATAL"
             current = changes.current(code, state.sensor)
             active = current is not None and current.active
-            if active and fatal and current is not None and view.released_at is not None and view.reset_covers(current.since):
-                changes.end_by_reset(current, view.released_at)
+            if active and fatal and current is not None and (covered := view.release_of(current)) is not None:
+                current = changes.end_by_reset(current, covered)
                 active = False
             if active:
                 desired = fatal or state.value >= limit - self.config.hysteresis_c
             else:
-                desired = state.value >= limit and not (fatal and view.reset_covers(state.received_at))
+                # A released FATAL still over the limit is a new occurrence — from readings past
+                # those the reset covered, not from the backlog the operator had already seen.
+                held = fatal and current is not None and still_covered(current.covered, position)
+                desired = state.value >= limit and not held
             message = f"{state.sensor} at {state.value:.1f} °C (limit {limit:g} °C)"
             details = {"sensor": state.sensor, "value": f"{state.value:g}", "limit": f"{limit:g}"}
             changes.want(code, state.sensor, severity, desired, state.received_at, message, details)
@@ -337,10 +346,14 @@ class _Changes:
         key = condition_key(code, subject)
         return self.conditions.get(key) or self._base.get(key)
 
-    def end_by_reset(self, condition: Condition, released_at: float) -> None:
-        """The operator reset ended this FATAL condition: a transition with no effect to send."""
-        ended = replace(condition, active=False, since=max(released_at, condition.since), message=f"reset: {condition.message}")
+    def end_by_reset(self, condition: Condition, covered: Mapping[str, int]) -> Condition:
+        """An operator reset released this FATAL condition's occurrence: a transition with no effect to send.
+
+        Still over the limit past the input the reset covered, a reading raises it again —
+        a new occurrence, at the reading's time, which latches at once."""
+        ended = replace(condition, active=False, message=f"reset: {condition.message}", covered=dict(covered))
         self.conditions[ended.key] = ended
+        return ended
 
     def want(
         self,
@@ -361,9 +374,11 @@ class _Changes:
             at = cause_at if cause_at > current.since else math.nextafter(current.since, math.inf)
         else:  # a clear at the raise's time still sorts after it
             at = max(cause_at, current.since)
+        covered = None
         if not active and current is not None:
-            severity, message = current.severity, f"cleared: {current.message}"
-        condition = Condition(code=code, subject=subject, severity=severity, active=active, since=at, message=message)
+            severity, message, covered = current.severity, f"cleared: {current.message}", current.covered
+        condition = Condition(code=code, subject=subject, severity=severity, active=active, since=at, message=message,
+                              covered=covered)
         self.conditions[condition.key] = condition
         self._effects.append(
             Effect("raise" if active else "clear", code, subject, severity, at, message, dict(details or {}))
@@ -407,19 +422,19 @@ class Bank:
         self.sensors: dict[str, SensorState] = {}
         self.conditions: dict[str, Condition] = {}
         self.windows: dict[str, WindowStats] = {}
-        self.released_at: float | None = None
+        self.released: dict[str, dict[str, int]] = {}  # FATAL occurrence → input positions its reset covers
 
     @property
     def view(self) -> BankView:
-        return BankView(self.sensors, self.conditions, self.released_at)
+        return BankView(self.sensors, self.conditions, self.released.get)
 
     def stats(self) -> dict[str, WindowStats]:
         """Every window, closed and open, by :func:`window_key`."""
         open_ = {window_key(s.sensor, s.window.start): s.window for s in self.sensors.values() if s.window}
         return {**self.windows, **open_}
 
-    def reading(self, reading: ReadingLike) -> tuple[Effect, ...]:
-        return self._apply(self.rules.on_reading(self.view, reading))
+    def reading(self, reading: ReadingLike, position: tuple[str, int] | None = None) -> tuple[Effect, ...]:
+        return self._apply(self.rules.on_reading(self.view, reading, position))
 
     def tick(self, now: float) -> tuple[Effect, ...]:
         return self._apply(self.rules.on_tick(self.view, now))

@@ -11,6 +11,7 @@ import enum
 import functools
 import json
 import math
+import types
 import typing
 from typing import Any, TypeVar
 
@@ -80,19 +81,25 @@ def _finite_float(text: str) -> float:
 
 
 #: JSON types a field of each declared type accepts (bool is no int or float here).
-_JSON_TYPES: dict[Any, tuple[type, ...]] = {str: (str,), float: (int, float), int: (int,), bool: (bool,), dict: (dict,)}
+_JSON_TYPES: dict[Any, tuple[type, ...]] = {
+    str: (str,), float: (int, float), int: (int,), bool: (bool,), dict: (dict,), list: (list,),
+}
 
 
 @functools.lru_cache(maxsize=None)
 def _field_types(record_type: type[HeaterRecord]) -> dict[str, tuple[tuple[type, ...], bool]]:
-    """Field → the JSON types it accepts, and whether it maps strings to strings."""
+    """Field → the JSON types it accepts, and whether it holds only strings (``dict[str, str]``, ``list[str]``)."""
     found: dict[str, tuple[tuple[type, ...], bool]] = {}
     for name, declared in typing.get_type_hints(record_type).items():
+        optional = typing.get_origin(declared) in (typing.Union, types.UnionType) and type(None) in typing.get_args(declared)
+        if optional:
+            (declared,) = [arg for arg in typing.get_args(declared) if arg is not type(None)]
         origin = typing.get_origin(declared) or declared
         if isinstance(origin, type) and issubclass(origin, enum.Enum):
             origin = str
         if origin in _JSON_TYPES:
-            found[name] = (_JSON_TYPES[origin], typing.get_args(declared) == (str, str))
+            allowed = _JSON_TYPES[origin] + ((type(None),) if optional else ())
+            found[name] = (allowed, typing.get_args(declared) in ((str, str), (str,)))
     return found
 
 
@@ -108,9 +115,12 @@ def _check_types(data: dict[str, Any], record_type: type[HeaterRecord]) -> None:
             continue
         allowed, string_map = types[name]
         if (isinstance(value, bool) and bool not in allowed) or not isinstance(value, allowed):
-            raise DecodeError("invalid", f"{name} must be {allowed[-1].__name__}, got {type(value).__name__}")
-        if string_map and not all(isinstance(v, str) for v in value.values()):
+            expected = [t.__name__ for t in allowed if t is not type(None)][-1]
+            raise DecodeError("invalid", f"{name} must be {expected}, got {type(value).__name__}")
+        if string_map and isinstance(value, dict) and not all(isinstance(v, str) for v in value.values()):
             raise DecodeError("invalid", f"{name} must map strings to strings")
+        if string_map and isinstance(value, list) and not all(isinstance(v, str) for v in value):
+            raise DecodeError("invalid", f"{name} must be a list of strings")
 
 
 def encode(record: HeaterRecord) -> bytes:

@@ -29,9 +29,14 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass, field, replace
-from typing import Iterable, Mapping
+from typing import Callable, Iterable, Mapping
 
 from streams.heater_config import WATER_SENSORS, HeaterLimits
+from streams.latch import still_covered
+
+#: For a detection, the input positions the operator reset that released its FATAL
+#: occurrence covers; None while no reset has released it (:mod:`streams.latch`).
+Released = Callable[["Detection"], Mapping[str, int] | None]
 
 #: Job states in which the burner may be lit.
 RUNNING_STATES = frozenset({"igniting", "heating"})
@@ -337,11 +342,13 @@ class DisasterWatch:
         self.valve = self.valve.with_readback(valve_open, at)
         return self.valve
 
-    def on_reading(self, sensor: str, value: float, at: float, released_at: float | None = None) -> ReadingOutcome:
+    def on_reading(self, sensor: str, value: float, at: float, released: Released = lambda _: None,
+                   position: tuple[str, int] | None = None) -> ReadingOutcome:
         """Add a water temperature sample; return the new disasters it reveals.
 
-        ``released_at`` is the last operator reset. A disaster reported before it does not
-        hide the same disaster found again after it (see :func:`reported`).
+        ``released`` tells what the reset that released a detection's FATAL occurrence
+        covers; ``position`` is where this reading stands in its input. A released
+        detection does not hide the same disaster found again past that (see :func:`reported`).
         """
         if sensor not in self.limits.water_sensors:
             return ReadingOutcome(None, self.status(at))
@@ -353,7 +360,8 @@ class DisasterWatch:
         status = self.status(now)
         if not status.watching:
             return ReadingOutcome(window, status)
-        found = [d for d in self._evaluate(window, now, status) if not reported(self.detections.get(d.disaster_id), d, released_at)]
+        found = [d for d in self._evaluate(window, now, status)
+                 if not reported(self.detections.get(d.disaster_id), released, position)]
         for detection in found:
             self.detections[detection.disaster_id] = detection
         return ReadingOutcome(window, status, found)
@@ -447,13 +455,14 @@ class DisasterWatch:
         return self._detection(Rule.SENSOR_DISAGREEMENT, status, f"{high},{low}", message, spread, limit, now)
 
 
-def reported(prior: Detection | None, found: Detection, released_at: float | None) -> bool:
-    """Whether ``found`` was reported already: once per rule and episode, and once more after a reset.
+def reported(prior: Detection | None, released: Released, position: tuple[str, int] | None = None) -> bool:
+    """Whether a disaster was reported already: once per rule and episode, and again once a reset released it.
 
     An episode can outlive an operator reset (the water still rising in a job's grace
-    period); the reset ended the first report's FATAL, so the danger that persists after
-    it must be reported — and latch — again.
+    period); the reset released the first report's FATAL, so the danger that persists
+    past the readings the reset covered is reported again — a new occurrence — and latches.
     """
     if prior is None:
         return False
-    return released_at is None or not (prior.at <= released_at < found.at)
+    covered = released(prior)
+    return covered is None or still_covered(covered, position)

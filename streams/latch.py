@@ -1,62 +1,230 @@
-"""The platform's FATAL latch as every service sees it. Pure: no Kafka.
+"""The platform's FATAL latch: which FATAL occurrences hold it, and what a reset releases. Pure: no Kafka, no Faust.
 
-The platform is latched when a FATAL alarm was raised after the last operator reset.
-Two sources feed it: FATAL alarms on ``createAlarm`` (so a service halts even when
-AlarmsServer is down) and AlarmsServer's records on ``platformLatch``. A release
-(``latched=False``) covers the FATAL alarms raised up to its ``changed_at`` — the
-moment the operator issued the reset — and no later ones.
+DESIGN rule 4. Every FATAL alarm is an *occurrence*, named by an id its source derives
+from its input (:meth:`streams.records.Alarm.occurrence_id`): the time of the reading
+that started the condition, or the Pico trip it caused. The same input replayed after
+a restart gives the same id; a danger that persists after a reset is decided again
+from newer input and gives a new one.
 
-The reset covers what came before it. The operator resets knowing the platform's state
-up to that moment, so evidence from before it — a reading received earlier, replayed by
-a service catching up after its restart — cannot latch the platform again. A condition
-that persists shows in the readings that follow the reset, and those latch it at once.
-Without this rule a reset could never hold: every control service replays its input
-from its last committed offset, and the readings that caused the FATAL are still there.
+A reset names the occurrences the operator was shown, and the Pico trip count it was
+issued for. It releases exactly those. Any occurrence it does not name latches,
+whatever its timestamp — a FATAL raised a moment before the reset and delivered after
+it, a service catching up — and no clock comparison decides anything here: clocks of
+different processes are not comparable, and a lagging service's alarm is as real as a
+prompt one's.
+
+A danger that persists after a reset is decided again from newer input, not from the
+readings the operator's decision covered: a reset records where each readings partition
+ended when it was issued (``covered``), and a condition it released is raised again
+only by a reading past that point — an offset in the input, not a time. A service
+working through a backlog after its restart does not re-latch on readings the operator
+had already seen; a FATAL occurrence the reset did not name latches whatever its input.
+
+Two views of the same rule:
+
+* :class:`LatchState` — AlarmsServer's own record (on ``platformLatch``): the occurrences
+  that latch, every occurrence released so far and by which reset, the trip count;
+* :class:`LatchView` — what every other service follows: FATAL alarms straight from
+  ``createAlarm`` (so it halts even while AlarmsServer is down) and AlarmsServer's
+  releases from ``platformLatch``.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import enum
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Collection, Iterable, Mapping
 
-from streams.records import Alarm, PlatformLatch
+from streams.ids import occurrence_key
+
+if TYPE_CHECKING:
+    from streams.records import Alarm, PlatformLatch
+
+__all__ = ["FatalVerdict", "LatchState", "LatchView", "Occurrence", "ResetOutcome", "not_named", "occurrence_key"]
+
+
+@dataclass(frozen=True)
+class Occurrence:
+    """One FATAL occurrence as the operator is shown it."""
+
+    key: str
+    alarm_id: str
+    reason: str
+    raised_at: float
+
+    @classmethod
+    def of(cls, alarm: Alarm) -> "Occurrence":
+        return cls(alarm.occurrence_id, alarm.alarm_id, alarm.message, alarm.raised_at)
+
+    def to_row(self) -> dict[str, object]:
+        return {"alarm_id": self.alarm_id, "reason": self.reason, "raised_at": self.raised_at}
+
+    @classmethod
+    def from_row(cls, key: str, row: Mapping[str, object]) -> "Occurrence":
+        return cls(key, str(row.get("alarm_id", "")), str(row.get("reason", "")), float(row.get("raised_at", 0.0)))  # type: ignore[arg-type]
+
+
+class FatalVerdict(str, enum.Enum):
+    NEW = "new"  # latches now: power cut-off commanded
+    HELD = "held"  # already latching (the same occurrence delivered again)
+    RELEASED = "released"  # a reset named it: a replay, kept in history, not latched
+
+
+@dataclass(frozen=True)
+class ResetOutcome:
+    """What a verified reset did: released occurrences, those still latching, or why it was refused."""
+
+    released: tuple[str, ...] = ()
+    remaining: tuple[str, ...] = ()
+    refused: str = ""
+
+
+@dataclass
+class LatchState:
+    """AlarmsServer's FATAL latch."""
+
+    latching: dict[str, Occurrence] = field(default_factory=dict)
+    released: dict[str, str] = field(default_factory=dict)  # occurrence → reset id
+    trip_count: int | None = None  # the Pico's, as its adapter last reported it
+    covered: dict[str, dict[str, int]] = field(default_factory=dict)  # reset id → input positions it covers
+
+    @property
+    def latched(self) -> bool:
+        return bool(self.latching)
+
+    def on_fatal(self, occurrence: Occurrence) -> FatalVerdict:
+        if occurrence.key in self.released:
+            return FatalVerdict.RELEASED
+        if occurrence.key in self.latching:
+            return FatalVerdict.HELD
+        self.latching[occurrence.key] = occurrence
+        return FatalVerdict.NEW
+
+    def shows(self, occurrences: Collection[str], trip_count: int | None) -> bool:
+        """Whether the operator's view — ``occurrences`` and ``trip_count`` — is still the latch's."""
+        return set(occurrences) == set(self.latching) and trip_count == self.trip_count
+
+    def on_reset(self, reset_id: str, named: Iterable[str], trip_count: int | None,
+                 covered: Mapping[str, int] | None = None) -> ResetOutcome:
+        """Release exactly the named occurrences; refuse a reset issued for another trip, or naming none that latches."""
+        names = set(named)
+        if self.trip_count is not None and trip_count != self.trip_count:
+            return ResetOutcome(remaining=tuple(self.latching), refused=(
+                f"issued for Pico trip count {trip_count}, the Pico is at {self.trip_count}: it tripped again since"))
+        releasing = [key for key in self.latching if key in names]
+        if not releasing:
+            return ResetOutcome(remaining=tuple(self.latching), refused="it names no FATAL occurrence that latches")
+        for key in releasing:
+            del self.latching[key]
+            self.released[key] = reset_id
+        self.covered[reset_id] = dict(covered or {})
+        return ResetOutcome(released=tuple(releasing), remaining=tuple(self.latching))
+
+    def to_record(self, changed_at: float, changed_by: str, reset_id: str = "") -> PlatformLatch:
+        from streams.records import PlatformLatch  # the rule itself needs no Faust
+        first = next(iter(self.latching.values()), None)
+        return PlatformLatch(
+            latched=self.latched,
+            alarm_id=first.alarm_id if first else "",
+            reason=first.reason if first else (f"operator reset {reset_id}" if reset_id else ""),
+            changed_at=changed_at,
+            changed_by=changed_by,
+            occurrences={key: o.to_row() for key, o in self.latching.items()},
+            released=dict(self.released),
+            trip_count=self.trip_count,
+            reset_id=reset_id,
+            covered={r: dict(p) for r, p in self.covered.items()},
+        )
+
+    @classmethod
+    def from_record(cls, record: PlatformLatch | None) -> "LatchState":
+        if record is None:
+            return cls()
+        return cls(
+            latching={o.key: o for o in latching(record)},
+            released=dict(record.released or {}),
+            trip_count=record.trip_count,
+            covered={r: dict(p) for r, p in (record.covered or {}).items()},
+        )
 
 
 @dataclass
 class LatchView:
-    fatal_at: float | None = None
-    fatal_alarm_id: str = ""
-    fatal_reason: str = ""
-    released_at: float | None = None
+    """The latch as a service follows it: FATAL occurrences seen, and the releases AlarmsServer recorded."""
+
+    raised: dict[str, Occurrence] = field(default_factory=dict)
+    released: dict[str, str] = field(default_factory=dict)
     released_by: str = ""
+    covered: dict[str, dict[str, int]] = field(default_factory=dict)
+
+    @property
+    def unreleased(self) -> dict[str, Occurrence]:
+        return {key: o for key, o in self.raised.items() if key not in self.released}
 
     @property
     def latched(self) -> bool:
-        return self.fatal_at is not None and (self.released_at is None or self.fatal_at > self.released_at)
+        return any(key not in self.released for key in self.raised)
+
+    @property
+    def _latest(self) -> Occurrence | None:
+        return next(reversed(self.unreleased.values()), None)
+
+    @property
+    def fatal_alarm_id(self) -> str:
+        latest = self._latest
+        return latest.alarm_id if latest else ""
 
     @property
     def reason(self) -> str:
-        return f"FATAL {self.fatal_alarm_id}: {self.fatal_reason}" if self.latched else ""
+        latest = self._latest
+        return f"FATAL {latest.alarm_id}: {latest.reason}" if latest else ""
 
-    def covers(self, at: float) -> bool:
-        """True when the last operator reset covers something observed at ``at``."""
-        return self.released_at is not None and at <= self.released_at
+    def is_released(self, key: str) -> bool:
+        return key in self.released
+
+    def covered_by_release(self, key: str) -> Mapping[str, int] | None:
+        """The input positions the reset that released ``key`` covers; None while no reset released it."""
+        reset_id = self.released.get(key)
+        return None if reset_id is None else self.covered.get(reset_id, {})
 
     def on_alarm(self, alarm: Alarm) -> None:
         if alarm.is_fatal:
-            self._fatal(alarm.raised_at, alarm.alarm_id, alarm.message)
+            self.raised.setdefault(alarm.occurrence_id, Occurrence.of(alarm))
 
     def on_latch(self, record: PlatformLatch) -> None:
-        if record.latched:
-            self._fatal(record.changed_at, record.alarm_id, record.reason)
-        elif self.released_at is None or record.changed_at > self.released_at:
-            self.released_at = record.changed_at
+        for occurrence in latching(record):
+            self.raised.setdefault(occurrence.key, occurrence)
+        for reset_id, positions in (record.covered or {}).items():
+            self.covered.setdefault(reset_id, dict(positions))
+        new = {key: reset for key, reset in (record.released or {}).items() if key not in self.released}
+        if new:
+            self.released.update(new)
             self.released_by = record.changed_by
 
-    def _fatal(self, at: float, alarm_id: str, reason: str) -> None:
-        if self.fatal_at is None or at >= self.fatal_at:
-            self.fatal_at, self.fatal_alarm_id, self.fatal_reason = at, alarm_id, reason
+
+def latching(record: PlatformLatch) -> list[Occurrence]:
+    """The occurrences a latch record holds; a latched record that names none still latches (by its alarm)."""
+    found = [Occurrence.from_row(key, row) for key, row in (record.occurrences or {}).items()]
+    if record.latched and not found:
+        found = [Occurrence(occurrence_key(record.alarm_id, record.changed_at), record.alarm_id, record.reason,
+                            record.changed_at)]
+    return found
 
 
-def covered_by_release(latch: PlatformLatch | None, raised_at: float) -> bool:
-    """True when ``latch`` is a release issued at or after ``raised_at`` (see the module doc)."""
-    return latch is not None and not latch.latched and raised_at <= latch.changed_at
+def still_covered(positions: Mapping[str, int] | None, position: tuple[str, int] | None) -> bool:
+    """Whether the input at ``position`` ("topic:partition", offset) is one a release covered.
+
+    ``positions``: what the reset that released a condition covers (None: not released).
+    A condition released and still present raises a new occurrence only from input past
+    them; without a position (a reset that recorded none, input of unknown position)
+    nothing is covered.
+    """
+    if positions is None or position is None:
+        return False
+    key, offset = position
+    return offset < positions.get(key, -1)
+
+
+def not_named(view: LatchView, named: Collection[str]) -> list[str]:
+    """The occurrences that latch in ``view`` and a reset naming ``named`` would leave latched."""
+    return [key for key in view.unreleased if key not in named]

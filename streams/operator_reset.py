@@ -1,7 +1,8 @@
 """Operator resets: issued signed and one-time, verified before anything is released.
 
 A reset is an :class:`OperatorReset` record: operator identity, a random one-time
-nonce, the time it was issued, and a Vault transit signature over all three. Whoever
+nonce, the time it was issued, the FATAL occurrences and the Pico trip it releases
+(:mod:`streams.latch`), and a Vault transit signature over all of them. Whoever
 acts on it — AlarmsServer clearing the Kafka latch, the I2C adapter releasing the
 Pico's hardware latch — verifies it first: signature valid, nonce never used before,
 issued recently. A forged, replayed or stale reset is refused with a reason.
@@ -11,7 +12,7 @@ from __future__ import annotations
 
 import secrets
 import uuid
-from typing import Awaitable, Callable, Container, Protocol
+from typing import Awaitable, Callable, Container, Iterable, Mapping, Protocol
 
 from streams.records import OperatorReset, now
 
@@ -33,12 +34,16 @@ class Signer(Protocol):
     async def verify(self, payload: bytes, signature: str) -> bool: ...
 
 
-async def issue_reset(operator: str, signer: Signer) -> OperatorReset:
-    """A new signed reset for ``operator`` with a fresh nonce."""
+async def issue_reset(
+    operator: str, signer: Signer, occurrences: Iterable[str] = (), trip_count: int | None = None,
+    covered: Mapping[str, int] | None = None,
+) -> OperatorReset:
+    """A new signed reset for ``operator`` with a fresh nonce, naming what it releases and the input it covers."""
     if not operator:
         raise ValueError("an operator reset needs the operator's identity")
     unsigned = OperatorReset(
-        reset_id=str(uuid.uuid4()), operator=operator, nonce=secrets.token_hex(16), issued_at=now(), signature="-"
+        reset_id=str(uuid.uuid4()), operator=operator, nonce=secrets.token_hex(16), issued_at=now(), signature="-",
+        occurrences=sorted(occurrences), trip_count=trip_count, covered=dict(covered or {}),
     )
     signature = await signer.sign(unsigned.signed_payload())
     return OperatorReset(**{**unsigned.asdict(), "signature": signature})

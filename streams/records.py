@@ -10,13 +10,14 @@ that exists is a record that makes sense. Field meanings are documented on the c
 from __future__ import annotations
 
 import enum
-import hashlib
 import math
 import time
 import typing
 from typing import Any, ClassVar
 
 import faust
+
+from streams.ids import alarm_id_for, occurrence_key  # noqa: F401 - the records' ids, defined without Faust
 
 SCHEMA_VERSION = 1
 
@@ -76,19 +77,15 @@ def _one_of(value: str, allowed: typing.Iterable[str], name: str) -> None:
     _require(value in allowed, f"{name}={value!r}: expected one of {', '.join(allowed)}")
 
 
-def alarm_id_for(source: str, code: str, subject: str = "") -> str:
-    """Deterministic alarm id: the same condition always has the same id (idempotence)."""
-    raw = f"{source}/{code}/{subject}" if subject else f"{source}/{code}"
-    if len(raw) <= 120:
-        return raw
-    return f"{source}/{code}/{hashlib.sha256(subject.encode()).hexdigest()[:16]}"
 
 
 class Alarm(HeaterRecord):
     """``createAlarm``: one alarm raised by a service.
 
     ``alarm_id`` is deterministic (:func:`alarm_id_for`), so raising the same condition
-    twice is one alarm. ``raised_at`` is seconds since the epoch.
+    twice is one alarm. ``raised_at`` is seconds since the epoch. ``occurrence`` is the
+    source's own name for this FATAL occurrence (e.g. the Pico trip it caused), when the
+    time its condition started does not name it (see :mod:`streams.latch`).
     """
 
     alarm_id: str
@@ -98,6 +95,7 @@ class Alarm(HeaterRecord):
     message: str
     raised_at: float
     details: dict[str, str] = {}
+    occurrence: str = ""
     schema_version: int = SCHEMA_VERSION
 
     def check(self) -> None:
@@ -111,6 +109,11 @@ class Alarm(HeaterRecord):
     @property
     def is_fatal(self) -> bool:
         return self.severity is Severity.FATAL
+
+    @property
+    def occurrence_id(self) -> str:
+        """The id a reset names to release this FATAL occurrence (deterministic from the source's input)."""
+        return occurrence_key(self.alarm_id, self.raised_at, self.occurrence)
 
 
 class AlarmClear(HeaterRecord):
@@ -201,7 +204,11 @@ class RelayCommand(HeaterRecord):
 
 
 class RelayState(HeaterRecord):
-    """``relayState``: the relay outputs as read back from the Pico after a write."""
+    """``relayState``: the relay outputs as read back from the Pico after a write.
+
+    ``trip_count`` is the Pico's own count of trips (-1: not read yet): a reset is issued
+    for one trip, and refused once the Pico has tripped again.
+    """
 
     power_on: bool
     valve_open: bool
@@ -209,33 +216,78 @@ class RelayState(HeaterRecord):
     trip_latched: bool
     watchdog_expired: bool
     read_at: float
+    trip_count: int = -1
     schema_version: int = SCHEMA_VERSION
 
 
 class PlatformLatch(HeaterRecord):
-    """``platformLatch``: the FATAL latch; ``latched`` stays true until an operator reset."""
+    """``platformLatch``: the FATAL latch; ``latched`` stays true until an operator reset.
+
+    ``occurrences``: the FATAL occurrences that latch (id → alarm id, reason, time), as
+    the operator is shown them; ``released``: every occurrence a reset released so far
+    (id → reset id). See :mod:`streams.latch`.
+    """
 
     latched: bool
     alarm_id: str
     reason: str
     changed_at: float
     changed_by: str
+    occurrences: dict[str, dict[str, Any]] = {}
+    released: dict[str, str] = {}
+    trip_count: int | None = None
+    reset_id: str = ""
+    covered: dict[str, dict[str, int]] = {}
     schema_version: int = SCHEMA_VERSION
+
+    def check(self) -> None:
+        _finite(self.changed_at, "changed_at")
+        _require(isinstance(self.occurrences, dict) and isinstance(self.released, dict), "occurrences and released are maps")
+        for key, row in self.occurrences.items():
+            _require(isinstance(row, dict) and isinstance(row.get("alarm_id"), str), f"occurrence {key!r}: no alarm_id")
+            _finite(row.get("raised_at"), f"occurrence {key!r} raised_at")  # type: ignore[arg-type]
+        _require(all(isinstance(v, str) for v in self.released.values()), "released maps occurrences to reset ids")
+        _require(isinstance(self.covered, dict) and all(_positions(p) for p in self.covered.values()),
+                 "covered maps reset ids to input positions")
 
 
 class OperatorReset(HeaterRecord):
-    """``operatorReset``: a signed, one-time reset of the FATAL latch by an operator."""
+    """``operatorReset``: a signed, one-time reset of the FATAL latch by an operator.
+
+    It releases exactly the FATAL ``occurrences`` it names (those the operator was shown),
+    and only while the Pico is at ``trip_count`` (None: no trip count was known).
+    ``covered``: the end of each readings partition ("topic:partition" → offset) when it
+    was issued — the readings the operator's decision covers: a condition it released is
+    raised again only by a reading after them (:mod:`streams.latch`).
+    """
 
     reset_id: str
     operator: str
     nonce: str
     issued_at: float
     signature: str
+    occurrences: list[str] = []
+    trip_count: int | None = None
+    covered: dict[str, int] = {}
     schema_version: int = SCHEMA_VERSION
 
+    def check(self) -> None:
+        _require(isinstance(self.occurrences, list) and all(isinstance(o, str) and o for o in self.occurrences),
+                 "occurrences must be a list of occurrence ids")
+        _require(self.trip_count is None or isinstance(self.trip_count, int), "trip_count must be an integer")
+        _require(_positions(self.covered), "covered maps topic:partition to offsets")
+
     def signed_payload(self) -> bytes:
-        """The exact bytes the signature covers."""
-        return f"{self.reset_id}|{self.operator}|{self.nonce}|{self.issued_at!r}".encode()
+        """The exact bytes the signature covers: what is released, and what it covers, are signed too."""
+        named = ",".join(sorted(self.occurrences))
+        covered = ",".join(f"{k}={v}" for k, v in sorted(self.covered.items()))
+        return f"{self.reset_id}|{self.operator}|{self.nonce}|{self.issued_at!r}|{named}|{self.trip_count}|{covered}".encode()
+
+
+def _positions(value: Any) -> bool:
+    """A map of input partition ("topic:partition") → offset."""
+    return isinstance(value, dict) and all(
+        isinstance(k, str) and isinstance(v, int) and not isinstance(v, bool) and v >= 0 for k, v in value.items())
 
 
 class ConfigDocument(HeaterRecord):

@@ -94,21 +94,26 @@ def test_fatal_is_not_cleared_by_delete_only_by_operator_reset() -> None:
     assert book.clear(clear("bank/fatal")) is Effect.REFUSED_FATAL
     (entry,) = book.history.values()
     assert entry.active and entry.refused_clears == 1
-    released = book.reset_fatal("alice", at=99.0, covers_until=50.0)
+    released = book.release_fatal("bank/fatal", entry.alarm.raised_at, "alice", "operator reset r1")
     assert [e.cleared_by for e in released] == ["alice"]
     (entry,) = book.history.values()
-    assert not entry.active and entry.alarm.is_fatal and entry.clear_reason == "operator reset"
+    assert not entry.active and entry.alarm.is_fatal and entry.clear_reason == "operator reset r1"
 
 
-def test_operator_reset_covers_fatals_raised_before_it_only() -> None:
+def test_a_release_ends_exactly_the_occurrence_it_names() -> None:
+    """Released: a/fatal raised at 10. b/fatal, and a/fatal raised again at 12 (delivered after the
+    release), are not named: they stay active, whatever the clock said when the reset was issued."""
     book = Book()
     book.raise_(alarm("a/fatal", at=10, severity="FATAL"))
     book.raise_(alarm("b/fatal", at=30, severity="FATAL"))
     book.raise_(alarm("c/warn", at=5))
-    reset = book.reset_fatal("alice", at=25, covers_until=20)
-    assert [e.alarm.alarm_id for e in reset] == ["a/fatal"]
-    assert [e.alarm.alarm_id for e in book.active_entries()] == ["c/warn", "b/fatal"]
+    released = book.release_fatal("a/fatal", 10, "alice", "operator reset r1")
+    assert [e.alarm.alarm_id for e in released] == ["a/fatal"]
     assert book.current("a/fatal").cleared_by == "alice"
+    book.raise_(alarm("a/fatal", at=12, severity="FATAL"))
+    assert [(e.alarm.alarm_id, e.alarm.raised_at) for e in book.active_entries()] == [
+        ("c/warn", 5), ("a/fatal", 12), ("b/fatal", 30)]
+    assert book.history[f"a/fatal@{10.0!r}"].active is False
 
 
 def _events(rng: random.Random, count: int, ids: int) -> tuple[list[Alarm], list[AlarmClear]]:

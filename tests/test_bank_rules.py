@@ -24,7 +24,7 @@ from streams.bank_rules import (
     window_key,
 )
 from streams.heater_config import HeaterLimits
-from streams.records import Alarm, AlarmClear
+from streams.records import Alarm, AlarmClear, occurrence_key
 
 WARN, CRIT, FATAL = OVERTEMP["WARNING"], OVERTEMP["CRITICAL"], OVERTEMP["FATAL"]
 
@@ -89,30 +89,56 @@ def test_overtemperature_levels_and_hysteresis(values: list[float], expected: li
     assert all(e.subject == "water.0" for e in effects)
 
 
-def test_an_operator_reset_ends_fatal_and_the_next_overheat_raises_it_again() -> None:
-    """The reset covers the readings before it (replayed after every restart); the ones after it count."""
-    bank = Bank()
-    before = temps([80, 86, 87, 88])
-    assert ("raise", FATAL) in kinds(bank.feed(before)) and bank.conditions[f"{FATAL}/water.0"].active
-    bank.released_at = 1001.0
-    assert bank.feed(temps([88, 88], t0=1000.5)) == [], "replayed readings the reset covers raise nothing"
-    effects = bank.feed(temps([88], t0=1001.5))
-    assert [(e.kind, e.code, e.at) for e in effects] == [("raise", FATAL, 1001.5)], "still over the limit after the reset: FATAL again"
+def fatal_occurrence(effects: Iterable[Effect]) -> str:
+    """The occurrence id of the FATAL these effects raise (as AlarmsServer names it for a reset)."""
+    (raised,) = [e for e in effects if e.kind == "raise" and e.code == FATAL]
+    return occurrence_key(raised.alarm_id, raised.at)
 
 
-def test_a_reset_fatal_stays_ended_until_the_water_overheats_again() -> None:
+def test_a_reset_releases_the_occurrence_it_names_and_a_persisting_overheat_is_a_new_one() -> None:
     bank = Bank()
-    bank.feed(slow([80, 86]))
-    bank.released_at = 1003.0
+    first = fatal_occurrence(bank.feed(temps([80, 86, 87, 88])))
+    assert bank.conditions[f"{FATAL}/water.0"].active
+    bank.released = {first: {}}
+    effects = bank.feed(temps([88], t0=1000.5))
+    assert [(e.kind, e.code, e.at) for e in effects] == [("raise", FATAL, 1000.5)], "still over the limit: FATAL again"
+    assert fatal_occurrence(effects) != first, "a new occurrence, which no reset has named"
+
+
+def test_readings_the_reset_covered_do_not_raise_it_again() -> None:
+    """Restarted after the reset, the bank works through readings the operator had already seen (offsets
+    below where the input ended when the reset was issued): the released FATAL is not raised again from
+    them — only from a reading past them, if the water is still too hot."""
+    bank = Bank()
+    hot = temps([86] * 6)
+    first = fatal_occurrence(e for i, r in enumerate(hot[:2]) for e in bank.reading(r, ("sensorData:0", i)))
+    bank.released = {first: {"sensorData:0": 5}}
+    backlog = [e for i, r in enumerate(hot[2:5], start=2) for e in bank.reading(r, ("sensorData:0", i))]
+    assert backlog == [] and not bank.conditions[f"{FATAL}/water.0"].active
+    past = bank.reading(hot[5], ("sensorData:0", 5))
+    assert [(e.kind, e.code, e.at) for e in past] == [("raise", FATAL, hot[5].received_at)]
+
+
+def test_replayed_readings_name_the_same_occurrence() -> None:
+    """A restart decides the same readings again from the same state: the reset already released that id."""
+    readings = temps([80, 86, 87, 88])
+    assert fatal_occurrence(Bank().feed(readings)) == fatal_occurrence(Bank().feed(readings))
+
+
+def test_a_released_fatal_stays_ended_until_the_water_overheats_again() -> None:
+    bank = Bank()
+    bank.released = {fatal_occurrence(bank.feed(slow([80, 86]))): {}}
     assert kinds(bank.feed(temps([70, 50], t0=1004, dt=2.0))) == [("clear", CRIT), ("clear", WARN)], "no clear is sent for FATAL"
     assert not bank.conditions[f"{FATAL}/water.0"].active
     assert kinds(bank.feed(temps([86], t0=1010))) == [("raise", WARN), ("raise", CRIT), ("raise", FATAL)]
 
 
-def test_readings_the_reset_covers_never_start_a_fatal() -> None:
+def test_a_reset_that_names_other_occurrences_ends_nothing() -> None:
+    """No clock decides: a reset released some other occurrence, later than this reading — the FATAL holds."""
     bank = Bank()
-    bank.released_at = 1010.0
-    assert kinds(bank.feed(temps([86]))) == [("raise", WARN), ("raise", CRIT)]
+    bank.released = {occurrence_key(f"bank/{FATAL}/water.0", 1100.0): {}, occurrence_key("disaster/rise/job-1", 999.0): {}}
+    assert kinds(bank.feed(temps([86]))) == [("raise", WARN), ("raise", CRIT), ("raise", FATAL)]
+    assert bank.feed(temps([86, 84], t0=1001)) == [], "FATAL stays active; nothing else changes"
 
 
 def test_raise_and_clear_carry_the_time_of_their_reading() -> None:

@@ -23,7 +23,9 @@ from heater.probes import http_json
 from heater.runtime.broker import EmbeddedBroker
 from streams.disaster_rules import Detection, DisasterWatch, RuleLimits
 from streams.heater_config import HeaterLimits
-from streams.records import HeatingJobState, PlatformLatch, RelayAction, RelayCommand, RelayState, SensorReading
+from streams.records import (
+    HeatingJobState, PlatformLatch, RelayAction, RelayCommand, RelayState, SensorReading, alarm_id_for, occurrence_key,
+)
 from tests.support import ServiceProcess, consume_until, run, wait_for
 
 SENSORS = ("water.0", "water.1", "water.2")
@@ -262,15 +264,23 @@ HAND_WRITTEN: list[tuple[str, dict[str, list[float]], set[str]]] = [
 ]
 
 
+#: An operator reset that released every detection of the feed and covers all of its readings: the
+#: detector reports each disaster and raises its FATAL, which latches nothing (see streams.latch).
+COVERS_ALL = {"sensorData:0": 10**12}
+
+
+def covered_release(detection: Detection) -> dict[str, int]:
+    return COVERS_ALL
+
+
 class DisasterFeed:
     """The valve closed, then heating jobs each followed by its water (the hand-written jobs first, then
-    random runaway ramps, until the rules find ``wanted`` disasters), timestamped an hour before the
-    operator release so that every detection is covered by it: reported and stored, no FATAL."""
+    random runaway ramps, until the rules find ``wanted`` disasters), starting an hour before ``now``;
+    every detection's FATAL is one an operator reset released, covering every reading."""
 
-    def __init__(self, seed: int, wanted: int, released_at: float, limits: RuleLimits) -> None:
+    def __init__(self, seed: int, wanted: int, now: float, limits: RuleLimits) -> None:
         rng = random.Random(seed)
-        self.released_at = released_at
-        self.t0 = released_at - 3600.0
+        self.t0 = now - 3600.0
         self.relay = RelayState(power_on=True, valve_open=False, spark_on=False, trip_latched=False,
                                 watchdog_expired=False, read_at=self.t0 - 30.0)
         self.command = RelayCommand(command_id=f"close-{seed}", action=RelayAction.VALVE, on=False, issued_by="test",
@@ -301,7 +311,8 @@ class DisasterFeed:
                 reading = SensorReading(sensor=sensor, kind="temperature", value=round(values[sensor][k], 1), unit="C",
                                         received_at=start + 0.5 + k / 10, sequence=k)
                 readings.append(reading)
-                found += self.watch.on_reading(sensor, reading.value, reading.received_at, self.released_at).detections
+                found += self.watch.on_reading(sensor, reading.value, reading.received_at, covered_release,
+                                               ("sensorData:0", 0)).detections
         self.jobs.append((job, readings))
         self.detections += found
         self.by_job[job_id] = {d.disaster_id for d in found}
@@ -369,14 +380,16 @@ def test_exactly_once_across_kill_9(tmp_path: Path) -> None:
     seed = random.randrange(1_000_000)
     print(f"\ndisaster exactly-once: seed={seed}", flush=True)
     rng = random.Random(seed)
-    released_at = time.time()
-    feed = DisasterFeed(seed, 300, released_at, RuleLimits.from_heater(HeaterLimits.from_env()))
+    feed = DisasterFeed(seed, 300, time.time(), RuleLimits.from_heater(HeaterLimits.from_env()))
     expected = feed.expected()
     hand = {job_id: ids for job_id, _, ids in HAND_WRITTEN}
     assert {job_id: feed.by_job[job_id] for job_id in hand} == hand, "the rules find what the hand-written jobs expect"
     assert len(expected) >= 300
-    release = PlatformLatch(latched=False, alarm_id="", reason="test: an operator release after every record time",
-                            changed_at=released_at, changed_by="test")
+    release = PlatformLatch(
+        latched=False, alarm_id="", reason="test: an operator reset released every detection of the feed",
+        changed_at=time.time(), changed_by="test", reset_id="test-reset", covered={"test-reset": COVERS_ALL},
+        released={occurrence_key(alarm_id_for("disaster", d.rule, d.episode), d.at): "test-reset" for d in feed.detections},
+    )
     run_dir = tmp_path / "disaster"
     kill_points = sorted(rng.sample([(j, p) for j in range(1, len(feed.jobs) - 1) for p in ("job", "readings")], rng.randint(3, 4)))
     kills: list[str] = []

@@ -308,24 +308,36 @@ def test_one_detection_per_rule_and_episode() -> None:
     assert [d.disaster_id for d in feed(restored, series(flat(95.0, 1), start=T0 + 10))] == ["over-limit/job-j2"]
 
 
-def feed_after(watch: DisasterWatch, readings: Iterable[Reading], released_at: float) -> list[Detection]:
-    return [d for sensor, value, at in readings for d in watch.on_reading(sensor, value, at, released_at).detections]
+def feed_after(watch: DisasterWatch, readings: Iterable[Reading], released: dict[tuple[str, float], dict[str, int]],
+               first_offset: int = 100) -> list[Detection]:
+    """Feed readings (at offsets from ``first_offset``) while the detections ``released`` (id, time) have had
+    their FATAL released by a reset covering the given input positions."""
+    found: list[Detection] = []
+    for offset, (sensor, value, at) in enumerate(readings, start=first_offset):
+        outcome = watch.on_reading(sensor, value, at, lambda d: released.get((d.disaster_id, d.at)), ("sensorData:0", offset))
+        found += outcome.detections
+    return found
 
 
 def test_a_disaster_that_outlives_the_reset_is_found_again() -> None:
-    """The reset ends the first report's FATAL; the same episode still over the limit after it is reported again."""
+    """The reset released the first report's FATAL; the same episode still over the limit past the readings
+    the reset covered is reported again, once."""
     watch = heating("j1")
     (first,) = feed(watch, series(flat(95.0, 1)))
-    reset_at = T0 + 2
-    assert feed_after(watch, series(flat(95.0, 1), start=T0 + 1), reset_at) == [], "readings the reset covers"
-    (again,) = feed_after(watch, series(flat(95.0, 1), start=reset_at + 0.05), reset_at)
-    assert (again.disaster_id, again.at > reset_at) == (first.disaster_id, True)
-    assert feed_after(watch, series(flat(95.0, 1), start=reset_at + 2), reset_at) == [], "once after the reset"
+    covered = series(flat(95.0, 1), start=T0 + 1)  # offsets 100.., all before where the input ended at the reset
+    released = {(first.disaster_id, first.at): {"sensorData:0": 100 + len(covered)}}
+    assert feed_after(watch, covered, released) == [], "readings the reset covered"
+    (again,) = feed_after(watch, series(flat(95.0, 1), start=T0 + 2), released, first_offset=100 + len(covered))
+    assert (again.disaster_id, again.at > first.at) == (first.disaster_id, True), "a new occurrence: a later reading"
+    assert feed_after(watch, series(flat(95.0, 1), start=T0 + 3), released, first_offset=200) == [], \
+        "reported once more, not at every reading"
 
 
-def test_a_reset_before_the_first_report_changes_nothing() -> None:
+def test_a_reset_that_names_other_detections_changes_nothing() -> None:
     watch = heating("j1")
-    assert rules(feed_after(watch, series(flat(95.0, 2)), released_at=T0 - 100)) == ["over-limit"]
+    other = {("over-limit/job-j0", T0 + 50.0): {}}
+    assert rules(feed_after(watch, series(flat(95.0, 2)), other)) == ["over-limit"]
+    assert feed_after(watch, series(flat(95.0, 2), start=T0 + 3), other) == [], "its FATAL still holds: not reported again"
 
 
 def test_several_rules_can_fire_in_one_episode() -> None:

@@ -73,14 +73,18 @@ def test_fatal_latches_cuts_power_and_only_a_verified_reset_releases(fatal_broke
     wait_for(lambda: "reset-refused" in active_codes(alarms), what="forged reset refused")
     assert latch(alarms)["latched"] is True
 
-    # The operator reset: signed in Vault, one-time, verified, releases the latch.
-    status, issued = post_json(alarms.url + "/reset", {"operator": "alice"})
-    assert status == 202, issued
+    # The operator reset names what GET /latch shows: the occurrence, and the Pico's trip count.
+    shown = latch(alarms)
+    assert list(shown["occurrences"]) == [fatal.occurrence_id] and shown["occurrences"][fatal.occurrence_id]["reason"] == "water 97 C"
+    status, answer = post_json(alarms.url + "/reset", {"operator": "alice", "occurrences": [], "trip_count": shown["trip_count"]})
+    assert status == 409 and answer["occurrences"] == [fatal.occurrence_id], "a reset for something other than what latches"
+    status, issued = reset_as_shown(alarms, "alice")
+    assert status == 202 and issued["occurrences"] == [fatal.occurrence_id], issued
     wait_for(lambda: latch(alarms).get("latched") is False, what="released")
-    assert latch(alarms)["changed_by"] == "alice"
+    assert latch(alarms)["changed_by"] == "alice" and latch(alarms)["released"] == {fatal.occurrence_id: issued["reset_id"]}
     wait_for(lambda: alarms.get("/readyz")[0] == 200, what="ready again")
 
-    # History keeps the FATAL alarm, inactive, cleared by the operator.
+    # History keeps the FATAL alarm, inactive, released by the operator.
     entry = alarms.get(f"/alarm?id={fatal.alarm_id}")[1]
     assert entry["active"] is False and entry["cleared_by"] == "alice" and entry["alarm"]["severity"] == "FATAL"
 
@@ -95,27 +99,38 @@ def test_fatal_latches_cuts_power_and_only_a_verified_reset_releases(fatal_broke
         what="replayed reset refused",
     )
 
-    # A FATAL raised at a time the reset covers (a service replaying readings from before
-    # it) is kept in history, covered by the reset: it does not latch again.
-    late = Alarm(alarm_id=f"bank/overtemp-late-{tag}", source="bank", code=f"overtemp-late-{tag}", severity="FATAL",
-                 message="water 97 C (replayed)", raised_at=issued["issued_at"] - 1.0)
-    run(produce(fatal_broker.bootstrap, "createAlarm", [late.dumps()], key=late.alarm_id.encode()))
-    entry = wait_for(lambda: (lambda r: r[1] if r[0] == 200 else None)(alarms.get(f"/alarm?id={late.alarm_id}")),
-                     what="late FATAL recorded")
-    assert entry["active"] is False and entry["cleared_by"] == "alice"
+    # The released occurrence delivered again (a service restarted, deciding the same input
+    # again) is kept in history and does not latch: a marker sent after it shows it was read.
+    marker = Alarm(alarm_id=f"test/marker-{tag}", source="test", code=f"marker-{tag}", severity="WARNING",
+                   message="after the replay", raised_at=time.time())
+    run(produce(fatal_broker.bootstrap, "createAlarm", [fatal.dumps(), marker.dumps()], key=fatal.alarm_id.encode()))
+    wait_for(lambda: alarms.get(f"/alarm?id={marker.alarm_id}")[0] == 200, what="marker recorded")
     assert latch(alarms)["latched"] is False and alarms.get("/readyz")[0] == 200
 
-    # One raised after the reset latches at once.
-    after = Alarm(alarm_id=f"bank/overtemp-after-{tag}", source="bank", code=f"overtemp-after-{tag}", severity="FATAL",
-                  message="water 97 C again", raised_at=time.time())
-    run(produce(fatal_broker.bootstrap, "createAlarm", [after.dumps()], key=after.alarm_id.encode()))
-    wait_for(lambda: latch(alarms).get("latched"), what="latched again")
-    status, again = post_json(alarms.url + "/reset", {"operator": "alice"})
-    assert status == 202, again
+    # A FATAL raised a second before the reset was issued and delivered after it (a service
+    # running behind) was named by no reset: it latches, whatever its timestamp.
+    late = Alarm(alarm_id=f"bank/overtemp-late-{tag}", source="bank", code=f"overtemp-late-{tag}", severity="FATAL",
+                 message="water 97 C (decided late)", raised_at=issued["issued_at"] - 1.0)
+    run(produce(fatal_broker.bootstrap, "createAlarm", [late.dumps()], key=late.alarm_id.encode()))
+    wait_for(lambda: latch(alarms).get("latched"), what="latched by the late FATAL")
+    assert list(latch(alarms)["occurrences"]) == [late.occurrence_id]
+    assert alarms.get(f"/alarm?id={late.alarm_id}")[1]["active"] is True
+    status, again = reset_as_shown(alarms, "alice")
+    assert status == 202 and again["occurrences"] == [late.occurrence_id], again
     wait_for(lambda: latch(alarms).get("latched") is False, what="released again")
 
 
+def reset_as_shown(alarms: ServiceProcess, operator: str) -> tuple[int, dict]:
+    """The operator's reset: what ``GET /latch`` shows, named back."""
+    shown = latch(alarms)
+    return post_json(alarms.url + "/reset", {"operator": operator, "occurrences": sorted(shown.get("occurrences") or {}),
+                                             "trip_count": shown.get("trip_count")})
+
+
 def test_reset_endpoint_refuses_bad_requests(alarms: ServiceProcess) -> None:
-    assert post_json(alarms.url + "/reset", {"who": "alice"})[0] == 400
-    assert post_json(alarms.url + "/reset", {"operator": "  "})[0] == 400
-    assert post_json(alarms.url + "/reset", {"operator": "alice"})[0] == 409, "nothing to reset"
+    assert post_json(alarms.url + "/reset", {"who": "alice", "occurrences": []})[0] == 400
+    assert post_json(alarms.url + "/reset", {"operator": "  ", "occurrences": []})[0] == 400
+    assert post_json(alarms.url + "/reset", {"operator": "alice"})[0] == 400, "a reset names what it releases"
+    assert post_json(alarms.url + "/reset", {"operator": "alice", "occurrences": "all"})[0] == 400
+    assert post_json(alarms.url + "/reset", {"operator": "alice", "occurrences": [], "trip_count": True})[0] == 400
+    assert post_json(alarms.url + "/reset", {"operator": "alice", "occurrences": []})[0] == 409, "nothing to reset"

@@ -24,18 +24,17 @@ runs 10,610 cases.
 from __future__ import annotations
 
 import asyncio
-import errno
 import functools
 import hashlib
 import itertools
 import json
 import math
 import time
+import types
 import typing
-from concurrent.futures import Executor, Future
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, AsyncIterator, Callable, Iterable, Iterator
+from typing import Any, AsyncIterator, Iterable, Iterator
 
 import can
 import pytest
@@ -59,7 +58,7 @@ from adapters.i2c.service import SPEC as I2C_SPEC
 from adapters.i2c.service import RelayAdapter
 from simulator.i2c_server import PicoServer
 from simulator.nvram import Nvram
-from simulator.pico import Nack, Pico
+from simulator.pico import Pico
 from streams import metrics, topics
 from streams.agents.bank import TICKS, BankTick
 from streams.alarm_client import AlarmClient
@@ -69,13 +68,13 @@ from streams.edge import EdgeService
 from streams.heating.job import SPEC as JOB_SPEC
 from streams.heating.job import HeatingJob
 from streams.heating.machine import HeatingMachine
-from streams.latch import LatchView
+from streams.latch import LatchView, Occurrence, not_named
 from streams.lifecycle import ServiceKind, ServiceSpec
-from streams.operator_reset import MAX_CLOCK_SKEW_S
 from streams.platform_watch import PlatformWatch
 from streams.records import RECORD_FOR_TOPIC, Alarm, HeaterRecord, OperatorReset, RelayAction, Severity
 from streams.settings import Settings
 from tests.fuzzing import loop, quiet_logs  # noqa: F401  (module fixtures)
+from tests.inprocess import InlineExecutor, Outbox, PicoBus
 
 #: Hypothesis settings shared by every test here: no deadline (the machine is shared),
 #: no example database written into the work tree.
@@ -136,7 +135,14 @@ def assert_faithful(record: HeaterRecord, payload: bytes) -> None:
 def _declared(record_type: type[HeaterRecord]) -> dict[str, type]:
     """Field → the Python type its value must have in a record."""
     hints = typing.get_type_hints(record_type)
-    return {name: typing.get_origin(hints[name]) or hints[name] for name in record_type._options.fields}
+    return {name: _runtime_type(hints[name]) for name in record_type._options.fields}
+
+
+def _runtime_type(hint: Any) -> Any:
+    """What ``isinstance`` checks for a type hint (an optional field: the type or None)."""
+    if typing.get_origin(hint) in (typing.Union, types.UnionType):
+        return tuple(_runtime_type(arg) for arg in typing.get_args(hint))
+    return typing.get_origin(hint) or hint
 
 
 def run_in(loop: asyncio.AbstractEventLoop, coro: Any) -> Any:
@@ -153,6 +159,9 @@ def _ready_service(spec: ServiceSpec) -> EdgeService:
 
 
 # -- payload strategies -------------------------------------------------------------------
+
+#: The FATAL occurrence that latches in the reset gate's view.
+FUZZ_OCCURRENCE = "bank/overtemp@1796000000.0"
 
 TIME_FIELDS = {"raised_at", "cleared_at", "received_at", "detected_at", "issued_at", "read_at", "changed_at", "at", "now"}
 
@@ -201,6 +210,9 @@ def _field_strategy(record_type: type[HeaterRecord], name: str, declared: Any) -
         ("HeatingJobState", "state"): st.sampled_from(("idle", "igniting", "heating", "done", "failed")),
         ("RelayCommand", "lease_s"): st.floats(0, 30),
         ("OperatorReset", "nonce"): st.binary(min_size=8, max_size=16).map(bytes.hex),
+        # A reset names the occurrence that latches in the gate's view, or not; for the trip the Pico is at, or not.
+        ("OperatorReset", "occurrences"): st.sampled_from(([FUZZ_OCCURRENCE], [], ["bank/other@1.0"])),
+        ("OperatorReset", "trip_count"): st.sampled_from((None, 0, 7)),
     }
     if (record_type.__name__, name) in special:
         return special[(record_type.__name__, name)]
@@ -595,29 +607,7 @@ COMMAND_SERIES = dict(
     action=[*(a.value for a in RelayAction), "unknown"], result=["applied", "accepted", "refused", "unconfirmed", "halted", "malformed"]
 )
 SKIPPED_SERIES = dict(topic=[topics.I2C_HEATING.name, topics.SENSOR_DATA.name], reason=DECODE_REASONS)
-RESET_RESULTS = ("released", "failed", "vault-unavailable", *(f"refused-{k}" for k in ("invalid", "forged", "replayed", "stale")))
-
-
-class PicoBus:
-    """The simulator's Pico register model as an in-process SMBus: the adapter's real write path, no socket."""
-
-    def __init__(self, pico: Pico) -> None:
-        self.pico = pico
-
-    def read_byte_data(self, i2c_addr: int, register: int, force: bool | None = None) -> int:
-        try:
-            return self.pico.read(i2c_addr, register)
-        except Nack:
-            raise OSError(errno.EREMOTEIO, "NACK") from None
-
-    def write_byte_data(self, i2c_addr: int, register: int, value: int, force: bool | None = None) -> None:
-        try:
-            self.pico.write(i2c_addr, register, value)
-        except Nack:
-            raise OSError(errno.EREMOTEIO, "NACK") from None
-
-    def close(self) -> None:
-        """Nothing to release."""
+RESET_RESULTS = ("released", "failed", "vault-unavailable", *(f"refused-{k}" for k in ("invalid", "forged", "replayed", "stale", "outdated")))
 
 
 @dataclass
@@ -625,38 +615,6 @@ class _Consumed:
     """What the adapters and the job read of a consumed Kafka message: its value."""
 
     value: bytes | None
-
-
-class InlineExecutor(Executor):
-    """Runs board calls at once on the loop's thread: the same calls, without a thread per example."""
-
-    def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Future[Any]:
-        future: Future[Any] = Future()
-        try:
-            future.set_result(fn(*args, **kwargs))
-        except BaseException as exc:
-            future.set_exception(exc)
-        return future
-
-
-class Outbox:
-    """Records what a service would send to Kafka (alarms, relay states)."""
-
-    def __init__(self) -> None:
-        self.sent: list[tuple[str, bytes, bytes]] = []
-
-    async def send(self, topic: str, value: bytes, key: bytes | None = None) -> "asyncio.Future[None]":
-        """Like aiokafka's producer: the returned future resolves once the broker has the record."""
-        self.sent.append((topic, key or b"", value))
-        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        done.set_result(None)
-        return done
-
-    async def __call__(self, topic: str, key: bytes, value: bytes) -> None:
-        self.sent.append((topic, key, value))
-
-    def alarms(self) -> list[Alarm]:
-        return [decode(v, Alarm) for t, _, v in self.sent if t == topics.CREATE_ALARM.name]
 
 
 def _edge(spec: ServiceSpec, outbox: Outbox) -> EdgeService:
@@ -670,8 +628,8 @@ def _edge(spec: ServiceSpec, outbox: Outbox) -> EdgeService:
 class _Watch:
     """What the reset gate reads from the platform watch: the latch."""
 
-    def __init__(self, fatal_at: float | None) -> None:
-        self.latch = LatchView(fatal_at=fatal_at, fatal_alarm_id="bank/overtemp", fatal_reason="fuzz")
+    def __init__(self, fatal_at: float) -> None:
+        self.latch = LatchView({FUZZ_OCCURRENCE: Occurrence(FUZZ_OCCURRENCE, "bank/overtemp", "fuzz", fatal_at)})
         self.on_change: list[Any] = []
 
 
@@ -801,11 +759,7 @@ def test_operator_reset_record_is_refused_with_an_alarm_or_released(
             assert results == {(("result", "refused-invalid"),): 1.0}
             assert [a.code for a in outbox.alarms()] == ["reset-refused"]
             return
-        fatal_at = gate.latch.fatal_at
-        assert fatal_at is not None
-        if record.issued_at < fatal_at - MAX_CLOCK_SKEW_S:  # type: ignore[attr-defined]
-            assert not results, "a reset older than the current FATAL is skipped: it cannot cover it"
-            return
+        assert gate.latch.latched
         assert len(results) == 1 and sum(results.values()) == 1.0
         ((labels, _),) = results.items()
         result = dict(labels)["result"]
@@ -815,6 +769,7 @@ def test_operator_reset_record_is_refused_with_an_alarm_or_released(
         else:
             assert result == "released" and record.nonce in gate.ledger.used_nonces  # type: ignore[attr-defined]
             assert record.signature == _signature(record.signed_payload())  # type: ignore[attr-defined]
+            assert not not_named(gate.latch, record.occurrences), "released only naming every FATAL that latches"  # type: ignore[attr-defined]
     finally:
         adapter.io.close()
 

@@ -58,7 +58,7 @@ from streams.heating.job import SPEC as JOB_SPEC
 from streams.heating.job import HeatingJob
 from streams.heating.launch import JobEnd
 from streams.heating.machine import HeatingMachine
-from streams.latch import LatchView
+from streams.latch import LatchView, Occurrence
 from streams.lifecycle import Phase
 from streams.records import Alarm, OperatorReset, PlatformLatch
 from streams.settings import Settings
@@ -206,7 +206,7 @@ T0 = 1_800_000_000.0
 @pytest.fixture(scope="module")
 def alarms_server(loop: asyncio.AbstractEventLoop) -> Iterator[tuple[TestClient, dict[str, Any], RecordedTopic]]:
     """AlarmsServer's web app over in-memory tables holding 40 alarms, with a local signer."""
-    names = ("history", "book", "latch", "signer", "reset_topic")
+    names = ("history", "book", "latch", "signer", "reset_topic", "readings_end")
     saved = {name: getattr(alarms_agent, name) for name in names}
     history: dict[str, Any] = {}
     latch: dict[str, Any] = {}
@@ -221,6 +221,11 @@ def alarms_server(loop: asyncio.AbstractEventLoop) -> Iterator[tuple[TestClient,
     alarms_agent.history, alarms_agent.book, alarms_agent.latch = history, book, latch  # type: ignore[assignment]
     alarms_agent.signer = lambda: signer  # type: ignore[assignment]
     alarms_agent.reset_topic = topic  # type: ignore[assignment]
+
+    async def readings_end() -> dict[str, int]:
+        return {"sensorData:0": 1234}
+
+    alarms_agent.readings_end = readings_end  # type: ignore[assignment]
     client = serve(loop, alarms_agent.app.web.web_app)
     try:
         yield client, latch, topic
@@ -230,20 +235,34 @@ def alarms_server(loop: asyncio.AbstractEventLoop) -> Iterator[tuple[TestClient,
             setattr(alarms_agent, name, value)
 
 
-def expected_operator(body: bytes | None) -> str | None:
-    """The operator a valid ``/reset`` body names (None when the body is not valid)."""
+#: The FATAL occurrence that latches, and the Pico's trip count, as ``GET /latch`` shows them.
+SHOWN_OCCURRENCE, SHOWN_TRIP = "bank/overtemp@1800000000.0", 3
+
+
+def expected_request(body: bytes | None) -> tuple[str, list[str], int | None] | None:
+    """The operator, occurrences and trip count a valid ``/reset`` body names (None when it is not valid)."""
     try:
         data = json.loads(body or b"{}")
         operator = str(data["operator"]).strip()
         operator.encode()
-    except (ValueError, KeyError, TypeError, RecursionError):
+        occurrences, trip_count = data["occurrences"], data.get("trip_count")
+    except (ValueError, KeyError, TypeError, AttributeError, RecursionError):
         return None
-    return operator or None
+    if not isinstance(occurrences, list) or not all(isinstance(o, str) for o in occurrences):
+        return None
+    if trip_count is not None and (not isinstance(trip_count, int) or isinstance(trip_count, bool)):
+        return None
+    return (operator, occurrences, trip_count) if operator else None
 
 
 @settings(max_examples=350, **FUZZ)
 @given(
-    body=bodies(shaped({"operator": st.one_of(st.sampled_from(("alice", " bob ", "", "   ", "\ud800", "x\udfff", "\x00")), values)})),
+    body=bodies(shaped({
+        "operator": st.one_of(st.sampled_from(("alice", " bob ", "", "   ", "\ud800", "x\udfff", "\x00")), values),
+        "occurrences": weighted((6, st.just([SHOWN_OCCURRENCE])),
+                                (1, st.sampled_from(([], ["bank/other@1.0"], [SHOWN_OCCURRENCE, "x"]))), (1, values)),
+        "trip_count": weighted((6, st.just(SHOWN_TRIP)), (1, st.sampled_from((None, 2, True))), (1, values)),
+    })),
     content_type=st.sampled_from(CONTENT_TYPES),
     latched=st.booleans(),
 )
@@ -251,28 +270,36 @@ def test_reset_is_issued_only_for_a_valid_request_and_refused_with_a_reason(
     loop: asyncio.AbstractEventLoop, alarms_server: tuple[TestClient, dict[str, Any], RecordedTopic],
     body: bytes | None, content_type: str | None, latched: bool,
 ) -> None:
-    """``POST /reset``: a signed one-time reset for a latched platform and a named operator; else a 4xx saying why."""
+    """``POST /reset``: a signed one-time reset naming exactly what the latch shows; else a 4xx saying why."""
     client, latch, topic = alarms_server
     latch.clear()
     if latched:
-        latch[alarm_tables.LATCH_KEY] = PlatformLatch(latched=True, alarm_id="bank/overtemp", reason="fuzz", changed_at=T0, changed_by="alarms")
+        latch[alarm_tables.LATCH_KEY] = PlatformLatch(
+            latched=True, alarm_id="bank/overtemp", reason="fuzz", changed_at=T0, changed_by="alarms",
+            occurrences={SHOWN_OCCURRENCE: {"alarm_id": "bank/overtemp", "reason": "fuzz", "raised_at": T0}},
+            trip_count=SHOWN_TRIP,
+        )
     sent_before = len(topic.sent)
     status, kind, answer = loop.run_until_complete(call(client, "POST", "/reset", body, content_type))
-    operator = expected_operator(body)
+    request = expected_request(body)
+    shown = request is not None and set(request[1]) == {SHOWN_OCCURRENCE} and request[2] == SHOWN_TRIP
     if status == 202:
-        assert latched and operator is not None and answer["operator"] == operator
+        assert latched and request is not None and shown and answer["operator"] == request[0]
         assert len(topic.sent) == sent_before + 1
         key, reset = topic.sent[-1]
-        assert key == answer["reset_id"] == reset.reset_id and reset.operator == operator
+        assert key == answer["reset_id"] == reset.reset_id and reset.operator == request[0]
+        assert reset.occurrences == [SHOWN_OCCURRENCE] and reset.trip_count == SHOWN_TRIP
+        assert reset.covered == {"sensorData:0": 1234}, "the reset covers the readings up to where they end"
         assert decode(reset.dumps(), OperatorReset) == reset
         assert loop.run_until_complete(LocalSigner().verify(reset.signed_payload(), reset.signature))
         return
     assert_refused_with_reason(status, kind, answer)
     assert len(topic.sent) == sent_before, "a refused reset must not be published"
     if status == 409:
-        assert not latched and answer["latched"] is False
+        assert request is not None, f"an invalid request must be a 400: {answer}"
+        assert (not latched and answer["latched"] is False) or (latched and not shown and "occurrences" in answer)
     else:
-        assert status == 400 and operator is None, f"a valid request was refused: {answer}"
+        assert status == 400 and request is None, f"a valid request was refused: {answer}"
 
 
 @settings(max_examples=250, **FUZZ)
@@ -526,7 +553,8 @@ def test_heating_request_launches_a_job_or_is_refused_with_a_reason(
 ) -> None:
     """``POST /heating``: one job to the target asked for, or 4xx saying why (latched, bad target, bad body)."""
     client, controller, launcher, watch = heating
-    watch.latch = LatchView(fatal_at=T0, fatal_alarm_id="bank/overtemp") if latched else LatchView()
+    watch.latch = LatchView({"bank/overtemp@1.0": Occurrence("bank/overtemp@1.0", "bank/overtemp", "fuzz", T0)}) \
+        if latched else LatchView()
     started = len(launcher.started)
     status, kind, answer = loop.run_until_complete(call(client, "POST", "/heating", body, content_type))
     if status == 202:

@@ -20,7 +20,7 @@ from streams.records import (
 PINNED = {
     "createAlarm": {
         "alarm_id": "str", "source": "str", "code": "str", "severity": "Severity", "message": "str",
-        "raised_at": "float", "details": "dict", "schema_version": "int",
+        "raised_at": "float", "details": "dict", "occurrence": "str", "schema_version": "int",
     },
     "deleteAlarm": {"alarm_id": "str", "cleared_by": "str", "cleared_at": "float", "reason": "str", "schema_version": "int"},
     "sensorData": {

@@ -156,6 +156,10 @@ class RelayBoard:
     def bad_kicks(self) -> int:
         return self._read(r.REG_BAD_KICKS, "read BAD_KICKS")
 
+    def trip_count(self) -> int:
+        """The Pico's count of trips (modulo 256)."""
+        return self._read(r.REG_TRIP_COUNT, "read TRIP_COUNT")
+
     # -- writes --------------------------------------------------------------------
 
     def write_relays(self, relays: r.Relays) -> None:

@@ -76,8 +76,9 @@ class ResetLedger:
         self.state.offsets[partition] = offset
         self._save()
 
-    def record_release(self, reset_id: str, operator: str, issued_at: float, at: float) -> None:
-        self.state.last_release = {"reset_id": reset_id, "operator": operator, "issued_at": issued_at, "at": at}
+    def record_release(self, reset_id: str, operator: str, issued_at: float, at: float, occurrences: list[str]) -> None:
+        self.state.last_release = {"reset_id": reset_id, "operator": operator, "issued_at": issued_at, "at": at,
+                                   "occurrences": list(occurrences)}
         self._save()
 
     def _save(self) -> None:

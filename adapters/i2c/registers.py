@@ -26,6 +26,9 @@ reg     name            mode  meaning
 0x07    CLEAR_FAULTS    W     write 0xCF: clears WDT_EXPIRED, CMD_REJECTED, BAD_KICKS
 0x08    WDT_WINDOW      R     watchdog window in units of 10 ms (500 ms reads 50)
 0x09    BAD_KICKS       R     invalid kick writes since the last CLEAR_FAULTS (max 255)
+0x0A    TRIP_COUNT      R     trips since manufacture, modulo 256 (non-volatile): an
+                              operator reset is issued for one trip and refused after
+                              another
 ======  ==============  ====  =========================================================
 
 Rules the board enforces:
@@ -62,8 +65,9 @@ REG_RESET = 0x06
 REG_CLEAR_FAULTS = 0x07
 REG_WDT_WINDOW = 0x08
 REG_BAD_KICKS = 0x09
+REG_TRIP_COUNT = 0x0A
 
-READABLE = frozenset({REG_ID, REG_RELAY_CMD, REG_RELAY_STATE, REG_STATUS, REG_WDT_WINDOW, REG_BAD_KICKS})
+READABLE = frozenset({REG_ID, REG_RELAY_CMD, REG_RELAY_STATE, REG_STATUS, REG_WDT_WINDOW, REG_BAD_KICKS, REG_TRIP_COUNT})
 WRITABLE = frozenset({REG_RELAY_CMD, REG_WATCHDOG_KICK, REG_TRIP, REG_RESET, REG_CLEAR_FAULTS})
 
 RELAY_POWER_ON = 0x01

@@ -4,9 +4,13 @@ Started while the platform is latched, the adapter does not kick the watchdog an
 sends no relay command.  It makes sure the board is tripped (a FATAL raised while
 the adapter was down never reached the board), then follows ``operatorReset``.  Each
 record is verified on its own — Vault transit signature, one-time nonce kept in the
-adapter's ledger file, age — before the board's two-step RESET sequence is sent and
-confirmed by reading STATUS.  Refusals are alarms with the reason.  Nothing else ever
-resets the board: a latch missing from Kafka (a wiped broker) is not a reset.
+adapter's ledger file, age — and must name every FATAL occurrence that latches as this
+adapter sees it, and the trip the board is at (:mod:`streams.latch`), checked again
+after Vault answered and once more under the bus lock just before the board's two-step
+RESET sequence is sent and confirmed by reading STATUS.  Refusals are alarms with the
+reason.  After a release, a FATAL occurrence the reset did not name trips the board
+again at once.  Nothing else ever resets the board: a latch missing from Kafka (a wiped
+broker) is not a reset.
 
 The latch release that AlarmsServer publishes for the same reset makes the service
 exit to be restarted; a hook placed before that exit first reads ``operatorReset`` to
@@ -28,9 +32,9 @@ from adapters.i2c.board import BoardError, Readback
 from adapters.i2c.ledger import ResetLedger
 from streams import topics
 from streams.codec import DecodeError, decode
-from streams.latch import LatchView
-from streams.operator_reset import MAX_CLOCK_SKEW_S, ResetRefused, verify_reset
-from streams.records import OperatorReset, Severity, alarm_id_for
+from streams.latch import LatchView, not_named
+from streams.operator_reset import ResetRefused, verify_reset
+from streams.records import OperatorReset, Severity, now
 from streams.transport import true_end_offsets
 from streams.vault import TransitSigner, VaultUnavailable, vault_client
 
@@ -54,6 +58,8 @@ def refusal_kind(reason: str) -> str:
         return "replayed"
     if "stale" in reason or "future" in reason:
         return "stale"
+    if "tripped again" in reason or "does not name" in reason:
+        return "outdated"
     return "invalid"
 
 
@@ -67,6 +73,8 @@ class ResetGate:
         self._consumer: AIOKafkaConsumer | None = None
         self._positions: dict[TopicPartition, int] = {}
         self._progress = asyncio.Event()
+        self._named: set[str] = set()  # occurrences named by the reset that released the board
+        self._released = False
 
     @classmethod
     def for_adapter(cls, adapter: RelayAdapter) -> ResetGate:
@@ -93,36 +101,57 @@ class ResetGate:
     # -- the board -----------------------------------------------------------------
 
     async def _hold_trip(self, readback: Readback) -> None:
-        own_alarm = alarm_id_for(self.adapter.service.spec.name, "pico-tripped")
         if readback.status.trip_latched:
             log.critical("halted: the Pico is tripped; waiting for a verified operator reset")
-            if self.latch.fatal_alarm_id != own_alarm:
-                await self.adapter.raise_alarm(
-                    "pico-tripped", Severity.FATAL,
-                    "the Pico's power cut-off is tripped (latched in hardware); an operator reset is required",
-                )
+            await self.adapter.raise_own_fatal(
+                "pico-tripped", "the Pico's power cut-off is tripped (latched in hardware); an operator reset is required"
+            )
             return
         release = self.ledger.state.last_release
-        fatal_at = self.latch.fatal_at
-        if release is not None and fatal_at is not None and float(release["issued_at"]) >= fatal_at:
+        if release is not None and not not_named(self.latch, release.get("occurrences") or ()):
             log.warning("halted: the Pico was released by reset %s; waiting for the platform latch", release["reset_id"])
+            self._named, self._released = set(release.get("occurrences") or ()), True
             return
-        log.critical("halted with the Pico not tripped: tripping it (%s)", self.latch.reason)
+        await self._trip_again(f"halted with the Pico not tripped ({self.latch.reason})")
+
+    async def _trip_again(self, why: str) -> None:
+        log.critical("%s: tripping the Pico", why)
+        self._released = False
         tripped = await self.adapter.trip()
         if tripped is not None:
+            await self.adapter.read_trip_count()
             await self.adapter.publish(tripped, force=True)
 
-    async def release(self) -> Readback | None:
+    async def hold(self) -> None:
+        """After a release, a FATAL occurrence the reset did not name trips the board again."""
+        if self._released and (left := not_named(self.latch, self._named)):
+            await self._trip_again(f"FATAL {', '.join(left)} latches and no reset named it")
+
+    def outdated(self, record: OperatorReset, trip_count: int | None) -> str:
+        """Why the reset no longer fits what latches now ("" when it does)."""
+        left = not_named(self.latch, record.occurrences)
+        if left:
+            return f"it does not name {', '.join(left)}, which latches"
+        if record.trip_count is not None and trip_count is not None and trip_count != record.trip_count:
+            return f"issued for Pico trip count {record.trip_count}, the Pico is at {trip_count}: it tripped again since"
+        return ""
+
+    async def release(self, record: OperatorReset) -> Readback | str | None:
         """Send the RESET sequence once and confirm by reading STATUS; None if not confirmed.
 
-        The sequence is sent again only when sending it failed. Once it went out, only
-        the readback is retried: a second RESET for one verified reset could release a
-        trip that happened in between.
+        Under the bus lock, right before the sequence, the board's trip count and the
+        latch are checked once more: the reason is returned instead if the reset no
+        longer fits. The sequence is sent again only when sending it failed. Once it went
+        out, only the readback is retried: a second RESET for one verified reset could
+        release a trip that happened in between.
         """
         adapter = self.adapter
         for attempt in range(1, RESET_ATTEMPTS + 1):
             try:
                 async with adapter.io.lock:
+                    trip_count = await adapter.io.call(adapter.io.board.trip_count)
+                    if why := self.outdated(record, trip_count):
+                        return why
                     await adapter.io.call(adapter.io.board.reset_latch)
             except BoardError as exc:
                 metrics.I2C_ERRORS.labels(exc.operation).inc()
@@ -189,6 +218,7 @@ class ResetGate:
                 await self.handle(message)
                 self._positions[tp] = message.offset + 1
                 self.ledger.set_offset(tp.partition, message.offset + 1)
+        await self.hold()
         self._progress.set()
         self._progress = asyncio.Event()
 
@@ -214,17 +244,14 @@ class ResetGate:
         except DecodeError as exc:
             await self._refuse(None, "invalid", f"malformed reset record: {exc}")
             return
-        fatal_at = self.latch.fatal_at
-        if fatal_at is not None and record.issued_at < fatal_at - MAX_CLOCK_SKEW_S:
-            log.info("reset %s predates the current FATAL; skipped", record.reset_id)
-            return
         if record.issued_at < self.ledger.state.not_before:
             await self._refuse(record, "replayed", "issued before the reset ledger was lost (possible replay)")
             return
         delays = iter(VAULT_RETRY_S)
+        first_attempt_at = now()
         while True:
             try:
-                await verify_reset(record, await self._verify_fn(), self.ledger.used_nonces)
+                await verify_reset(record, await self._verify_fn(), self.ledger.used_nonces, at=first_attempt_at)
                 break
             except ResetRefused as exc:
                 await self._refuse(record, refusal_kind(exc.reason), exc.reason)
@@ -237,7 +264,10 @@ class ResetGate:
                 self._verifier = None
                 await asyncio.sleep(next(delays, VAULT_RETRY_S[-1]))
         self.ledger.mark_used(record.nonce, time.time())
-        readback = await self.release()
+        readback = await self.release(record)
+        if isinstance(readback, str):
+            await self._refuse(record, "outdated", readback)
+            return
         if readback is None:
             metrics.RESETS.labels("failed").inc()
             await self.adapter.raise_alarm(
@@ -246,7 +276,9 @@ class ResetGate:
                 subject=record.reset_id,
             )
             return
-        self.ledger.record_release(record.reset_id, record.operator, record.issued_at, time.time())
+        self.ledger.record_release(record.reset_id, record.operator, record.issued_at, time.time(), record.occurrences)
+        self._named, self._released = set(record.occurrences), True
+        await self.adapter.read_trip_count()
         metrics.RESETS.labels("released").inc()
         log.warning("Pico trip latch released by verified reset %s from %s", record.reset_id, record.operator)
         await self.adapter.publish(readback, force=True)

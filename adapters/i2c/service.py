@@ -61,6 +61,7 @@ RETRY_DELAY_S = 0.01
 STARTUP_RETRY_S = 0.5
 ERROR_CLEAR_AFTER_S = 2.0
 RELAY_STATE_EVERY_S = 1.0
+ALARM_RESEND_S = 0.5
 SENSOR_FAULT_BIT = 0x01
 
 #: Alarms about one incident of a heating cycle: cleared when the next valve opens.
@@ -110,6 +111,7 @@ class RelayAdapter:
         self.kicking = False
         self._unconfirmed_safe = False
         self._raised: set[tuple[str, str]] = set()
+        self.trip_count = -1  # the Pico's, as last read (-1: not read yet)
         self._last_error_at: float | None = None
         self._published: tuple[Relays, bool, bool] | None = None
         self._published_at = 0.0
@@ -132,9 +134,8 @@ class RelayAdapter:
             await ResetGate.for_adapter(self).settle_published()
             readback = await self.read_until_ok("start-up, after published resets")
         if readback.status.trip_latched:
-            await self.raise_alarm(
-                "pico-tripped", Severity.FATAL,
-                "the Pico's power cut-off is tripped (latched in hardware); an operator reset is required",
+            await self.raise_own_fatal(
+                "pico-tripped", "the Pico's power cut-off is tripped (latched in hardware); an operator reset is required"
             )
             await asyncio.Event().wait()  # the FATAL hook stops the service
         tasks: list[asyncio.Task[None]] = []
@@ -181,6 +182,7 @@ class RelayAdapter:
                 await asyncio.sleep(STARTUP_RETRY_S)
                 continue
             self.note(readback)
+            await self.read_trip_count()
             await self.publish(readback)
             return readback
 
@@ -351,15 +353,11 @@ class RelayAdapter:
         if self.halting:
             return
         if status.trip_latched:
-            await self.raise_alarm(
-                "pico-tripped", Severity.FATAL, "the Pico's power cut-off tripped while running"
-            )
+            await self.raise_own_fatal("pico-tripped", "the Pico's power cut-off tripped while running")
             return
         if status.valve_stuck:
-            self.controller.force_safe()
-            await self.apply(SAFE, "valve stuck")
-            await self.raise_alarm(
-                "valve-stuck", Severity.FATAL, "gas valve contacts stay closed with the valve commanded shut (welded valve)"
+            await self.raise_own_fatal(
+                "valve-stuck", "gas valve contacts stay closed with the valve commanded shut (welded valve)"
             )
             return
         if not readback.confirms(expected):
@@ -428,7 +426,39 @@ class RelayAdapter:
 
     # -- FATAL ---------------------------------------------------------------------
 
+    async def raise_own_fatal(self, code: str, message: str) -> None:
+        """A FATAL this adapter found itself: trip the Pico first, then tell the platform.
+
+        The trip does not wait for the alarm's round trip through Kafka (nor depend on
+        it arriving at all). The alarm names the trip as its occurrence, so raising it
+        again — after a restart, for the same trip — is the same occurrence.
+        """
+        tripped = self.last_readback is not None and self.last_readback.status.trip_latched
+        if tripped:  # found tripped: the trip it names is the one the board holds
+            self.halting, self.kicking = True, False
+            self.controller.force_safe()
+        else:
+            await self.halt_and_trip(f"{code}: {message}")
+        count = await self.read_trip_count()
+        await self.raise_alarm(code, Severity.FATAL, message, occurrence=f"trip-{count}")
+
+    async def read_trip_count(self) -> int:
+        """Read the Pico's trip count (the last known one when the board does not answer)."""
+        try:
+            self.trip_count = await self.io.call(self.io.board.trip_count)
+        except BoardError as exc:
+            metrics.I2C_ERRORS.labels(exc.operation).inc()
+            log.error("reading TRIP_COUNT failed: %s", exc)
+        return self.trip_count
+
     async def on_fatal(self, latch: LatchView) -> None:
+        """Trip the Pico for a FATAL of the platform (see :meth:`halt_and_trip`), unless this adapter already did."""
+        if self.halting and self.last_readback is not None and self.last_readback.status.trip_latched:
+            log.critical("FATAL (%s): the Pico is already tripped", latch.reason)
+            return
+        await self.halt_and_trip(latch.reason)
+
+    async def halt_and_trip(self, reason: str) -> None:
         """Trip the Pico (latched power cut), confirm by readback, publish; no kicks after this."""
         started = time.monotonic()
         self.halting = True
@@ -437,11 +467,12 @@ class RelayAdapter:
         elapsed = time.monotonic() - started
         metrics.TRIP_SECONDS.set(elapsed)
         if readback is not None and readback.status.trip_latched and readback.contacts.is_safe:
-            log.critical("FATAL (%s): Pico tripped and confirmed in %.1f ms", latch.reason, elapsed * 1000)
+            log.critical("FATAL (%s): Pico tripped and confirmed in %.1f ms", reason, elapsed * 1000)
         else:
-            log.critical("FATAL (%s): trip NOT confirmed; relying on the hardware watchdog", latch.reason)
+            log.critical("FATAL (%s): trip NOT confirmed; relying on the hardware watchdog", reason)
         self.controller.force_safe()
         if readback is not None:
+            await self.read_trip_count()
             await self.publish(readback, force=True)
 
     async def trip(self) -> Readback | None:
@@ -495,6 +526,7 @@ class RelayAdapter:
             trip_latched=readback.status.trip_latched,
             watchdog_expired=readback.status.wdt_expired,
             read_at=readback.read_at,
+            trip_count=self.trip_count,
         )
         try:
             await self.service.send(topics.RELAY_STATE.name, b"pico", state.dumps())
@@ -502,18 +534,26 @@ class RelayAdapter:
             log.exception("could not publish relayState")
 
     async def raise_alarm(
-        self, code: str, severity: Severity, message: str, subject: str = "", details: dict[str, str] | None = None
+        self, code: str, severity: Severity, message: str, subject: str = "", details: dict[str, str] | None = None,
+        occurrence: str = "",
     ) -> None:
         """Raise once per condition (the id is deterministic; repeats would only add noise)."""
         if (code, subject) in self._raised:
             return
         self._raised.add((code, subject))
+        await self._send_alarm(code, severity, message, subject, details, occurrence)
+
+    async def _send_alarm(self, code: str, severity: Severity, message: str, subject: str,
+                          details: dict[str, str] | None, occurrence: str) -> None:
+        """Send one alarm; one that cannot be sent now is kept and sent again, never dropped."""
         assert self.service.alarms is not None
         try:
-            await self.service.alarms.raise_alarm(code, severity, message, subject=subject, details=details)
+            await self.service.alarms.raise_alarm(code, severity, message, subject=subject, details=details,
+                                                  occurrence=occurrence)
         except Exception:
-            self._raised.discard((code, subject))
-            log.exception("could not raise alarm %s", code)
+            log.exception("could not send alarm %s: sending it again in %.1f s", code, ALARM_RESEND_S)
+            asyncio.get_running_loop().call_later(ALARM_RESEND_S, lambda: asyncio.ensure_future(
+                self._send_alarm(code, severity, message, subject, details, occurrence)))
 
     async def clear_alarm(self, code: str, subject: str = "") -> None:
         if (code, subject) not in self._raised or self.halting:

@@ -6,15 +6,20 @@ are handled in delivery order) and produces to neither. The decisions live in
 the first FATAL alarm, latches the platform and commands the power cut-off (the second
 path: the I2C adapter cuts power on FATAL by itself).
 
-The operator reset is the only way out of the latch: ``POST /reset`` signs a one-time
-reset with Vault's transit key and publishes it on ``operatorReset``; the agent on that
-topic verifies every reset record (signature, unused nonce, age) before it releases the
-latch — so a forged or replayed record on the topic is refused here as it is by the
-I2C adapter, which releases the hardware latch from the same record.
+The latch is held by FATAL *occurrences* (:mod:`streams.latch`). The operator reset is
+the only way out: ``GET /latch`` shows the occurrences that latch and the Pico's trip
+count; ``POST /reset`` names them back, is refused (409) if they changed since, and signs
+a one-time reset naming them with Vault's transit key, published on ``operatorReset``.
+The agent on that topic verifies every reset record (signature, unused nonce, age; while
+Vault is unreachable it waits and tries again, as the I2C adapter does) and releases
+exactly the occurrences it names, for the trip it names. A forged or replayed record is
+refused here as it is by the I2C adapter, which releases the hardware latch from the
+same record. The Pico's trip count comes from ``relayState``.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import uuid
@@ -25,10 +30,11 @@ import faust
 from streams import topics
 from streams.alarm_book import AlarmBook, AlarmEntry, Effect
 from streams.app import HeaterService, ServiceKind, ServiceSpec
-from streams.consistency import Step
-from streams.latch import covered_by_release
+from streams.consistency import Step, tp_key
+from streams.latch import FatalVerdict, LatchState, Occurrence
 from streams.operator_reset import ResetRefused, issue_reset, verify_reset
-from streams.records import Alarm, AlarmClear, OperatorReset, PlatformLatch, RelayAction, RelayCommand, Severity, now
+from streams.readers import open_reader
+from streams.records import Alarm, AlarmClear, OperatorReset, RelayAction, RelayCommand, RelayState, Severity, now
 from streams.settings import Settings
 from streams.tables import alarms as tables
 from streams.vault import TransitSigner, VaultUnavailable, vault_client
@@ -50,11 +56,24 @@ ledger.run_settler()
 
 alarm_events = service.raw_topic(topics.CREATE_ALARM, topics.DELETE_ALARM)
 reset_events = service.raw_topic(topics.OPERATOR_RESET)
+relay_events = service.raw_topic(topics.RELAY_STATE)
+#: Waits between verification attempts while Vault does not answer (the last one repeats).
+VAULT_RETRY_S = (0.5, 1.0, 2.0, 5.0)
 reset_topic = app.topic(topics.OPERATOR_RESET.name, value_type=OperatorReset, key_type=str)
 
 
 def signer() -> TransitSigner:
     return TransitSigner(vault_client(Settings.from_env()))
+
+
+async def readings_end() -> dict[str, int]:
+    """Where each readings partition ends now: the input a reset issued now covers (:mod:`streams.latch`)."""
+    consumer = await open_reader(Settings.from_env().broker_bootstrap, [topics.SENSOR_DATA.name], fetch_wait_ms=10,
+                                 from_end=True, timeout=5.0)
+    try:
+        return {tp_key(tp.topic, tp.partition): await consumer.position(tp) for tp in consumer.assignment()}
+    finally:
+        await consumer.stop()
 
 
 @app.agent(alarm_events)
@@ -73,18 +92,21 @@ async def on_raise(step: Step, alarm: Alarm) -> None:
         log.info("alarm %s %s: %s", alarm.severity.value, alarm.alarm_id, alarm.message)
     elif outcome.effect is Effect.SETTLED:
         log.debug("raise of %s at %.6f ignored: its history is settled up to a later time", alarm.alarm_id, alarm.raised_at)
-    if not outcome.latches:
+    if not alarm.is_fatal:
         return
-    current = latch.get(tables.LATCH_KEY)
-    if covered_by_release(current, alarm.raised_at):
-        assert current is not None
-        book.reset_fatal(current.changed_by, now(), covers_until=current.changed_at)
-        log.warning(
-            "FATAL %s raised at %.3f is covered by the operator reset of %.3f: kept in history, not latched",
-            alarm.alarm_id, alarm.raised_at, current.changed_at,
-        )
-        return
-    await latch_platform(step, alarm)
+    state = latch_state()
+    occurrence = Occurrence.of(alarm)
+    verdict = state.on_fatal(occurrence)
+    if verdict is FatalVerdict.RELEASED:
+        reset_id = state.released[occurrence.key]
+        book.release_fatal(alarm.alarm_id, alarm.raised_at, "operator reset", f"released by operator reset {reset_id}")
+        log.warning("FATAL %s delivered again: released by reset %s, kept in history, not latched", occurrence.key, reset_id)
+    elif verdict is FatalVerdict.NEW:
+        await latch_platform(step, state, alarm)
+
+
+def latch_state() -> LatchState:
+    return LatchState.from_record(latch.get(tables.LATCH_KEY))
 
 
 def on_clear(clear: AlarmClear) -> None:
@@ -97,15 +119,11 @@ def on_clear(clear: AlarmClear) -> None:
         log.warning("deleteAlarm of FATAL %s by %s refused: only an operator reset clears it", clear.alarm_id, clear.cleared_by)
 
 
-async def latch_platform(step: Step, alarm: Alarm) -> None:
-    """A FATAL: latch the platform (kept until an operator reset) and cut the power."""
-    current = latch.get(tables.LATCH_KEY)
-    if current is None or not current.latched:
-        state = PlatformLatch(
-            latched=True, alarm_id=alarm.alarm_id, reason=alarm.message, changed_at=alarm.raised_at, changed_by=SPEC.name
-        )
-        latch[tables.LATCH_KEY] = state
-        await step.owe(topics.PLATFORM_LATCH.name, tables.LATCH_KEY.encode(), state.dumps())
+async def latch_platform(step: Step, state: LatchState, alarm: Alarm) -> None:
+    """A new FATAL occurrence: latch the platform on it (kept until a reset names it) and cut the power."""
+    record = state.to_record(now(), SPEC.name)
+    latch[tables.LATCH_KEY] = record
+    await step.owe(topics.PLATFORM_LATCH.name, tables.LATCH_KEY.encode(), record.dumps())
     cutoff = RelayCommand(
         command_id=str(uuid.uuid4()),
         action=RelayAction.CUTOFF,
@@ -115,41 +133,82 @@ async def latch_platform(step: Step, alarm: Alarm) -> None:
         reason=f"FATAL {alarm.alarm_id}",
     )
     await step.owe(topics.I2C_HEATING.name, b"cutoff", cutoff.dumps())
-    log.critical("FATAL %s: platform latched, power cut-off commanded", alarm.alarm_id)
+    log.critical("FATAL %s: platform latched, power cut-off commanded", alarm.occurrence_id)
 
 
 @app.agent(reset_events)
 async def handle_resets(stream: faust.StreamT) -> None:
     async for record in service.records(stream, admit=ledger.admit):
         assert isinstance(record, OperatorReset)
+        refusal = await verification(record)
         async with ledger.step() as step:
-            await on_reset(step, record)
+            await on_reset(step, record, refusal)
 
 
-async def on_reset(step: Step, reset: OperatorReset) -> None:
-    """Release the latch for a verified reset; refuse (and alarm on) anything else."""
-    try:
-        await verify_reset(reset, signer().verify, used_nonces)
-    except (ResetRefused, VaultUnavailable) as exc:
-        reason = getattr(exc, "reason", str(exc))
-        log.error("operator reset %s by %r refused: %s", reset.reset_id, reset.operator, reason)
+async def verification(reset: OperatorReset) -> str:
+    """Why the reset must be refused ("" when genuine); waits while Vault does not answer.
+
+    A Vault outage is no verdict on the reset: refusing it here while the I2C adapter
+    waits and releases the Pico would leave the two disagreeing about the latch. Its age
+    is judged at the first attempt, so waiting for Vault does not make it stale.
+    """
+    first_attempt_at = now()
+    delays = iter(VAULT_RETRY_S)
+    while True:
+        try:
+            await verify_reset(reset, signer().verify, used_nonces, at=first_attempt_at)
+            return ""
+        except ResetRefused as exc:
+            return exc.reason
+        except VaultUnavailable as exc:
+            log.error("operator reset %s waits: Vault does not answer (%s)", reset.reset_id, exc)
+            if service.alarms is not None:
+                await service.alarms.raise_alarm("vault-unavailable", Severity.CRITICAL, f"cannot verify operator resets: {exc}")
+            await asyncio.sleep(next(delays, VAULT_RETRY_S[-1]))
+
+
+async def on_reset(step: Step, reset: OperatorReset, refusal: str) -> None:
+    """Release exactly what a verified reset names; refuse (and alarm on) anything else."""
+    if not refusal:
+        used_nonces[reset.nonce] = reset.reset_id
+        state = latch_state()
+        before = dict(state.latching)
+        outcome = state.on_reset(reset.reset_id, reset.occurrences, reset.trip_count, reset.covered)
+        refusal = outcome.refused
+    if refusal:
+        log.error("operator reset %s by %r refused: %s", reset.reset_id, reset.operator, refusal)
         if service.alarms is not None:
             await step.alarms(service.alarms).raise_alarm(
-                "reset-refused", Severity.WARNING, f"operator reset refused: {reason}", subject=reset.reset_id,
+                "reset-refused", Severity.WARNING, f"operator reset refused: {refusal}", subject=reset.reset_id,
                 details={"operator": reset.operator, "reset_id": reset.reset_id},
             )
         return
-    used_nonces[reset.nonce] = reset.reset_id
-    released = book.reset_fatal(reset.operator, now(), covers_until=reset.issued_at)
-    state = PlatformLatch(
-        latched=False, alarm_id="", reason=f"operator reset {reset.reset_id}", changed_at=reset.issued_at,
-        changed_by=reset.operator,
-    )
-    latch[tables.LATCH_KEY] = state
-    await step.owe(topics.PLATFORM_LATCH.name, tables.LATCH_KEY.encode(), state.dumps())
-    log.warning(
-        "operator %s reset the FATAL latch (%d FATAL alarm(s) marked inactive, kept in history)", reset.operator, len(released)
-    )
+    for key in outcome.released:
+        released = before[key]
+        book.release_fatal(released.alarm_id, released.raised_at, reset.operator, f"operator reset {reset.reset_id}")
+    record = state.to_record(now(), reset.operator, reset.reset_id)
+    latch[tables.LATCH_KEY] = record
+    await step.owe(topics.PLATFORM_LATCH.name, tables.LATCH_KEY.encode(), record.dumps())
+    log.warning("operator %s reset %s released %s; %s", reset.operator, reset.reset_id, ", ".join(outcome.released),
+                f"still latched by {', '.join(outcome.remaining)}" if outcome.remaining else "the platform is released")
+
+
+@app.agent(relay_events)
+async def follow_trips(stream: faust.StreamT) -> None:
+    async for record in service.records(stream, admit=ledger.admit):
+        assert isinstance(record, RelayState)
+        async with ledger.step():
+            on_relay_state(record)
+
+
+def on_relay_state(record: RelayState) -> None:
+    """Keep the Pico's trip count: a reset is issued for it, and refused once it moved on."""
+    state = latch_state()
+    if record.trip_count < 0 or record.trip_count == state.trip_count:
+        return
+    state.trip_count = record.trip_count
+    current = latch.get(tables.LATCH_KEY)
+    latch[tables.LATCH_KEY] = state.to_record(now(), SPEC.name, current.reset_id if current else "")
 
 
 # -- views ---------------------------------------------------------------------------
@@ -200,31 +259,52 @@ async def one_alarm(web: Any, request: Any) -> Any:
 
 
 @app.page("/latch")
-async def latch_state(web: Any, request: Any) -> Any:
+async def latch_view(web: Any, request: Any) -> Any:
+    """The latch as the operator is shown it: the occurrences that hold it and the Pico's trip count."""
     state = latch.get(tables.LATCH_KEY)
-    return web.json(state.asdict() if state else {"latched": False})
+    return web.json(state.asdict() if state else {"latched": False, "occurrences": {}, "trip_count": None})
+
+
+RESET_BODY = '{"operator": NAME, "occurrences": [ID, ...], "trip_count": N or null} (as GET /latch shows them)'
 
 
 @app.page("/reset")
 class Reset(faust.web.View):
-    """``POST {"operator": NAME}``: issue a signed one-time reset of the FATAL latch."""
+    """``POST`` the occurrences and trip count ``GET /latch`` showed: issue a signed one-time reset naming them."""
 
     async def post(self, request: Any) -> Any:
         try:
             body = json.loads(await request.read() or b"{}")
             operator = str(body["operator"]).strip()
             operator.encode()  # a name with a lone surrogate could be neither signed nor sent
-        except (ValueError, KeyError, TypeError, RecursionError):
-            return self.json({"error": 'expected JSON {"operator": NAME}'}, status=400)
+            occurrences = body["occurrences"]
+            trip_count = body.get("trip_count")
+            if not isinstance(occurrences, list) or not all(isinstance(o, str) for o in occurrences):
+                raise TypeError("occurrences")
+            if trip_count is not None and (not isinstance(trip_count, int) or isinstance(trip_count, bool)):
+                raise TypeError("trip_count")
+        except (ValueError, KeyError, TypeError, AttributeError, RecursionError):
+            return self.json({"error": f"expected JSON {RESET_BODY}"}, status=400)
         if not operator:
             return self.json({"error": "operator must not be empty"}, status=400)
-        current = latch.get(tables.LATCH_KEY)
-        if current is None or not current.latched:
+        state = latch_state()
+        if not state.latched:
             return self.json({"error": "the platform is not latched", "latched": False}, status=409)
+        if not state.shows(occurrences, trip_count):
+            return self.json({
+                "error": "the latch changed since it was shown: look again (GET /latch) before resetting",
+                "occurrences": sorted(state.latching), "trip_count": state.trip_count,
+            }, status=409)
         try:
-            reset = await issue_reset(operator, signer())
+            covered = await readings_end()
+        except Exception as exc:  # the broker does not answer: a reset now could not be published either
+            return self.json({"error": f"cannot read where the readings end: {exc!r}"}, status=503)
+        try:
+            reset = await issue_reset(operator, signer(), occurrences, trip_count, covered)
         except VaultUnavailable as exc:
             return self.json({"error": f"cannot sign the reset: {exc}"}, status=503)
         await reset_topic.send(key=reset.reset_id, value=reset)
-        log.warning("operator %s issued reset %s", operator, reset.reset_id)
-        return self.json({"reset_id": reset.reset_id, "operator": operator, "issued_at": reset.issued_at}, status=202)
+        log.warning("operator %s issued reset %s releasing %s (trip count %s)", operator, reset.reset_id,
+                    ", ".join(reset.occurrences), trip_count)
+        return self.json({"reset_id": reset.reset_id, "operator": operator, "issued_at": reset.issued_at,
+                          "occurrences": reset.occurrences, "trip_count": trip_count}, status=202)

@@ -35,7 +35,7 @@ from streams.alarm_client import AlarmClient
 from streams.app import HeaterService, ServiceKind, ServiceSpec
 from streams.bank_rules import BankConfig, BankRules, BankView, Effect, window_start
 from streams.bank_rules import Step as BankStep
-from streams.consistency import Step
+from streams.consistency import tp_key, Step
 from streams.heater_config import HeaterLimits
 from streams.lifecycle import Phase
 from streams.records import HeaterRecord, SensorReading
@@ -140,9 +140,10 @@ async def send_effect(client: AlarmClient, effect: Effect) -> None:
 
 
 def current_view() -> BankView:
-    """The state, with the last operator reset as the platform watch knows it."""
+    """The state, with the FATAL occurrences operator resets released, as the platform watch knows them."""
     view = state.view
-    view.released_at = service.watch.latch.released_at if service.watch is not None else None
+    if service.watch is not None:
+        view.release = service.watch.latch.covered_by_release
     return view
 
 
@@ -186,7 +187,9 @@ async def handle_readings(stream: faust.StreamT) -> None:
         assert isinstance(record, SensorReading)
         started = time.perf_counter()
         async with ledger.step() as step:
-            await decide(step, rules.on_reading(current_view(), record))
+            message = step.message
+            position = (tp_key(message.topic, message.partition), message.offset) if message is not None else None
+            await decide(step, rules.on_reading(current_view(), record, position))
         metrics.HANDLE_SECONDS.labels(SPEC.name, topics.SENSOR_DATA.name).observe(time.perf_counter() - started)
 
 

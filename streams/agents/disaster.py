@@ -21,17 +21,18 @@ import asyncio
 import logging
 import time
 from dataclasses import asdict
-from typing import Any
+from typing import Any, Mapping
 
 import faust
 from prometheus_client import Counter
 
 from streams import topics
 from streams.app import HeaterService, ServiceKind, ServiceSpec
-from streams.consistency import Step
+from streams.consistency import Step, tp_key
 from streams.disaster_rules import Detection, DisasterWatch, RuleLimits, SensorWindow
 from streams.heater_config import HeaterLimits
 from streams.lifecycle import Phase
+from streams.records import alarm_id_for, occurrence_key
 from streams.records import DisasterEvent, HeaterRecord, HeatingJobState, RelayAction, RelayCommand, RelayState, SensorReading, Severity
 from streams.tables.disaster import DisasterTables
 
@@ -110,8 +111,9 @@ class Detector:
     async def on_reading(self, step: Step, watch: DisasterWatch, reading: SensorReading) -> None:
         if reading.kind != "temperature":
             return
-        released_at = service.watch.latch.released_at if service.watch is not None else None
-        outcome = watch.on_reading(reading.sensor, reading.value, reading.received_at, released_at)
+        message = step.message
+        position = (tp_key(message.topic, message.partition), message.offset) if message is not None else None
+        outcome = watch.on_reading(reading.sensor, reading.value, reading.received_at, released, position)
         if outcome.window is not None and outcome.status.watching:
             tables.save_window(outcome.window)
         for detection in outcome.detections:
@@ -121,34 +123,26 @@ class Detector:
         """Report a disaster and raise FATAL; a halted service only logs (the power is already cut).
 
         Still starting counts as acting: the agent runs only after this service's own
-        self-check, and a disaster must not wait for the remaining ones. A disaster found
-        in readings the last operator reset covers (replayed after the restart that
-        followed it) is reported on ``DisasterDetected`` and stored, but raises no FATAL:
-        the reset covers it (see :mod:`streams.latch`); if the water is still in danger,
-        the readings after the reset find it again and latch.
-        Otherwise the alarm is raised now, not at the reading's time, so a disaster found
-        late — this service lagging behind — still latches the platform.
+        self-check, and a disaster must not wait for the remaining ones. The FATAL is
+        raised at the time of the reading that revealed it: its occurrence id
+        (:mod:`streams.latch`) is the same when a restart decides the same readings again,
+        and a new one when the danger persists past a reset that released it — found
+        late or not, it latches.
         """
         DETECTED.labels(detection.rule).inc()
         if service.status.phase in (Phase.HALTED, Phase.STOPPING) or service.alarms is None or service.watch is None:
             log.critical("disaster %s while %s, not acted on: %s", detection.disaster_id, service.status.phase.value, detection.message)
             return
-        covered = service.watch.latch.covers(detection.at)
-        if covered:
-            log.critical("DISASTER %s in readings the operator reset of %.3f covers (reported, not latched): %s",
-                         detection.disaster_id, service.watch.latch.released_at, detection.message)
-        else:
-            log.critical("DISASTER %s: %s", detection.disaster_id, detection.message)
+        log.critical("DISASTER %s: %s", detection.disaster_id, detection.message)
         event = DisasterEvent(
             disaster_id=detection.disaster_id, rule=detection.rule, message=detection.message,
             detected_at=detection.at, value=detection.value, limit=detection.limit,
         )
         await step.owe(topics.DISASTER_DETECTED.name, detection.disaster_id.encode(), event.dumps())
-        if not covered:
-            await step.alarms(service.alarms).raise_alarm(
-                detection.rule, Severity.FATAL, detection.message, subject=detection.episode,
-                details={"disaster_id": detection.disaster_id, "sensor": detection.sensor, "value": str(detection.value), "limit": str(detection.limit)},
-            )
+        await step.alarms(service.alarms).raise_alarm(
+            detection.rule, Severity.FATAL, detection.message, subject=detection.episode, at=detection.at,
+            details={"disaster_id": detection.disaster_id, "sensor": detection.sensor, "value": str(detection.value), "limit": str(detection.limit)},
+        )
         tables.save_detection(detection)
 
     def view(self, now: float) -> dict[str, Any]:
@@ -170,6 +164,14 @@ class Detector:
             "detections": [asdict(d) for d in sorted(watch.detections.values(), key=lambda d: d.at)],
             "limits": asdict(watch.limits),
         }
+
+
+def released(detection: Detection) -> Mapping[str, int] | None:
+    """What the operator reset that released this detection's FATAL occurrence covers; None if none did."""
+    if service.watch is None:
+        return None
+    key = occurrence_key(alarm_id_for(SPEC.name, detection.rule, detection.episode), detection.at)
+    return service.watch.latch.covered_by_release(key)
 
 
 def valve_command(command: RelayCommand) -> bool | None:

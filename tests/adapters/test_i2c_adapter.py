@@ -30,7 +30,7 @@ from streams.operator_reset import issue_reset
 from streams.records import Alarm, OperatorReset, RelayCommand, RelayState, SensorReading, Severity
 from streams.vault import TransitSigner
 from tests.simulator.conftest import SimProcess, start_simulator
-from tests.support import ServiceProcess, consume_until, metric, produce, run, vault_env, wait_for
+from tests.support import ServiceProcess, consume_until, metric, post_json, produce, run, vault_env, wait_for
 
 WINDOW_S = 0.5  # the simulator's default watchdog window
 LEASE_S = 1.5
@@ -386,7 +386,9 @@ def test_the_trip_survives_restarts_and_a_wiped_broker(
     adapter = Adapter(wiped_broker, adapter_dir, sim.i2c_url).start()
     assert adapter.wait(15) == exitcodes.STAY_DOWN, adapter.tail()
     seen = consume(wiped_broker.bootstrap, lambda got: any(a.alarm_id == "i2c/pico-tripped" for a in got))
-    assert next(a for a in seen if a.alarm_id == "i2c/pico-tripped").severity is Severity.FATAL
+    tripped = next(a for a in seen if a.alarm_id == "i2c/pico-tripped")
+    assert tripped.severity is Severity.FATAL
+    assert tripped.occurrence == f"trip-{sim.state()['pico']['trip_count'] % 256}", "the occurrence is the trip itself"
     restarted = Adapter(wiped_broker, adapter_dir, sim.i2c_url).start()
     try:
         restarted.wait_phase("halted")
@@ -407,14 +409,18 @@ def test_only_a_verified_fresh_reset_releases_the_pico(
     try:
         adapter.wait_phase("halted")
         signer = TransitSigner(hvac.Client(url=vault.addr, token=vault.token))
-        genuine = run(issue_reset("alice", signer))
-        forged = OperatorReset(**{**run(issue_reset("mallory", signer)).asdict(), "operator": "root"})
-        future = run(issue_reset("bob", signer))
+        named, trip = latching_now(wiped_broker, sim)
+        genuine = run(issue_reset("alice", signer, named, trip))
+        forged = OperatorReset(**{**run(issue_reset("mallory", signer, named, trip)).asdict(), "operator": "root"})
+        future = run(issue_reset("bob", signer, named, trip))
         stale = OperatorReset(**{**future.asdict(), "issued_at": time.time() + 600})
-        run(produce(wiped_broker.bootstrap, "operatorReset", [forged.dumps(), stale.dumps()]))
-        refused = consume(wiped_broker.bootstrap, lambda got: sum(a.code == "reset-refused" for a in got) >= 2)
-        kinds = {a.details["kind"] for a in refused if a.code == "reset-refused"}
-        assert kinds == {"forged", "stale"}
+        unnamed = run(issue_reset("carol", signer, [], trip))
+        other_trip = run(issue_reset("dave", signer, named, (trip + 1) % 256))
+        run(produce(wiped_broker.bootstrap, "operatorReset", [r.dumps() for r in (forged, stale, unnamed, other_trip)]))
+        refused = consume(wiped_broker.bootstrap, lambda got: sum(a.code == "reset-refused" for a in got) >= 4)
+        kinds = {a.alarm_id.rsplit("/", 1)[-1]: a.details["kind"] for a in refused if a.code == "reset-refused"}
+        assert kinds == {forged.reset_id: "forged", stale.reset_id: "stale", unnamed.reset_id: "outdated",
+                         other_trip.reset_id: "outdated"}
         assert sim.state()["pico"]["trip_latched"]
         run(produce(wiped_broker.bootstrap, "operatorReset", [genuine.dumps()]))
         pico = sim.wait_for(lambda s: not s["pico"]["trip_latched"], timeout=10)["pico"]
@@ -441,6 +447,13 @@ def test_only_a_verified_fresh_reset_releases_the_pico(
         adapter.stop()
 
 
+def latching_now(broker: EmbeddedBroker, sim: SimProcess) -> tuple[list[str], int]:
+    """What an operator is shown: the Pico's own FATAL occurrence, and its trip count."""
+    trip = sim.state()["pico"]["trip_count"] % 256
+    seen = consume(broker.bootstrap, lambda got: any(a.occurrence == f"trip-{trip}" for a in got))
+    return [next(a.occurrence_id for a in seen if a.occurrence == f"trip-{trip}")], trip
+
+
 def test_reset_through_alarms_server_releases_pico_before_the_restart(
     fatal_broker: EmbeddedBroker, latch_sims: list[SimProcess], adapter_dir: Path, vault: EmbeddedVault, tmp_path: Path
 ) -> None:
@@ -452,10 +465,19 @@ def test_reset_through_alarms_server_releases_pico_before_the_restart(
     adapter = Adapter(fatal_broker, adapter_dir, sim.i2c_url, vault_env(vault)).start()
     try:
         adapter.wait_phase("halted")
-        consume(fatal_broker.bootstrap, lambda got: any(a.alarm_id == "i2c/pico-tripped" for a in got))
-        signer = TransitSigner(hvac.Client(url=vault.addr, token=vault.token))
-        reset = run(issue_reset("alice", signer))
-        run(produce(fatal_broker.bootstrap, "operatorReset", [reset.dumps()]))
+        trip = sim.state()["pico"]["trip_count"] % 256
+        def shows_the_trip() -> dict | None:
+            try:
+                latch = alarms_server.get("/latch")[1]
+            except OSError:  # still starting
+                return None
+            return latch if latch.get("trip_count") == trip and latch.get("occurrences") else None
+
+        shown = wait_for(shows_the_trip, 30, what="AlarmsServer shows the trip")
+        status, issued = post_json(alarms_server.url + "/reset", {
+            "operator": "alice", "occurrences": sorted(shown["occurrences"]), "trip_count": shown["trip_count"]})
+        assert status == 202, issued
+        assert f"i2c/pico-tripped#trip-{trip}" in issued["occurrences"]
         assert adapter.wait(20) == exitcodes.RELEASED, adapter.tail()
         assert not sim.state()["pico"]["trip_latched"], "the Pico was released before the adapter exited"
         restarted = Adapter(fatal_broker, adapter_dir, sim.i2c_url, vault_env(vault)).start()

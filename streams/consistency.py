@@ -321,7 +321,25 @@ class Ledger:
         self._identity = log_identity
         self._log = ""  # the log identity the positions count in
         self._following = asyncio.Lock()
+        self._rebalances = self._sought_after = 0
+        self._count_rebalances()
         self._send: Callable[[Effect], Any] = self._send_with_app
+
+    def _count_rebalances(self) -> None:
+        """Count the rebalances Faust ends: each one sends the inputs to the group's committed offsets.
+
+        Those are not the state's positions (and after a broker restart they belong to the
+        old log): the settler sends the inputs back to where the state ends.
+        """
+        ended = getattr(self.app, "on_rebalance_end", None)
+        if ended is None:
+            return
+
+        def on_rebalance_end() -> None:
+            ended()
+            self._rebalances += 1
+
+        self.app.on_rebalance_end = on_rebalance_end  # type: ignore[method-assign]
 
     def tracked(self, table: faust.Table) -> Tracked:
         return Tracked(self, table)
@@ -530,6 +548,14 @@ class Ledger:
         async def settle_owed() -> None:
             await self.settle_now()
             await self.follow_restarted_logs()
+            await self.after_rebalance()
+
+    async def after_rebalance(self) -> None:
+        """Once a rebalance has ended, send every input the state has read to where the state ends."""
+        if self._rebalances == self._sought_after or not self.recovered.is_set():
+            return
+        self._sought_after = self._rebalances
+        await self.seek_to_positions()
 
     async def follow_restarted_logs(self, wait: bool = False) -> None:
         """Send every input to the start of the broker's new log, when its log identity changed.

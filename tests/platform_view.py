@@ -11,6 +11,7 @@ from heater.catalogue import COMPONENTS
 from heater.platform import Platform
 from heater.probes import http_json
 from heater.rundir import Layout
+from streams.heater_config import WATER_SENSORS
 from simulator import client as sim
 from tests.support import try_get, wait_for
 
@@ -53,6 +54,16 @@ def fresh_tank(layout: Layout, water_c: float = 20.0) -> None:
     wait_for(settled, 10, what="tank and sensors at the start temperature")
     all_ready(layout)
     wait_for(lambda: fresh_temperature(layout), 15, what="the I2C adapter sees fresh temperature data")
+
+    # The tank jumped to ``water_c`` at once, which no real water does: sensors that report a
+    # moment apart disagree meanwhile. A job started before DisasterDetector has decided those
+    # readings (it may be behind, after a restart) would be judged against them.
+    def detector_settled() -> bool:
+        windows = http_json(layout.web_url("disaster") + "/disaster")[1].get("windows", {})
+        latest = [w.get("last_c") for w in windows.values()]
+        return len(latest) >= len(WATER_SENSORS) and all(t is not None and abs(t - water_c) < 0.5 for t in latest)
+
+    wait_for(detector_settled, 30, what="DisasterDetector has decided readings at the start temperature")
 
 
 def fresh_temperature(layout: Layout) -> bool:

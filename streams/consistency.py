@@ -275,6 +275,13 @@ class Step:
         self.writes: list[Write] = []
         self.effects: list[Effect] = []
 
+    @property
+    def position(self) -> tuple[str, int] | None:
+        """Where this step's input stands: ("topic:partition", offset); None outside an input."""
+        if self.message is None:
+            return None
+        return tp_key(self.message.topic, self.message.partition), self.message.offset
+
     def put(self, table: faust.Table, key: str, value: Any) -> None:
         self._record(Write(table.name, key, encode_value(table, value)))
 

@@ -203,11 +203,11 @@ async def follow_trips(stream: faust.StreamT) -> None:
 
 def on_relay_state(record: RelayState) -> None:
     """Keep the Pico's trip count: a reset is issued for it, and refused once it moved on."""
-    state = latch_state()
+    current = latch.get(tables.LATCH_KEY)
+    state = LatchState.from_record(current)
     if record.trip_count < 0 or record.trip_count == state.trip_count:
         return
     state.trip_count = record.trip_count
-    current = latch.get(tables.LATCH_KEY)
     latch[tables.LATCH_KEY] = state.to_record(now(), SPEC.name, current.reset_id if current else "")
 
 

@@ -35,7 +35,7 @@ from streams.alarm_client import AlarmClient
 from streams.app import HeaterService, ServiceKind, ServiceSpec
 from streams.bank_rules import BankConfig, BankRules, BankView, Effect, window_start
 from streams.bank_rules import Step as BankStep
-from streams.consistency import tp_key, Step
+from streams.consistency import Step
 from streams.heater_config import HeaterLimits
 from streams.lifecycle import Phase
 from streams.records import HeaterRecord, SensorReading
@@ -187,9 +187,7 @@ async def handle_readings(stream: faust.StreamT) -> None:
         assert isinstance(record, SensorReading)
         started = time.perf_counter()
         async with ledger.step() as step:
-            message = step.message
-            position = (tp_key(message.topic, message.partition), message.offset) if message is not None else None
-            await decide(step, rules.on_reading(current_view(), record, position))
+            await decide(step, rules.on_reading(current_view(), record, step.position))
         metrics.HANDLE_SECONDS.labels(SPEC.name, topics.SENSOR_DATA.name).observe(time.perf_counter() - started)
 
 

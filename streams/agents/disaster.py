@@ -28,7 +28,7 @@ from prometheus_client import Counter
 
 from streams import topics
 from streams.app import HeaterService, ServiceKind, ServiceSpec
-from streams.consistency import Step, tp_key
+from streams.consistency import Step
 from streams.disaster_rules import Detection, DisasterWatch, RuleLimits, SensorWindow
 from streams.heater_config import HeaterLimits
 from streams.lifecycle import Phase
@@ -111,9 +111,7 @@ class Detector:
     async def on_reading(self, step: Step, watch: DisasterWatch, reading: SensorReading) -> None:
         if reading.kind != "temperature":
             return
-        message = step.message
-        position = (tp_key(message.topic, message.partition), message.offset) if message is not None else None
-        outcome = watch.on_reading(reading.sensor, reading.value, reading.received_at, released, position)
+        outcome = watch.on_reading(reading.sensor, reading.value, reading.received_at, released, step.position)
         if outcome.window is not None and outcome.status.watching:
             tables.save_window(outcome.window)
         for detection in outcome.detections:

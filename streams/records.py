@@ -301,14 +301,26 @@ class ConfigDocument(HeaterRecord):
 
 
 class Heartbeat(HeaterRecord):
-    """``heartbeats``: a service says it is alive and in which phase."""
+    """``heartbeats``: a service says it is alive, in which phase, and how fresh its input is.
+
+    ``watched_through`` is the ``received_at`` of the newest reading the service has
+    decided (0 before the first): alive is not enough for a watcher — a detector that
+    is up but minutes behind on ``sensorData`` watches nothing, and the valve lease
+    must see that (DESIGN rule 3).
+    """
 
     service: str
     instance: str
     phase: str
     at: float
     pid: int = 0
+    watched_through: float = 0.0
     schema_version: int = SCHEMA_VERSION
+
+    def check(self) -> None:
+        _finite(self.at, "at")
+        _finite(self.watched_through, "watched_through")
+        _require(self.watched_through >= 0, "watched_through must not be negative")
 
 
 class HeatingJobState(HeaterRecord):

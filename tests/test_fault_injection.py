@@ -298,6 +298,27 @@ def test_kill_9_of_the_heating_job_closes_the_valve_within_the_lease(platform: P
     log.warning("kill -9 heating job: valve closed %.2f s after the kill (lease %.1f s)", safe_s, LIMITS.lease_s)
 
 
+def test_kill_9_of_the_disaster_detector_closes_the_valve_within_its_beat_bound(platform: Platform) -> None:
+    """12: the detector dies mid-heating; the job still renews the lease, the data are fresh,
+    and yet the adapter closes the gas: nobody watches the water (DESIGN rule 3)."""
+    layout = platform.layout
+    fresh_tank(layout)
+    job = Job(layout, 40.0)
+    try:
+        heating(layout, job)
+        pid = platform.supervisor.info("disaster")["pid"]
+        killed_at = kill_9(platform, "disaster")
+        bound_s = RELAY_LIMITS.detector_silent_after_s
+        safe_s = until_relay_off(layout, "gas_valve_open", killed_at, bound_s + 1.0)
+        active_alarm(layout, "i2c/detector-silent")
+    finally:
+        job.stop()
+    assert safe_s <= bound_s + 0.5
+    wait_for(lambda: platform.supervisor.info("disaster")["pid"] not in (0, pid) and ready(layout, "disaster"), 60, 0.1,
+             "disaster restarted and ready")
+    log.warning("kill -9 DisasterDetector: valve closed %.2f s after the kill (bound %.1f s)", safe_s, bound_s)
+
+
 def test_kill_9_of_the_i2c_adapter_lets_the_pico_watchdog_make_everything_safe(platform: Platform) -> None:
     """6: the adapter dies mid-heating; no more kicks; the Pico drops every relay within its window."""
     layout = platform.layout

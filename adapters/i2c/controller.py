@@ -8,8 +8,9 @@ trip); this controller adds the rules a burner control needs on top:
 * order of the gas train: valve needs power, spark needs an open valve, and a
   command that would break the order is refused, not "fixed";
 * the gas valve is a **lease**: it opens for ``lease_s`` seconds and stays open only
-  while the heating job renews it and while fresh temperature readings arrive, so a
-  dead job, broker or detector closes the gas within seconds;
+  while the heating job renews it, while fresh temperature readings arrive and while
+  DisasterDetector's heartbeat says it decides current readings, so a dead job,
+  broker or detector closes the gas within seconds;
 * ignition safety time: an open valve without a proven flame closes after a bound,
   and repeated failures lock the valve out until the power is switched off;
 * the spark is bounded in time; a flame lost after ignition closes the valve;
@@ -45,6 +46,7 @@ class Refusal(str, enum.Enum):
     POWER_CUT = "power-cut"
     VALVE_CLOSED = "valve-closed"
     STALE_DATA = "stale-data"
+    DETECTOR_SILENT = "detector-silent"
     STALE_COMMAND = "stale-command"
     LOCKOUT = "ignition-lockout"
 
@@ -56,6 +58,9 @@ class Limits:
     default_lease_s: float = 3.0
     max_lease_s: float = 10.0
     stale_after_s: float = 2.0
+    detector_silent_after_s: float = 3.0
+    """How old the newest reading DisasterDetector says it decided may be (its beats
+    come every 0.5 s; a restarted detector catching up on a backlog counts as silent)."""
     ignition_safety_s: float = 5.0
     max_spark_s: float = 4.0
     max_command_age_s: float = 2.0
@@ -104,6 +109,7 @@ class _Train:
     spark_on_at: float | None = None
     ignition_at: float | None = None
     temperature_at: float | None = None
+    detector_at: float | None = None
     flame: bool | None = None
     flame_at: float | None = None
     ignition_failures: int = 0
@@ -146,6 +152,12 @@ class RelayController:
         train = self.train
         if train.temperature_at is None or read_at > train.temperature_at:
             train.temperature_at = read_at
+
+    def on_detector(self, decided_at: float) -> None:
+        """DisasterDetector has decided the readings taken up to ``decided_at``."""
+        train = self.train
+        if train.detector_at is None or decided_at > train.detector_at:
+            train.detector_at = decided_at
 
     def on_flame(self, present: bool, read_at: float) -> None:
         """A flame reading; a flame seen after the valve opened proves ignition."""
@@ -203,6 +215,8 @@ class RelayController:
             "lease_remaining_s": None if train.lease_until is None else round(train.lease_until - now, 3),
             "temperature_age_s": since(train.temperature_at),
             "stale_after_s": self.limits.stale_after_s,
+            "detector_age_s": since(train.detector_at),
+            "detector_silent_after_s": self.limits.detector_silent_after_s,
             "valve_open_for_s": since(train.valve_opened_at),
             "ignition_proven": train.ignition_at is not None,
             "flame": train.flame,
@@ -218,6 +232,10 @@ class RelayController:
             return "lease-expired", "valve lease not renewed: gas valve closed"
         if not self._fresh(now):
             return "stale-data", f"no temperature reading for more than {limits.stale_after_s:.1f} s: gas valve closed"
+        if not self._detector_watching(now):
+            return "detector-silent", (
+                f"DisasterDetector has not decided a reading for more than {limits.detector_silent_after_s:.1f} s: gas valve closed"
+            )
         if train.ignition_at is None:
             opened = train.valve_opened_at if train.valve_opened_at is not None else now
             if now - opened > limits.ignition_safety_s:
@@ -230,11 +248,17 @@ class RelayController:
         at = self.train.temperature_at
         return at is not None and now - at <= self.limits.stale_after_s
 
+    def _detector_watching(self, now: float) -> bool:
+        at = self.train.detector_at
+        return at is not None and now - at <= self.limits.detector_silent_after_s
+
     def _open_valve(self, cmd: Command, now: float, before: Relays) -> Decision:
         if not self.outputs.power_on:
             return self._refuse(Refusal.POWER_CUT, "valve open with the power cut")
         if not self._fresh(now):
             return self._refuse(Refusal.STALE_DATA, "valve open without fresh temperature data")
+        if not self._detector_watching(now):
+            return self._refuse(Refusal.DETECTOR_SILENT, "valve open while DisasterDetector is not deciding current readings")
         if self.train.ignition_failures >= self.limits.max_ignition_failures:
             return self._refuse(Refusal.LOCKOUT, "valve locked out after failed ignitions; switch the power off first")
         if not self.outputs.gas_valve_open:

@@ -43,7 +43,8 @@ from streams.codec import DecodeError, decode
 from streams.edge import EdgeService
 from streams.latch import LatchView
 from streams.lifecycle import ServiceKind, ServiceSpec
-from streams.records import RelayCommand, RelayState, SensorReading, Severity
+from streams.heartbeats import watching_through
+from streams.records import Heartbeat, RelayCommand, RelayState, SensorReading, Severity
 from streams.settings import FAST_FETCH_WAIT_MS, Settings
 from streams.readers import open_reader
 
@@ -65,7 +66,7 @@ ALARM_RESEND_S = 0.5
 SENSOR_FAULT_BIT = 0x01
 
 #: Alarms about one incident of a heating cycle: cleared when the next valve opens.
-INCIDENT_CODES = ("lease-expired", "stale-data", "ignition-failed", "flame-failure", "spark-timeout", "command-refused")
+INCIDENT_CODES = ("lease-expired", "stale-data", "detector-silent", "ignition-failed", "flame-failure", "spark-timeout", "command-refused")
 
 T = TypeVar("T")
 
@@ -197,23 +198,37 @@ class RelayAdapter:
     # -- kafka ---------------------------------------------------------------------
 
     async def _consumer(self) -> AIOKafkaConsumer:
-        """Commands and readings from *now*: a command issued while we were down is never run."""
+        """Commands, readings and heartbeats from *now*: a command issued while we were down is never run."""
         return await open_reader(
-            self.settings.broker_bootstrap, (topics.I2C_HEATING.name, topics.SENSOR_DATA.name),
+            self.settings.broker_bootstrap, (topics.I2C_HEATING.name, topics.SENSOR_DATA.name, topics.HEARTBEATS.name),
             fetch_wait_ms=FAST_FETCH_WAIT_MS, from_end=True,
         )
 
     async def _consume(self, consumer: AIOKafkaConsumer) -> None:
         while True:
             batches = await consumer.getmany(timeout_ms=100)
-            readings: list[ConsumerRecord] = []
-            commands: list[ConsumerRecord] = []
+            by_topic: dict[str, list[ConsumerRecord]] = {}
             for tp, messages in batches.items():
-                (commands if tp.topic == topics.I2C_HEATING.name else readings).extend(messages)
-            if readings:
+                by_topic.setdefault(tp.topic, []).extend(messages)
+            if readings := by_topic.get(topics.SENSOR_DATA.name):
                 self.on_readings(readings)
-            for message in commands:
+            if beats := by_topic.get(topics.HEARTBEATS.name):
+                self.on_heartbeats(beats)
+            for message in by_topic.get(topics.I2C_HEATING.name, ()):
                 await self.on_command(message.value)
+
+    def on_heartbeats(self, messages: list[ConsumerRecord]) -> None:
+        """DisasterDetector's beats: how current the readings it decides are (the valve lease needs it)."""
+        wall, now = time.time(), self.clock()
+        for message in messages:
+            try:
+                beat = decode(message.value, Heartbeat)
+            except DecodeError as exc:
+                metrics.SKIPPED.labels(topics.HEARTBEATS.name, exc.reason).inc()
+                continue
+            decided = watching_through(beat)
+            if decided is not None:
+                self.controller.on_detector(now - max(0.0, wall - decided))
 
     def on_readings(self, messages: list[ConsumerRecord]) -> None:
         """Only the newest valid temperature and flame reading of a batch matter for freshness."""

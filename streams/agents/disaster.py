@@ -30,6 +30,7 @@ from streams import topics
 from streams.app import HeaterService, ServiceKind, ServiceSpec
 from streams.consistency import Step
 from streams.disaster_rules import Detection, DisasterWatch, RuleLimits, SensorWindow
+from streams.heartbeats import DETECTOR, publish_heartbeats
 from streams.heater_config import HeaterLimits
 from streams.lifecycle import Phase
 from streams.records import alarm_id_for, occurrence_key
@@ -39,7 +40,7 @@ from streams.tables.disaster import DisasterTables
 log = logging.getLogger(__name__)
 
 SPEC = ServiceSpec(
-    "disaster", ServiceKind.CONTROL, fast_path=True,
+    DETECTOR, ServiceKind.CONTROL, fast_path=True,
     description="disaster detector: over-limit, too-fast rise, heat with the valve closed, sensor disagreement",
 )
 service = HeaterService(SPEC)
@@ -59,6 +60,8 @@ class Detector:
     def __init__(self) -> None:
         self.limits: RuleLimits | None = None
         self.watch: DisasterWatch | None = None
+        self.decided_through = 0.0
+        """``received_at`` of the newest reading decided: what the heartbeat tells the valve lease."""
         self._started = asyncio.Event()
 
     async def check_limits(self) -> None:
@@ -109,6 +112,7 @@ class Detector:
                 tables.save_valve(watch.on_valve_command(wants_open, record.issued_at, record.lease_s))
 
     async def on_reading(self, step: Step, watch: DisasterWatch, reading: SensorReading) -> None:
+        self.decided_through = max(self.decided_through, reading.received_at)
         if reading.kind != "temperature":
             return
         outcome = watch.on_reading(reading.sensor, reading.value, reading.received_at, released, step.position)
@@ -202,6 +206,7 @@ def window_view(window: SensorWindow) -> dict[str, Any]:
 
 detector = Detector()
 service.add_startup_check(detector.check_limits)
+publish_heartbeats(service, lambda: detector.decided_through)
 
 
 @app.agent(inputs)

@@ -24,8 +24,9 @@ from aiokafka import AIOKafkaProducer
 from heater.runtime.broker import EmbeddedBroker
 from heater.runtime.vault import EmbeddedVault
 from simulator import client
-from streams import exitcodes
+from streams import exitcodes, heartbeats
 from streams.codec import decode
+from streams.lifecycle import Phase
 from streams.operator_reset import issue_reset
 from streams.records import Alarm, OperatorReset, RelayCommand, RelayState, SensorReading, Severity
 from streams.vault import TransitSigner
@@ -35,6 +36,7 @@ from tests.support import ServiceProcess, consume_until, metric, post_json, prod
 WINDOW_S = 0.5  # the simulator's default watchdog window
 LEASE_S = 1.5
 STALE_S = 2.0  # the controller's default freshness bound
+DETECTOR_SILENT_S = 3.0  # ... and its bound on DisasterDetector's beats
 TICK_S = 0.05
 
 
@@ -65,11 +67,14 @@ class Adapter(ServiceProcess):
 
 
 class Feeder:
-    """Plays the CAN adapter and the heating job: readings every 100 ms, lease renewals, commands."""
+    """Plays the CAN adapter, DisasterDetector and the heating job: readings every 100 ms,
+    the detector's beats saying it decided them, lease renewals, commands."""
 
     def __init__(self, bootstrap: str) -> None:
         self.bootstrap = bootstrap
         self.sensors = True
+        self.detector = True
+        self.last_beat_at = 0.0
         self.renewing = False
         self.lease_s = LEASE_S
         self.last_reading_at = 0.0
@@ -102,6 +107,10 @@ class Feeder:
                         reading = SensorReading(sensor=f"test.{kind}", kind=kind, value=value, unit="", received_at=now)
                         await self._producer.send("sensorData", reading.dumps())
                     self.last_reading_at = now
+                if self.detector and self.last_reading_at:
+                    beat = heartbeats.beat(heartbeats.DETECTOR, Phase.READY, self.last_reading_at, now)
+                    await self._producer.send("heartbeats", beat.dumps())
+                    self.last_beat_at = now
                 if self.renewing and now >= next_renewal:
                     await self._send_command("lease", True, self.lease_s)
                     self.last_renewal_at = now
@@ -274,6 +283,26 @@ def test_valve_closes_when_sensor_data_go_stale(adapter: Adapter, feeder: Feeder
     print(f"\nlast sensor reading -> valve closed at the Pico: {closed_after * 1000:.0f} ms (bound {STALE_S} s)")
     assert STALE_S - 0.1 <= closed_after <= STALE_S + TICK_S + 0.15
     wait_for(lambda: metric(adapter, "heater_i2c_safety_actions_total", reason="stale-data") == 1, 2, what="counted")
+
+
+def test_valve_closes_when_the_detector_goes_silent(adapter: Adapter, feeder: Feeder, ops_sim: SimProcess) -> None:
+    """DESIGN rule 3: a dead DisasterDetector closes the gas, with the lease renewed and data fresh."""
+    ignite(feeder, ops_sim, lease_s=5.0)
+    feeder.detector = False
+    time.sleep(0.15)
+    last_decided = feeder.last_beat_at  # a beat says the reading sent just before it was decided
+    pico = wait_relays(ops_sim, True, False, False, timeout=DETECTOR_SILENT_S + 2)
+    closed_after = pico["timestamps"]["valve_closed_at"] - last_decided
+    print(f"\nlast reading the detector decided -> valve closed at the Pico: {closed_after * 1000:.0f} ms (bound {DETECTOR_SILENT_S} s)")
+    assert DETECTOR_SILENT_S - 0.2 <= closed_after <= DETECTOR_SILENT_S + TICK_S + 0.3
+    wait_for(lambda: metric(adapter, "heater_i2c_safety_actions_total", reason="detector-silent") == 1, 2, what="counted")
+    feeder.command("valve", lease_s=LEASE_S)
+    wait_for(lambda: metric(adapter, "heater_i2c_refusals_total", reason="detector-silent") == 1, 5, what="reopening refused")
+    assert relays(ops_sim)["gas_valve_open"] is False
+    feeder.detector = True
+    time.sleep(0.3)
+    feeder.command("valve", lease_s=LEASE_S)
+    wait_relays(ops_sim, True, True, False)
 
 
 def test_kill_9_leaves_the_hardware_watchdog_to_make_everything_safe(

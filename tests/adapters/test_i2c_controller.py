@@ -32,7 +32,10 @@ class Cmd:
 
 @dataclass(frozen=True)
 class Temp:
+    """A temperature reading; ``watched``: DisasterDetector's beat says it decided it too."""
+
     at: float
+    watched: bool = True
 
 
 @dataclass(frozen=True)
@@ -68,6 +71,8 @@ def run(steps: tuple[Step, ...]) -> tuple[RelayController, Refusal | None, list[
             refusal = decision.refusal
         elif isinstance(step, Temp):
             controller.on_temperature(step.at)
+            if step.watched:
+                controller.on_detector(step.at)
         elif isinstance(step, Flame):
             controller.on_flame(step.present, step.at)
         else:
@@ -114,6 +119,15 @@ CASES = [
     Case("stale data closes the valve", IGNITED + (Cmd(1.5, "lease", lease_s=5), Tick(2.1)), P, events=("stale-data",)),
     Case("fresh data keeps it open", IGNITED + (Temp(1.9), Tick(2.1)), PV),
     Case("an older reading does not overwrite a newer one", IGNITED + (Temp(1.0), Temp(0.1), Tick(2.5)), PV),
+    # DisasterDetector's liveness (DESIGN rule 3)
+    Case("valve while the detector is silent", (Cmd(0, "power"), Temp(0, watched=False), Cmd(0.1, "valve")), P,
+         Refusal.DETECTOR_SILENT),
+    Case("valve while the detector is behind", (Cmd(0, "power"), Temp(0), Temp(3.5, watched=False), Cmd(3.5, "valve")), P,
+         Refusal.DETECTOR_SILENT),
+    Case("a silent detector closes the valve", IGNITED + (Temp(1), Cmd(1, "lease", lease_s=5), Temp(2, watched=False),
+                                                          Temp(3.5, watched=False), Tick(4.05)), P, events=("detector-silent",)),
+    Case("a detector within its bound keeps it open", IGNITED + (Temp(1), Cmd(1, "lease", lease_s=5), Temp(2, watched=False),
+                                                                 Temp(3.5, watched=False), Tick(3.95)), PV),
     # ignition
     Case("no flame within the safety time", (Cmd(0, "power"), Temp(0), Cmd(0, "valve", lease_s=10))
          + tuple(Temp(t) for t in range(1, 6)) + (Tick(5.1),), P, events=("ignition-failed",)),
@@ -144,6 +158,7 @@ def test_ignition_lockout_until_power_off() -> None:
     controller.command(Command(Action.POWER, False), 21)
     controller.command(Command(Action.POWER, True), 21)
     controller.on_temperature(21)
+    controller.on_detector(21)
     assert controller.command(Command(Action.VALVE, True), 21).accepted
 
 
@@ -162,12 +177,14 @@ def test_lease_state_view() -> None:
     assert view["valve_open"] and view["ignition_proven"]
     assert view["lease_remaining_s"] == pytest.approx(2.1)
     assert view["temperature_age_s"] == pytest.approx(1.0)
+    assert view["detector_age_s"] == pytest.approx(1.0)
 
 
 STEP = st.one_of(
     st.builds(lambda a, on, lease, age: ("cmd", a, on, lease, age),
               st.sampled_from(list(Action)), st.booleans(), st.floats(0, 30), st.floats(0, 5)),
     st.just(("temp",)),
+    st.just(("beat",)),
     st.builds(lambda p: ("flame", p), st.booleans()),
     st.just(("tick",)),
 )
@@ -186,6 +203,8 @@ def test_outputs_always_a_combination_the_board_accepts(steps: list[tuple[float,
             controller.command(Command(step[1], step[2], step[3], step[4]), now)
         elif step[0] == "temp":
             controller.on_temperature(now)
+        elif step[0] == "beat":
+            controller.on_detector(now)
         elif step[0] == "flame":
             controller.on_flame(step[1], now)
         else:
@@ -198,3 +217,4 @@ def test_outputs_always_a_combination_the_board_accepts(steps: list[tuple[float,
             train = controller.train
             assert train.lease_until is not None and now < train.lease_until <= now + LIMITS.max_lease_s
             assert train.temperature_at is not None and now - train.temperature_at <= LIMITS.stale_after_s
+            assert train.detector_at is not None and now - train.detector_at <= LIMITS.detector_silent_after_s

@@ -50,14 +50,26 @@ COMPONENTS: tuple[Component, ...] = (
     Component("broker", STAGE_INFRA, "infra", ("runtime", "broker"), "Kafka-protocol broker (memory storage)"),
     Component("vault", STAGE_INFRA, "infra", ("runtime", "vault"), "OpenBao dev server"),
     Component("simulator", STAGE_HARDWARE, "hardware", ("runtime", "simulator"), "simulated heater, CAN bus and Pico"),
+    Component("config", STAGE_CONFIGURATION, "service", ("worker", "config"), "ConfigurationServer", control=True),
+    Component("registry", STAGE_REGISTRY, "service", ("worker", "registry"), "StateRegistry: heartbeats, discovery, allowed services"),
+    Component("exceptions", STAGE_REGISTRY, "service", ("worker", "exceptions"), "ExceptionsServer"),
     Component("alarms", STAGE_ALARMS, "service", ("worker", "alarms"), "AlarmsServer"),
     Component("can", STAGE_EDGE_AND_LOGIC, "service", ("worker", "can"), "CAN adapter: sensor frames to sensorData", control=True),
     Component("i2c", STAGE_EDGE_AND_LOGIC, "service", ("worker", "i2c"), "I2C adapter: relays on the Pico", control=True),
     Component("bank", STAGE_EDGE_AND_LOGIC, "service", ("worker", "bank"), "BankManager: the sensor bank", control=True),
     Component("disaster", STAGE_EDGE_AND_LOGIC, "service", ("worker", "disaster"), "DisasterDetector", control=True),
+    Component("homekit", STAGE_BRIDGE, "service", ("worker", "homekit"), "HomeKit bridge (HAP on the homekit-hap port)"),
 )
 
 BY_NAME: dict[str, Component] = {c.name: c for c in COMPONENTS}
+
+#: Services that join the platform without being a supervised component: one heating job per cycle.
+TRANSIENT_SERVICES = ("heating-job",)
+
+
+def platform_services() -> tuple[str, ...]:
+    """Every service that may beat and report on the platform (Vault's allowed list is seeded with them)."""
+    return tuple(c.name for c in COMPONENTS if c.kind == "service") + TRANSIENT_SERVICES
 
 
 def stages() -> list[list[Component]]:
@@ -65,5 +77,5 @@ def stages() -> list[list[Component]]:
     ordered = sorted({c.stage for c in COMPONENTS})
     return [[c for c in COMPONENTS if c.stage == s] for s in ordered]
 
-#: Ports a platform needs beyond one per component: the simulated hardware's wires.
-EXTRA_PORTS = ("sim-can", "sim-i2c")
+#: Ports a platform needs beyond one per component: the simulated hardware's wires, the bridge's HAP server.
+EXTRA_PORTS = ("sim-can", "sim-i2c", "homekit-hap")

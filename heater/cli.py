@@ -112,10 +112,11 @@ def main(argv: list[str] | None = None) -> int:
     return 2
 
 
-#: Edge adapters are plain asyncio programs, not Faust apps: name → module with ``main() -> int``.
+#: Edge adapters and the HomeKit bridge are plain asyncio programs, not Faust apps: name → module with ``main() -> int``.
 ADAPTERS: dict[str, str] = {
     "can": "adapters.can.service",
     "i2c": "adapters.i2c.service",
+    "homekit": "homekit.service",
 }
 
 

@@ -20,6 +20,7 @@ from heater.rundir import Layout
 from heater.runtime.processes import ChildProcess, StartupTimeout, wait_until
 from heater.runtime.vault import new_token, provision, write_token
 from heater.supervision import Supervisor, write_config
+from streams.config_file import write_default
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +46,7 @@ class Platform:
         self.layout.supervisor_socket.unlink(missing_ok=True)
         self.layout.save()
         write_token(self.layout.vault_token_file, new_token())
+        write_default(self.layout.config_file)
         write_config(self.layout)
         self.supervisord = ChildProcess(
             "supervisord",
@@ -94,6 +96,15 @@ class Platform:
         self.supervisord = None
 
 
+def print_pairing(layout: Layout) -> None:
+    """The HomeKit bridge's setup code (and QR code) for the Home app, as the bridge wrote them at its start."""
+    from homekit.pairing import read_bridge_info, render
+
+    info = read_bridge_info(layout.run_dir / "homekit")
+    if info is not None:
+        print(render(info), flush=True)
+
+
 def run(run_dir: Path, timeout: float = 60.0) -> int:
     """Run the platform in the foreground until Ctrl-C or SIGTERM."""
     platform = Platform(run_dir)
@@ -111,6 +122,7 @@ def run(run_dir: Path, timeout: float = 60.0) -> int:
         for component in COMPONENTS:
             where = platform.layout.ports.get(component.name)
             print(f"  {component.name:<12} 127.0.0.1:{where:<6} {component.description}", flush=True)
+        print_pairing(platform.layout)
         print("`heater status` shows the state; Ctrl-C stops everything.", flush=True)
         while not stop_requested and platform.supervisord is not None and platform.supervisord.alive():
             time.sleep(0.2)

@@ -34,6 +34,11 @@ class Layout:
         return self.run_dir / "logs"
 
     @property
+    def config_file(self) -> Path:
+        """ConfigurationServer's bootstrap configuration (written with the defaults when absent)."""
+        return self.run_dir / "config" / "heater.json"
+
+    @property
     def address_book(self) -> Path:
         return self.run_dir / "platform.json"
 
@@ -93,4 +98,5 @@ class Layout:
             "HEATER_CAN_INTERFACE": "remote",
             "HEATER_CAN_CHANNEL": f"ws://127.0.0.1:{self.ports['sim-can']}/",
             "HEATER_I2C_BUS": f"sim://127.0.0.1:{self.ports['sim-i2c']}",
+            "HEATER_CONFIG_FILE": str(self.config_file),
         }

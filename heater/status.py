@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from heater.catalogue import COMPONENTS
-from heater.probes import DOWN, READY, probe
+from heater.probes import DOWN, READY, http_json, probe
 from heater.rundir import Layout
 from heater.supervision import Supervisor
 
@@ -42,7 +42,23 @@ def collect(run_dir: Path) -> dict[str, Any]:
         "run_dir": str(layout.run_dir),
         "supervisor": bool(processes),
         "components": components,
+        "homekit": homekit_info(layout, running=processes.get("homekit", {}).get("statename") == "RUNNING"),
     }
+
+
+def homekit_info(layout: Layout, running: bool) -> dict[str, Any] | None:
+    """Where to pair the Home app: address, port, setup code (from the bridge, or as it last wrote them)."""
+    from homekit.pairing import read_bridge_info
+
+    if running and "homekit" in layout.ports:
+        try:
+            status, live = http_json(layout.web_url("homekit") + "/homekit")
+            if status == 200:
+                return {**live, "live": True}
+        except (OSError, ValueError):
+            pass
+    written = read_bridge_info(layout.run_dir / "homekit")
+    return None if written is None else {**written, "live": False}
 
 
 def _exited_state(info: dict[str, Any]) -> str:
@@ -58,6 +74,10 @@ def render(report: dict[str, Any]) -> str:
     for c in report["components"]:
         pid = c["pid"] or "-"
         lines.append(f"  {c['name']:<12} {c['state']:<12} pid {pid!s:<8} port {c['port']!s:<6} {c['detail']}")
+    if report.get("homekit"):
+        hk = report["homekit"]
+        pairing = ("paired" if hk.get("paired") else "not paired") if hk.get("live") else "bridge not running"
+        lines.append(f"  HomeKit bridge {hk['address']}:{hk['port']} setup code {hk['setup_code']} ({pairing})")
     return "\n".join(lines)
 
 

@@ -16,6 +16,7 @@ from typing import Any
 from heater.catalogue import COMPONENTS, Component
 from heater.rundir import Layout
 from streams import exitcodes
+from streams.discovery import supervisor_rpc
 
 
 def _quote(value: str) -> str:
@@ -82,15 +83,11 @@ class Supervisor:
     """A thin XML-RPC client for the platform's supervisord (over its unix socket)."""
 
     def __init__(self, layout: Layout) -> None:
-        self._url = f"unix://{layout.supervisor_socket}"
+        self._socket = layout.supervisor_socket
 
     @property
     def rpc(self) -> Any:
-        """A fresh connection per call: a failed request leaves the transport unusable."""
-        from supervisor.xmlrpc import SupervisorTransport
-
-        transport = SupervisorTransport(None, None, serverurl=self._url)
-        return xmlrpc.client.ServerProxy("http://127.0.0.1", transport=transport).supervisor
+        return supervisor_rpc(self._socket)
 
     def running(self) -> bool:
         try:

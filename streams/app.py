@@ -18,9 +18,13 @@ import faust
 from streams import metrics, topics
 from streams.alarm_client import AlarmClient
 from streams.codec import DecodeError, decode
+from streams.config_rules import ConfigBook
 from streams.consistency import Ledger
 from streams.delivery import deliver
+from streams.exception_reports import forward_from_faust
 from streams.health import Handler, health_handlers
+from streams.heater_config import HeaterLimits
+from streams.heartbeats import beat_forever
 from streams.lifecycle import Phase, ServiceKind, ServiceSpec, ServiceStatus
 from streams.latch import LatchView
 from streams.log_identity import LogIdentity
@@ -48,10 +52,14 @@ class HeaterService:
         self.alarms: AlarmClient | None = None
         self.on_stay_down: Callable[[], None] | None = None
         self.ledger: Ledger | None = None
+        self.watched_through: Callable[[], float] = lambda: 0.0
+        """``received_at`` of the newest reading this service has decided, for its heartbeats."""
         self.app = faust.App(f"heater-{spec.name}", autodiscover=False, version=1)
         self.app.on_configured.connect(self._configure)
         self._dead_letters = self.app.topic(topics.DEAD_LETTER.name, value_serializer="raw", key_serializer="raw")
         self._add_views()
+        self.app.task(self._beat)
+        self.exceptions = forward_from_faust(self.app, spec.name, lambda: Settings.from_env().service_identity)
 
     # -- configuration -------------------------------------------------------------
 
@@ -143,6 +151,31 @@ class HeaterService:
         done: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         done.set_result(metadata)
         return done
+
+    async def _beat(self) -> None:
+        """Heartbeats on ``heartbeats`` for as long as the app runs (:mod:`streams.heartbeats`)."""
+        async def send(topic: str, key: bytes, value: bytes) -> object:
+            return await self.app.send(topic, key=key, value=value, key_serializer="raw", value_serializer="raw")
+
+        identity = Settings.from_env().service_identity
+        await beat_forever(send, self.spec.name, lambda: self.status.phase, lambda: self.watched_through(), identity)
+
+    async def follow_limits(self, apply: Callable[[HeaterLimits], None], default: HeaterLimits) -> None:
+        """Apply the limits in force now, then each new configuration version as it is published (hot reload).
+
+        ``default`` (the environment's) holds until ConfigurationServer has published a version.
+        Call it from a startup check: the platform watch has read the ``config`` topic by then.
+        """
+        assert self.watch is not None, "follow_limits before the platform watch started"
+
+        async def on_config(book: ConfigBook) -> None:
+            apply(book.limits(default))
+            metrics.CONFIG_VERSION.labels(self.spec.name).set(book.version)
+            if book.version:
+                log.warning("%s: configuration version %d in force", self.spec.name, book.version)
+
+        self.watch.on_config.append(on_config)
+        await on_config(self.watch.config)
 
     async def _on_latch_change(self, latch: LatchView) -> None:
         """Rule 2: on FATAL, control services stop and stay down; display services go read-only."""

@@ -402,7 +402,7 @@ class Ledger:
             resume = restart_position(expected, earliest)
             if resume != expected:
                 self._input_lost(key, expected, earliest)
-            await consumer.seek(tp, resume)
+            await self._seek(tp, resume)
 
     def _input_lost(self, key: str, expected: int, earliest: int) -> None:
         log.error("%s: %s offsets %d..%d are gone from the log (retention): resuming at %d",
@@ -456,7 +456,16 @@ class Ledger:
             direction = "forward"
         SEEKS.labels(self.service, direction).inc()
         self._moved_at[key] = time.monotonic()
-        await self.app.consumer.seek(tp, expected)
+        await self._seek(tp, expected)
+
+    async def _seek(self, tp: Any, offset: int) -> None:
+        """Move one input partition, on the consumer's own thread.
+
+        Faust's ``seek`` moves aiokafka's position from the calling thread while the
+        consumer thread may be fetching for that partition (seen: a ``KeyError`` in
+        ``fetched_records`` that crashed the worker); ``seek_wait`` runs it on that thread.
+        """
+        await self.app.consumer.seek_wait({tp: offset})
 
     def backlog(self, tp: Any) -> int:
         """Messages on the broker not yet admitted for one input partition (0 when unknown)."""
@@ -586,7 +595,7 @@ class Ledger:
                 topic, _, partition = key.rpartition(":")
                 tp = TP(topic, int(partition))
                 if tp in consumer.assignment():
-                    await consumer.seek(tp, 0)
+                    await self._seek(tp, 0)
 
 
 class _Message:

@@ -27,7 +27,9 @@ from aiokafka.errors import KafkaError
 
 from streams import exitcodes
 from streams.alarm_client import AlarmClient
+from streams.exception_reports import forward_from_edge
 from streams.health import web_app
+from streams.heartbeats import beat_forever
 from streams.latch import LatchView
 from streams.metrics import REFUSALS
 from streams.lifecycle import Phase, ServiceSpec, ServiceStatus
@@ -131,6 +133,8 @@ class EdgeService:
         await runner.setup()
         await web.TCPSite(runner, self.settings.web_host, self.settings.web_port).start()
         assert self.watch is not None and self.alarms is not None
+        assert self.producer is not None
+        forward_from_edge(self.spec.name, self.settings.service_identity, self.producer)
         latched_at_start = self.watch.latch.latched
         if latched_at_start:
             self.status.halt(self.spec.name, self.watch.latch.reason)
@@ -141,17 +145,26 @@ class EdgeService:
             await self.alarms.clear_own_on_startup()
             task = asyncio.ensure_future(body(self))
         self.watch.run_in_background()
+        beats = asyncio.ensure_future(self._beat())
         stopper = asyncio.ensure_future(self._stop.wait())
         done, _ = await asyncio.wait([task, stopper], return_when=asyncio.FIRST_COMPLETED)
         if task in done and task.exception() is not None:
             log.error("%s crashed", self.spec.name, exc_info=task.exception())
             self.exit_code = 70
-        for pending in (task, stopper):
+        for pending in (task, stopper, beats):
             pending.cancel()
-        await asyncio.gather(task, stopper, return_exceptions=True)
+        await asyncio.gather(task, stopper, beats, return_exceptions=True)
         await runner.cleanup()
         await self._close()
         return self.exit_code
+
+    async def _beat(self) -> None:
+        """Heartbeats on ``heartbeats`` while the adapter runs (:mod:`streams.heartbeats`)."""
+        async def send(topic: str, key: bytes, value: bytes) -> object:
+            assert self.producer is not None
+            return await self.producer.send(topic, value, key=key)
+
+        await beat_forever(send, self.spec.name, lambda: self.status.phase, lambda: 0.0, self.settings.service_identity)
 
     async def _connect(self) -> None:
         bootstrap = self.settings.broker_bootstrap

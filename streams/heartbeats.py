@@ -1,28 +1,28 @@
-"""Heartbeats on ``heartbeats``: a service that acts says so, with how fresh its input is.
+"""Heartbeats on ``heartbeats``: every service says it is alive, in which phase, and how
+fresh its input is.
 
-The gas valve's lease counts on more than the heating job: DESIGN rule 3 names the
-detector too — kill it and the valve closes within seconds. So DisasterDetector
-beats every :data:`BEAT_PERIOD_S` while it acts, carrying the ``received_at`` of the
-newest reading it has decided; the I2C adapter keeps the valve open only while such a
-beat says the detector is deciding current readings (:func:`watching_through`). A beat
-is only a signal: a lost one is never resent (a late beat would say nothing new), and
-missing beats close the valve, which is the safe side.
+StateRegistry follows them to know who runs (a service missing past a timeout is an
+alarm; an unknown sender is FATAL). The gas valve's lease counts on them too: DESIGN
+rule 3 names the detector — kill it and the valve closes within seconds. So a beat
+carries the ``received_at`` of the newest reading the service has decided, and the I2C
+adapter keeps the valve open only while DisasterDetector's beats say it decides current
+readings (:func:`watching_through`). A beat is only a signal: a lost one is never resent
+(a late beat would say nothing new), and missing beats close the valve — the safe side.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import socket
 import time
-from typing import TYPE_CHECKING, Callable
+from importlib import metadata
+from typing import Awaitable, Callable
 
 from streams import topics
 from streams.lifecycle import Phase
 from streams.records import Heartbeat
-
-if TYPE_CHECKING:
-    from streams.app import HeaterService
 
 log = logging.getLogger(__name__)
 
@@ -30,16 +30,28 @@ BEAT_PERIOD_S = 0.5
 #: The service whose beats the valve lease requires.
 DETECTOR = "disaster"
 
+Send = Callable[[str, bytes, bytes], Awaitable[object]]
+
 
 def instance_name() -> str:
     """This process among others of the same service (a pod name under Kubernetes)."""
     return f"{socket.gethostname()}:{os.getpid()}"
 
 
-def beat(service: str, phase: Phase, watched_through: float, now: float) -> Heartbeat:
+def _version() -> str:
+    try:
+        return metadata.version("heater")
+    except metadata.PackageNotFoundError:
+        return "unknown"
+
+
+VERSION = _version()
+
+
+def beat(service: str, phase: Phase, watched_through: float, now: float, identity: str | None = None) -> Heartbeat:
     return Heartbeat(
         service=service, instance=instance_name(), phase=phase.value, at=now, pid=os.getpid(),
-        watched_through=watched_through,
+        watched_through=watched_through, version=VERSION, identity=identity or service,
     )
 
 
@@ -50,22 +62,22 @@ def watching_through(record: Heartbeat, service: str = DETECTOR) -> float | None
     return record.watched_through
 
 
-def publish_heartbeats(service: "HeaterService", watched_through: Callable[[], float]) -> None:
-    """Beat every :data:`BEAT_PERIOD_S` while the service acts (a halted service is silent)."""
-    app = service.app
-
-    @app.timer(interval=BEAT_PERIOD_S)
-    async def heartbeat() -> None:
-        if not service.acting:
-            return
-        record = beat(service.spec.name, service.status.phase, watched_through(), time.time())
-        try:
-            await app.send(
-                topics.HEARTBEATS.name, key=service.spec.name.encode(), value=record.dumps(),
-                key_serializer="raw", value_serializer="raw",
-            )
-        except Exception as exc:  # the next beat says the same; silence closes the valve
-            log.debug("heartbeat not sent: %s", exc)
+async def send_beat(send: Send, record: Heartbeat) -> None:
+    """Send one beat; a failure is only logged (the next beat says the same, and silence is safe)."""
+    try:
+        await send(topics.HEARTBEATS.name, record.service.encode(), record.dumps())
+    except Exception as exc:
+        log.debug("heartbeat not sent: %s", exc)
 
 
-__all__ = ["BEAT_PERIOD_S", "DETECTOR", "beat", "instance_name", "publish_heartbeats", "watching_through"]
+async def beat_forever(
+    send: Send, service: str, phase: Callable[[], Phase], watched_through: Callable[[], float], identity: str | None = None
+) -> None:
+    """Beat every :data:`BEAT_PERIOD_S` until cancelled (a stopping service falls silent)."""
+    while True:
+        if phase() is not Phase.STOPPING:
+            await send_beat(send, beat(service, phase(), watched_through(), time.time(), identity))
+        await asyncio.sleep(BEAT_PERIOD_S)
+
+
+__all__ = ["BEAT_PERIOD_S", "DETECTOR", "VERSION", "beat", "beat_forever", "instance_name", "send_beat", "watching_through"]

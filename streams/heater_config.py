@@ -3,8 +3,9 @@
 Defaults are sized for the simulated tank (~1.8 °C/s with flame, a heating cycle
 of ~15 s from 20 to 45 °C) and are plausible for a domestic gas water heater. Rules
 that involve rates are measured in real time; nothing here speeds up clocks.
-The configuration service will publish this document on the ``config`` topic; until
-then every service uses these defaults (overridable per field from the environment,
+ConfigurationServer publishes this document on the ``config`` topic
+(:mod:`streams.config_rules`) and the services that judge readings follow it live; until a
+version is published they use these defaults (overridable per field from the environment,
 ``HEATER_LIMIT_<FIELD>``).
 """
 

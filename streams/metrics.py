@@ -34,6 +34,7 @@ SKIPPED = Counter(
     ["service", "topic", "reason"],
 )
 LATCHED = Gauge("heater_platform_latched", "1 while this service sees the FATAL latch set", ["service"])
+CONFIG_VERSION = Gauge("heater_config_version", "Configuration version in force (0: built-in defaults)", ["service"])
 
 REFUSALS = Counter(
     "heater_produce_refusals_total",

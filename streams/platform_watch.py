@@ -1,4 +1,4 @@
-"""Follow the alarm and latch topics from their beginning, in every service.
+"""Follow the alarm, latch and configuration topics from their beginning, in every service.
 
 A plain aiokafka consumer without a consumer group: every instance of every service
 must see every message. It keeps an in-memory replica of this service's own alarms
@@ -6,7 +6,9 @@ must see every message. It keeps an in-memory replica of this service's own alar
 while AlarmsServer is down). Alarm keys are their ids, ``source/code[/subject]``, so
 other services' alarms are skipped by key and only FATAL ones are decoded: reading
 the whole history at start-up stays cheap. Messages that fail to decode are skipped
-and counted here; AlarmsServer dead-letters them.
+and counted here; AlarmsServer dead-letters them. It also keeps every version of the
+configuration (:mod:`streams.config_rules`) and tells the service when a new one is in
+force, so a changed limit applies within a poll, without a restart.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from streams import metrics, topics
 from streams.alarm_book import AlarmBook
 from streams.codec import DecodeError, decode
+from streams.config_rules import ConfigBook
 from streams.latch import LatchView
 from streams.records import RECORD_FOR_TOPIC, Alarm, AlarmClear, PlatformLatch
 from streams.readers import open_reader
@@ -28,8 +31,9 @@ from streams.transport import true_end_offsets
 
 log = logging.getLogger(__name__)
 
-WATCHED = (topics.CREATE_ALARM.name, topics.DELETE_ALARM.name, topics.PLATFORM_LATCH.name)
+WATCHED = (topics.CREATE_ALARM.name, topics.DELETE_ALARM.name, topics.PLATFORM_LATCH.name, topics.CONFIG.name)
 LatchCallback = Callable[[LatchView], Awaitable[None]]
+ConfigCallback = Callable[[ConfigBook], Awaitable[None]]
 #: A partition whose position has not moved for this long, short of its end offset, has ended.
 UNREADABLE_TAIL_S = 2.0
 
@@ -44,6 +48,9 @@ class PlatformWatch:
         self.book = AlarmBook({}, {}, {})
         self.latch = LatchView()
         self.on_change: list[LatchCallback] = []
+        self.config = ConfigBook()
+        self.on_config: list[ConfigCallback] = []
+        self._config_changed = False
         self._own_prefix = f"{service}/".encode()
         self._consumer: AIOKafkaConsumer | None = None
         self._task: asyncio.Task[None] | None = None
@@ -104,8 +111,15 @@ class PlatformWatch:
         if notify and self.latch.latched != was_latched:
             for callback in list(self.on_change):
                 await callback(self.latch)
+        if notify and self._config_changed:
+            self._config_changed = False
+            for config_callback in list(self.on_config):
+                await config_callback(self.config)
 
     def _apply(self, topic: str, key: bytes | None, payload: bytes | None) -> None:
+        if topic == topics.CONFIG.name:
+            self._config_changed |= self.config.apply(key, payload)
+            return
         if topic != topics.PLATFORM_LATCH.name and not (key or b"").startswith(self._own_prefix):
             if topic == topics.DELETE_ALARM.name or not _may_be_fatal(payload):
                 return

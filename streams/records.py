@@ -315,12 +315,36 @@ class Heartbeat(HeaterRecord):
     at: float
     pid: int = 0
     watched_through: float = 0.0
+    version: str = ""
+    identity: str = ""
     schema_version: int = SCHEMA_VERSION
 
     def check(self) -> None:
         _finite(self.at, "at")
         _finite(self.watched_through, "watched_through")
         _require(self.watched_through >= 0, "watched_through must not be negative")
+
+
+class RegistryEvent(HeaterRecord):
+    """``registryEvents``: what discovery expects to run now (``tick``), or an operator's watch request.
+
+    StateRegistry's tables change only from its stream (Faust tables are written by agents),
+    so its timer and its API put these on its own topic and its agent decides them in order.
+    """
+
+    kind: str
+    at: float
+    expected: list[str] = []
+    service: str = ""
+    by: str = ""
+    schema_version: int = SCHEMA_VERSION
+
+    KINDS: ClassVar[tuple[str, ...]] = ("tick", "watch", "unwatch")
+
+    def check(self) -> None:
+        _one_of(self.kind, self.KINDS, "kind")
+        _finite(self.at, "at")
+        _require(self.kind == "tick" or bool(self.service), "a watch request names a service")
 
 
 class HeatingJobState(HeaterRecord):
@@ -340,14 +364,30 @@ class HeatingJobState(HeaterRecord):
 
 
 class ExceptionReport(HeaterRecord):
-    """``exceptions``: an unhandled exception forwarded by a service."""
+    """``exceptions``: an unhandled exception forwarded by a service (:mod:`streams.exception_reports`).
+
+    ``service`` and ``identity`` are who the sender says it is; ExceptionsServer checks
+    them against Vault's allowed list. ``instance`` tells processes of one service apart.
+    ``traceback`` is the stack, truncated by the sender. ``trace_id`` is empty until
+    traces are carried in Kafka headers. Fields after ``at`` have defaults so reports
+    from older senders still decode.
+    """
 
     service: str
     exc_type: str
     message: str
     traceback: str
     at: float
+    instance: str = ""
+    identity: str = ""
+    trace_id: str = ""
+    report_id: str = ""
     schema_version: int = SCHEMA_VERSION
+
+    def check(self) -> None:
+        _require(bool(self.service) and len(self.service) <= 200, "service must be 1..200 characters")
+        _require(bool(self.exc_type) and len(self.exc_type) <= 500, "exc_type must be 1..500 characters")
+        _finite(self.at, "at")
 
 
 #: The record each topic carries (topic name → record type).
@@ -362,6 +402,7 @@ RECORD_FOR_TOPIC: dict[str, type[HeaterRecord]] = {
     "operatorReset": OperatorReset,
     "config": ConfigDocument,
     "heartbeats": Heartbeat,
+    "registryEvents": RegistryEvent,
     "heatingJobState": HeatingJobState,
     "exceptions": ExceptionReport,
 }

@@ -48,6 +48,13 @@ class Settings:
     can_interface: str = "socketcan"
     can_channel: str = "can0"
     i2c_bus: str = "1"
+    #: Who this process says it is in heartbeats and reports (its certificate subject where
+    #: services present certificates); the service name when unset.
+    service_identity: str | None = None
+    #: The Kubernetes namespace of the platform (production discovery).
+    namespace: str = "heater"
+    #: ConfigurationServer's bootstrap configuration (a ConfigMap's mount under Kubernetes).
+    config_file: Path | None = None
     # Production pass-through (ignored by the local profile).
     broker_security_protocol: str = "PLAINTEXT"
     broker_ssl_cafile: str | None = None
@@ -98,6 +105,9 @@ class Settings:
             can_interface=env.get("HEATER_CAN_INTERFACE", base.can_interface),
             can_channel=env.get("HEATER_CAN_CHANNEL", base.can_channel),
             i2c_bus=env.get("HEATER_I2C_BUS", base.i2c_bus),
+            service_identity=env.get("HEATER_SERVICE_IDENTITY") or None,
+            namespace=env.get("HEATER_NAMESPACE", base.namespace),
+            config_file=Path(env["HEATER_CONFIG_FILE"]) if env.get("HEATER_CONFIG_FILE") else None,
             broker_security_protocol=env.get("HEATER_BROKER_SECURITY_PROTOCOL", "PLAINTEXT"),
             broker_ssl_cafile=env.get("HEATER_BROKER_SSL_CAFILE"),
             broker_ssl_certfile=env.get("HEATER_BROKER_SSL_CERTFILE"),

@@ -50,6 +50,7 @@ DEAD_LETTER = TopicSpec("deadLetter", retention_ms=30 * DAY_MS, purpose="message
 #: runtime creates it at each start: a broker that came back empty without it left the
 #: bank's offset commits failing, and its input stalled, until the bank restarted.
 BANK_TICKS = TopicSpec("bankTicks", retention_ms=HOUR_MS, purpose="BankManager staleness ticks")
+REGISTRY_EVENTS = TopicSpec("registryEvents", retention_ms=HOUR_MS, purpose="StateRegistry's discovery ticks and watch requests")
 
 ALL_TOPICS: tuple[TopicSpec, ...] = (
     CREATE_ALARM,
@@ -66,6 +67,7 @@ ALL_TOPICS: tuple[TopicSpec, ...] = (
     EXCEPTIONS,
     DEAD_LETTER,
     BANK_TICKS,
+    REGISTRY_EVENTS,
 )
 
 BY_NAME: dict[str, TopicSpec] = {spec.name: spec for spec in ALL_TOPICS}

@@ -27,6 +27,9 @@ SERVICE_MODULES: dict[str, str] = {
     "alarms": "streams.agents.alarms",
     "bank": "streams.agents.bank",
     "disaster": "streams.agents.disaster",
+    "exceptions": "streams.agents.exceptions",
+    "registry": "streams.agents.registry",
+    "config": "streams.agents.config",
 }
 
 

@@ -90,8 +90,8 @@ class FakeConsumer:
     async def earliest_offsets(self, *tps: Any) -> dict[Any, int]:
         return {tp: 0 for tp in tps}
 
-    async def seek(self, tp: Any, offset: int) -> None:
-        self.seeks.append((tp, offset))
+    async def seek_wait(self, partitions: dict[Any, int]) -> None:
+        self.seeks.extend(partitions.items())
 
 
 class FakeIdentity:

@@ -17,6 +17,7 @@ import signal
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
 import uuid
 from typing import Any, Iterator
@@ -35,6 +36,8 @@ from streams import exitcodes
 from streams.heater_config import WATER_SENSORS, HeaterLimits
 from streams.heating.controller import HeatingRun, announce_ends
 from streams.heating.launch import JOB_MODULE, job_args
+from streams.heartbeats import beat
+from streams.lifecycle import Phase
 from streams.records import Alarm, RelayCommand
 from tests.platform_view import SERVICES, all_ready, fresh_tank, fresh_temperature, latched, pico, ready, relays, running_platform
 from tests.support import consume_until, produce, run, try_get, wait_for
@@ -533,6 +536,89 @@ def deciding_again(layout: Layout, service: str, since: float) -> float:
 
     wait_for(grows, 60, 0.2, f"{service} deciding new input after the broker came back")
     return time.monotonic() - since
+
+
+def post_config(layout: Layout, limits: dict[str, Any], by: str = "alice") -> tuple[int, dict[str, Any]]:
+    request = urllib.request.Request(layout.web_url("config") + "/config", method="POST",
+                                     data=json.dumps({"limits": limits, "by": by}).encode(),
+                                     headers={"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(request, timeout=10) as answer:
+            return answer.status, json.loads(answer.read())
+    except urllib.error.HTTPError as refused:
+        return refused.code, json.loads(refused.read())
+
+
+def bank_limit(layout: Layout, name: str) -> float:
+    return http_json(layout.web_url("bank") + "/bank")[1]["limits"][name]
+
+
+def test_a_stricter_limit_is_in_force_within_a_second_and_a_looser_or_invalid_one_is_refused(platform: Platform) -> None:
+    """15: ConfigurationServer hot reload: the bank's rules take the new warning limit without a restart."""
+    layout = platform.layout
+    before = http_json(layout.web_url("config") + "/config")[1]
+    assert before["version"] >= 1 and before["issued_by"] == "bootstrap"
+    warning_c = bank_limit(layout, "warning_c") - 1.0
+    posted_at = time.monotonic()
+    status, published = post_config(layout, {"warning_c": warning_c})
+    assert status == 200 and published["version"] == before["version"] + 1, published
+    wait_for(lambda: bank_limit(layout, "warning_c") == warning_c, 5, 0.01, "new limit in the bank")
+    reload_s = time.monotonic() - posted_at
+    assert reload_s < 1.0
+
+    status, refused = post_config(layout, {"warning_c": warning_c + 2})
+    assert status == 409 and refused["loosened"] == [f"warning_c: {warning_c} → {warning_c + 2}"], refused
+    active_alarm(layout, "config/config-refused/loosens")
+    status, refused = post_config(layout, {"critical_c": 10})
+    assert status == 400 and "warning_c < critical_c" in refused["error"], refused
+    active_alarm(layout, "config/config-refused/invalid")
+    assert bank_limit(layout, "warning_c") == warning_c, "the last good version stays in force"
+    history = http_json(layout.web_url("config") + "/config/history")[1]["versions"]
+    assert [v["version"] for v in history] == list(range(1, published["version"] + 1))
+    assert history[-1]["issued_by"] == "alice"
+    log.warning("config: a new warning limit in force in the bank %.0f ms after the POST", reload_s * 1000)
+
+
+def registry_view(layout: Layout) -> dict[str, Any]:
+    status, body = http_json(layout.web_url("registry") + "/registry")
+    assert status == 200, body
+    return body
+
+
+def test_a_hung_service_is_reported_missing_by_the_registry_and_cleared_when_it_beats_again(platform: Platform) -> None:
+    """13: the bank freezes (SIGSTOP: alive to the process manager, silent on the wire)."""
+    layout = platform.layout
+    services = registry_view(layout)["services"]
+    assert {n: services[n]["phase"] for n in SERVICES} == {n: "ready" for n in SERVICES}, services
+    pid = platform.supervisor.info("bank")["pid"]
+    os.kill(pid, signal.SIGSTOP)
+    stopped_at = time.monotonic()
+    try:
+        entry = active_alarm(layout, "registry/service-missing/bank", timeout=30)
+        missing_after_s = time.monotonic() - stopped_at
+        assert entry["alarm"]["severity"] == "CRITICAL" and "should be running" in entry["alarm"]["message"], entry
+        assert registry_view(layout)["services"]["bank"]["missing"] is True
+    finally:
+        os.kill(pid, signal.SIGCONT)
+    wait_for(lambda: not (alarm_entry(layout, "registry/service-missing/bank") or {}).get("active"), 30, 0.2,
+             "missing alarm cleared once the bank beats again")
+    assert registry_view(layout)["services"]["bank"]["missing"] is False
+    wait_for(lambda: ready(layout, "bank"), 60, 0.2, "bank ready again")
+    log.warning("hung bank reported missing %.1f s after SIGSTOP", missing_after_s)
+
+
+def test_a_heartbeat_from_an_unknown_service_is_fatal(platform: Platform) -> None:
+    """14: something not on Vault's allowed list talks on the platform's topics: FATAL, power cut."""
+    layout = platform.layout
+    energise_power(layout)
+    intruder = beat("intruder", Phase.READY, 0.0, time.time())
+    run(produce(layout.broker_bootstrap, "heartbeats", [intruder.dumps()], key=b"intruder"))
+    entry = active_alarm(layout, "registry/unauthorized-service/intruder")
+    wait_for(lambda: latched(layout), 10, 0.05, "platform latched")
+    wait_for(lambda: not relays(layout)["power_on"], 5, 0.02, "power cut")
+    strangers = registry_view(layout)["strangers"]
+    assert [s["service"] for s in strangers] == ["intruder"], strangers
+    assert entry["alarm"]["severity"] == "FATAL" and "not on the allowed list" in entry["alarm"]["message"], entry
 
 
 def test_broker_wiped_during_heating_closes_the_gas_and_every_stream_service_decides_again(platform: Platform) -> None:

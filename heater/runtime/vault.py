@@ -14,7 +14,9 @@ from pathlib import Path
 
 import hvac
 
+from heater.catalogue import platform_services
 from heater.runtime.processes import ChildProcess, free_port, wait_until
+from streams.allowlist import write_allowlist
 
 log = logging.getLogger(__name__)
 
@@ -62,12 +64,14 @@ def vault_ready(addr: str, token: str) -> bool:
 
 
 def provision(addr: str, token: str) -> None:
-    """What the platform needs from Vault: a transit key to sign operator resets (idempotent)."""
+    """What the platform needs from Vault (idempotent): a transit key to sign operator
+    resets, and the list of services allowed on the platform (each under its own name)."""
     vault = client(addr, token, timeout=5.0)
     mounts = vault.sys.list_mounted_secrets_engines().get("data", {})
     if "transit/" not in mounts:
         vault.sys.enable_secrets_engine("transit", path="transit")
     vault.secrets.transit.create_key(name=RESET_SIGNING_KEY, key_type="ed25519")
+    write_allowlist(vault, {name: name for name in platform_services()})
 
 
 class EmbeddedVault:

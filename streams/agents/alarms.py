@@ -27,7 +27,7 @@ from typing import Any
 
 import faust
 
-from streams import topics
+from streams import homekit_feed, topics
 from streams.alarm_book import AlarmBook, AlarmEntry, Effect
 from streams.app import HeaterService, ServiceKind, ServiceSpec
 from streams.consistency import Step, tp_key
@@ -212,6 +212,9 @@ def on_relay_state(record: RelayState) -> None:
 
 
 # -- views ---------------------------------------------------------------------------
+
+#: The HomeKit bridge's backend (the seeds' HAP backend): active alarms and latch, with readings and relays.
+feed = homekit_feed.register(service, book.active_entries, lambda: latch.get(tables.LATCH_KEY))
 
 
 def _entry_view(entry: AlarmEntry) -> dict[str, Any]:

@@ -23,7 +23,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from typing import Any
 
 import faust
@@ -107,6 +107,11 @@ limits = HeaterLimits.from_env()
 rules = BankRules(BankConfig(limits=limits))
 TICK_INTERVAL_S = min(1.0, max(0.1, limits.stale_after_s / 4))
 
+
+def use_limits(new: HeaterLimits) -> None:
+    """A configuration version came into force: the next reading is judged against it."""
+    rules.config = replace(rules.config, limits=new)
+
 ledger = service.use_ledger()
 state_table = ledger.tracked(tables.state_table(app))
 windows = ledger.tracked(tables.windows_table(app))
@@ -119,6 +124,11 @@ ticks = app.topic(
     retention=TICKS.retention_ms / 1000,
 )
 ledger.run_settler()
+
+
+@service.add_startup_check
+async def follow_config() -> None:
+    await service.follow_limits(use_limits, limits)
 
 
 @service.add_startup_check
@@ -182,7 +192,9 @@ def expire_windows(sensor: str, newest_start: float) -> None:
 @app.agent(readings)
 async def handle_readings(stream: faust.StreamT) -> None:
     async for record in service.records(stream, admit=ledger.admit):
-        if not service.acting:
+        # Admitted means owed a decision: a reading that arrives while the start-up checks
+        # still run waits for them (skipping it here would lose it for good).
+        if not await until_started():
             continue
         assert isinstance(record, SensorReading)
         started = time.perf_counter()
@@ -224,6 +236,7 @@ async def tick() -> None:
 @app.page("/bank")
 async def bank_view(web: Any, request: Any) -> Any:
     """Sensors (latest reading, quality), active conditions and the outbox."""
+    limits = rules.config.limits
     return web.json({
         "phase": service.status.phase.value,
         "sensors": {name: tables.sensor_row(s) for name, s in sorted(state.sensors.items())},

@@ -30,7 +30,7 @@ from streams import topics
 from streams.app import HeaterService, ServiceKind, ServiceSpec
 from streams.consistency import Step
 from streams.disaster_rules import Detection, DisasterWatch, RuleLimits, SensorWindow
-from streams.heartbeats import DETECTOR, publish_heartbeats
+from streams.heartbeats import DETECTOR
 from streams.heater_config import HeaterLimits
 from streams.lifecycle import Phase
 from streams.records import alarm_id_for, occurrence_key
@@ -65,10 +65,16 @@ class Detector:
         self._started = asyncio.Event()
 
     async def check_limits(self) -> None:
-        """Startup self-check: the limits are valid (a ConfigInvalid stops the service)."""
-        self.limits = RuleLimits.from_heater(HeaterLimits.from_env())
-        log.info("disaster limits: %s", self.limits)
+        """Startup self-check: the limits are valid (a ConfigInvalid stops the service); then
+        the configuration in force, and each new version as it is published."""
+        await service.follow_limits(self.use_limits, HeaterLimits.from_env())
         self._started.set()
+
+    def use_limits(self, limits: HeaterLimits) -> None:
+        self.limits = RuleLimits.from_heater(limits)
+        if self.watch is not None:
+            self.watch.limits = self.limits
+        log.info("disaster limits: %s", self.limits)
 
     async def ready_watch(self) -> DisasterWatch:
         """The watch, once start-up passed (Faust delivers no event before its tables are recovered)."""
@@ -206,7 +212,7 @@ def window_view(window: SensorWindow) -> dict[str, Any]:
 
 detector = Detector()
 service.add_startup_check(detector.check_limits)
-publish_heartbeats(service, lambda: detector.decided_through)
+service.watched_through = lambda: detector.decided_through
 
 
 @app.agent(inputs)

@@ -20,14 +20,11 @@ from typing import Any
 import faust
 
 from streams.consistency import Ledger
+from streams.tables import json_table
 from streams.disaster_rules import DisasterWatch, Detection, JobFacts, RuleLimits, SensorWindow, ValveFacts
 
 JOB_KEY = "job"
 VALVE_KEY = "valve"
-
-
-def _table(app: faust.App, name: str, help: str) -> faust.Table:
-    return app.Table(name, key_type=str, value_type=None, partitions=1, help=help)
 
 
 class DisasterTables:
@@ -38,10 +35,10 @@ class DisasterTables:
     """
 
     def __init__(self, app: faust.App, ledger: Ledger) -> None:
-        self.job = ledger.tracked(_table(app, "disaster-job", "the heating job's last state"))
-        self.valve = ledger.tracked(_table(app, "disaster-valve", "last relay readback and valve command"))
-        self.windows = ledger.tracked(_table(app, "disaster-windows", "recent samples per water sensor"))
-        self.detections = ledger.tracked(_table(app, "disaster-detections", "disasters already reported, by id"))
+        self.job = ledger.tracked(json_table(app, "disaster-job", "the heating job's last state"))
+        self.valve = ledger.tracked(json_table(app, "disaster-valve", "last relay readback and valve command"))
+        self.windows = ledger.tracked(json_table(app, "disaster-windows", "recent samples per water sensor"))
+        self.detections = ledger.tracked(json_table(app, "disaster-detections", "disasters already reported, by id"))
 
     def load(self, limits: RuleLimits) -> DisasterWatch:
         """A watch restored from the (recovered) tables."""

@@ -1,0 +1,78 @@
+"""The bridge's end of the feed: a WebSocket to AlarmsServer, reconnected with backoff.
+
+Every message is the platform's whole state, so reconnecting needs no history. While
+the connection is down the bridge is told at once (``on_down``), so every accessory shows
+a fault instead of a stale value; the aiohttp heartbeat notices a feed that stopped
+answering without closing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from typing import Callable, Iterator
+
+import aiohttp
+
+from homekit.snapshot import Snapshot
+
+log = logging.getLogger(__name__)
+
+#: Pauses between connection attempts (the last repeats).
+BACKOFF_S = (0.2, 0.5, 1.0, 2.0, 5.0)
+HEARTBEAT_S = 2.0
+
+
+def backoff() -> Iterator[float]:
+    yield from BACKOFF_S
+    while True:
+        yield BACKOFF_S[-1]
+
+
+class FeedClient:
+    """Follows the feed forever: ``on_state`` for every snapshot, ``on_down`` once per lost connection."""
+
+    def __init__(self, url: str, on_state: Callable[[Snapshot], None], on_down: Callable[[str], None]) -> None:
+        self.url = url
+        self.on_state = on_state
+        self.on_down = on_down
+        self.connected = False
+        self.connects = 0
+
+    async def run(self) -> None:
+        delays = backoff()
+        async with aiohttp.ClientSession() as session:
+            while True:
+                try:
+                    async with session.ws_connect(self.url, heartbeat=HEARTBEAT_S, timeout=aiohttp.ClientWSTimeout(ws_close=2.0)) as ws:
+                        self.connected, self.connects = True, self.connects + 1
+                        log.info("feed %s connected", self.url)
+                        delays = backoff()
+                        async for message in ws:
+                            if message.type == aiohttp.WSMsgType.TEXT:
+                                self._take(message.data)
+                            elif message.type in (aiohttp.WSMsgType.ERROR, aiohttp.WSMsgType.CLOSED):
+                                break
+                    reason = "the feed closed the connection"
+                except asyncio.CancelledError:
+                    raise
+                except (aiohttp.ClientError, OSError, asyncio.TimeoutError) as exc:
+                    reason = f"cannot reach the feed: {exc!r}"
+                self._lost(reason)
+                await asyncio.sleep(next(delays))
+
+    def _take(self, text: str) -> None:
+        try:
+            data = json.loads(text)
+        except ValueError:
+            log.warning("feed sent a message that is not JSON; skipped")
+            return
+        if isinstance(data, dict) and data.get("type") == "state":
+            self.on_state(Snapshot(data))
+
+    def _lost(self, reason: str) -> None:
+        if self.connected:
+            log.warning("feed %s lost: %s", self.url, reason)
+        self.connected = False
+        self.on_down(reason)

@@ -10,8 +10,9 @@ alarms:
 * a service discovery expects but whose beats stopped for :attr:`RegistryLimits.missing_after_s`
   is **missing** (CRITICAL), and **back** (cleared) with its next beat;
 * nothing is judged missing while the registry does not act (the platform latched: control
-  services are down on purpose), nor before a grace after it starts acting again, so the
-  services an operator reset restarts are not reported missing while they come up.
+  services are down on purpose), nor within the bound after it acts again or after
+  discovery starts expecting a service again (the services an operator reset restarts all
+  come up at once), so a service is reported missing only once it had its time to start.
 
 Times are the registry's own receipt times (one clock), never a sender's — except the
 FATAL's, which is the sender's beat time, so that a replay names the same occurrence. A
@@ -30,7 +31,7 @@ from streams.records import Heartbeat
 
 @dataclass(frozen=True)
 class RegistryLimits:
-    missing_after_s: float = 15.0
+    missing_after_s: float = 20.0
     """Beats come every 0.5 s; a Faust worker's start, rebalance or a broker hiccup pauses them for seconds."""
 
 
@@ -107,8 +108,7 @@ class Registry:
         """Discovery's view at ``at``: the entries that changed and the services now missing."""
         if not acting:
             self.judging_since = None
-            return [], []
-        if self.judging_since is None:
+        elif self.judging_since is None:
             self.judging_since = at
         changed: list[ServiceEntry] = []
         verdicts: list[Verdict] = []
@@ -122,6 +122,11 @@ class Registry:
                     verdicts.append(Verdict("back", name, f"{name} is no longer expected to run", at))
             elif entry.expected_since is None:
                 entry = replace(entry, expected_since=at)
+            if self.judging_since is None:  # not acting: follow what discovery expects, judge nobody
+                if entry != before:
+                    self.services[name] = entry
+                    changed.append(entry)
+                continue
             since = [t for t in (entry.seen_at, entry.expected_since, self.judging_since) if t is not None]
             last = max(since, default=at)
             if name in expected and entry.watched and not entry.missing and at - last > bound:

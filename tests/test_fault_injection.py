@@ -10,6 +10,7 @@ to the safe state (``pytest -s`` or the captured log shows them).
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import os
@@ -25,11 +26,13 @@ from typing import Any, Iterator
 import pytest
 
 from heater import reset
-from heater.catalogue import COMPONENTS
+from heater.catalogue import BY_NAME, COMPONENTS, STAGE_BRIDGE
 from heater.platform import Platform
 from heater.probes import http_json
 from adapters.i2c.controller import Limits
 from heater.rundir import Layout
+from heater.status import collect, render
+from homekit.pairing import render as render_pairing
 from heater.runtime.processes import port_open
 from simulator import client as sim
 from streams import exitcodes
@@ -40,6 +43,7 @@ from streams.heartbeats import beat
 from streams.lifecycle import Phase
 from streams.records import Alarm, RelayCommand
 from tests.platform_view import SERVICES, all_ready, fresh_tank, fresh_temperature, latched, pico, ready, relays, running_platform
+from tests.homekit.home_app import HomeApp
 from tests.support import consume_until, produce, run, try_get, wait_for
 
 log = logging.getLogger(__name__)
@@ -50,6 +54,8 @@ CONTROL = [c.name for c in COMPONENTS if c.control]
 LIMITS = HeaterLimits()
 RELAY_LIMITS = Limits()
 SAFE = {"power_on": False, "gas_valve_open": False, "spark_on": False}
+#: The water sensors as the HomeKit accessory schema names them.
+HOMEKIT_SENSORS = ("Water Temperature 1", "Water Temperature 2", "Water Temperature 3")
 #: How often the tests sample the Pico: the resolution of every time-to-safe figure below.
 SAMPLE_S = 0.02
 
@@ -244,6 +250,43 @@ def heating(layout: Layout, job: Job) -> None:
 
 
 # -- the cases --------------------------------------------------------------------------------
+
+
+def test_heater_up_starts_the_homekit_bridge_last_and_status_reports_where_to_pair(platform: Platform) -> None:
+    """0: before any fault, the bridge as `heater up` runs it: last stage, and how to pair it."""
+    assert BY_NAME["homekit"].stage == STAGE_BRIDGE == max(c.stage for c in BY_NAME.values())
+    report = collect(platform.layout.run_dir)
+    assert report["ok"], render(report)
+    homekit = report["homekit"]
+    assert homekit["address"] == "127.0.0.1" and homekit["port"] == platform.layout.ports["homekit-hap"]
+    assert len(homekit["setup_code"]) == 10 and homekit["feed_connected"] is True and homekit["mdns"] == "off"
+    assert homekit["live"] is True
+    text = render_pairing(homekit)
+    assert homekit["setup_code"] in text and homekit["setup_uri"].startswith("X-HM://")
+    assert "setup code" in render(report)
+
+
+@pytest.mark.asyncio(loop_scope="session")
+async def test_a_paired_home_app_reads_the_simulated_heater(platform: Platform) -> None:
+    homekit = (await asyncio.to_thread(collect, platform.layout.run_dir))["homekit"]
+    home = HomeApp("127.0.0.1", homekit["port"])
+    await home.pair(homekit["setup_code"])
+    try:
+        deadline = time.monotonic() + 20
+        while True:
+            seen = await home.read_all()
+            temperatures = [seen[name]["CurrentTemperature"] for name in HOMEKIT_SENSORS]
+            faults = {name: seen[name]["StatusFault"]
+                      for name in (*HOMEKIT_SENSORS, "Water Heater", "Power Cut-off", "FATAL Latch")}
+            if all(t is not None and 0 < t < 100 for t in temperatures) and set(faults.values()) == {0}:
+                break
+            assert time.monotonic() < deadline, (temperatures, faults)
+            await asyncio.sleep(0.5)
+        assert seen["Power Cut-off"]["ContactSensorState"] == 0  # power on: the board reports it
+        assert seen["FATAL Latch"]["ContactSensorState"] == 0
+    finally:
+        await home.close()
+    log.warning("simulated water as the Home app reads it: %s", temperatures)
 
 
 def test_garbage_flood_during_heating_is_counted_and_heating_completes(platform: Platform) -> None:

@@ -8,7 +8,7 @@ from streams.records import Heartbeat
 from streams.registry_rules import Registry, RegistryLimits
 
 ALLOWED = {"bank": "bank", "alarms": "alarms"}
-BOUND = 15.0
+BOUND = 20.0
 
 
 def hb(service: str, at: float, identity: str | None = None, phase: Phase = Phase.READY) -> Heartbeat:
@@ -104,3 +104,15 @@ def test_an_operator_stops_watching_a_missing_service() -> None:
     assert r.on_tick({"bank"}, 100.0, acting=True)[1] == [], "unwatched: never missing"
     r.set_watched("bank", True, 101.0)
     assert kinds(r.on_tick({"bank"}, 101.5, acting=True)[1]) == [("missing", "bank")]
+
+
+def test_a_service_restarted_while_the_registry_did_not_act_has_its_time_to_start() -> None:
+    """The operator reset restarts the control services as the registry acts again: each is judged from its restart."""
+    r = registry()
+    r.on_tick({"bank"}, 0.0, acting=True)
+    r.on_beat(hb("bank", 1.0), ALLOWED, 1.0)
+    r.on_tick(set(), 2.0, acting=False)  # latched: the bank exits and stays down
+    r.on_tick({"bank"}, 50.0, acting=False)  # the reset restarts it
+    assert r.on_tick({"bank"}, 51.0, acting=True)[1] == []
+    assert r.on_tick({"bank"}, 50.0 + BOUND - 0.1, acting=True)[1] == [], "judged from its restart at 50 s"
+    assert kinds(r.on_tick({"bank"}, 51.0 + BOUND + 0.1, acting=True)[1]) == [("missing", "bank")]

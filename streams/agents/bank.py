@@ -192,9 +192,7 @@ def expire_windows(sensor: str, newest_start: float) -> None:
 @app.agent(readings)
 async def handle_readings(stream: faust.StreamT) -> None:
     async for record in service.records(stream, admit=ledger.admit):
-        # Admitted means owed a decision: a reading that arrives while the start-up checks
-        # still run waits for them (skipping it here would lose it for good).
-        if not await until_started():
+        if not service.acting:
             continue
         assert isinstance(record, SensorReading)
         started = time.perf_counter()

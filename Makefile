@@ -19,7 +19,7 @@ up: $(STAMP)
 	$(BIN)/heater up
 
 test: $(STAMP)
-	$(BIN)/python -m pytest -p no:cacheprovider
+	$(BIN)/python -m pytest -p no:cacheprovider --durations=25
 
 clean:
 	rm -rf $(VENV) .run

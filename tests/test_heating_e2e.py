@@ -107,6 +107,9 @@ def test_stuck_sensor_fails_with_an_alarm_and_the_valve_closed(platform: Platfor
     try:
         run, took = asyncio.run(heat(layout, 40.0))
     finally:
+        # Water first: the stuck sensors, freed above the start temperature, would read as heat
+        # without gas within DisasterDetector's grace after the job — a real FATAL.
+        sim.set_temperature(port, 20.0)
         sim.clear(port)
     assert (run.outcome, run.exit_code) == ("failed", exitcodes.HEATING_FAILED), job_log(layout, run)
     assert relays(layout)["gas_valve_open"] is False

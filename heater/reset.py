@@ -84,10 +84,32 @@ def main(run_dir: Path, operator: str, timeout: float = 30.0) -> int:
             print("the latch was not released: see the alarms log and `heater status`")
             return 1
         time.sleep(0.2)
-    processes = supervisor.all_info() if supervisor.running() else {}
-    stayed_down = [c.name for c in COMPONENTS if processes.get(c.name, {}).get("exitstatus") == 3
-                   and processes[c.name]["statename"] == "EXITED"]
-    for name in stayed_down:
-        supervisor.start(name)
-    print(f"latch released; restarted: {', '.join(stayed_down) or 'nothing (no service stayed down)'}")
+    restarted = restart_stayed_down(layout, supervisor, time.monotonic() + EXIT_GRACE_S)
+    print(f"latch released; restarted: {', '.join(restarted) or 'nothing (no service stayed down)'}")
     return 0
+
+
+#: How long a control service halted by the FATAL may still take to exit after the release.
+EXIT_GRACE_S = 20.0
+
+
+def restart_stayed_down(layout: Layout, supervisor: Supervisor, deadline: float) -> list[str]:
+    """Start every control service that stayed down, including those still on their way down.
+
+    A service halted by a live FATAL runs its shutdown for a few seconds before it exits
+    with the stay-down code; a reset released meanwhile must still start it, or it stays
+    down for good. (One that came up halted restarts by itself on the release.)
+    """
+    restarted: list[str] = []
+    while True:
+        processes = supervisor.all_info() if supervisor.running() else {}
+        for component in COMPONENTS:
+            info = processes.get(component.name, {})
+            if component.name not in restarted and info.get("exitstatus") == 3 and info.get("statename") == "EXITED":
+                supervisor.start(component.name)
+                restarted.append(component.name)
+        halted = [c.name for c in COMPONENTS if c.control and processes.get(c.name, {}).get("statename") == "RUNNING"
+                  and c.name not in restarted and probe(layout, c).state == HALTED]
+        if not halted or time.monotonic() > deadline:
+            return restarted
+        time.sleep(0.2)

@@ -68,11 +68,15 @@ class HeaterService:
         for key, value in faust_options(settings, self.spec.name, fast_path=self.spec.fast_path).items():
             setattr(conf, key, value)
 
-    def use_ledger(self) -> Ledger:
-        """Make this a stateful service: its tables, input position and effects go through one ledger."""
+    def use_ledger(self, group_inputs: bool = False) -> Ledger:
+        """Make this a stateful service: its tables, input position and effects go through one ledger.
+
+        ``group_inputs``: commit a backlog's inputs that owe nothing in runs (see
+        :meth:`streams.consistency.Ledger.step`); for services that follow ``sensorData``.
+        """
         settings = Settings.from_env()
         identity = LogIdentity(settings.broker_bootstrap) if settings.profile == "local" else None
-        self.ledger = Ledger(self.app, self.spec.name, log_identity=identity)
+        self.ledger = Ledger(self.app, self.spec.name, log_identity=identity, group_inputs=group_inputs)
         return self.ledger
 
     def raw_topic(self, *specs: topics.TopicSpec) -> faust.TopicT:

@@ -66,6 +66,10 @@ CHECKPOINT_EVERY_S = 1.0
 REPOSITION_PATIENCE_S = 2.0
 #: How often owed effects are checked for confirmation when no new step comes.
 SETTLE_EVERY_S = 0.2
+#: A grouping ledger commits a run of inputs that owe nothing once this many are grouped ...
+GROUP_MAX_INPUTS = 500
+#: ... or once the oldest of them waited this long, whichever comes first.
+GROUP_MAX_AGE_S = 0.05
 
 SKIPPED = Counter("heater_ledger_skipped_total", "Input messages passed over as already held by the state", ["service"])
 SEEKS = Counter("heater_ledger_input_seeks_total", "Times an input was not where the state ends and was sent there",
@@ -180,8 +184,8 @@ def same_log(recorded: str, current: str | None) -> bool:
 class Tracked(MutableMapping[str, Any]):
     """A table whose writes go through the ledger's current step.
 
-    Reads see the step's own writes first, then the table. Outside a step the table is
-    read-only: a write there would escape the row.
+    Reads see the step's own writes first (or a grouped run's, not yet committed), then
+    the table. Outside a step the table is read-only: a write there would escape the row.
     """
 
     def __init__(self, ledger: "Ledger", table: faust.Table) -> None:
@@ -194,7 +198,7 @@ class Tracked(MutableMapping[str, Any]):
         return self.table.name
 
     def _overlay(self) -> dict[str, Write]:
-        step = self._ledger.current
+        step = self._ledger.current or self._ledger._open
         return {} if step is None else step.overlay.get(self.table.name, {})
 
     def __getitem__(self, key: str) -> Any:
@@ -266,14 +270,24 @@ def decode_value(table: faust.Table, data: Any) -> Any:
 
 
 class Step:
-    """What one input does: its table writes and the messages it owes, committed together."""
+    """What one input does (or, grouped, a run of inputs): its table writes and the messages it owes, committed together."""
 
-    def __init__(self, ledger: "Ledger", message: Any | None) -> None:
+    def __init__(self, ledger: "Ledger") -> None:
         self.ledger = ledger
-        self.message = message
+        self.message: Any | None = None
+        #: Per input partition, the offset after the newest message this step covers.
+        self.positions: dict[str, int] = {}
         self.overlay: dict[str, dict[str, Write]] = {}
-        self.writes: list[Write] = []
         self.effects: list[Effect] = []
+        self.inputs = 0
+        self.opened_at = time.monotonic()
+
+    def cover(self, message: Any | None) -> None:
+        """This step now also decides ``message`` (the current input)."""
+        self.message = message
+        if message is not None:
+            self.positions[tp_key(message.topic, message.partition)] = message.offset + 1
+            self.inputs += 1
 
     @property
     def position(self) -> tuple[str, int] | None:
@@ -282,6 +296,11 @@ class Step:
             return None
         return tp_key(self.message.topic, self.message.partition), self.message.offset
 
+    @property
+    def writes(self) -> list[Write]:
+        """The last write of every key: a key written by several grouped inputs is stored once."""
+        return [write for table in self.overlay.values() for write in table.values()]
+
     def put(self, table: faust.Table, key: str, value: Any) -> None:
         self._record(Write(table.name, key, encode_value(table, value)))
 
@@ -289,7 +308,6 @@ class Step:
         self._record(Write(table.name, key, deleted=True))
 
     def _record(self, write: Write) -> None:
-        self.writes.append(write)
         self.overlay.setdefault(write.table, {})[write.key] = write
 
     async def owe(self, topic: str, key: bytes, value: bytes) -> None:
@@ -302,7 +320,7 @@ class Step:
 
     @property
     def changes(self) -> bool:
-        return bool(self.writes or self.effects)
+        return bool(self.overlay or self.effects)
 
 
 # -- the ledger ---------------------------------------------------------------------
@@ -311,14 +329,17 @@ class Step:
 class Ledger:
     """A service's row of state position and owed effects, and the gate on its input."""
 
-    def __init__(self, app: faust.App, service: str, *, log_identity: LogIdentity | None = None) -> None:
+    def __init__(self, app: faust.App, service: str, *, log_identity: LogIdentity | None = None,
+                 group_inputs: bool = False) -> None:
         self.app = app
         self.service = service
+        self.group_inputs = group_inputs
         self.table = app.Table(f"{service}{LEDGER_SUFFIX}", key_type=str, value_type=None, partitions=1,
                                help="state position and owed effects (streams.consistency)")
         self._tables: dict[str, faust.Table] = {}
         self.row = LedgerRow()
         self.current: Step | None = None
+        self._open: Step | None = None  # grouped inputs decided but not yet committed
         self.recovered = asyncio.Event()
         self._lock = asyncio.Lock()
         self._expected: dict[str, int] = {}
@@ -417,6 +438,8 @@ class Ledger:
                   self._expected)
         self._expected = {key: 0 for key in self._expected}
         self.row.positions = dict(self._expected)
+        if self._open is not None:
+            self._open.positions.clear()  # they count in the old log too
         self._moved_at.clear()
 
     # -- input ---------------------------------------------------------------------
@@ -484,30 +507,58 @@ class Ledger:
         Must run inside the agent's stream iteration (the message is the current event's).
         An exception inside the block commits nothing: the service fails, and the input
         is decided again after the restart.
+
+        A grouping ledger (``group_inputs``) keeps a step that owes nothing open while more
+        input waits on the broker, and the next input continues it: one row and one write
+        per key for the whole run instead of one per input. That is what lets a service
+        work through a backlog (after a restart) at the rate it arrives. A step that owes
+        an effect commits at once, with the run before it, so an alarm waits for nothing;
+        a run that is not continued is committed by the settler within ``GROUP_MAX_AGE_S``.
+        Until committed, a run is decided again after a crash, identically.
         """
         event = current_event()
         message = event.message if event is not None else None
         async with self._lock:
-            self.current = step = Step(self, message)
+            step, self._open = self._open or Step(self), None
+            step.cover(message)
+            self.current = step
             try:
                 yield step
             finally:
                 self.current = None
+            if self._may_group(step):
+                self._open = step
+                return
             await self._commit(step)
 
+    def _may_group(self, step: Step) -> bool:
+        """Whether the next input may continue ``step`` instead of it being committed now."""
+        message = step.message
+        return (self.group_inputs and not step.effects and message is not None
+                and step.inputs < GROUP_MAX_INPUTS and time.monotonic() - step.opened_at < GROUP_MAX_AGE_S
+                and self.backlog(message.tp) > 0)
+
+    async def commit_open(self) -> None:
+        """Commit a grouped run that no input continued (the settler calls this)."""
+        if self._open is None or time.monotonic() - self._open.opened_at < GROUP_MAX_AGE_S:
+            return
+        async with self._lock:
+            step, self._open = self._open, None
+            if step is not None:
+                await self._commit(step)
+
     async def _commit(self, step: Step) -> None:
-        # Only this step's own input moves: another agent's message may be admitted and
+        # Only this step's own inputs move: another agent's message may be admitted and
         # waiting for the lock, and the row must not claim the state holds it.
-        positions = dict(self.row.positions)
-        if step.message is not None:
-            positions[tp_key(step.message.topic, step.message.partition)] = step.message.offset + 1
+        positions = dict(self.row.positions) | step.positions
         if not step.changes and time.monotonic() - self._row_written_at < CHECKPOINT_EVERY_S:
             return  # a replay of it is a no-op too; the position is recorded with the next change
         await self._settle()
-        self.row = LedgerRow(self.row.seq + 1, positions, step.writes, step.effects, settled=not step.effects,
+        writes = step.writes
+        self.row = LedgerRow(self.row.seq + 1, positions, writes, step.effects, settled=not step.effects,
                              log=self._log)
         self._write_row()
-        for write in step.writes:
+        for write in writes:
             self._apply(write)
         for effect in step.effects:
             self._futures.append((effect, await self._send(effect)))
@@ -562,6 +613,7 @@ class Ledger:
         that started over under a running worker."""
         @self.app.timer(interval=SETTLE_EVERY_S)
         async def settle_owed() -> None:
+            await self.commit_open()
             await self.settle_now()
             await self.follow_restarted_logs()
             await self.after_rebalance()

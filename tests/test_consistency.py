@@ -5,12 +5,16 @@ are in the services' own test modules."""
 from __future__ import annotations
 
 import asyncio
-from typing import Any
+import contextlib
+import weakref
+from typing import Any, Iterator
 
 import pytest
 from aiokafka.errors import KafkaError
+from faust.streams import _current_event
+from faust.types import TP
 
-from streams.consistency import Effect, Ledger, LedgerRow, Verdict, Write, judge, restart_position, same_log
+from streams.consistency import GROUP_MAX_AGE_S, GROUP_MAX_INPUTS, Effect, Ledger, LedgerRow, Verdict, Write, judge, restart_position, same_log
 
 
 @pytest.mark.parametrize(
@@ -80,12 +84,13 @@ class FakeConsumer:
     def __init__(self) -> None:
         self.assigned: set[Any] = set()
         self.seeks: list[tuple[Any, int]] = []
+        self.highwaters: dict[Any, int] = {}
 
     def assignment(self) -> set[Any]:
         return self.assigned
 
-    def highwater(self, tp: Any) -> None:
-        return None
+    def highwater(self, tp: Any) -> int | None:
+        return self.highwaters.get(tp)
 
     async def earliest_offsets(self, *tps: Any) -> dict[Any, int]:
         return {tp: 0 for tp in tps}
@@ -131,8 +136,8 @@ class FakeApp:
         return future
 
 
-def fresh(app: FakeApp, identity: FakeIdentity | None = None) -> tuple[Ledger, Any]:
-    ledger = Ledger(app, "svc", log_identity=identity)  # type: ignore[arg-type]
+def fresh(app: FakeApp, identity: FakeIdentity | None = None, group_inputs: bool = False) -> tuple[Ledger, Any]:
+    ledger = Ledger(app, "svc", log_identity=identity, group_inputs=group_inputs)  # type: ignore[arg-type]
     data = ledger.tracked(app.Table("data"))  # type: ignore[arg-type]
     return ledger, data
 
@@ -218,7 +223,7 @@ def test_a_write_outside_a_step_is_refused() -> None:
 
 class _Msg:
     def __init__(self, topic: str, offset: int) -> None:
-        self.topic, self.partition, self.offset, self.tp = topic, 0, offset, (topic, 0)
+        self.topic, self.partition, self.offset, self.tp = topic, 0, offset, TP(topic, 0)
 
 
 class _Evt:
@@ -226,11 +231,19 @@ class _Evt:
         self.message = message
 
 
+@contextlib.contextmanager
+def handling(message: _Msg) -> Iterator[None]:
+    """Run as the agent does while it handles ``message`` (Faust's current event)."""
+    event = _Evt(message)  # held here: Faust keeps only a weak reference
+    token = _current_event.set(weakref.ref(event))  # type: ignore[arg-type]
+    try:
+        yield
+    finally:
+        _current_event.reset(token)
+
+
 def test_a_row_records_only_its_own_input_position() -> None:
     """Two agents share a ledger: a reading admitted and waiting must not be claimed by a tick's step."""
-    import weakref
-
-    from faust.streams import _current_event
 
     async def scenario() -> dict[str, int]:
         app = FakeApp()
@@ -238,13 +251,9 @@ def test_a_row_records_only_its_own_input_position() -> None:
         await ledger.recover()
         reading, tick = _Msg("sensorData", 100), _Msg("bankTicks", 7)
         assert await ledger.admit(reading) and await ledger.admit(tick)
-        event = _Evt(tick)
-        token = _current_event.set(weakref.ref(event))  # type: ignore[arg-type]
-        try:
+        with handling(tick):
             async with ledger.step():
                 data["stale"] = True
-        finally:
-            _current_event.reset(token)
         return LedgerRow.from_row(app.tables["svc-ledger"]["ledger"]).positions
 
     assert asyncio.run(scenario()) == {"bankTicks:0": 8}, "reading 100 is not held by the state yet"
@@ -252,7 +261,6 @@ def test_a_row_records_only_its_own_input_position() -> None:
 
 def test_positions_in_a_log_that_started_over_resume_at_its_start() -> None:
     """Restarted while the broker was away: its state's positions count in the old log."""
-    from faust.types import TP
 
     async def scenario() -> tuple[Ledger, FakeApp]:
         app = FakeApp()
@@ -271,10 +279,6 @@ def test_positions_in_a_log_that_started_over_resume_at_its_start() -> None:
 def test_a_running_worker_follows_the_new_log_even_when_it_is_already_longer() -> None:
     """The new log reached offset 135 before the worker looked: an offset comparison would
     resume there and skip 0..134 of the new input."""
-    import weakref
-
-    from faust.streams import _current_event
-    from faust.types import TP
 
     async def scenario() -> tuple[list[bool], list[Any], LedgerRow]:
         app = FakeApp()
@@ -285,19 +289,121 @@ def test_a_running_worker_follows_the_new_log_even_when_it_is_already_longer() -
         verdicts = [await ledger.admit(_Msg("sensorData", offset)) for offset in (0, 1)]
         identity.current = "local-b"
         verdicts += [await ledger.admit(_Msg("sensorData", 135)), await ledger.admit(_Msg("sensorData", 0))]
-        event = _Evt(_Msg("sensorData", 0))
-        token = _current_event.set(weakref.ref(event))  # type: ignore[arg-type]
-        try:
+        with handling(_Msg("sensorData", 0)):
             async with ledger.step():
                 data["t"] = 20.5
-        finally:
-            _current_event.reset(token)
         return verdicts, app.consumer.seeks, LedgerRow.from_row(app.tables["svc-ledger"]["ledger"])
 
     verdicts, seeks, row = asyncio.run(scenario())
     assert verdicts == [True, True, False, True], "135 of the new log waits for 0..134; 0 is admitted"
     assert seeks[0] == (TP("sensorData", 0), 0)
     assert row.log == "local-b" and row.positions == {"sensorData:0": 1}
+
+
+def ledger_rows(app: FakeApp) -> list[LedgerRow]:
+    return [LedgerRow.from_row(row) for what, row in app.journal if what == "svc-ledger[ledger]"]
+
+
+async def grouped_readings(app: FakeApp, ledger: Ledger, data: Any, offsets: range, highwater: int,
+                           owe_at: int | None = None) -> None:
+    """Readings at ``offsets`` of ``sensorData`` (the broker holds up to ``highwater``), each rewriting one key."""
+    app.consumer.highwaters[TP("sensorData", 0)] = highwater
+    for offset in offsets:
+        message = _Msg("sensorData", offset)
+        assert await ledger.admit(message)
+        with handling(message):
+            async with ledger.step() as step:
+                data["sensor"] = offset
+                data[f"seen-{offset}"] = True
+                if offset == owe_at:
+                    await step.owe("createAlarm", b"svc/hot", str(offset).encode())
+
+
+def test_a_grouping_ledger_commits_a_run_of_inputs_as_one_row_once_no_input_waits() -> None:
+    async def scenario() -> FakeApp:
+        app = FakeApp()
+        ledger, data = fresh(app, group_inputs=True)
+        await ledger.recover()
+        await grouped_readings(app, ledger, data, range(0, 3), highwater=3)
+        return app
+
+    app = asyncio.run(scenario())
+    [row] = ledger_rows(app)
+    assert row.positions == {"sensorData:0": 3}
+    assert [(w.key, w.data) for w in row.writes] == [("sensor", 2), ("seen-0", True), ("seen-1", True), ("seen-2", True)]
+    assert app.tables["data"]["sensor"] == 2
+
+
+def test_a_grouped_run_is_visible_before_it_is_committed_and_lost_with_a_crash() -> None:
+    """Until committed the run is only in memory: a restart decides those inputs again."""
+
+    async def scenario() -> tuple[FakeApp, Any, list[Any]]:
+        app = FakeApp()
+        ledger, data = fresh(app, group_inputs=True)
+        await ledger.recover()
+        await grouped_readings(app, ledger, data, range(0, 2), highwater=10)
+        seen = [data.get("sensor"), "sensor" in app.tables["data"]]
+        restarted, _ = fresh(app, group_inputs=True)
+        await restarted.recover()
+        return app, restarted, seen
+
+    app, restarted, seen = asyncio.run(scenario())
+    assert seen == [1, False], "the run's write is read through the ledger, not yet in the table"
+    assert ledger_rows(app) == [] and restarted.positions == {}
+
+
+def test_an_input_that_owes_an_effect_commits_at_once_with_the_run_before_it() -> None:
+    async def scenario() -> FakeApp:
+        app = FakeApp()
+        ledger, data = fresh(app, group_inputs=True)
+        await ledger.recover()
+        await grouped_readings(app, ledger, data, range(0, 4), highwater=100, owe_at=2)
+        return app
+
+    app = asyncio.run(scenario())
+    [row] = ledger_rows(app)
+    assert row.positions == {"sensorData:0": 3} and row.effects == [Effect("createAlarm", "svc/hot", "2")]
+    assert [what for what, _ in app.journal][-1] == "send createAlarm", "sent after its row and table writes"
+    assert "seen-3" not in app.tables["data"], "the input after it starts a new run"
+
+
+def test_a_run_no_input_continues_is_committed_by_the_settler() -> None:
+    async def scenario() -> tuple[list[LedgerRow], list[LedgerRow]]:
+        app = FakeApp()
+        ledger, data = fresh(app, group_inputs=True)
+        await ledger.recover()
+        await grouped_readings(app, ledger, data, range(0, 5), highwater=9)
+        await ledger.commit_open()
+        early = ledger_rows(app)
+        await asyncio.sleep(GROUP_MAX_AGE_S)
+        await ledger.commit_open()
+        return early, ledger_rows(app)
+
+    early, late = asyncio.run(scenario())
+    assert early == [], "younger than the group's age: it may still be continued"
+    assert [row.positions for row in late] == [{"sensorData:0": 5}]
+
+
+def test_a_grouped_run_ends_at_its_size_limit() -> None:
+    async def scenario() -> list[LedgerRow]:
+        app = FakeApp()
+        ledger, data = fresh(app, group_inputs=True)
+        await ledger.recover()
+        await grouped_readings(app, ledger, data, range(0, GROUP_MAX_INPUTS + 1), highwater=10**6)
+        return ledger_rows(app)
+
+    assert [row.positions for row in asyncio.run(scenario())] == [{"sensorData:0": GROUP_MAX_INPUTS}]
+
+
+def test_a_ledger_that_does_not_group_commits_every_input() -> None:
+    async def scenario() -> list[LedgerRow]:
+        app = FakeApp()
+        ledger, data = fresh(app)
+        await ledger.recover()
+        await grouped_readings(app, ledger, data, range(0, 3), highwater=10)
+        return ledger_rows(app)
+
+    assert [row.positions for row in asyncio.run(scenario())] == [{"sensorData:0": n} for n in (1, 2, 3)]
 
 
 # -- the adapters' sends: a refused reading or command is sent again, or the adapter stops ----

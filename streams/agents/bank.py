@@ -112,7 +112,7 @@ def use_limits(new: HeaterLimits) -> None:
     """A configuration version came into force: the next reading is judged against it."""
     rules.config = replace(rules.config, limits=new)
 
-ledger = service.use_ledger()
+ledger = service.use_ledger(group_inputs=True)
 state_table = ledger.tracked(tables.state_table(app))
 windows = ledger.tracked(tables.windows_table(app))
 #: The decision state in memory; loaded once the ledger has recovered, written through on every step.
@@ -192,7 +192,7 @@ def expire_windows(sensor: str, newest_start: float) -> None:
 @app.agent(readings)
 async def handle_readings(stream: faust.StreamT) -> None:
     async for record in service.records(stream, admit=ledger.admit):
-        if not service.acting:
+        if not await until_started():
             continue
         assert isinstance(record, SensorReading)
         started = time.perf_counter()

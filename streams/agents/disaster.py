@@ -46,7 +46,7 @@ SPEC = ServiceSpec(
 service = HeaterService(SPEC)
 app = service.app
 
-ledger = service.use_ledger()
+ledger = service.use_ledger(group_inputs=True)
 tables = DisasterTables(app, ledger)
 inputs = service.raw_topic(topics.SENSOR_DATA, topics.HEATING_STATE, topics.RELAY_STATE, topics.I2C_HEATING)
 ledger.run_settler()

@@ -1,0 +1,1 @@
+"""The Kubernetes deployment: manifests under ``base/`` and ``overlays/``, rendered parts from ``gen``."""

@@ -1,0 +1,386 @@
+"""The Kubernetes deployment, validated offline.
+
+Every overlay renders with ``kubectl kustomize``; core objects pass ``kubernetes-validate``
+strictly (Kubernetes 1.30); custom resources (Strimzi, cert-manager, ServiceMonitor) pass
+the trimmed CRD schemas in ``deploy/schemas/``; and the objects refer to each other
+correctly (accounts, users, certificates, topics, ports, stages). The generated part of
+the tree must be what the code renders now, so topics and ACLs cannot drift.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import re
+import shutil
+import subprocess
+from collections import defaultdict
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+import jsonschema
+import kubernetes_validate
+import pytest
+import yaml
+
+from deploy.gen import heating, vault
+from deploy.gen.__main__ import stale
+from deploy.gen.render import render as render_now
+from deploy.gen.services import earlier
+from heater import catalogue
+from streams import topics, topology
+from streams.heating.k8s import JobTemplate
+
+ROOT = Path(__file__).resolve().parent.parent
+DEPLOY = ROOT / "deploy"
+OVERLAYS = sorted(p.name for p in (DEPLOY / "overlays").iterdir() if (p / "kustomization.yaml").is_file())
+TARGETS = ["base", *(f"overlays/{name}" for name in OVERLAYS)]
+K8S_VERSION = "1.30"
+CUSTOM_GROUPS = ("kafka.strimzi.io", "cert-manager.io", "monitoring.coreos.com")
+#: Secrets the manifests mount but do not declare: made by cert-manager, Strimzi's operators.
+STRIMZI_CA_SECRET = "heater-kafka-cluster-ca-cert"
+
+Doc = dict[str, Any]
+
+#: The rendering is pure: once per test session.
+render = functools.lru_cache(maxsize=1)(render_now)
+
+
+@pytest.fixture(scope="module")
+def validate_core() -> Iterator[Callable[[Doc], None]]:
+    """``kubernetes_validate.validate`` reading its (large) schema files once, not once per object."""
+    utils = kubernetes_validate.utils
+    original = utils.schema_contents
+    utils.schema_contents = functools.lru_cache(maxsize=None)(original)
+    seen: set[str] = set()
+
+    def validate(doc: Doc) -> None:
+        key = json.dumps(doc, sort_keys=True)
+        if key not in seen:  # the overlays repeat most of the base
+            kubernetes_validate.validate(doc, K8S_VERSION, strict=True)
+            seen.add(key)
+
+    yield validate
+    utils.schema_contents = original
+
+
+def kubectl() -> str:
+    path = shutil.which("kubectl")
+    if path is None:
+        pytest.skip("kubectl is not installed: `kubectl kustomize` renders the overlays")
+    return path
+
+
+@pytest.fixture(scope="module")
+def rendered() -> dict[str, list[Doc]]:
+    """Every target rendered once: target → its objects."""
+    exe = kubectl()
+    out = {}
+    for target in TARGETS:
+        done = subprocess.run([exe, "kustomize", str(DEPLOY / target)], capture_output=True, text=True, timeout=60)
+        assert done.returncode == 0, f"kubectl kustomize {target} failed:\n{done.stderr}"
+        out[target] = [doc for doc in yaml.safe_load_all(done.stdout) if doc]
+    return out
+
+
+def of(docs: list[Doc], kind: str) -> list[Doc]:
+    return [d for d in docs if d["kind"] == kind]
+
+
+def by_name(docs: list[Doc], kind: str) -> dict[str, Doc]:
+    return {d["metadata"]["name"]: d for d in of(docs, kind)}
+
+
+def pod_specs(docs: list[Doc]) -> Iterator[tuple[str, Doc]]:
+    for d in docs:
+        if d["kind"] in ("Deployment", "StatefulSet"):
+            yield d["metadata"]["name"], d["spec"]["template"]["spec"]
+        elif d["kind"] == "CronJob":
+            yield d["metadata"]["name"], d["spec"]["jobTemplate"]["spec"]["template"]["spec"]
+
+
+# -- the generated part is current --------------------------------------------------------
+
+
+def test_generated_manifests_are_what_the_code_renders() -> None:
+    assert stale(render()) == [], "run `python -m deploy.gen` and commit the result"
+
+
+# -- schemas ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("target", TARGETS)
+def test_core_objects_validate_strictly(rendered: dict[str, list[Doc]], validate_core: Any, target: str) -> None:
+    core = [d for d in rendered[target] if d["apiVersion"].split("/")[0] not in CUSTOM_GROUPS]
+    assert core
+    for doc in core:
+        try:
+            validate_core(doc)
+        except kubernetes_validate.ValidationError as exc:
+            pytest.fail(f"{doc['kind']}/{doc['metadata']['name']}: {exc.message} at {list(exc.path)}")
+
+
+def _schema(doc: Doc) -> Doc:
+    group, version = doc["apiVersion"].split("/")
+    path = DEPLOY / "schemas" / f"{group}_{version}_{doc['kind'].lower()}.json"
+    assert path.is_file(), f"no schema for {doc['apiVersion']} {doc['kind']} in deploy/schemas/"
+    return json.loads(path.read_text())
+
+
+@pytest.mark.parametrize("target", TARGETS)
+def test_custom_resources_match_their_crd_schemas(rendered: dict[str, list[Doc]], target: str) -> None:
+    custom = [d for d in rendered[target] if d["apiVersion"].split("/")[0] in CUSTOM_GROUPS]
+    assert {d["kind"] for d in custom} >= {"Kafka", "KafkaNodePool", "KafkaTopic", "KafkaUser", "Issuer", "Certificate", "ServiceMonitor"}
+    for doc in custom:
+        errors = list(jsonschema.Draft202012Validator(_schema(doc)).iter_errors(doc))
+        assert not errors, f"{doc['kind']}/{doc['metadata']['name']}: " + "; ".join(
+            f"{e.message} at {list(e.absolute_path)}" for e in errors)
+
+
+def test_the_schemas_are_strict_where_the_crds_are() -> None:
+    """A misspelt field in a custom resource fails (the schemas would be no check otherwise)."""
+    user = yaml.safe_load(render()["base/generated/kafka-users.yaml"].split("---\n")[0].split("\n", 1)[1])
+    user["spec"]["authorization"]["acls"][0]["operation"] = "Raed"
+    assert list(jsonschema.Draft202012Validator(_schema(user)).iter_errors(user))
+    user = yaml.safe_load(render()["base/generated/kafka-users.yaml"].split("---\n")[0].split("\n", 1)[1])
+    user["spec"]["authentification"] = {"type": "tls"}
+    assert list(jsonschema.Draft202012Validator(_schema(user)).iter_errors(user))
+
+
+# -- cross-references ---------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("target", TARGETS)
+def test_one_deployment_per_service_running_its_worker(rendered: dict[str, list[Doc]], target: str) -> None:
+    deployments = by_name(rendered[target], "Deployment")
+    expected = {c.name for c in catalogue.COMPONENTS if c.kind == "service"}
+    assert set(deployments) == expected
+    for name, d in deployments.items():
+        [worker] = d["spec"]["template"]["spec"]["containers"]
+        assert worker["command"] == ["heater", "worker", name]
+        assert d["spec"]["replicas"] == 1 and d["spec"]["strategy"]["type"] == "Recreate"
+
+
+@pytest.mark.parametrize("target", TARGETS)
+def test_every_service_account_has_a_kafka_user_and_a_certificate(rendered: dict[str, list[Doc]], target: str) -> None:
+    docs = rendered[target]
+    accounts = {spec["serviceAccountName"] for _, spec in pod_specs(docs) if spec["serviceAccountName"] != "vault"}
+    assert accounts == set(topology.BY_NAME)
+    users, certs = by_name(docs, "KafkaUser"), by_name(docs, "Certificate")
+    assert accounts <= set(by_name(docs, "ServiceAccount"))
+    for account in accounts:
+        assert account in users, f"no KafkaUser for {account}"
+        assert certs[account]["spec"]["commonName"] == account and certs[account]["spec"]["secretName"] == f"{account}-tls"
+        assert {"server auth", "client auth"} <= set(certs[account]["spec"]["usages"])
+    issuers = set(by_name(docs, "Issuer"))
+    assert all(c["spec"]["issuerRef"]["name"] in issuers for c in certs.values())
+
+
+@pytest.mark.parametrize("target", TARGETS)
+def test_every_topic_of_the_code_has_a_kafka_topic_and_nothing_else_does(rendered: dict[str, list[Doc]], target: str) -> None:
+    declared = {t["spec"]["topicName"]: t["spec"] for t in of(rendered[target], "KafkaTopic")}
+    assert set(declared) == {t.name for t in topics.ALL_TOPICS} | set(topology.internal_topics())
+    for spec in topics.ALL_TOPICS:
+        assert declared[spec.name]["partitions"] == spec.partitions
+        assert declared[spec.name]["config"] == spec.config
+    for name in topology.internal_topics():
+        assert declared[name]["config"]["cleanup.policy"] == "compact"
+
+
+@pytest.mark.parametrize("target", TARGETS)
+def test_kafka_users_may_use_exactly_their_topics(rendered: dict[str, list[Doc]], target: str) -> None:
+    docs = rendered[target]
+    existing = {t["spec"]["topicName"] for t in of(docs, "KafkaTopic")}
+    for user in of(docs, "KafkaUser"):
+        service = topology.BY_NAME[user["metadata"]["name"]]
+        rights: dict[str, set[str]] = defaultdict(set)
+        groups = []
+        for acl in user["spec"]["authorization"]["acls"]:
+            resource = acl["resource"]
+            assert resource["patternType"] == "literal", "no wildcard or prefix grants"
+            if resource["type"] == "group":
+                groups.append(resource["name"])
+                continue
+            assert resource["type"] == "topic" and resource["name"] in existing, resource
+            rights[resource["name"]] |= set(acl["operations"])
+        assert {t for t, ops in rights.items() if "Read" in ops} == service.reads
+        assert {t for t, ops in rights.items() if "Write" in ops} == service.writes
+        assert {t for t, ops in rights.items() if "Create" in ops} == set(service.changelogs)
+        assert groups == ([service.group] if service.group else [])
+        assert user["spec"]["authentication"]["type"] == "tls"
+
+
+@pytest.mark.parametrize("target", TARGETS)
+def test_probes_use_the_health_endpoints_on_exposed_ports(rendered: dict[str, list[Doc]], target: str) -> None:
+    for name, d in by_name(rendered[target], "Deployment").items():
+        [worker] = d["spec"]["template"]["spec"]["containers"]
+        ports = {p["name"]: p["containerPort"] for p in worker["ports"]}
+        for probe in ("startupProbe", "livenessProbe", "readinessProbe"):
+            assert worker[probe]["httpGet"]["port"] in ports, (name, probe)
+        # A halted service answers /healthz (alive) and 503 on /readyz: liveness must not look at readiness.
+        assert worker["livenessProbe"]["httpGet"]["path"] == "/healthz"
+        assert worker["startupProbe"]["httpGet"]["path"] == "/healthz"
+        assert worker["readinessProbe"]["httpGet"]["path"] == "/readyz"
+        env = {e["name"]: e.get("value") for e in worker["env"]}
+        settings = by_name(rendered[target], "ConfigMap")["heater-settings"]["data"]
+        assert int(env.get("HEATER_WEB_PORT", settings["HEATER_WEB_PORT"])) == ports["http"]
+
+
+@pytest.mark.parametrize("target", TARGETS)
+def test_services_expose_the_workers_ports_even_when_not_ready(rendered: dict[str, list[Doc]], target: str) -> None:
+    docs = rendered[target]
+    deployments = by_name(docs, "Deployment")
+    for name, svc in by_name(docs, "Service").items():
+        if name == "vault":
+            continue
+        [worker] = deployments[name]["spec"]["template"]["spec"]["containers"]
+        assert {p["targetPort"] for p in svc["spec"]["ports"]} <= {p["name"] for p in worker["ports"]}
+        assert svc["spec"]["publishNotReadyAddresses"] is True  # a halted service still shows state, takes the reset
+
+
+@pytest.mark.parametrize("target", TARGETS)
+def test_every_volume_refers_to_something_that_will_exist(rendered: dict[str, list[Doc]], target: str) -> None:
+    docs = rendered[target]
+    config_maps = set(by_name(docs, "ConfigMap"))
+    claims = set(by_name(docs, "PersistentVolumeClaim"))
+    secrets = ({c["spec"]["secretName"] for c in of(docs, "Certificate")} | set(by_name(docs, "KafkaUser"))
+               | {STRIMZI_CA_SECRET})
+    assert not of(docs, "Secret"), "secrets never in manifests"
+    claim_templates = {t["metadata"]["name"] for d in of(docs, "StatefulSet") for t in d["spec"]["volumeClaimTemplates"]}
+    for owner, spec in pod_specs(docs):
+        for volume in spec.get("volumes", []):
+            if "configMap" in volume:
+                assert volume["configMap"]["name"] in config_maps, (owner, volume)
+            if "secret" in volume:
+                assert volume["secret"]["secretName"] in secrets, (owner, volume)
+            if "persistentVolumeClaim" in volume:
+                assert volume["persistentVolumeClaim"]["claimName"] in claims, (owner, volume)
+        for container in spec.get("containers", []) + spec.get("initContainers", []):
+            for source in container.get("envFrom", []):
+                assert source["configMapRef"]["name"] in config_maps
+            names = {v["name"] for v in spec.get("volumes", [])} | claim_templates
+            assert {m["name"] for m in container.get("volumeMounts", [])} <= names, (owner, container["name"])
+
+
+@pytest.mark.parametrize("target", TARGETS)
+def test_stages_start_in_the_seeds_order(rendered: dict[str, list[Doc]], target: str) -> None:
+    deployments = by_name(rendered[target], "Deployment")
+    for component in catalogue.COMPONENTS:
+        if component.kind != "service":
+            continue
+        inits = {c["name"]: c for c in deployments[component.name]["spec"]["template"]["spec"].get("initContainers", [])}
+        before = [c.name for c in earlier(component)]
+        if not before:
+            assert "wait-for-stage" not in inits
+            continue
+        waited = [re.match(r"http://([a-z0-9-]+)\.", url).group(1) for url in inits["wait-for-stage"]["args"]]
+        assert waited == before, component.name
+
+
+@pytest.mark.parametrize("target", TARGETS)
+def test_vault_access_per_service(rendered: dict[str, list[Doc]], target: str) -> None:
+    deployments = by_name(rendered[target], "Deployment")
+    for name, d in deployments.items():
+        spec = d["spec"]["template"]["spec"]
+        [worker] = spec["containers"]
+        env = {e["name"] for e in worker["env"]}
+        sidecars = [c for c in spec.get("initContainers", []) if c.get("restartPolicy") == "Always"]
+        uses_vault = name in vault.SERVICE_GRANTS
+        assert ("HEATER_VAULT_TOKEN_FILE" in env) == uses_vault == bool(sidecars), name
+    script = render()["base/generated/vault-setup.sh"]
+    for name in vault.SERVICE_GRANTS:
+        assert f"auth/kubernetes/role/{name} bound_service_account_names={name} " in script
+
+
+def test_services_that_call_vault_have_a_role() -> None:
+    from tests.test_topology import SOURCES
+
+    for name, paths in SOURCES.items():
+        text = "".join((ROOT / p).read_text() for p in paths)
+        calls = "vault_client" in text or "load_allowlist" in text
+        assert calls == (name in vault.SERVICE_GRANTS), name
+
+
+@pytest.mark.parametrize("target", TARGETS)
+def test_network_policies_follow_the_communication_matrix(rendered: dict[str, list[Doc]], target: str) -> None:
+    docs = rendered[target]
+    policies = by_name(docs, "NetworkPolicy")
+    assert set(by_name(docs, "Deployment")) | {"vault", "heating-job"} == set(policies)
+
+    def allowed_from(policy: Doc, source: str, port: int) -> bool:
+        for rule in policy["spec"].get("ingress", []):
+            if port not in [p["port"] for p in rule.get("ports", [])]:
+                continue
+            for peer in rule.get("from", [{"podSelector": {}}]):
+                selector = peer.get("podSelector", {})
+                names = [e["values"] for e in selector.get("matchExpressions", []) if e["key"] == "app.kubernetes.io/name"]
+                if "namespaceSelector" not in peer and (not names or source in names[0]):
+                    return True
+        return False
+
+    assert allowed_from(policies["alarms"], "homekit", 8080), "the HomeKit bridge reaches AlarmsServer's feed"
+    assert not allowed_from(policies["i2c"], "bank", 8080)  # same stage: no reason to talk
+    for name in vault.SERVICE_GRANTS:
+        assert allowed_from(policies["vault"], name, 8200)
+    assert not allowed_from(policies["vault"], "bank", 8200)
+    for name in by_name(docs, "Deployment"):
+        rules = policies[name]["spec"]["ingress"]
+        assert any(p.get("namespaceSelector", {}).get("matchLabels", {}).get("kubernetes.io/metadata.name") == "monitoring"
+                   for r in rules for p in r.get("from", [])), f"Prometheus scrapes {name}"
+        egress_ports = {p["port"] for r in policies[name]["spec"]["egress"] for p in r.get("ports", [])}
+        assert 9093 in egress_ports and (8200 in egress_ports) == (name in vault.SERVICE_GRANTS)
+    [kafka] = of(docs, "Kafka")
+    peers = kafka["spec"]["kafka"]["listeners"][0]["networkPolicyPeers"]
+    assert {"podSelector": {"matchLabels": {"app.kubernetes.io/part-of": "heater"}}} in peers
+
+
+@pytest.mark.parametrize("target", TARGETS)
+def test_service_monitor_scrapes_every_service(rendered: dict[str, list[Doc]], target: str) -> None:
+    docs = rendered[target]
+    [monitor] = of(docs, "ServiceMonitor")
+    wanted = monitor["spec"]["selector"]["matchLabels"]
+    port = monitor["spec"]["endpoints"][0]["port"]
+    scraped = {n for n, s in by_name(docs, "Service").items() if wanted.items() <= s["metadata"]["labels"].items()}
+    assert scraped == set(by_name(docs, "Deployment"))
+    assert all(port in [p["name"] for p in by_name(docs, "Service")[n]["spec"]["ports"]] for n in scraped)
+
+
+@pytest.mark.parametrize("target", TARGETS)
+def test_disruption_budgets_cover_every_service(rendered: dict[str, list[Doc]], target: str) -> None:
+    budgets = by_name(rendered[target], "PodDisruptionBudget")
+    for name, d in by_name(rendered[target], "Deployment").items():
+        selector = budgets[name]["spec"]["selector"]["matchLabels"]
+        assert selector.items() <= d["spec"]["template"]["metadata"]["labels"].items()
+
+
+@pytest.mark.parametrize("target", TARGETS)
+def test_scheduled_heating_is_the_controllers_job(rendered: dict[str, list[Doc]], target: str) -> None:
+    docs = rendered[target]
+    [cron] = of(docs, "CronJob")
+    image = by_name(docs, "Deployment")["config"]["spec"]["template"]["spec"]["containers"][0]["image"]
+    expected = heating.scheduled_job_spec()
+    expected["template"]["spec"]["containers"][0]["image"] = image  # the overlay's image, as for every worker
+    assert cron["spec"]["jobTemplate"]["spec"] == expected
+    assert cron["spec"]["concurrencyPolicy"] == "Forbid" and cron["spec"]["suspend"] is True
+    assert "--job-id" not in expected["template"]["spec"]["containers"][0]["args"]
+    template = JobTemplate(image=image)
+    assert set(template.env_config_maps) <= set(by_name(docs, "ConfigMap"))
+    assert template.service_account in by_name(docs, "ServiceAccount")
+    assert {d["metadata"]["namespace"] for d in docs if d["kind"] != "ClusterRoleBinding" and d["kind"] != "Namespace"} == {template.namespace}
+
+
+def test_settings_name_only_variables_the_code_reads() -> None:
+    settings_source = (ROOT / "streams" / "settings.py").read_text() + (ROOT / "homekit" / "config.py").read_text()
+    data = yaml.safe_load(render()["base/generated/settings.yaml"].split("\n", 1)[1])["data"]
+    env = {e["name"] for f, text in render().items() if "/service-" in f
+           for d in yaml.safe_load_all(text) if d and d["kind"] == "Deployment"
+           for e in d["spec"]["template"]["spec"]["containers"][0]["env"]}
+    for name in set(data) | env:
+        if name.startswith("HEATER_"):
+            assert f'"{name}"' in settings_source, f"{name} is read nowhere"
+
+
+def test_dockerfile_builds_the_worker_on_python_311_slim() -> None:
+    text = (DEPLOY / "Dockerfile").read_text()
+    assert re.search(r"^FROM python:3\.11-slim", text, re.M)
+    assert "USER 10001" in text

@@ -52,6 +52,8 @@ def build_parser() -> argparse.ArgumentParser:
     pace.add_argument("--speed", type=float, default=1.0, help="the original gaps between records divided by N (default 1)")
     pace.add_argument("--as-fast-as-possible", action="store_true", help="no gaps between records")
     play.add_argument("--filter", action="append", metavar="KEY", help="play only records with this key (repeatable)")
+    play.add_argument("--skip-bad-lines", action="store_true",
+                      help="leave out malformed record lines, reporting each line number (default: refuse the file)")
     play.add_argument("--bootstrap", default=None, help="broker host:port (default: from $HEATER_BROKER_URL)")
 
     runtime = sub.add_parser("runtime", help="run the embedded broker, Vault or simulator (used by `heater up`)")
@@ -98,7 +100,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.replay_command == "record":
             return replay.record_main(args.topic, args.start, args.stop, args.out, bootstrap=args.bootstrap)
         speed = None if args.as_fast_as_possible else args.speed
-        return replay.play_main(args.file, args.topic, speed=speed, keys=args.filter, bootstrap=args.bootstrap)
+        return replay.play_main(args.file, args.topic, speed=speed, keys=args.filter, bootstrap=args.bootstrap,
+                                skip_bad_lines=args.skip_bad_lines)
     if args.command == "worker":
         return run_worker(args.name)
     if args.command == "runtime":

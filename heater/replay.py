@@ -41,7 +41,9 @@ so a recording always ends.
 
 Playing keeps per-partition order; across partitions records go out in timestamp order,
 so ``--speed N`` reproduces the gaps between records divided by N. The file is read twice:
-once to check every line (nothing is produced from a file with a bad line), once to play.
+once to check every line, once to play. A bad record line refuses the whole file (nothing is
+produced), or, with ``--skip-bad-lines``, is left out and reported with its line number; a bad
+header always refuses the file.
 
 Exit codes: see the ``*_EXIT`` constants below.
 """
@@ -549,6 +551,8 @@ class Recording:
     lines: int = 0
     timestamps: dict[int, array] = field(default_factory=dict)
     positions: dict[int, array] = field(default_factory=dict)
+    #: Record lines left out (``--skip-bad-lines``): each as ``FILE:LINE: what is wrong``.
+    skipped: list[str] = field(default_factory=list)
 
     @property
     def selected(self) -> int:
@@ -563,11 +567,13 @@ class Recording:
         return heapq.merge(*(zip(ts, [p] * len(ts), self.positions[p]) for p, ts in self.timestamps.items()))
 
 
-def index_recording(path: Path, keys: Iterable[bytes] | None = None) -> Recording:
+def index_recording(path: Path, keys: Iterable[bytes] | None = None, *, skip_bad: bool = False) -> Recording:
     """Check every line of a recording and note where the records to play are.
 
     Only records whose key is in ``keys`` are noted when ``keys`` is given. Offsets must grow
-    within each partition: a shuffled file would replay out of order.
+    within each partition: a shuffled file would replay out of order. A bad record line raises
+    :class:`MalformedLine` naming ``FILE:LINE``, or with ``skip_bad`` is noted in
+    ``Recording.skipped`` and left out, so an incident file with one torn line still plays.
     """
     wanted = set(keys) if keys is not None else None
     try:
@@ -595,10 +601,12 @@ def index_recording(path: Path, keys: Iterable[bytes] | None = None) -> Recordin
                 if item.offset <= last_offset.get(item.partition, -1):
                     raise MalformedLine(f"offset {item.offset} after {last_offset[item.partition]} in "
                                         f"partition {item.partition}: the file is out of order")
-            except UnicodeDecodeError:
-                raise MalformedLine(f"{path}:{number}: not UTF-8 text") from None
-            except MalformedLine as exc:
-                raise MalformedLine(f"{path}:{number}: {exc}") from None
+            except (UnicodeDecodeError, MalformedLine) as exc:
+                bad = MalformedLine(f"{path}:{number}: {'not UTF-8 text' if isinstance(exc, UnicodeDecodeError) else exc}")
+                if not (skip_bad and recording is not None):
+                    raise bad from None
+                recording.skipped.append(str(bad))
+                continue
             last_offset[item.partition] = item.offset
             if wanted is None or item.key in wanted:
                 recording.timestamps.setdefault(item.partition, array("q")).append(item.timestamp_ms)
@@ -661,12 +669,15 @@ async def _send_all(producer: Any, recording: Recording, topic: str, speed: floa
 
 
 def play_main(path: Path, topic: str, *, speed: float | None = 1.0, keys: list[str] | None = None,
-              bootstrap: str | None = None) -> int:
-    """``heater replay play``: the exit code, with one line on stderr for any error."""
+              bootstrap: str | None = None, skip_bad_lines: bool = False) -> int:
+    """``heater replay play``: the exit code, with one line on stderr for any error and for each skipped line."""
     try:
         if speed is not None and not (math.isfinite(speed) and speed > 0):
             raise ReplayError(f"--speed {speed}: must be a number > 0", USAGE_EXIT)
-        recording = index_recording(path, [k.encode("utf-8") for k in keys] if keys else None)
+        recording = index_recording(path, [k.encode("utf-8") for k in keys] if keys else None,
+                                    skip_bad=skip_bad_lines)
+        for skipped in recording.skipped:
+            print(f"heater replay play: skipped {skipped}", file=sys.stderr)
         options = broker_options(bootstrap)
         progress = asyncio.run(play(recording, topic, speed, options))
     except ReplayError as exc:
@@ -675,8 +686,9 @@ def play_main(path: Path, topic: str, *, speed: float | None = 1.0, keys: list[s
     except KeyboardInterrupt:
         print("heater replay play: interrupted; the records sent so far stay in the topic", file=sys.stderr)
         return INTERRUPTED_EXIT
-    total = recording.lines - 1
+    total = recording.lines - 1 - len(recording.skipped)
     selected = f"{recording.selected:,} of {total:,}" if keys else f"{total:,}"
-    progress.finish(f"played {selected} records from {path} into {topic} in {progress.elapsed:.1f} s")
+    skipped = f" ({len(recording.skipped):,} bad line(s) skipped)" if recording.skipped else ""
+    progress.finish(f"played {selected} records from {path} into {topic} in {progress.elapsed:.1f} s{skipped}")
     return exitcodes.DONE
 

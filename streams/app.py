@@ -32,6 +32,7 @@ from streams.platform_watch import PlatformWatch
 from streams.records import RECORD_FOR_TOPIC, HeaterRecord
 from streams.settings import DEFAULT_FETCH_WAIT_MS, FAST_FETCH_WAIT_MS, Settings, faust_options
 from streams.transport import register as register_transport
+from streams.web_driver import register as register_web_driver
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +46,7 @@ class HeaterService:
 
     def __init__(self, spec: ServiceSpec) -> None:
         register_transport()
+        register_web_driver()
         self.spec = spec
         self.status = ServiceStatus()
         self._checks: list[StartupCheck] = []

@@ -43,6 +43,8 @@ JOBS_KEPT = 16
 
 ActiveAlarms = Callable[[], Iterable[Any]]
 LatchRow = Callable[[], "PlatformLatch | None"]
+#: Another view of AlarmsServer that follows the live topics through this reader (the status page).
+Observer = Callable[[str, "bytes | None"], None]
 
 
 class FeedState:
@@ -115,11 +117,14 @@ class HomeKitFeed:
         self._seq = 0
         self._tables_seen = ""
         self._tasks: list[asyncio.Task[None]] = []
+        #: Told every live message (topic, value); they may follow :attr:`extra_topics` too.
+        self.observers: list[Observer] = []
+        self.extra_topics: list[str] = []
 
     async def start(self) -> None:
         """Open the reader (live data from the end; the last heating state from the compacted log) and push on change."""
         bootstrap = Settings.from_env().broker_bootstrap
-        live = await open_reader(bootstrap, [topics.SENSOR_DATA.name, topics.RELAY_STATE.name],
+        live = await open_reader(bootstrap, [topics.SENSOR_DATA.name, topics.RELAY_STATE.name, *self.extra_topics],
                                  fetch_wait_ms=DEFAULT_FETCH_WAIT_MS, from_end=True)
         jobs = await open_reader(bootstrap, [topics.HEATING_STATE.name], fetch_wait_ms=DEFAULT_FETCH_WAIT_MS,
                                  from_end=False)
@@ -139,6 +144,8 @@ class HomeKitFeed:
                     continue
                 for tp, messages in batches.items():
                     for message in messages:
+                        for observe in self.observers:
+                            observe(tp.topic, message.value)
                         if self.state.apply(tp.topic, message.value):
                             self._changed.set()
         finally:

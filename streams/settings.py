@@ -125,6 +125,9 @@ def faust_options(settings: Settings, service: str, *, fast_path: bool = False) 
         "store": "rocksdb://",
         "datadir": str(settings.data_dir / service),
         "web_enabled": True,
+        # Faust's table views, extended (streams.table_views) and served by the platform's driver.
+        "web": "heater://",
+        "web_tables_enabled": True,
         "web_bind": settings.web_host,
         "web_host": settings.web_host,
         "web_port": settings.web_port,

@@ -5,14 +5,20 @@ adapter, and the CAN adapter that turns the simulator's frames into ``sensorData
 and each job launched by the controller as a child process. What the burner did is
 read at the "hardware" (the simulator's state), the outcome from the controller and
 the alarms from AlarmsServer. The lock-out raises FATAL, which latches this module's
-platform, so it runs last.
+platform, so it runs after the other heating cases. The diagnostics views run on the same
+platform: every service's tables while all run, and the status page in a real browser
+after the lock-out, when it has a heating curve to plot and a FATAL to show.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import shutil
+import subprocess
 import time
+import urllib.parse
+import urllib.request
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -22,13 +28,15 @@ from heater.platform import Platform
 from heater.probes import http_json
 from heater.rundir import Layout
 from simulator import client as sim
-from streams import exitcodes
+from streams import dashboard, exitcodes
 from streams.codec import decode
 from streams.heating.controller import HeatingController, HeatingRun
 from streams.heating.launch import LocalLauncher
 from streams.platform_watch import PlatformWatch
 from streams.records import HeatingJobState
+from tests import browser
 from tests.platform_view import fresh_tank, relays, running_platform
+from tests.png import read_png
 from tests.support import consume_until, wait_for
 
 log = logging.getLogger(__name__)
@@ -99,6 +107,59 @@ def test_heating_to_target(platform: Platform) -> None:
     assert entry["alarm"]["severity"] == "INFO"
 
 
+#: The Faust services that keep changelog tables (configuration lives on its compacted topic; the
+#: adapters and the HomeKit bridge are no Faust apps).
+STATEFUL_SERVICES = ("registry", "exceptions", "alarms", "bank", "disaster")
+
+
+def get_text(url: str, accept: str) -> tuple[int, str, str]:
+    request = urllib.request.Request(url, headers={"Accept": accept})
+    with urllib.request.urlopen(request, timeout=5) as response:
+        return response.status, response.headers.get("Content-Type", ""), response.read().decode()
+
+
+def test_every_changelog_table_of_every_service_is_inspectable(platform: Platform) -> None:
+    layout = platform.layout
+    seen = 0
+    assert http_json(layout.web_url("config") + "/table/") == (200, [])
+    for name in STATEFUL_SERVICES:
+        base = layout.web_url(name)
+        status, listed = http_json(base + "/table/", timeout=5)
+        assert status == 200 and f"{name}-ledger" in [t["name"] for t in listed], f"{name}: {listed}"
+        for table in listed:
+            status, detail = http_json(base + table["url"] + "?limit=2", timeout=15)  # asks the broker for the end
+            assert status == 200, detail
+            assert detail["changelog_topic"] == f"heater-{name}-{table['name']}-changelog"
+            assert detail["total"] == detail["size"] and len(detail["keys"]) == min(2, detail["size"])
+            for part in detail["changelog"]["partitions"]:
+                end, stored = part["end_offset"], part["stored_offset"]
+                assert isinstance(end, int) and (stored is None or stored < end), (name, table["name"], part)
+            if detail["keys"]:
+                key = detail["keys"][0]
+                status, one = http_json(base + table["url"] + urllib.parse.quote(key, safe="") + "/", timeout=5)
+                assert status == 200 and one["key"] == key and one["value"] is not None, one
+            seen += 1
+    assert seen >= 10
+    status, kind, page = get_text(layout.web_url("alarms") + "/table/alarm-history/", "text/html,*/*;q=0.8")
+    assert status == 200 and kind.startswith("text/html") and "<h1>table alarm-history</h1>" in page
+    assert http_json(layout.web_url("alarms") + "/table/no-such-table/")[0] == 404
+    assert http_json(layout.web_url("alarms") + "/table/alarm-history/?limit=100000")[0] == 400
+
+
+def test_kcat_reads_the_local_broker(platform: Platform) -> None:
+    """Debian's kcat (librdkafka) against the embedded broker, as the README shows it."""
+    kcat = shutil.which("kcat")
+    if kcat is None:
+        pytest.skip("kcat is not installed (Debian package kcat)")
+    listing = subprocess.run([kcat, "-b", platform.layout.broker_bootstrap, "-L", "-m", "5"], capture_output=True,
+                             text=True, timeout=30)
+    assert listing.returncode == 0 and 'topic "sensorData"' in listing.stdout, listing.stderr
+    # -c, not -e: on a topic being written to, the embedded broker's fetches never come back empty (no end seen)
+    tail = subprocess.run([kcat, "-b", platform.layout.broker_bootstrap, "-C", "-t", "sensorData", "-o", "-3", "-c", "3",
+                           "-f", "%k %s\\n"], capture_output=True, text=True, timeout=30)
+    assert tail.returncode == 0 and '"kind":"temperature"' in tail.stdout, tail.stderr
+
+
 def test_stuck_sensor_fails_with_an_alarm_and_the_valve_closed(platform: Platform) -> None:
     layout = platform.layout
     fresh_tank(layout, 20.0)
@@ -137,3 +198,29 @@ def test_ignition_failure_locks_out(platform: Platform) -> None:
     assert wait_for(lambda: platform.supervisor.info("i2c")["statename"] == "EXITED", what="i2c stayed down")
     log.warning("ignition failure: locked out %.1f s after the request", took)
     assert Path(layout.logs).exists()
+
+
+def test_the_status_page_shows_the_fatal_latch_relays_alarms_and_a_plotted_heating_curve(
+        platform: Platform, tmp_path: Path) -> None:
+    """After the lock-out: a real browser renders the page; its pixels show the plot's line and the FATAL banner."""
+    layout = platform.layout
+    url = layout.web_url("alarms") + dashboard.PAGE_PATH
+    wait_for(lambda: "FATAL" in get_text(url, "text/html")[2], what="the page shows the latch")
+    dom = browser.rendered_dom(url)
+    assert "FATAL — latched" in dom and "heating-job/lockout" in dom
+    assert "<td>gas valve</td><td>off</td>" in dom and "<td>power</td><td>off</td>" in dom
+    assert "<td>alarms</td><td>halted</td>" in dom  # a display service stays up, not ready
+    began = time.monotonic()
+    width, height, rows = read_png(browser.screenshot(url, tmp_path / "status.png"))
+    log.warning("status page: screenshot and PNG decode in %.1f s", time.monotonic() - began)
+
+    def near(pixel: tuple[int, int, int], colour: str, within: int = 40) -> bool:
+        want = bytes.fromhex(colour.lstrip("#"))
+        return all(abs(a - b) <= within for a, b in zip(pixel, want))
+
+    line = [(x, y) for y, row in enumerate(rows) for x, p in enumerate(row) if near(p, dashboard.PLOT_COLOUR)]
+    banner = sum(1 for row in rows for p in row if near(p, "#b00020", 10))
+    assert banner > 5000, "the FATAL banner is drawn"
+    # the heating curve of this module's jobs: a line over the minutes it ran (of the hour across), not one dot
+    assert len(line) > 100 and max(x for x, _ in line) - min(x for x, _ in line) > 5, len(line)
+    assert max(y for _, y in line) - min(y for _, y in line) > 20, "the curve rises (20 → 30 °C)"

@@ -183,6 +183,21 @@ def test_a_bad_line_is_reported_with_its_number(tmp_path: Path, lines: list[str]
         replay.index_recording(path)
 
 
+def test_bad_lines_can_be_skipped_each_reported_with_its_number(tmp_path: Path) -> None:
+    path = write_recording(tmp_path / "r.jsonl", line(0, 0, 1), "not json", line(0, 1, 2), b"\xff".decode("latin-1"),
+                           '{"partition": 0}', line(0, 2, 3), line(0, 1, 4))
+    recording = replay.index_recording(path, skip_bad=True)
+    assert recording.selected == 3
+    assert [s.split(": ", 1)[0] for s in recording.skipped] == [f"{path}:{n}" for n in (3, 5, 6, 8)]
+    assert "not JSON" in recording.skipped[0] and "out of order" in recording.skipped[3]
+    with pytest.raises(MalformedLine, match=":3: not JSON"):  # the default: refuse the whole file
+        replay.index_recording(path)
+    header_broken = tmp_path / "h.jsonl"
+    header_broken.write_text("not a header\n" + line(0, 0, 1) + "\n")
+    with pytest.raises(MalformedLine, match=":1:"):  # a file without its header is no recording to skip in
+        replay.index_recording(header_broken, skip_bad=True)
+
+
 def test_a_file_that_is_not_a_recording_is_refused(tmp_path: Path) -> None:
     cases = {
         "empty.jsonl": b"",
@@ -450,3 +465,23 @@ def test_errors_are_clear_and_exit_nonzero(broker: EmbeddedBroker, source: tuple
     capsys.readouterr()
     assert play_into(broker, broken, empty_target) == replay.DATA_EXIT
     assert f"{broken}:5: 'partition' must be an integer" in capsys.readouterr().err
+
+
+def test_play_skips_bad_lines_when_asked_and_names_each(broker: EmbeddedBroker, source: tuple[str, list[Recorded]],
+                                                         tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    topic, records = source
+    good, broken = tmp_path / "good.jsonl", tmp_path / "broken.jsonl"
+    assert record_to(broker, topic, good) == 0
+    lines = good.read_text().splitlines()
+    dropped = [replay.decode_record(lines[i]) for i in (4, 9)]
+    lines[4] = lines[4][: len(lines[4]) // 2]  # a torn line
+    lines[9] = lines[9].replace('"offset"', '"ofset"')
+    broken.write_text("\n".join(lines) + "\n")
+    target = scratch_topic(broker)
+    capsys.readouterr()
+    assert replay.play_main(broken, target, speed=None, bootstrap=broker.bootstrap, skip_bad_lines=True) == 0
+    err = capsys.readouterr().err
+    assert f"skipped {broken}:5: not JSON" in err and f"skipped {broken}:10: 'offset' must be an integer" in err
+    assert f"played {len(records) - 2} records" in err and "(2 bad line(s) skipped)" in err
+    kept = [r for r in records if (r.partition, r.offset) not in {(d.partition, d.offset) for d in dropped}]
+    assert read_back(broker, target, len(kept)) == expected(kept)

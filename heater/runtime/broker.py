@@ -11,6 +11,7 @@ import ctypes
 import json
 import logging
 import signal
+import struct
 import subprocess
 import sys
 import time
@@ -18,6 +19,7 @@ import uuid
 from pathlib import Path
 from typing import Any, Iterable
 
+from heater.runtime.api_versions import is_flexible_api_versions, strip_tagged_fields
 from heater.runtime.processes import ChildProcess, free_port, port_open, wait_until
 from streams.topics import ALL_TOPICS, TopicSpec
 
@@ -207,7 +209,23 @@ async def _pass_through(internal: int, reader: asyncio.StreamReader, writer: asy
     except OSError:
         writer.close()
         return
+    try:
+        first_request = await _frame(reader)
+        upstream_writer.write(first_request)
+        if is_flexible_api_versions(first_request[4:]):  # a librdkafka client: see heater.runtime.api_versions
+            body = strip_tagged_fields((await _frame(upstream_reader))[4:])
+            writer.write(struct.pack(">i", len(body)) + body)
+    except (asyncio.IncompleteReadError, OSError):
+        writer.close()
+        upstream_writer.close()
+        return
     await asyncio.gather(_pump(reader, upstream_writer), _pump(upstream_reader, writer))
+
+
+async def _frame(reader: asyncio.StreamReader) -> bytes:
+    """One Kafka protocol frame, with its length prefix."""
+    prefix = await reader.readexactly(4)
+    return prefix + await reader.readexactly(struct.unpack(">i", prefix)[0])
 
 
 async def _pump(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:

@@ -27,7 +27,7 @@ from typing import Any
 
 import faust
 
-from streams import homekit_feed, topics
+from streams import dashboard, homekit_feed, topics
 from streams.alarm_book import AlarmBook, AlarmEntry, Effect
 from streams.app import HeaterService, ServiceKind, ServiceSpec
 from streams.consistency import Step, tp_key
@@ -215,6 +215,8 @@ def on_relay_state(record: RelayState) -> None:
 
 #: The HomeKit bridge's backend (the seeds' HAP backend): active alarms and latch, with readings and relays.
 feed = homekit_feed.register(service, book.active_entries, lambda: latch.get(tables.LATCH_KEY))
+#: The operator's status page in a browser (platform state, relays, water temperature, alarms, health).
+status_page = dashboard.register(service, feed, book.active_entries, lambda: latch.get(tables.LATCH_KEY))
 
 
 def _entry_view(entry: AlarmEntry) -> dict[str, Any]:

@@ -3,7 +3,9 @@
 Configuration, not code (the seeds' bridge "fetches configuration and accessory schema"):
 a JSON file shipped beside this module, replaced by ``$HEATER_HOMEKIT_SCHEMA``. A file
 that names an unknown kind, or misses what a kind needs, stops the bridge at start with
-a message naming the entry — never a bridge that silently shows less.
+a message naming the entry — never a bridge that silently shows less. One ``services``
+entry (``name_format`` with ``{name}``) is a template, not an accessory: the bridge names
+each registered service's accessory with it.
 """
 
 from __future__ import annotations
@@ -22,7 +24,10 @@ REQUIRED: dict[str, tuple[str, ...]] = {
     "alarm": ("severity",),
     "cutoff": (),
     "latch": (),
+    "exceptions": (),
 }
+#: The kind of the template entry: one accessory per registered service, named by ``name_format``.
+SERVICES_KIND = "services"
 SEVERITIES = ("FATAL", "CRITICAL", "WARNING")
 
 
@@ -40,11 +45,26 @@ class AccessorySpec:
 
 
 @dataclass(frozen=True)
+class ServicesSpec:
+    """The template of the per-service accessories: ``name_format`` with a ``{name}`` field."""
+
+    name_format: str
+
+    def name(self, service: str) -> str:
+        return self.name_format.format(name=service)
+
+    def spec(self, service: str) -> AccessorySpec:
+        return AccessorySpec("service", self.name(service), {"service": service})
+
+
+@dataclass(frozen=True)
 class BridgeSpec:
     name: str
     manufacturer: str
     model: str
     accessories: tuple[AccessorySpec, ...]
+    services: ServicesSpec | None = None
+    """One accessory per registered service, or none when the schema has no ``services`` entry."""
 
 
 def load_schema(path: Path = DEFAULT_SCHEMA) -> BridgeSpec:
@@ -62,13 +82,19 @@ def parse_schema(data: Any, where: str = "schema") -> BridgeSpec:
     bridge = data.get("bridge") or {}
     specs: list[AccessorySpec] = []
     names: set[str] = set()
+    services: ServicesSpec | None = None
     for index, entry in enumerate(data["accessories"]):
         at = f"{where}: accessories[{index}]"
         if not isinstance(entry, dict):
             raise SchemaInvalid(f"{at}: expected an object")
         kind, name = entry.get("kind"), entry.get("name")
+        if kind == SERVICES_KIND:
+            if services is not None:
+                raise SchemaInvalid(f"{at}: a second 'services' entry (one template names every service)")
+            services = parse_services(entry, at)
+            continue
         if kind not in REQUIRED:
-            raise SchemaInvalid(f"{at}: unknown kind {kind!r}; known: {', '.join(REQUIRED)}")
+            raise SchemaInvalid(f"{at}: unknown kind {kind!r}; known: {', '.join([*REQUIRED, SERVICES_KIND])}")
         if not isinstance(name, str) or not name.strip():
             raise SchemaInvalid(f"{at}: a non-empty 'name' is required")
         if name in names:
@@ -87,4 +113,17 @@ def parse_schema(data: Any, where: str = "schema") -> BridgeSpec:
         manufacturer=str(bridge.get("manufacturer", "heater")),
         model=str(bridge.get("model", "HomeKit bridge")),
         accessories=tuple(specs),
+        services=services,
     )
+
+
+def parse_services(entry: dict[str, Any], at: str) -> ServicesSpec:
+    """The ``services`` template; its format must name the service (``{name}``) and nothing else."""
+    fmt = entry.get("name_format")
+    if not isinstance(fmt, str) or "{name}" not in fmt:
+        raise SchemaInvalid(f"{at}: kind 'services' needs a 'name_format' with a {{name}} field, e.g. \"Service {{name}}\"")
+    try:
+        fmt.format(name="x")
+    except (KeyError, IndexError, ValueError) as exc:
+        raise SchemaInvalid(f"{at}: name_format {fmt!r} names more than {{name}}: {exc!r}") from None
+    return ServicesSpec(fmt)

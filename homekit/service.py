@@ -20,6 +20,7 @@ from aiokafka.errors import KafkaError
 from pyhap.accessory_driver import AccessoryDriver
 
 from homekit import metrics
+from homekit.aids import AidStore
 from homekit.bridge import HeaterBridge
 from homekit.commands import HeatingCommands
 from homekit.config import BridgeSettings
@@ -79,6 +80,8 @@ class BridgeService:
             "mdns": self.config.mdns,
             "feed_url": self.config.feed_url,
             "feed_connected": bool(self.feed and self.feed.connected),
+            "config_version": driver.state.config_version if driver else None,
+            "services": sorted(self.bridge.service_accessories) if getattr(self, "bridge", None) else [],
         }
 
     async def homekit_view(self, request: web.Request) -> web.Response:
@@ -121,7 +124,7 @@ class BridgeService:
             pincode=self.code.pincode.encode(), async_zeroconf_instance=advertiser(self.config.mdns),
         )
         self.driver.state.setup_id = self.code.setup_id
-        self.bridge = HeaterBridge(self.driver, schema, self.commands)
+        self.bridge = HeaterBridge(self.driver, schema, self.commands, AidStore(self.config.state_dir))
         self.driver.add_accessory(self.bridge)
         await self.driver.async_start()
         write_bridge_info(self.config.state_dir, self.info())

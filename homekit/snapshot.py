@@ -75,3 +75,21 @@ class Snapshot:
     def burner_on(self) -> bool:
         """A running job that has lit the burner (the gas valve open)."""
         return self.job_running and (self.job or {}).get("state") in ("igniting", "heating") and self.valve_open
+
+    @property
+    def services(self) -> dict[str, dict[str, Any]] | None:
+        """The services StateRegistry watches, by name, as it last recorded them; None while the feed does not know.
+
+        A service the operator stopped watching (the registry's ``/registry/watch``) is left out:
+        it is no longer part of the platform the phone shows.
+        """
+        rows = self.data.get("services")
+        if rows is None:
+            return None
+        return {name: row for name, row in rows.items() if row.get("watched", True)}
+
+    @property
+    def exceptions_total(self) -> int | None:
+        """Unhandled exceptions ExceptionsServer has counted, from every sender; None while unknown."""
+        counts = self.data.get("exceptions")
+        return None if counts is None else int(counts.get("total", 0))

@@ -7,6 +7,11 @@ state (``heatingJobState``) — read by a group-less reader, so the feed never t
 from AlarmsServer's own agents. ``GET /homekit/feed`` upgrades to a WebSocket; every
 message is the whole state (small: a few sensors and the active alarms), so a client that
 connects or reconnects needs no history and a lost message is repaired by the next one.
+Two parts of the state are other services' decisions, shown as they made them rather
+than judged again here: every service as StateRegistry last recorded it (running, halted,
+missing, watched) and ExceptionsServer's counts. Both come from those services' own table
+changelogs (:mod:`streams.table_mirror`): one source of truth each, pushed as it changes,
+still shown while the owner restarts; ``null`` until the changelog is read to its end.
 A state is pushed when something changed, at most every :data:`MIN_PUSH_GAP_S`.
 The feed only shows: it accepts nothing from its clients.
 """
@@ -22,11 +27,13 @@ from typing import Any, Callable, Iterable
 from aiohttp import WSMsgType, web
 from aiokafka import AIOKafkaConsumer
 
-from streams import topics
+from streams import topics, topology
 from streams.codec import DecodeError, decode
 from streams.readers import open_reader
 from streams.records import HeatingJobState, PlatformLatch, RelayState, SensorReading
 from streams.settings import DEFAULT_FETCH_WAIT_MS, Settings
+from streams.table_mirror import TableMirror, follow
+from streams.tables.exceptions import SenderStats, totals
 
 log = logging.getLogger(__name__)
 
@@ -105,6 +112,13 @@ def latch_row(record: PlatformLatch | None) -> dict[str, Any]:
             "trip_count": record.trip_count, "changed_at": record.changed_at}
 
 
+def exception_counts(rows: dict[str, Any] | None) -> dict[str, Any] | None:
+    """ExceptionsServer's totals from its ``exceptions-senders`` rows (None while unknown)."""
+    if rows is None:
+        return None
+    return totals(SenderStats.from_row(row) for row in rows.values())
+
+
 class HomeKitFeed:
     """Follows the topics, watches the tables, and pushes the whole state to every connected client."""
 
@@ -117,6 +131,8 @@ class HomeKitFeed:
         self._seq = 0
         self._tables_seen = ""
         self._tasks: list[asyncio.Task[None]] = []
+        self.registry = TableMirror(topology.REGISTRY_SERVICES)
+        self.exceptions = TableMirror(topology.EXCEPTION_COUNTS)
         #: Told every live message (topic, value); they may follow :attr:`extra_topics` too.
         self.observers: list[Observer] = []
         self.extra_topics: list[str] = []
@@ -129,7 +145,9 @@ class HomeKitFeed:
         jobs = await open_reader(bootstrap, [topics.HEATING_STATE.name], fetch_wait_ms=DEFAULT_FETCH_WAIT_MS,
                                  from_end=False)
         self._tasks = [asyncio.ensure_future(self._follow(live)), asyncio.ensure_future(self._follow(jobs)),
-                       asyncio.ensure_future(self._watch_tables()), asyncio.ensure_future(self._push())]
+                       asyncio.ensure_future(self._watch_tables()), asyncio.ensure_future(self._push()),
+                       follow(self.registry, bootstrap, self._changed.set),
+                       follow(self.exceptions, bootstrap, self._changed.set)]
 
     async def _follow(self, reader: AIOKafkaConsumer) -> None:
         try:
@@ -165,6 +183,7 @@ class HomeKitFeed:
             "type": "state", "version": FEED_VERSION, "seq": self._seq, "at": time.time(),
             "sensors": self.state.sensors, "relays": self.state.relays, "heating": self.state.heating,
             "alarms": alarm_rows(self._active_alarms()), "latch": latch_row(self._latch()),
+            "services": self.registry.rows, "exceptions": exception_counts(self.exceptions.rows),
         }
 
     async def _push(self) -> None:

@@ -31,6 +31,11 @@ def changelog_topic(service: str, table: str) -> str:
     return f"{app_id(service)}-{table}-changelog"
 
 
+#: StateRegistry's verdict on every service, and ExceptionsServer's counts: the HomeKit feed shows both.
+REGISTRY_SERVICES = changelog_topic("registry", "registry-services")
+EXCEPTION_COUNTS = changelog_topic("exceptions", "exceptions-senders")
+
+
 @dataclass(frozen=True)
 class ServiceTopics:
     """One service's own topics; the shared plumbing (watch, reports, dead letters) is added by the properties."""
@@ -39,7 +44,9 @@ class ServiceTopics:
     produces: tuple[str, ...] = ()
     consumes: tuple[str, ...] = ()
     tables: tuple[str, ...] = ()
-    """Faust table names; each has a changelog that only this service reads and writes."""
+    """Faust table names; each has a changelog that only this service writes."""
+    follows: tuple[str, ...] = ()
+    """Other services' changelogs it reads (never writes) to show their state: :mod:`streams.table_mirror`."""
     faust: bool = False
     """A Faust app: it commits offsets in the consumer group :func:`app_id` and dead-letters bad input."""
 
@@ -59,7 +66,7 @@ class ServiceTopics:
 
     @property
     def reads(self) -> frozenset[str]:
-        return frozenset((*self.consumes, *WATCHED, *self.changelogs))
+        return frozenset((*self.consumes, *WATCHED, *self.changelogs, *self.follows))
 
 
 SERVICES: tuple[ServiceTopics, ...] = (
@@ -84,6 +91,7 @@ SERVICES: tuple[ServiceTopics, ...] = (
         consumes=(t.CREATE_ALARM.name, t.DELETE_ALARM.name, t.OPERATOR_RESET.name, t.RELAY_STATE.name,
                   t.SENSOR_DATA.name, t.HEATING_STATE.name),
         tables=("alarms-ledger", "alarm-history", "alarm-active", "alarm-timelines", "platform-latch", "reset-nonces"),
+        follows=(REGISTRY_SERVICES, EXCEPTION_COUNTS),
         faust=True,
     ),
     ServiceTopics("can", produces=(t.SENSOR_DATA.name,)),

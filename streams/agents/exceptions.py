@@ -15,7 +15,8 @@ at run time it refreshes the list and keeps the last good one while Vault is awa
 a ``vault-unavailable`` alarm, cleared when Vault answers again).
 
 Views: ``GET /exceptions`` (counts per sender and recent reports, paged) and
-``GET /exceptions/count`` (the total, for the HomeKit bridge).
+``GET /exceptions/count`` (the totals; the HomeKit feed carries the same, read from this
+service's ``exceptions-senders`` changelog).
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ from streams.allowlist import is_allowed, load_allowlist
 from streams.app import HeaterService, ServiceKind, ServiceSpec
 from streams.consistency import Step
 from streams.records import ExceptionReport, Severity
-from streams.tables.exceptions import ExceptionTables, SenderStats
+from streams.tables.exceptions import ExceptionTables, SenderStats, totals
 from streams.vault import VaultUnavailable
 
 log = logging.getLogger(__name__)
@@ -179,10 +180,5 @@ async def exceptions_view(web: Any, request: Any) -> Any:
 
 @app.page("/exceptions/count")
 async def count_view(web: Any, request: Any) -> Any:
-    """The total, for the HomeKit bridge; and how many came from unknown senders."""
-    everyone = tables.all_stats()
-    return web.json({
-        "total": sum(s.count for s in everyone),
-        "unknown_senders": sum(s.count for s in everyone if not s.sender_known),
-        "services": {s.service if s.sender_known else f"?{s.service}": s.count for s in everyone},
-    })
+    """The total, how many came from unknown senders, and the count per sender."""
+    return web.json(totals(tables.all_stats()))

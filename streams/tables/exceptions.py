@@ -14,7 +14,7 @@ impostor never adds to a real service's counts. Writes happen inside a ledger st
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
-from typing import Any, Iterator
+from typing import Any, Iterable, Iterator
 
 import faust
 
@@ -54,6 +54,16 @@ class SenderStats:
     def from_row(cls, row: dict[str, Any]) -> "SenderStats":
         return cls(row["service"], bool(row["sender_known"]), int(row["count"]), dict(row["by_type"]),
                    float(row.get("last_at", 0.0)))
+
+
+def totals(stats: Iterable[SenderStats]) -> dict[str, Any]:
+    """The counts ExceptionsServer shows (``/exceptions/count``) and the HomeKit feed carries."""
+    everyone = list(stats)
+    return {
+        "total": sum(s.count for s in everyone),
+        "unknown_senders": sum(s.count for s in everyone if not s.sender_known),
+        "services": {sender_key(s.service, s.sender_known): s.count for s in everyone},
+    }
 
 
 class ExceptionTables:

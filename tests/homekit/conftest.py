@@ -11,10 +11,12 @@ from typing import Iterator
 
 import pytest
 
-from heater.runtime.broker import EmbeddedBroker
+from heater.runtime.broker import EmbeddedBroker, create_topics
 from heater.runtime.processes import free_port
 from heater.runtime.vault import EmbeddedVault
 from streams.homekit_feed import FEED_PATH
+from streams.topics import TopicSpec
+from streams.topology import BY_NAME
 from tests.support import ServiceProcess, vault_env
 
 
@@ -31,6 +33,9 @@ def hk_broker(hk_dir: Path) -> Iterator[EmbeddedBroker]:
 
 @pytest.fixture(scope="module")
 def alarms(hk_broker: EmbeddedBroker, vault: EmbeddedVault, hk_dir: Path) -> Iterator[ServiceProcess]:
+    # The tests play StateRegistry and ExceptionsServer at what the feed reads of them, their
+    # changelogs; those exist before AlarmsServer starts, as on a running platform.
+    create_topics(hk_broker.bootstrap, [TopicSpec(name, compacted=True) for name in BY_NAME["alarms"].follows])
     service = ServiceProcess("alarms", hk_broker.url, hk_dir / "alarms", vault_env(vault)).start()
     service.wait_ready(60)
     yield service

@@ -33,6 +33,8 @@ CHARS: dict[str, str] = {
     CharacteristicsTypes.CURRENT_HEATER_COOLER_STATE: "CurrentHeaterCoolerState",
     CharacteristicsTypes.TARGET_HEATER_COOLER_STATE: "TargetHeaterCoolerState",
     CharacteristicsTypes.TEMPERATURE_HEATING_THRESHOLD: "HeatingThresholdTemperature",
+    CharacteristicsTypes.STATUS_ACTIVE: "StatusActive",
+    CharacteristicsTypes.LIGHT_LEVEL_CURRENT: "CurrentAmbientLightLevel",
 }
 
 
@@ -53,6 +55,7 @@ class HomeApp:
     controller: IpController | None = None
     pairing: IpPairing | None = None
     ids: dict[tuple[int, int], tuple[str, str]] = field(default_factory=dict)  # (aid, iid) → (accessory, char)
+    aids: dict[str, int] = field(default_factory=dict)  # accessory name → aid, as last read
     events: list[Event] = field(default_factory=list)
     pair_attempts: int = 0
 
@@ -96,6 +99,7 @@ class HomeApp:
         assert self.pairing is not None
         accessories = await self.pairing.list_accessories_and_characteristics()
         seen: dict[str, dict[str, Any]] = {}
+        self.aids = {}
         for accessory in accessories:
             chars = [c for s in accessory["services"] for c in s["characteristics"]]
             name = next(c["value"] for c in chars if c["type"] == NAME or c["type"] == "23")
@@ -106,6 +110,7 @@ class HomeApp:
                     values[short] = char.get("value")
                     self.ids[(accessory["aid"], char["iid"])] = (name, short)
             seen[name] = values
+            self.aids[name] = accessory["aid"]
         return seen
 
     def iid(self, accessory: str, char: str) -> tuple[int, int]:
@@ -117,7 +122,7 @@ class HomeApp:
 
     async def read(self, accessory: str, char: str) -> Any:
         assert self.pairing is not None
-        key = self.iid(accessory, char)
+        key = (self.aids[accessory], self.iid(accessory, char)[1])
         return (await self.pairing.get_characteristics([key]))[key]["value"]
 
     async def write(self, accessory: str, values: dict[str, Any]) -> dict[Any, Any]:

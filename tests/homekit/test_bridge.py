@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import json
 import statistics
 import time
-from typing import AsyncIterator
+from dataclasses import asdict
+from typing import Any, AsyncIterator
 
 import pytest
 from aiokafka import AIOKafkaProducer
@@ -19,7 +21,10 @@ from aiokafka import AIOKafkaProducer
 from heater.runtime.broker import EmbeddedBroker
 from homekit.pairing import read_bridge_info
 from streams.codec import decode
+from streams import topology
 from streams.records import Alarm, HeatingJobState, RelayState, SensorReading
+from streams.registry_rules import ServiceEntry
+from streams.tables.exceptions import SenderStats
 from tests.homekit.conftest import BridgeProcess
 from tests.homekit.home_app import HomeApp
 from tests.support import ServiceProcess, consume_until, post_json, wait_for
@@ -36,7 +41,14 @@ def fresh(base: float) -> float:
     return round(base + next(_values) % 50 * 0.1, 1)
 
 
-EVERY_ACCESSORY = {HEATER, *SENSORS.values(), "FATAL Alarm", "Critical Alarm", "Warning", "Power Cut-off", "FATAL Latch"}
+EVERY_ACCESSORY = {HEATER, *SENSORS.values(), "FATAL Alarm", "Critical Alarm", "Warning", "Power Cut-off", "FATAL Latch",
+                   "Exceptions"}
+#: The services the tests register (as StateRegistry records them), and their accessories' names (the schema's format).
+REGISTERED = ("alarms", "bank", "homekit")
+
+
+def service_accessory(name: str) -> str:
+    return f"Service {name}"
 
 
 @pytest.fixture(scope="module")
@@ -109,6 +121,86 @@ async def test_temperature_events_and_their_latency(home: HomeApp, producer: AIO
     ms = sorted(round(x * 1000) for x in latencies)
     print(f"\nsensorData reading → controller event: min {ms[0]} ms, median {statistics.median(ms):.0f} ms, max {ms[-1]} ms ({ms})")
     assert ms[-1] < 3000
+
+
+async def registry_row(producer: AIOKafkaProducer, name: str, **fields: Any) -> None:
+    """A row of StateRegistry's services table, as the registry writes it to its changelog."""
+    row = ServiceEntry(name, seen_at=time.time(), **fields).to_row()
+    await producer.send_and_wait(topology.REGISTRY_SERVICES, json.dumps(row).encode(), key=json.dumps(name).encode())
+
+
+async def exceptions_row(producer: AIOKafkaProducer, service: str, count: int) -> None:
+    """A row of ExceptionsServer's per-sender counts, as it writes it to its changelog."""
+    row = asdict(SenderStats(service, True, count, {"RuntimeError": count}, time.time()))
+    await producer.send_and_wait(topology.EXCEPTION_COUNTS, json.dumps(row).encode(), key=json.dumps(service).encode())
+
+
+def bridge_shows(bridge: BridgeProcess, services: set[str], after_version: int) -> int:
+    """Wait until the bridge shows exactly ``services`` under a configuration number above ``after_version``."""
+    def shown() -> int | None:
+        info = bridge.get("/homekit")[1]
+        return info["config_version"] if set(info["services"]) == services and info["config_version"] > after_version else None
+
+    return wait_for(shown, 15, 0.05, what=f"the bridge showing {sorted(services)} under a new configuration number")
+
+
+async def test_every_registered_service_has_an_accessory(home: HomeApp, bridge: BridgeProcess,
+                                                         producer: AIOKafkaProducer) -> None:
+    before = bridge.get("/homekit")[1]["config_version"]
+    for name in REGISTERED:
+        await registry_row(producer, name, phase="ready")
+    await asyncio.to_thread(bridge_shows, bridge, set(REGISTERED), before)
+    seen = await home.read_all()  # the phone reads /accessories again after the configuration number changed
+    for name in REGISTERED:
+        shown = seen[service_accessory(name)]
+        assert shown == {"ContactSensorState": 0, "StatusActive": True, "StatusFault": 0}, (name, shown)
+    assert set(seen) >= EVERY_ACCESSORY  # the schema's accessories stay, with their AIDs
+    await home.subscribe_all()
+
+
+async def test_a_new_service_adds_an_accessory_and_removing_it_takes_it_away(
+    home: HomeApp, bridge: BridgeProcess, producer: AIOKafkaProducer
+) -> None:
+    version = bridge.get("/homekit")[1]["config_version"]
+    await registry_row(producer, "disaster", phase="starting")
+    version = await asyncio.to_thread(bridge_shows, bridge, {*REGISTERED, "disaster"}, version)
+    seen = await home.read_all()
+    assert seen[service_accessory("disaster")]["StatusActive"] is False  # starting: there, not acting yet
+    aid = home.aids[service_accessory("disaster")]
+
+    await registry_row(producer, "disaster", phase="ready", watched=False)  # the registry's "stop watching"
+    version = await asyncio.to_thread(bridge_shows, bridge, set(REGISTERED), version)
+    seen = await home.read_all()
+    assert service_accessory("disaster") not in seen and set(seen) >= EVERY_ACCESSORY
+
+    await registry_row(producer, "disaster", phase="ready")  # watched again: the same accessory, the same AID
+    await asyncio.to_thread(bridge_shows, bridge, {*REGISTERED, "disaster"}, version)
+    await home.read_all()
+    assert home.aids[service_accessory("disaster")] == aid
+    await home.subscribe_all()
+
+
+async def test_a_missing_service_shows_a_fault_until_it_is_back(home: HomeApp, producer: AIOKafkaProducer) -> None:
+    since = time.monotonic()
+    await registry_row(producer, "bank", phase="ready", missing=True)
+    await home.wait_event(service_accessory("bank"), "StatusFault", lambda v: v == 1, since)
+    await home.wait_event(service_accessory("bank"), "ContactSensorState", lambda v: v == 1, since)
+    assert await home.read(service_accessory("alarms"), "StatusFault") == 0  # the others stay healthy
+
+    since = time.monotonic()
+    await registry_row(producer, "bank", phase="ready")
+    await home.wait_event(service_accessory("bank"), "StatusFault", lambda v: v == 0, since)
+    await home.wait_event(service_accessory("bank"), "ContactSensorState", lambda v: v == 0, since)
+
+
+async def test_an_exception_report_raises_the_count(home: HomeApp, producer: AIOKafkaProducer) -> None:
+    assert await home.read("Exceptions", "CurrentAmbientLightLevel") < 1  # none counted yet (HAP's minimum, 0 lux)
+    assert await home.read("Exceptions", "StatusFault") == 0
+    since = time.monotonic()
+    await exceptions_row(producer, "bank", 1)
+    await home.wait_event("Exceptions", "CurrentAmbientLightLevel", lambda v: v == 1, since)
+    await exceptions_row(producer, "disaster", 2)  # every sender counts
+    await home.wait_event("Exceptions", "CurrentAmbientLightLevel", lambda v: v == 3, since)
 
 
 async def relay_state(producer: AIOKafkaProducer, power_on: bool, tripped: bool = False) -> None:
@@ -192,9 +284,11 @@ async def test_pairing_survives_a_bridge_restart(home: HomeApp, bridge: BridgePr
     await asyncio.to_thread(bridge.wait_ready, 60)
     assert read_bridge_info(bridge.state_dir)["setup_code"] == code_before  # type: ignore[index]
     assert bridge.get("/homekit")[1]["paired"] is True
+    aids_before = dict(home.aids)
     await home.reconnect(pairing_data)
     seen = await home.read_all()
-    assert set(seen) >= EVERY_ACCESSORY
+    assert set(seen) >= EVERY_ACCESSORY | {service_accessory(name) for name in REGISTERED}
+    assert {name: home.aids[name] for name in aids_before} == aids_before  # automations keep pointing at the same ones
     await home.subscribe_all()
     since = time.monotonic()
     value = fresh(30.0)

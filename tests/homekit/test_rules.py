@@ -1,4 +1,5 @@
-"""The bridge without a process: the accessory schema, the snapshot rules, and what the bridge may import."""
+"""The bridge without a process: the accessory schema, the snapshot rules, service accessories and their AIDs,
+the feed's table mirror, and what the bridge may import."""
 
 from __future__ import annotations
 
@@ -15,7 +16,8 @@ from homekit.snapshot import Snapshot
 
 def test_the_shipped_schema_names_every_family() -> None:
     spec = load_schema(DEFAULT_SCHEMA)
-    assert {a.kind for a in spec.accessories} == {"heater", "temperature", "alarm", "cutoff", "latch"}
+    assert {a.kind for a in spec.accessories} == {"heater", "temperature", "alarm", "cutoff", "latch", "exceptions"}
+    assert spec.services is not None and spec.services.name("bank") == "Service bank"
     assert sorted(a.options["severity"] for a in spec.accessories if a.kind == "alarm") == ["CRITICAL", "FATAL", "WARNING"]
 
 
@@ -61,3 +63,99 @@ def test_the_bridge_imports_no_adapter_no_simulator_no_runtime() -> None:
             "print(sorted(m for m in sys.modules if m.split('.')[0] in ('adapters', 'simulator', 'heater', 'tests', 'bench')))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
     assert out == "[]", out
+
+
+# -- services and the exceptions count ---------------------------------------------------
+
+from homekit.accessories.base import CONTACT_DETECTED, CONTACT_NOT_DETECTED  # noqa: E402
+from homekit.accessories.exceptions import MIN_LEVEL, level  # noqa: E402
+from homekit.accessories.services import ServiceLook, changes, look  # noqa: E402
+from homekit.aids import RESERVED, AidStore, choose_aid, fnv1a_32  # noqa: E402
+from streams.homekit_feed import exception_counts  # noqa: E402
+from streams.registry_rules import ServiceEntry  # noqa: E402
+from streams.table_mirror import TableMirror  # noqa: E402
+from streams.tables.exceptions import SenderStats  # noqa: E402
+
+
+@pytest.mark.parametrize("entry, shown", [
+    ({"kind": "services"}, "name_format"),
+    ({"kind": "services", "name_format": "Service"}, "name_format"),
+    ({"kind": "services", "name_format": "{name} {other}"}, "names more than"),
+])
+def test_a_bad_services_template_is_refused(entry: dict, shown: str) -> None:
+    with pytest.raises(SchemaInvalid, match=shown):
+        parse_schema({"accessories": [{"kind": "latch", "name": "Latch"}, entry]})
+
+
+def test_one_services_template_at_most() -> None:
+    entry = {"kind": "services", "name_format": "S {name}"}
+    with pytest.raises(SchemaInvalid, match="second 'services'"):
+        parse_schema({"accessories": [{"kind": "latch", "name": "Latch"}, entry, entry]})
+    assert parse_schema({"accessories": [{"kind": "latch", "name": "Latch"}]}).services is None
+
+
+def row(name: str, **fields: object) -> dict:
+    return ServiceEntry(name, **fields).to_row()  # type: ignore[arg-type]
+
+
+def test_snapshot_shows_watched_services_and_the_exception_total() -> None:
+    snap = Snapshot({"services": {"bank": row("bank", phase="ready"), "can": row("can", watched=False)},
+                     "exceptions": {"total": 3}})
+    assert list(snap.services or {}) == ["bank"]  # one the operator stopped watching is not shown
+    assert snap.exceptions_total == 3
+    assert Snapshot({}).services is None and Snapshot({}).exceptions_total is None  # not known yet
+
+
+@pytest.mark.parametrize("fields, expected", [
+    ({"phase": "ready"}, ServiceLook(CONTACT_DETECTED, True, False)),
+    ({"phase": "halted"}, ServiceLook(CONTACT_DETECTED, False, False)),  # up on purpose after a FATAL, not acting
+    ({"phase": "starting"}, ServiceLook(CONTACT_DETECTED, False, False)),
+    ({"phase": "ready", "missing": True}, ServiceLook(CONTACT_NOT_DETECTED, False, True)),
+])
+def test_a_services_look_is_the_registrys_verdict(fields: dict, expected: ServiceLook) -> None:
+    assert look(row("bank", **fields)) == expected
+
+
+def test_an_unknown_service_is_a_fault() -> None:
+    assert look(None).fault
+
+
+def test_accessories_to_add_and_remove() -> None:
+    assert changes({"a", "b"}, {"b", "c", "d"}) == (["c", "d"], ["a"])
+    assert changes({"a"}, {"a"}) == ([], [])
+
+
+def test_a_count_as_a_light_level() -> None:
+    assert level(0) == MIN_LEVEL and level(12) == 12.0 and level(10**9) == 100000.0
+
+
+def test_aids_are_derived_from_the_name_kept_and_probed_past_collisions(tmp_path: Path) -> None:
+    assert fnv1a_32(b"") == 0x811C9DC5 and fnv1a_32(b"a") == 0xE40C292C  # the published test vectors
+    first = choose_aid("service:bank", set())
+    assert choose_aid("service:bank", {first}) != first and first not in RESERVED
+    store = AidStore(tmp_path)
+    bank = store.aid_for("service:bank", {1, 2, 3})
+    can = store.aid_for("service:can", {1, 2, 3, bank})
+    store.set_shown(["service:can"])
+    again = AidStore(tmp_path)  # a restarted bridge
+    assert again.aid_for("service:bank", {1, 2, 3}) == bank and again.aid_for("service:can", {1, 2, 3}) == can
+    assert again.shown == ["service:can"]
+    assert (tmp_path / "aids.json").stat().st_mode & 0o077 == 0
+
+
+def test_a_table_mirror_keeps_each_keys_latest_row_and_forgets_deleted_ones() -> None:
+    mirror = TableMirror("t")
+    assert mirror.apply(b'"bank"', json.dumps(row("bank")).encode())
+    assert not mirror.apply(b'"bank"', json.dumps(row("bank")).encode())  # the same row: no change
+    assert mirror.apply(b'"can"', json.dumps(row("can")).encode())
+    assert mirror.apply(b'"can"', None)  # a tombstone
+    assert not mirror.apply(b"not json", b"{}") and not mirror.apply(b"1", b"{}")
+    assert mirror.rows is None  # not read to the end yet
+    mirror.caught_up = True
+    assert list(mirror.rows or {}) == ["bank"]
+
+
+def test_exception_counts_are_exceptionservers_totals() -> None:
+    rows = {"bank": SenderStats("bank", True, 2).__dict__, "?x": SenderStats("x", False, 1).__dict__}
+    assert exception_counts(rows) == {"total": 3, "unknown_senders": 1, "services": {"bank": 2, "?x": 1}}
+    assert exception_counts(None) is None

@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 from types import FrameType
 
+from heater import prometheus
 from heater.catalogue import COMPONENTS, Component, stages
 from heater.probes import HALTED, READY, probe
 from heater.rundir import Layout
@@ -45,6 +46,7 @@ class Platform:
             raise AlreadyRunning(f"a platform is already running in {self.layout.run_dir}; stop it first")
         self.layout.supervisor_socket.unlink(missing_ok=True)
         self.layout.save()
+        prometheus.write(self.layout)
         write_token(self.layout.vault_token_file, new_token())
         write_default(self.layout.config_file)
         write_config(self.layout)

@@ -43,6 +43,11 @@ class Layout:
         return self.run_dir / "platform.json"
 
     @property
+    def prometheus_config(self) -> Path:
+        """The scrape configuration for this platform (:mod:`heater.prometheus`)."""
+        return self.run_dir / "prometheus.yml"
+
+    @property
     def supervisor_socket(self) -> Path:
         return self.run_dir / "supervisor.sock"
 

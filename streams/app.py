@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import Any, AsyncIterator, Awaitable, Callable
+import time
+from typing import Any, AsyncIterator, Awaitable, Callable, Iterator
 
 import faust
 
@@ -19,7 +20,7 @@ from streams import metrics, topics
 from streams.alarm_client import AlarmClient
 from streams.codec import DecodeError, decode
 from streams.config_rules import ConfigBook
-from streams.consistency import Ledger
+from streams.consistency import Ledger, on_partition_zero
 from streams.delivery import deliver
 from streams.exception_reports import forward_from_faust
 from streams.health import Handler, health_handlers
@@ -60,6 +61,8 @@ class HeaterService:
         self.app.on_configured.connect(self._configure)
         self._dead_letters = self.app.topic(topics.DEAD_LETTER.name, value_serializer="raw", key_serializer="raw")
         self._add_views()
+        metrics.LIVE.add(metrics.TABLE_KEYS, self._table_keys)
+        metrics.LIVE.add(metrics.CONSUMER_LAG, self._consumer_lag)
         self.app.task(self._beat)
         self.exceptions = forward_from_faust(self.app, spec.name, lambda: Settings.from_env().service_identity)
 
@@ -106,7 +109,9 @@ class HeaterService:
                 await self.dead_letter(message.topic, message.partition, message.offset, event.value, exc)
                 continue
             metrics.MESSAGES_PROCESSED.labels(self.spec.name, message.topic).inc()
-            yield record
+            started = time.perf_counter()
+            yield record  # the agent handles it before asking for the next one
+            metrics.HANDLE_SECONDS.labels(self.spec.name, message.topic).observe(time.perf_counter() - started)
 
     async def dead_letter(
         self, topic: str, partition: int, offset: int, payload: bytes | None, error: DecodeError
@@ -221,6 +226,32 @@ class HeaterService:
     def acting(self) -> bool:
         """True while the service may issue commands or change state."""
         return self.status.phase is Phase.READY
+
+    # -- metrics read at scrape time (streams.metrics.LIVE) -----------------------------
+
+    def _table_keys(self) -> Iterator[tuple[tuple[str, ...], float]]:
+        """Keys in each of this service's tables (the services' tables have one partition)."""
+        with on_partition_zero():
+            sizes = [(name, len(table)) for name, table in self.app.tables.items()]
+        return (((self.spec.name, name), size) for name, size in sizes)
+
+    def _consumer_lag(self) -> Iterator[tuple[tuple[str, ...], float]]:
+        """Per input partition: the log's end as last fetched minus the next offset the agents get.
+
+        Reads Faust's consumer only once it exists (never creates one) and leaves out the
+        tables' changelogs and partitions nothing was read from yet.
+        """
+        consumer = self.app._consumer
+        if consumer is None:
+            return
+        changelogs = self.app.tables.changelog_topics
+        read_offsets = consumer._read_offset
+        for tp in sorted(consumer.assignment()):
+            if tp.topic in changelogs:
+                continue
+            end, last_read = consumer.highwater(tp), read_offsets.get(tp)
+            if end is not None and last_read is not None:
+                yield (self.spec.name, tp.topic, str(tp.partition)), max(0, end - (last_read + 1))
 
     # -- web views -----------------------------------------------------------------
 

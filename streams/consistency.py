@@ -51,7 +51,7 @@ from prometheus_client import Counter
 from streams.alarm_client import AlarmClient
 from streams.delivery import RETRIABLE, deliver
 from streams.log_identity import LogIdentity
-from streams.metrics import REFUSALS
+from streams.metrics import MESSAGES_SENT, REFUSALS
 
 log = logging.getLogger(__name__)
 
@@ -591,6 +591,8 @@ class Ledger:
                 log.error("%s: effect on %s refused (%r): sending it again", self.service, effect.topic, exc)
                 await deliver(lambda effect=effect: self._send(effect), f"{self.service} effect on {effect.topic}",
                               service=self.service, topic=effect.topic)
+            else:
+                MESSAGES_SENT.labels(self.service, effect.topic).inc()
 
     async def settle_now(self) -> None:
         """Mark the owed effects settled once confirmed (a timer calls this between steps)."""

@@ -28,7 +28,7 @@ from aiokafka.errors import KafkaError
 from faust.exceptions import ProducerSendError
 from faust.types import FutureMessage
 
-from streams.metrics import REFUSALS
+from streams.metrics import MESSAGES_SENT, REFUSALS
 
 __all__ = ["REFUSALS", "ChangelogRefused", "DeliveryFailed", "ReliableTable", "deliver"]
 
@@ -73,7 +73,8 @@ async def deliver(
     """Send until the broker confirms; return its record metadata.
 
     ``send`` is a zero-argument coroutine function returning the delivery future (e.g.
-    ``lambda: topic.send(key=..., value=...)`` or ``lambda: producer.send(...)``). A refused
+    ``lambda: topic.send(key=..., value=...)`` or ``lambda: producer.send(...)``). A confirmed
+    send is counted in ``heater_messages_sent_total{service, topic}``; a refused
     send is counted in ``heater_produce_refusals_total{service, topic}`` and sent again after
     ``backoff_s`` (doubling each time). Errors that are not the broker's or the client's
     (a bug in ``send``) propagate at once. Raises :class:`DeliveryFailed` after ``attempts``.
@@ -86,11 +87,14 @@ async def deliver(
             await asyncio.sleep(backoff_s * 2 ** (attempt - 1))
         try:
             future = await send()
-            return await future
+            metadata = await future
         except RETRIABLE as exc:
             last = exc
             REFUSALS.labels(service, topic).inc()
             log.warning("%s: send %d/%d refused: %r", what, attempt + 1, attempts, exc)
+        else:
+            MESSAGES_SENT.labels(service, topic).inc()
+            return metadata
     assert last is not None
     raise DeliveryFailed(what, attempts, last)
 

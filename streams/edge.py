@@ -31,7 +31,7 @@ from streams.exception_reports import forward_from_edge
 from streams.health import web_app
 from streams.heartbeats import beat_forever
 from streams.latch import LatchView
-from streams.metrics import REFUSALS
+from streams.metrics import MESSAGES_SENT, REFUSALS
 from streams.lifecycle import Phase, ServiceSpec, ServiceStatus
 from streams.platform_watch import PlatformWatch
 from streams.settings import DEFAULT_FETCH_WAIT_MS, FAST_FETCH_WAIT_MS, Settings
@@ -77,7 +77,10 @@ class EdgeService:
         future.add_done_callback(lambda done: self._on_sent(done, topic, key, value, attempt))
 
     def _on_sent(self, done: "asyncio.Future[object]", topic: str, key: bytes, value: bytes, attempt: int) -> None:
-        if done.cancelled() or done.exception() is None:
+        if done.cancelled():
+            return
+        if done.exception() is None:
+            MESSAGES_SENT.labels(self.spec.name, topic).inc()
             return
         REFUSALS.labels(self.spec.name, topic).inc()
         if attempt >= RESEND_ATTEMPTS:

@@ -21,6 +21,7 @@ import time
 import urllib.error
 import urllib.request
 import uuid
+from pathlib import Path
 from typing import Any, Iterator
 
 import pytest
@@ -44,6 +45,7 @@ from streams.lifecycle import Phase
 from streams.records import Alarm, RelayCommand
 from tests.platform_view import SERVICES, all_ready, fresh_tank, fresh_temperature, latched, pico, ready, relays, running_platform
 from tests.homekit.home_app import HomeApp
+from tests.prometheus_server import check_config, ensure_installed, running_prometheus
 from tests.support import consume_until, produce, run, try_get, wait_for
 
 log = logging.getLogger(__name__)
@@ -250,6 +252,45 @@ def heating(layout: Layout, job: Job) -> None:
 
 
 # -- the cases --------------------------------------------------------------------------------
+
+
+#: Series a healthy platform exports, each from the service that owns it (one query each).
+KEY_SERIES = (
+    'heater_platform_latched{service="alarms"} == 0',
+    'heater_i2c_trip_latched{service="i2c"} == 0',
+    'heater_i2c_outputs{service="i2c", relay="power"}',
+    'heater_alarms_active{service="alarms", severity="FATAL"} == 0',
+    'heater_messages_processed_total{service="bank", topic="sensorData"} > 0',
+    'heater_messages_processed_total{service="disaster", topic="sensorData"} > 0',
+    'heater_processing_seconds_bucket{service="bank", topic="sensorData", le="+Inf"} > 0',
+    'heater_messages_sent_total{service="i2c", topic="relayState"} > 0',
+    'heater_consumer_lag{service="bank", topic="sensorData"}',
+    'heater_table_keys{service="alarms", table="alarm-history"}',
+    'heater_can_frames_total{service="can"} > 0',
+)
+
+
+def test_prometheus_scrapes_every_service_of_the_running_platform(platform: Platform, tmp_path: Path) -> None:
+    """First, on a healthy platform: Debian's Prometheus with the config `heater up` wrote sees every service up."""
+    layout = platform.layout
+    took = ensure_installed()
+    log.info("prometheus install: %.1f s (0 when it was there)", took)
+    checked = check_config(layout.prometheus_config)
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+    services = {c.name for c in COMPONENTS if c.has_web}
+    with running_prometheus(layout.prometheus_config, tmp_path) as prom:
+        began = time.monotonic()
+
+        def every_target_up() -> bool:
+            targets = prom.targets()
+            return {t["labels"]["service"] for t in targets if t["health"] == "up"} == services and len(targets) == len(services)
+
+        wait_for(every_target_up, 30, 0.5, f"every service up in Prometheus: {services}")
+        log.info("every target up %.1f s after Prometheus started", time.monotonic() - began)
+        assert all(t["scrapeUrl"].startswith("http://127.0.0.1:") for t in prom.targets())
+        assert {s["metric"]["service"] for s in prom.query('up{job="heater"} == 1')} == services
+        for expr in KEY_SERIES:
+            wait_for(lambda e=expr: prom.query(e), 15, 0.5, f"Prometheus has {expr}")
 
 
 def test_heater_up_starts_the_homekit_bridge_last_and_status_reports_where_to_pair(platform: Platform) -> None:

@@ -22,3 +22,6 @@ TRIP_SECONDS = Gauge(
     "heater_i2c_fatal_trip_seconds", "From the FATAL hook starting to the trip confirmed by readback"
 )
 OUTPUTS = Gauge("heater_i2c_outputs", "Relay contacts as last read back (1 = energised)", ["relay"])
+TRIP_LATCHED = Gauge(
+    "heater_i2c_trip_latched", "1 while the Pico holds its power cut-off trip latched (as last read back)"
+)

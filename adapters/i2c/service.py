@@ -522,6 +522,7 @@ class RelayAdapter:
             ("spark", readback.contacts.spark_on),
         ):
             metrics.OUTPUTS.labels(name).set(int(on))
+        metrics.TRIP_LATCHED.set(int(readback.status.trip_latched))
 
     async def publish(self, readback: Readback, force: bool = False) -> None:
         """``relayState`` after every write, whenever the board changed, and at least every second.

@@ -20,17 +20,18 @@ same record. The Pico's trip count comes from ``relayState``.
 from __future__ import annotations
 
 import asyncio
+import collections
 import json
 import logging
 import uuid
-from typing import Any
+from typing import Any, Iterator
 
 import faust
 
-from streams import dashboard, homekit_feed, topics
+from streams import dashboard, homekit_feed, metrics, topics
 from streams.alarm_book import AlarmBook, AlarmEntry, Effect
 from streams.app import HeaterService, ServiceKind, ServiceSpec
-from streams.consistency import Step, tp_key
+from streams.consistency import Step, on_partition_zero, tp_key
 from streams.latch import FatalVerdict, LatchState, Occurrence
 from streams.operator_reset import ResetRefused, issue_reset, verify_reset
 from streams.readers import open_reader
@@ -53,6 +54,16 @@ latch = ledger.tracked(tables.latch_table(app))
 used_nonces = ledger.tracked(tables.used_nonces_table(app))
 book = AlarmBook(history, active, timelines)
 ledger.run_settler()
+
+
+def active_by_severity() -> Iterator[tuple[tuple[str, ...], float]]:
+    """Active alarms per severity for ``/metrics``; every severity appears (0 too), so a panel has no gaps."""
+    with on_partition_zero():
+        counts = collections.Counter(entry.alarm.severity for entry in book.active_entries())
+    return (((severity.value,), counts[severity]) for severity in Severity)
+
+
+metrics.LIVE.add(metrics.ALARMS_ACTIVE, active_by_severity)
 
 alarm_events = service.raw_topic(topics.CREATE_ALARM, topics.DELETE_ALARM)
 reset_events = service.raw_topic(topics.OPERATOR_RESET)

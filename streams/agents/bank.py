@@ -30,7 +30,7 @@ import faust
 from faust.types import TP
 from prometheus_client import Counter
 
-from streams import metrics, topics
+from streams import topics
 from streams.alarm_client import AlarmClient
 from streams.app import HeaterService, ServiceKind, ServiceSpec
 from streams.bank_rules import BankConfig, BankRules, BankView, Effect, window_start
@@ -195,10 +195,8 @@ async def handle_readings(stream: faust.StreamT) -> None:
         if not await until_started():
             continue
         assert isinstance(record, SensorReading)
-        started = time.perf_counter()
         async with ledger.step() as step:
             await decide(step, rules.on_reading(current_view(), record, step.position))
-        metrics.HANDLE_SECONDS.labels(SPEC.name, topics.SENSOR_DATA.name).observe(time.perf_counter() - started)
 
 
 @app.agent(ticks)

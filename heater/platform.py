@@ -82,16 +82,18 @@ class Platform:
             provision(self.layout.vault_addr, self.layout.vault_token_file.read_text().strip())
 
     def stop(self) -> None:
-        """Stop components in reverse start order, then supervisord."""
+        """Stop components in reverse start order (a stage's together), then supervisord."""
         if self.supervisord is None:
             return
         if self.supervisor.running():
             for stage in reversed(stages()):
-                for component in stage:
-                    try:
-                        self.supervisor.stop(component.name)
-                    except Exception as exc:  # keep stopping the rest; report what failed
-                        log.warning("stopping %s: %s", component.name, exc)
+                try:
+                    still_up = self.supervisor.stop_together([component.name for component in stage])
+                except Exception as exc:  # keep stopping the rest; report what failed
+                    log.warning("stopping %s: %s", ", ".join(c.name for c in stage), exc)
+                    continue
+                if still_up:
+                    log.warning("still stopping after the grace period: %s", ", ".join(still_up))
             self.supervisor.shutdown()
         self.supervisord.stop(timeout=20)
         self.layout.supervisor_socket.unlink(missing_ok=True)

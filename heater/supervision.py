@@ -9,6 +9,7 @@ stage, each after the stages before it are ready.
 
 from __future__ import annotations
 
+import time
 import xmlrpc.client
 from http.client import HTTPException
 from typing import Any
@@ -17,6 +18,9 @@ from heater.catalogue import COMPONENTS, Component
 from heater.rundir import Layout
 from streams import exitcodes
 from streams.discovery import supervisor_rpc
+
+#: How long a process may take to stop after SIGTERM before supervisord kills it.
+STOP_WAIT_S = 15
 
 
 def _quote(value: str) -> str:
@@ -40,7 +44,7 @@ exitcodes={codes}
 startsecs=0
 startretries=5
 stopsignal=TERM
-stopwaitsecs=15
+stopwaitsecs={STOP_WAIT_S}
 stopasgroup=true
 killasgroup=true
 priority={100 + component.stage * 10}
@@ -102,12 +106,29 @@ class Supervisor:
             if "ALREADY_STARTED" not in fault.faultString:
                 raise
 
-    def stop(self, name: str) -> None:
+    def stop(self, name: str, wait: bool = True) -> None:
         try:
-            self.rpc.stopProcess(name, True)
+            self.rpc.stopProcess(name, wait)
         except xmlrpc.client.Fault as fault:
             if "NOT_RUNNING" not in fault.faultString:
                 raise
+
+    def stop_together(self, names: list[str], timeout: float = STOP_WAIT_S + 5) -> list[str]:
+        """Stop several processes at once and wait for all of them; the names still up at the timeout.
+
+        Processes of one start stage do not depend on each other, so they shut down in
+        parallel: one after the other, a platform's stop took as long as every worker's
+        shutdown added up.
+        """
+        for name in names:
+            self.stop(name, wait=False)
+        deadline = time.monotonic() + timeout
+        while True:
+            processes = self.all_info()
+            up = [n for n in names if processes.get(n, {}).get("statename") in ("RUNNING", "STOPPING", "STARTING", "BACKOFF")]
+            if not up or time.monotonic() > deadline:
+                return up
+            time.sleep(0.1)
 
     def info(self, name: str) -> dict[str, Any]:
         return self.rpc.getProcessInfo(name)

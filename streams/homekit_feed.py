@@ -29,7 +29,7 @@ from aiokafka import AIOKafkaConsumer
 
 from streams import topics, topology
 from streams.codec import DecodeError, decode
-from streams.readers import open_reader
+from streams.readers import open_reader, poll
 from streams.records import HeatingJobState, PlatformLatch, RelayState, SensorReading
 from streams.settings import DEFAULT_FETCH_WAIT_MS, Settings
 from streams.table_mirror import TableMirror, follow
@@ -152,14 +152,7 @@ class HomeKitFeed:
     async def _follow(self, reader: AIOKafkaConsumer) -> None:
         try:
             while True:
-                try:
-                    batches = await reader.getmany(timeout_ms=DEFAULT_FETCH_WAIT_MS * 2)
-                except asyncio.CancelledError:
-                    raise
-                except Exception:  # the broker may be away for a while: keep following
-                    log.exception("homekit feed: poll failed; retrying")
-                    await asyncio.sleep(0.5)
-                    continue
+                batches = await poll(reader, DEFAULT_FETCH_WAIT_MS * 2, "homekit feed")
                 for tp, messages in batches.items():
                     for message in messages:
                         for observe in self.observers:

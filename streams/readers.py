@@ -99,3 +99,23 @@ async def open_reader(
     else:
         await consumer.seek_to_beginning(*partitions)
     return consumer
+
+
+#: How long a follower waits before polling again after a failed poll.
+POLL_RETRY_S = 0.5
+
+
+async def poll(reader: AIOKafkaConsumer, timeout_ms: int, what: str) -> dict[Any, list[Any]]:
+    """The next batches of a reader that follows topics for good; a failed poll is logged and retried.
+
+    The broker may be away for a while (restarted, or the machine busy): a follower keeps
+    following instead of dying with it.
+    """
+    while True:
+        try:
+            return await reader.getmany(timeout_ms=timeout_ms)
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("%s: poll failed; retrying", what)
+            await asyncio.sleep(POLL_RETRY_S)

@@ -22,7 +22,7 @@ from typing import Any, Callable
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
-from streams.readers import open_reader
+from streams.readers import open_reader, poll
 from streams.settings import DEFAULT_FETCH_WAIT_MS
 from streams.transport import true_end_offsets
 
@@ -95,14 +95,7 @@ def follow(mirror: TableMirror, bootstrap: str, on_change: Callable[[], None]) -
             on_change()
         try:
             while True:
-                try:
-                    batches = await reader.getmany(timeout_ms=DEFAULT_FETCH_WAIT_MS * 2)
-                except asyncio.CancelledError:
-                    raise
-                except Exception:  # the broker may be away for a while: keep following
-                    log.exception("%s: poll failed; retrying", mirror.topic)
-                    await asyncio.sleep(0.5)
-                    continue
+                batches = await poll(reader, DEFAULT_FETCH_WAIT_MS * 2, mirror.topic)
                 was = mirror.caught_up
                 changed = [mirror.apply(m.key, m.value) for messages in batches.values() for m in messages]  # every one, no short cut
                 if (any(changed) and was) or (await mirror.check_caught_up(reader) and not was):

@@ -10,9 +10,8 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
-from aiokafka import AIOKafkaProducer
-
 from heater.rundir import Layout
+from streams import kafka_clients
 from streams.heating.controller import HeatingController, HeatingRefused, announce_ends
 from streams.heating.launch import LocalLauncher
 from streams.platform_watch import PlatformWatch
@@ -25,7 +24,7 @@ async def heat(run_dir: Path, target_c: float) -> int:
     watch = PlatformWatch(layout.broker_bootstrap, "heat-cli")
     await watch.start()
     watch.run_in_background()
-    producer = AIOKafkaProducer(bootstrap_servers=layout.broker_bootstrap, request_timeout_ms=10_000)
+    producer = kafka_clients.producer(layout.broker_bootstrap, request_timeout_ms=10_000)
     await producer.start()
     try:
         launcher = LocalLauncher(env=layout.service_env(JOB), log_dir=layout.logs)

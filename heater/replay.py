@@ -65,7 +65,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import IO, Any, Iterable, Iterator, Literal
 
-from streams import exitcodes
+from streams import exitcodes, kafka_clients
 from streams.settings import Settings, SettingsError
 
 log = logging.getLogger(__name__)
@@ -367,28 +367,18 @@ class Progress:
 # ---------------------------------------------------------------- broker clients
 
 
-def client_security(settings: Settings) -> dict[str, Any]:
-    """aiokafka keyword arguments for the broker's TLS/SASL, from the same settings the services use.
+def broker_settings(bootstrap: str | None, env: dict[str, str] | None = None) -> Settings:
+    """The broker the clients connect to, with the profile's security: ``--bootstrap`` over ``HEATER_BROKER_URL``.
 
-    The production profile's credentials are built once, in :mod:`streams.settings`, for Faust;
-    Faust's own converter turns them into aiokafka arguments. The local profile is plaintext.
+    The security settings are built here once, so a missing credential is a clear error
+    before anything is read or sent.
     """
-    if settings.profile != "production":
-        return {}
-    from faust.transport.drivers.aiokafka import credentials_to_aiokafka_auth
-
-    from streams.settings import production_security
-
-    return dict(credentials_to_aiokafka_auth(production_security(settings).get("broker_credentials")))
-
-
-def broker_options(bootstrap: str | None, env: dict[str, str] | None = None) -> dict[str, Any]:
-    """Bootstrap servers and security for a client: ``--bootstrap`` over ``HEATER_BROKER_URL``."""
     try:
         settings = Settings.from_env(env)
         if bootstrap:
             settings = settings.with_overrides(broker_url=bootstrap)
-        return {"bootstrap_servers": settings.broker_bootstrap, **client_security(settings)}
+        kafka_clients.security(settings)
+        return settings
     except (SettingsError, OSError) as exc:
         raise ReplayError(f"broker settings: {exc}", CONFIG_EXIT) from None
 
@@ -427,30 +417,29 @@ def require_topic(topic: str, partitions: set[int] | None) -> list[int]:
 
 
 async def record(topic: str, start: Bound | None, stop: Bound | None, out: IO[str],
-                 options: dict[str, Any]) -> tuple[int, Progress]:
+                 settings: Settings) -> tuple[int, Progress]:
     """Write the header and every record of the range to ``out``; return how many records."""
-    from aiokafka import AIOKafkaConsumer, TopicPartition
+    from aiokafka import TopicPartition
     from aiokafka.errors import KafkaError
 
-    from streams.transport import true_end_offsets
-
-    consumer = AIOKafkaConsumer(group_id=None, enable_auto_commit=False, auto_offset_reset="earliest",
-                                fetch_max_wait_ms=FETCH_WAIT_MS, request_timeout_ms=10_000, **options)
-    await start_client(consumer, options["bootstrap_servers"])
+    consumer = kafka_clients.consumer(settings=settings, group_id=None, enable_auto_commit=False,
+                                      auto_offset_reset="earliest", fetch_max_wait_ms=FETCH_WAIT_MS,
+                                      request_timeout_ms=10_000)
+    await start_client(consumer, settings.broker_bootstrap)
     try:
         await asyncio.wait_for(consumer.topics(), CONNECT_TIMEOUT_S * 2)
         ids = require_topic(topic, consumer.partitions_for_topic(topic))
         tps = [TopicPartition(topic, p) for p in ids]
         consumer.assign(tps)
         begins = await consumer.beginning_offsets(tps)
-        ends = await true_end_offsets(consumer, await consumer.end_offsets(tps), follow=False)
+        ends = await kafka_clients.log_ends(consumer, tps, follow=False, settings=settings)
         spans = {tp.partition: offset_span(begins[tp], ends[tp], start, stop) for tp in tps}
         out.write(encode_header(topic, len(ids), start, stop, spans, time.time()) + "\n")
         progress = Progress(f"record {topic}", sum(last - first for first, last in spans.values()))
         count = await _copy_spans(consumer, tps, spans, start, stop, out, progress)
         return count, progress
     except (KafkaError, asyncio.TimeoutError) as exc:
-        raise ReplayError(f"broker {options['bootstrap_servers']}: {exc or type(exc).__name__}", BROKER_EXIT) from None
+        raise ReplayError(f"broker {settings.broker_bootstrap}: {exc or type(exc).__name__}", BROKER_EXIT) from None
     finally:
         await stop_client(consumer)
 
@@ -515,13 +504,13 @@ def record_main(topic: str, start: str | None, stop: str | None, out: Path, *, b
     partial = out.with_name(out.name + ".partial")
     try:
         bounds = parse_range(start, stop)
-        options = broker_options(bootstrap)
+        settings = broker_settings(bootstrap)
         try:
             handle = partial.open("w", encoding="utf-8")
         except OSError as exc:
             raise ReplayError(f"cannot write {out}: {exc.strerror or exc}", CANNOT_WRITE_EXIT) from None
         with handle:
-            count, progress = asyncio.run(record(topic, *bounds, handle, options))
+            count, progress = asyncio.run(record(topic, *bounds, handle, settings))
         partial.replace(out)
     except OSError as exc:
         partial.unlink(missing_ok=True)
@@ -617,19 +606,18 @@ def index_recording(path: Path, keys: Iterable[bytes] | None = None, *, skip_bad
         return recording
 
 
-async def play(recording: Recording, topic: str, speed: float | None, options: dict[str, Any]) -> Progress:
+async def play(recording: Recording, topic: str, speed: float | None, settings: Settings) -> Progress:
     """Produce the recording's selected records into ``topic``, paced by ``speed`` (None: no pacing)."""
-    from aiokafka import AIOKafkaProducer
     from aiokafka.errors import KafkaError
 
-    producer = AIOKafkaProducer(acks="all", linger_ms=5, request_timeout_ms=10_000, **options)
-    await start_client(producer, options["bootstrap_servers"])
+    producer = kafka_clients.producer(settings=settings, acks="all", linger_ms=5, request_timeout_ms=10_000)
+    await start_client(producer, settings.broker_bootstrap)
     progress = Progress(f"play {topic}", recording.selected)
     try:
         try:
             cluster = await asyncio.wait_for(producer.client.fetch_all_metadata(), CONNECT_TIMEOUT_S * 2)
         except (KafkaError, asyncio.TimeoutError) as exc:
-            raise ReplayError(f"broker {options['bootstrap_servers']}: {exc or type(exc).__name__}", BROKER_EXIT) from None
+            raise ReplayError(f"broker {settings.broker_bootstrap}: {exc or type(exc).__name__}", BROKER_EXIT) from None
         target = require_topic(topic, cluster.partitions_for_topic(topic))
         needed = max(recording.timestamps, default=-1) + 1
         if needed > len(target):
@@ -678,8 +666,7 @@ def play_main(path: Path, topic: str, *, speed: float | None = 1.0, keys: list[s
                                     skip_bad=skip_bad_lines)
         for skipped in recording.skipped:
             print(f"heater replay play: skipped {skipped}", file=sys.stderr)
-        options = broker_options(bootstrap)
-        progress = asyncio.run(play(recording, topic, speed, options))
+        progress = asyncio.run(play(recording, topic, speed, broker_settings(bootstrap)))
     except ReplayError as exc:
         print(f"heater replay play: {exc}", file=sys.stderr)
         return exc.exit_code

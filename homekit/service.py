@@ -15,7 +15,6 @@ import time
 from typing import Any
 
 from aiohttp import web
-from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError
 from pyhap.accessory_driver import AccessoryDriver
 
@@ -29,7 +28,7 @@ from homekit.mdns import advertiser
 from homekit.pairing import load_or_create, write_bridge_info
 from homekit.schema import load_schema
 from homekit.snapshot import Snapshot
-from streams import exitcodes
+from streams import exitcodes, kafka_clients
 from streams.alarm_client import AlarmClient
 from streams.health import web_app
 from streams.heartbeats import beat_forever
@@ -150,7 +149,7 @@ class BridgeService:
 
     async def _connect(self) -> None:
         bootstrap = self.settings.broker_bootstrap
-        self.producer = AIOKafkaProducer(bootstrap_servers=bootstrap, linger_ms=2, request_timeout_ms=10_000)
+        self.producer = kafka_clients.producer(bootstrap, settings=self.settings, linger_ms=2, request_timeout_ms=10_000)
         await asyncio.wait_for(self.producer.start(), 15)
         self.watch = PlatformWatch(bootstrap, SPEC.name)
         await self.watch.start()

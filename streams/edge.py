@@ -25,7 +25,7 @@ from aiohttp import web
 from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError
 
-from streams import exitcodes
+from streams import exitcodes, kafka_clients
 from streams.alarm_client import AlarmClient
 from streams.exception_reports import forward_from_edge
 from streams.health import web_app
@@ -171,7 +171,8 @@ class EdgeService:
 
     async def _connect(self) -> None:
         bootstrap = self.settings.broker_bootstrap
-        self.producer = AIOKafkaProducer(bootstrap_servers=bootstrap, linger_ms=self.linger_ms, request_timeout_ms=10_000)
+        self.producer = kafka_clients.producer(bootstrap, settings=self.settings, linger_ms=self.linger_ms,
+                                               request_timeout_ms=10_000)
         await asyncio.wait_for(self.producer.start(), 15)
         fetch_wait = FAST_FETCH_WAIT_MS if self.spec.fast_path else DEFAULT_FETCH_WAIT_MS
         self.watch = PlatformWatch(bootstrap, self.spec.name, fetch_wait)

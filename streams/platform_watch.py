@@ -20,14 +20,13 @@ from typing import Awaitable, Callable
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
-from streams import metrics, topics
+from streams import kafka_clients, metrics, topics
 from streams.alarm_book import AlarmBook
 from streams.codec import DecodeError, decode
 from streams.config_rules import ConfigBook
 from streams.latch import LatchView
 from streams.records import RECORD_FOR_TOPIC, Alarm, AlarmClear, PlatformLatch
 from streams.readers import open_reader
-from streams.transport import true_end_offsets
 
 log = logging.getLogger(__name__)
 
@@ -60,7 +59,7 @@ class PlatformWatch:
         consumer = await open_reader(self.bootstrap, WATCHED, fetch_wait_ms=self.fetch_wait_ms, from_end=False, timeout=timeout)
         self._consumer = consumer
         partitions = list(consumer.assignment())
-        ends = await true_end_offsets(consumer, await consumer.end_offsets(partitions))
+        ends = await kafka_clients.log_ends(consumer, partitions)
         await asyncio.wait_for(self._catch_up(ends), timeout)
 
     async def _catch_up(self, ends: dict[TopicPartition, int]) -> None:

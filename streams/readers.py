@@ -14,7 +14,8 @@ from typing import Any, Iterable
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
-from streams.transport import true_end_offsets
+from streams import kafka_clients
+from streams.settings import Settings
 
 log = logging.getLogger(__name__)
 
@@ -80,8 +81,11 @@ async def open_reader(
     bootstrap: str, topic_names: Iterable[str], *, fetch_wait_ms: int, from_end: bool, timeout: float = 15.0
 ) -> AIOKafkaConsumer:
     """A started consumer assigned every partition of ``topic_names``, positioned as asked."""
-    consumer = Reader(
-        bootstrap_servers=bootstrap,
+    settings = Settings.from_env()
+    consumer = kafka_clients.consumer(
+        bootstrap,
+        settings=settings,
+        cls=Reader if settings.profile == "local" else AIOKafkaConsumer,  # only a local log starts over
         group_id=None,
         enable_auto_commit=False,
         fetch_max_wait_ms=fetch_wait_ms,
@@ -93,7 +97,7 @@ async def open_reader(
     ]
     consumer.assign(partitions)
     if from_end:
-        ends = await true_end_offsets(consumer, await consumer.end_offsets(partitions), follow=False)
+        ends = await kafka_clients.log_ends(consumer, partitions, follow=False, settings=settings)
         for tp in partitions:
             consumer.seek(tp, ends.get(tp, 0))
     else:

@@ -22,9 +22,9 @@ from typing import Any, Callable
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
+from streams import kafka_clients
 from streams.readers import open_reader, poll
 from streams.settings import DEFAULT_FETCH_WAIT_MS
-from streams.transport import true_end_offsets
 
 log = logging.getLogger(__name__)
 
@@ -72,7 +72,7 @@ class TableMirror:
             await reader.stop()
             await asyncio.sleep(TOPIC_WAIT_S)
         partitions = list(reader.assignment())
-        self._ends = await true_end_offsets(reader, await reader.end_offsets(partitions))
+        self._ends = await kafka_clients.log_ends(reader, partitions)
         await self.check_caught_up(reader)
         return reader
 

@@ -238,27 +238,12 @@ def test_a_bar_only_on_a_terminal_and_a_summary_always() -> None:
         assert stream.getvalue().endswith("recorded 10 records\n")
 
 
-def test_clients_use_the_production_profiles_tls_and_sasl(tmp_path: Path) -> None:
-    assert replay.client_security(Settings()) == {}
-    production = Settings(profile="production")
-    assert replay.client_security(production) == {"security_protocol": "PLAINTEXT"}
-    ssl_only = replay.client_security(production.with_overrides(broker_security_protocol="SSL"))
-    assert ssl_only["security_protocol"] == "SSL" and ssl_only["ssl_context"] is not None
-    secret = tmp_path / "password"
-    secret.write_text("s3cret\n")
-    sasl = replay.client_security(production.with_overrides(
-        broker_security_protocol="SASL_SSL", broker_sasl_username="heater", broker_sasl_password_file=str(secret)))
-    assert sasl["security_protocol"] == "SASL_SSL" and sasl["sasl_mechanism"] == "SCRAM-SHA-512"
-    assert (sasl["sasl_plain_username"], sasl["sasl_plain_password"]) == ("heater", "s3cret")
-    assert sasl["ssl_context"] is not None
-
-
 def test_bootstrap_comes_from_the_environment_unless_given() -> None:
     env = {"HEATER_BROKER_URL": "tansu://127.0.0.1:9999"}
-    assert replay.broker_options(None, env) == {"bootstrap_servers": "127.0.0.1:9999"}
-    assert replay.broker_options("127.0.0.1:1234", env)["bootstrap_servers"] == "127.0.0.1:1234"
+    assert replay.broker_settings(None, env).broker_bootstrap == "127.0.0.1:9999"
+    assert replay.broker_settings("127.0.0.1:1234", env).broker_bootstrap == "127.0.0.1:1234"
     with pytest.raises(replay.ReplayError, match="SASL_USERNAME") as caught:
-        replay.broker_options(None, {"HEATER_PROFILE": "production", "HEATER_BROKER_SECURITY_PROTOCOL": "SASL_PLAINTEXT"})
+        replay.broker_settings(None, {"HEATER_PROFILE": "production", "HEATER_BROKER_SECURITY_PROTOCOL": "SASL_PLAINTEXT"})
     assert caught.value.exit_code == replay.CONFIG_EXIT
 
 

@@ -30,12 +30,11 @@ from aiokafka.structs import ConsumerRecord
 from adapters.i2c import metrics
 from adapters.i2c.board import BoardError, Readback
 from adapters.i2c.ledger import ResetLedger
-from streams import topics
+from streams import kafka_clients, topics
 from streams.codec import DecodeError, decode
 from streams.latch import LatchView, not_named
 from streams.operator_reset import ResetRefused, verify_reset
 from streams.records import OperatorReset, Severity, now
-from streams.transport import true_end_offsets
 from streams.vault import TransitSigner, VaultUnavailable, vault_client
 
 if TYPE_CHECKING:
@@ -184,8 +183,8 @@ class ResetGate:
 
     async def _start_consumer(self) -> AIOKafkaConsumer:
         """Resume where the ledger says; from the beginning when it knows nothing (or the log is new)."""
-        consumer = AIOKafkaConsumer(
-            bootstrap_servers=self.adapter.settings.broker_bootstrap,
+        consumer = kafka_clients.consumer(
+            settings=self.adapter.settings,
             group_id=None,
             enable_auto_commit=False,
             fetch_max_wait_ms=50,
@@ -197,7 +196,7 @@ class ResetGate:
             for p in (consumer.partitions_for_topic(topics.OPERATOR_RESET.name) or {0})
         ]
         consumer.assign(partitions)
-        ends = await true_end_offsets(consumer, await consumer.end_offsets(partitions))
+        ends = await kafka_clients.log_ends(consumer, partitions, settings=self.adapter.settings)
         begins = await consumer.beginning_offsets(partitions)
         for tp in partitions:
             stored = self.ledger.state.offsets.get(tp.partition)
@@ -231,7 +230,7 @@ class ResetGate:
         """
         consumer = await self._start_consumer()
         try:
-            ends = await true_end_offsets(consumer, await consumer.end_offsets(list(self._positions)))
+            ends = await kafka_clients.log_ends(consumer, list(self._positions), settings=self.adapter.settings)
             while any(self._positions[tp] < end for tp, end in ends.items()):
                 await self._step(consumer)
         finally:
@@ -311,6 +310,6 @@ class ResetGate:
 
     async def _caught_up(self, consumer: AIOKafkaConsumer) -> None:
         partitions = list(self._positions)
-        ends = await true_end_offsets(consumer, await consumer.end_offsets(partitions))
+        ends = await kafka_clients.log_ends(consumer, partitions, settings=self.adapter.settings)
         while any(self._positions[tp] < end for tp, end in ends.items()):
             await self._progress.wait()

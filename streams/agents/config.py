@@ -28,7 +28,7 @@ import faust
 from aiokafka import AIOKafkaConsumer
 from prometheus_client import Counter
 
-from streams import topics
+from streams import kafka_clients, topics
 from streams.app import HeaterService, ServiceKind, ServiceSpec
 from streams.config_file import read_bootstrap
 from streams.config_rules import ConfigBook, key_for, loosened, parse_limits
@@ -36,7 +36,6 @@ from streams.heater_config import ConfigInvalid
 from streams.readers import open_reader
 from streams.records import ConfigDocument, Severity
 from streams.settings import Settings
-from streams.transport import true_end_offsets
 
 log = logging.getLogger(__name__)
 
@@ -151,7 +150,7 @@ class LogKeeper:
             self._reader = await open_reader(Settings.from_env().broker_bootstrap, [topics.CONFIG.name],
                                              fetch_wait_ms=100, from_end=True)
         partitions = list(self._reader.assignment())
-        ends = await true_end_offsets(self._reader, await self._reader.end_offsets(partitions), follow=False)
+        ends = await kafka_clients.log_ends(self._reader, partitions, follow=False)
         return sum(ends.values())
 
     async def keep(self) -> None:

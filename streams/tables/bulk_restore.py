@@ -42,14 +42,15 @@ import aiokafka
 import faust
 import rocksdict
 from aiokafka import TopicPartition
-from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.admin import NewTopic
 from aiokafka.errors import KafkaError
 from faust.stores import by_url
 from faust.stores.rocksdb import Store as RocksStore
 from faust.tables.base import Collection
-from faust.transport.drivers.aiokafka import credentials_to_aiokafka_auth, server_list
+from faust.transport.drivers.aiokafka import server_list
 from yarl import URL
 
+from streams import kafka_clients
 from streams.consistency import LEDGER_SUFFIX
 from streams.transport import SCHEME as TANSU_SCHEME
 from streams.transport import true_end_offsets
@@ -165,8 +166,7 @@ def _set_persisted_offset(store: RocksStore, partition: int, offset: int) -> Non
 
 async def _ensure_changelog(app: faust.App, bootstrap: str | List[str], table: Collection, topic: str) -> None:
     """Create a lost changelog topic as Faust declares it (compacted, the table's partitions)."""
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap,
-                                **credentials_to_aiokafka_auth(app.conf.broker_credentials, app.conf.ssl_context))
+    admin = kafka_clients.admin(bootstrap)
     await admin.start()
     try:
         if topic not in await admin.list_topics():
@@ -182,10 +182,7 @@ async def _reseed(app: faust.App, bootstrap: str | List[str], store: RocksStore,
     if not items:
         _clear_persisted_offset(store, tp.partition)  # nothing to keep: read the new log from its start
         return 0
-    producer = aiokafka.AIOKafkaProducer(
-        bootstrap_servers=bootstrap, linger_ms=5, acks="all",
-        **credentials_to_aiokafka_auth(app.conf.broker_credentials, app.conf.ssl_context),
-    )
+    producer = kafka_clients.producer(bootstrap, linger_ms=5, acks="all")
     await producer.start()
     try:
         futures = [await producer.send(tp.topic, key=k, value=v, partition=tp.partition) for k, v in items]
@@ -256,13 +253,12 @@ async def prerestore(app: faust.App, bootstrap: str | List[str], *, threshold: i
     if not stores:
         return {}
     conf = app.conf
-    consumer = aiokafka.AIOKafkaConsumer(
-        bootstrap_servers=bootstrap, group_id=None, enable_auto_commit=False,
+    consumer = kafka_clients.consumer(
+        bootstrap, group_id=None, enable_auto_commit=False,
         auto_offset_reset="earliest", fetch_max_wait_ms=_FETCH_MAX_WAIT_MS,
         max_partition_fetch_bytes=_MAX_PARTITION_FETCH_BYTES, fetch_max_bytes=2 * _MAX_PARTITION_FETCH_BYTES,
         isolation_level="read_committed" if app.in_transaction else "read_uncommitted",
         request_timeout_ms=int(conf.broker_request_timeout * 1000),
-        **credentials_to_aiokafka_auth(conf.broker_credentials, conf.ssl_context),
     )
     await consumer.start()
     restored: Dict[str, int] = {}

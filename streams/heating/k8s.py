@@ -45,6 +45,13 @@ class JobTemplate:
     ttl_after_finished_s: int = 3600
     cpu: str = "100m"
     memory: str = "128Mi"
+    #: Secrets mounted read-only, secret name → path: the job's Kafka client certificate and
+    #: the cluster's CA (the production profile connects with TLS client authentication).
+    secrets: dict[str, str] = field(default_factory=dict)
+
+
+def volume_name(secret: str) -> str:
+    return f"secret-{secret}"[:63]
 
 
 def job_name(job_id: str) -> str:
@@ -64,6 +71,8 @@ def build_job(job_id: str, target_c: float, template: JobTemplate) -> k8s.V1Job:
         resources=k8s.V1ResourceRequirements(
             requests={"cpu": template.cpu, "memory": template.memory}, limits={"memory": template.memory}
         ),
+        volume_mounts=[k8s.V1VolumeMount(name=volume_name(secret), mount_path=path, read_only=True)
+                       for secret, path in sorted(template.secrets.items())] or None,
         security_context=k8s.V1SecurityContext(
             run_as_non_root=True,
             read_only_root_filesystem=True,
@@ -75,6 +84,8 @@ def build_job(job_id: str, target_c: float, template: JobTemplate) -> k8s.V1Job:
         restart_policy="Never",
         service_account_name=template.service_account,
         containers=[container],
+        volumes=[k8s.V1Volume(name=volume_name(secret), secret=k8s.V1SecretVolumeSource(secret_name=secret))
+                 for secret in sorted(template.secrets)] or None,
     )
     spec = k8s.V1JobSpec(
         backoff_limit=0,

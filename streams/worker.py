@@ -8,6 +8,7 @@ import logging
 import os
 import signal
 import sys
+import threading
 from pathlib import Path
 
 import faust
@@ -58,12 +59,31 @@ class HeaterWorker(faust.Worker):
         try:
             await self.service.run_startup_checks()
         except Exception as exc:
+            exit_within(SHUTDOWN_GRACE_S, exitcodes.DEPENDENCY_MISSING)
             await self.crash(exc)
+
+
+#: How long a worker that decided to stop may take to shut down before it leaves anyway.
+SHUTDOWN_GRACE_S = 15.0
+
+
+def exit_within(seconds: float, code: int) -> None:
+    """Leave with ``code`` after ``seconds`` if the graceful shutdown has not ended the process by then.
+
+    Faust's shutdown can hang (seen: its consumer's stop waiting for ever after a failed
+    start-up check), and a process that has decided to stop must not linger half-stopped:
+    the process manager would neither restart it nor see it exit.
+    """
+    timer = threading.Timer(seconds, lambda: (log.error("shutdown took more than %.0f s: leaving now", seconds),
+                                              logging.shutdown(), os._exit(code)))
+    timer.daemon = True
+    timer.start()
 
 
 def request_exit(service: HeaterService, code: int) -> None:
     """Stop this process gracefully and leave with ``code`` (e.g. stay-down after FATAL)."""
     service.status.exit_code = code
+    exit_within(SHUTDOWN_GRACE_S, code)
     os.kill(os.getpid(), signal.SIGTERM)
 
 

@@ -67,7 +67,7 @@ def validate_core() -> Iterator[Callable[[Doc], None]]:
 def kubectl() -> str:
     path = shutil.which("kubectl")
     if path is None:
-        pytest.skip("kubectl is not installed: `kubectl kustomize` renders the overlays")
+        pytest.fail("kubectl is not installed: `kubectl kustomize` renders the overlays")
     return path
 
 

@@ -150,7 +150,7 @@ def test_kcat_reads_the_local_broker(platform: Platform) -> None:
     """Debian's kcat (librdkafka) against the embedded broker, as the README shows it."""
     kcat = shutil.which("kcat")
     if kcat is None:
-        pytest.skip("kcat is not installed (Debian package kcat)")
+        pytest.fail("kcat is not installed (Debian package kcat)")
     listing = subprocess.run([kcat, "-b", platform.layout.broker_bootstrap, "-L", "-m", "5"], capture_output=True,
                              text=True, timeout=30)
     assert listing.returncode == 0 and 'topic "sensorData"' in listing.stdout, listing.stderr

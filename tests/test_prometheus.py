@@ -111,7 +111,7 @@ def test_promtool_accepts_the_generated_config(tmp_path: Path) -> None:
     try:
         ensure_installed()
     except PrometheusUnavailable as exc:
-        pytest.skip(str(exc))
+        pytest.fail(str(exc))
     layout = Layout.allocate(tmp_path)
     layout.run_dir.mkdir(parents=True, exist_ok=True)
     prometheus.write(layout)

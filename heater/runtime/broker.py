@@ -11,7 +11,6 @@ import ctypes
 import json
 import logging
 import signal
-import struct
 import subprocess
 import sys
 import time
@@ -19,7 +18,8 @@ import uuid
 from pathlib import Path
 from typing import Any, Iterable
 
-from heater.runtime.api_versions import is_flexible_api_versions, strip_tagged_fields
+from heater.runtime.gate import Gate
+from heater.runtime.log_mirror import LogMirror
 from heater.runtime.processes import ChildProcess, free_port, port_open, wait_until
 from streams.topics import ALL_TOPICS, TopicSpec
 
@@ -102,7 +102,7 @@ def _die_with_parent() -> None:
 
 
 def run_broker(port: int, specs: Iterable[TopicSpec] = ALL_TOPICS, ready_timeout: float = 30.0,
-               topics_file: Path | None = None) -> int:
+               topics_file: Path | None = None, mirror: bool = True) -> int:
     """The broker as one supervised program: the binary behind a gate that opens once its topics exist.
 
     The broker keeps its logs in memory, so every start (a crash restarted by the process
@@ -116,13 +116,18 @@ def run_broker(port: int, specs: Iterable[TopicSpec] = ALL_TOPICS, ready_timeout
     which advertises ``port``. Each start has a cluster id of its own, so a service can tell
     the new logs from the ones its positions count in. Stop signals go to the binary; if
     this process is killed, the kernel kills the binary too.
+
+    With ``mirror`` the gate keeps a copy of what the binary acknowledged and answers
+    fetches from it (:mod:`heater.runtime.log_mirror`: the binary's own fetches slow down
+    with every batch a partition holds).
     """
     internal = free_port()
     child = subprocess.Popen(broker_command(internal, advertised_port=port), preexec_fn=_die_with_parent)
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda s, _f: child.send_signal(s))
     try:
-        return asyncio.run(_serve_gated(child, internal, port, list(specs), topics_file, ready_timeout))
+        gate = Gate(internal, LogMirror() if mirror else None)
+        return asyncio.run(_serve_gated(child, gate, port, list(specs), topics_file, ready_timeout))
     except Exception as exc:  # the supervisor restarts us; the binary must not outlive a failed start
         print(f"broker start failed: {exc!r}", file=sys.stderr, flush=True)
         child.kill()
@@ -134,10 +139,11 @@ def run_broker(port: int, specs: Iterable[TopicSpec] = ALL_TOPICS, ready_timeout
 REMEMBER_EVERY_S = 2.0
 
 
-async def _serve_gated(child: subprocess.Popen[bytes], internal: int, port: int, specs: list[TopicSpec],
+async def _serve_gated(child: subprocess.Popen[bytes], gate: Gate, port: int, specs: list[TopicSpec],
                        topics_file: Path | None, ready_timeout: float) -> int:
     from aiokafka.conn import create_conn
 
+    internal = gate.broker_port
     started = time.monotonic()
     while not port_open(internal):
         if child.poll() is not None:
@@ -151,13 +157,15 @@ async def _serve_gated(child: subprocess.Popen[bytes], internal: int, port: int,
         for name, partitions in remembered_topics(topics_file).items():
             wanted.setdefault(name, (partitions, {"cleanup.policy": "compact"} if name.endswith("-changelog") else {}))
         await _create_raw(conn, wanted)
-        server = await asyncio.start_server(lambda r, w: _pass_through(internal, r, w), "127.0.0.1", port)
+        server = await asyncio.start_server(gate.connection, "127.0.0.1", port)
         print(f"broker ready on 127.0.0.1:{port} in {time.monotonic() - started:.2f} s; created {len(wanted)} topic(s) "
               f"before opening", file=sys.stderr, flush=True)
         async with server:
             while child.poll() is None:
                 if topics_file is not None:
                     await _remember(conn, topics_file)
+                if gate.mirror is not None:
+                    gate.mirror.check_gaps()
                 await asyncio.sleep(REMEMBER_EVERY_S)
     finally:
         conn.close()
@@ -203,42 +211,6 @@ def remembered_topics(topics_file: Path | None) -> dict[str, int]:
         return {}
 
 
-async def _pass_through(internal: int, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-    try:
-        upstream_reader, upstream_writer = await asyncio.open_connection("127.0.0.1", internal)
-    except OSError:
-        writer.close()
-        return
-    try:
-        first_request = await _frame(reader)
-        upstream_writer.write(first_request)
-        if is_flexible_api_versions(first_request[4:]):  # a librdkafka client: see heater.runtime.api_versions
-            body = strip_tagged_fields((await _frame(upstream_reader))[4:])
-            writer.write(struct.pack(">i", len(body)) + body)
-    except (asyncio.IncompleteReadError, OSError):
-        writer.close()
-        upstream_writer.close()
-        return
-    await asyncio.gather(_pump(reader, upstream_writer), _pump(upstream_reader, writer))
-
-
-async def _frame(reader: asyncio.StreamReader) -> bytes:
-    """One Kafka protocol frame, with its length prefix."""
-    prefix = await reader.readexactly(4)
-    return prefix + await reader.readexactly(struct.unpack(">i", prefix)[0])
-
-
-async def _pump(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-    try:
-        while data := await reader.read(65536):
-            writer.write(data)
-            await writer.drain()
-    except OSError:
-        pass
-    finally:
-        writer.close()
-
-
 class EmbeddedBroker:
     """A broker child process for tests and benches (``heater up`` runs it under supervisor)."""
 
@@ -279,8 +251,10 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="the embedded broker behind its topic gate")
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--topics-file", type=Path)
+    parser.add_argument("--no-log-mirror", action="store_true",
+                        help="pass every fetch to the broker binary (for comparison)")
     args = parser.parse_args(argv)
-    return run_broker(args.port, topics_file=args.topics_file)
+    return run_broker(args.port, topics_file=args.topics_file, mirror=not args.no_log_mirror)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,141 @@
+"""The broker's gate on the real broker: fetches answered from its copy are the broker's records,
+a long log's tail stays readable, and a producer the gate cannot read sends fetches to the broker."""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+import subprocess
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+from aiokafka import TopicPartition
+
+from heater.runtime.broker import EmbeddedBroker
+from streams import kafka_clients
+from streams.topics import TopicSpec
+
+
+def fresh_topic(broker: EmbeddedBroker) -> str:
+    from heater.runtime.broker import create_topics
+
+    name = f"gate-{uuid.uuid4().hex[:8]}"
+    create_topics(broker.bootstrap, [TopicSpec(name, purpose="gate test")])
+    return name
+
+
+async def read_all(bootstrap: str, topic: str, count: int, start: int = 0, timeout: float = 30.0) -> list[tuple[int, bytes | None, bytes | None, list]]:
+    consumer = kafka_clients.consumer(bootstrap, enable_auto_commit=False, fetch_max_wait_ms=50)
+    await consumer.start()
+    try:
+        tp = TopicPartition(topic, 0)
+        consumer.assign([tp])
+        consumer.seek(tp, start)
+        got: list[tuple[int, bytes | None, bytes | None, list]] = []
+        deadline = time.monotonic() + timeout
+        while len(got) < count and time.monotonic() < deadline:
+            for records in (await consumer.getmany(timeout_ms=200)).values():
+                got.extend((r.offset, r.key, r.value, list(r.headers)) for r in records)
+        return got
+    finally:
+        await consumer.stop()
+
+
+def test_records_come_back_exactly_as_sent_whatever_the_batching(broker: EmbeddedBroker) -> None:
+    topic = fresh_topic(broker)
+    sent: list[tuple[bytes | None, bytes | None, list]] = []
+
+    async def produce() -> None:
+        producer = kafka_clients.producer(broker.bootstrap, linger_ms=5, acks="all")
+        await producer.start()
+        try:
+            for index in range(300):  # single sends, then bursts that batch together
+                key = None if index % 7 == 0 else f"k{index % 5}".encode()
+                value = None if index % 11 == 0 and key is not None else bytes([index % 256]) * (index % 900)
+                headers = [("h", str(index).encode())] if index % 3 == 0 else []
+                sent.append((key, value, headers))
+                future = await producer.send(topic, value=value, key=key, headers=headers)
+                if index < 100:
+                    await future
+            await producer.flush()
+        finally:
+            await producer.stop()
+
+    asyncio.run(produce())
+    got = asyncio.run(read_all(broker.bootstrap, topic, len(sent)))
+    assert [offset for offset, *_ in got] == list(range(len(sent)))
+    assert [(key, value, headers) for _, key, value, headers in got] == sent
+    middle = asyncio.run(read_all(broker.bootstrap, topic, len(sent) - 150, start=150))
+    assert [offset for offset, *_ in middle] == list(range(150, len(sent)))
+
+
+def test_the_tail_of_a_partition_of_20000_batches_stays_readable(broker: EmbeddedBroker) -> None:
+    """The broker's own fetches list every batch of a partition: at 20,000 batches a reader at
+    the tail got nothing in 15 s. Through the gate it follows as on an empty log."""
+    topic = fresh_topic(broker)
+
+    async def run() -> list[int]:
+        producer = kafka_clients.producer(broker.bootstrap, linger_ms=0)
+        await producer.start()
+        try:
+            for index in range(20_000):
+                await producer.send_and_wait(topic, b"%d" % index)  # one batch each
+            follower = kafka_clients.consumer(broker.bootstrap, enable_auto_commit=False, fetch_max_wait_ms=10)
+            await follower.start()
+            try:
+                tp = TopicPartition(topic, 0)
+                follower.assign([tp])
+                await follower.seek_to_end(tp)
+                await follower.position(tp)
+                for index in range(100):
+                    await producer.send_and_wait(topic, b"new %d" % index)
+                    await asyncio.sleep(0.005)
+                got: list[int] = []
+                deadline = time.monotonic() + 15
+                while len(got) < 100 and time.monotonic() < deadline:
+                    for records in (await follower.getmany(timeout_ms=200)).values():
+                        got.extend(r.offset for r in records)
+                return got
+            finally:
+                await follower.stop()
+        finally:
+            await producer.stop()
+
+    assert asyncio.run(run()) == list(range(20_000, 20_100))
+
+
+def test_records_from_a_librdkafka_producer_come_back_too(broker: EmbeddedBroker) -> None:
+    kcat = shutil.which("kcat")
+    if kcat is None:
+        pytest.fail("kcat is not installed (Debian package kcat)")
+    topic = fresh_topic(broker)
+    asyncio.run(_produce(broker.bootstrap, topic, [b"before"]))
+    subprocess.run([kcat, "-b", broker.bootstrap, "-P", "-t", topic, "-p", "0"], input=b"from kcat\n",
+                   check=True, timeout=30, capture_output=True)
+    asyncio.run(_produce(broker.bootstrap, topic, [b"after"]))
+    got = asyncio.run(read_all(broker.bootstrap, topic, 3))
+    assert [value for _, _, value, _ in got] == [b"before", b"from kcat", b"after"]
+
+
+def test_a_producer_without_answers_sends_every_fetch_to_the_broker(tmp_path: Path) -> None:
+    """acks=0: the broker does not say where the records went, so the copy cannot follow."""
+    with EmbeddedBroker(tmp_path) as broker:
+        topic = fresh_topic(broker)
+        asyncio.run(_produce(broker.bootstrap, topic, [b"before"]))
+        asyncio.run(_produce(broker.bootstrap, topic, [b"unanswered"], acks=0))
+        asyncio.run(_produce(broker.bootstrap, topic, [b"after"]))
+        got = asyncio.run(read_all(broker.bootstrap, topic, 3))
+        assert [value for _, _, value, _ in got] == [b"before", b"unanswered", b"after"]
+        assert "every fetch goes to the broker from now on" in (tmp_path / "logs" / "broker.log").read_text()
+
+
+async def _produce(bootstrap: str, topic: str, values: list[bytes], acks: int | str = "all") -> None:
+    producer = kafka_clients.producer(bootstrap, acks=acks)
+    await producer.start()
+    try:
+        for value in values:
+            await producer.send_and_wait(topic, value, partition=0)
+    finally:
+        await producer.stop()

@@ -1,0 +1,166 @@
+"""The gate's copy of the logs, without a broker: what it serves and when it stands aside."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import pytest
+from aiokafka.record.default_records import DefaultRecordBatchBuilder, DefaultRecordBatch
+
+from heater.runtime import kafka_wire as wire
+from heater.runtime.log_mirror import LogMirror
+
+
+def batch(*values: bytes) -> bytes:
+    """A v2 record batch as a producer sends it (base offset 0)."""
+    builder = DefaultRecordBatchBuilder(magic=2, compression_type=0, is_transactional=False, producer_id=-1,
+                                        producer_epoch=-1, base_sequence=-1, batch_size=1 << 20)
+    for index, value in enumerate(values):
+        builder.append(index, timestamp=1_700_000_000_000 + index, key=b"k", value=value, headers=[])
+    return bytes(builder.build())
+
+
+def values(records: bytes) -> list[tuple[int, bytes]]:
+    """(offset, value) of every record in served batches."""
+    out: list[tuple[int, bytes]] = []
+    at = 0
+    while at < len(records):
+        header = next(wire.batches(records[at:]))
+        parsed = DefaultRecordBatch(records[at:at + header.size])
+        out.extend((record.offset, record.value) for record in parsed)
+        at += header.size
+    return out
+
+
+def want(offset: int, topic: str = "t", partition: int = 0, max_bytes: int = 1 << 20) -> wire.WantedPartition:
+    return wire.WantedPartition(topic, partition, offset, max_bytes)
+
+
+def test_serves_what_the_broker_acknowledged_in_its_offsets() -> None:
+    mirror = LogMirror()
+    mirror.acknowledged("t", 0, 0, batch(b"a", b"b"))
+    mirror.acknowledged("t", 0, 2, batch(b"c"))
+    (served,), _ = mirror.serve([want(0)], 1 << 20)
+    assert served.high_watermark == 3
+    assert values(served.records) == [(0, b"a"), (1, b"b"), (2, b"c")]
+
+
+def test_an_offset_inside_a_batch_gets_the_whole_batch_as_kafka_does() -> None:
+    mirror = LogMirror()
+    mirror.acknowledged("t", 0, 0, batch(b"a", b"b", b"c"))
+    mirror.acknowledged("t", 0, 3, batch(b"d"))
+    (served,), _ = mirror.serve([want(1)], 1 << 20)
+    assert [offset for offset, _ in values(served.records)] == [0, 1, 2, 3]  # the client skips 0
+
+
+def test_at_or_past_the_end_nothing_and_no_error() -> None:
+    mirror = LogMirror()
+    mirror.acknowledged("t", 0, 0, batch(b"a"))
+    for offset in (1, 7):
+        (served,), size = mirror.serve([want(offset)], 1 << 20)
+        assert (served.records, size, served.high_watermark) == (b"", 0, 1)
+
+
+def test_a_partition_never_written_is_empty_and_served() -> None:
+    mirror = LogMirror()
+    assert mirror.can_serve([want(0, topic="quiet")])
+    (served,), _ = mirror.serve([want(0, topic="quiet")], 1 << 20)
+    assert (served.high_watermark, served.records) == (0, b"")
+
+
+def test_answers_arriving_out_of_order_are_served_only_once_contiguous() -> None:
+    mirror = LogMirror()
+    mirror.acknowledged("t", 0, 1, batch(b"second"))
+    (served,), _ = mirror.serve([want(0)], 1 << 20)
+    assert served.high_watermark == 0 and served.records == b""
+    mirror.acknowledged("t", 0, 0, batch(b"first"))
+    (served,), _ = mirror.serve([want(0)], 1 << 20)
+    assert values(served.records) == [(0, b"first"), (1, b"second")]
+
+
+def test_offsets_that_disagree_with_the_copy_send_the_partition_to_the_broker() -> None:
+    mirror = LogMirror()
+    mirror.acknowledged("t", 0, 0, batch(b"a", b"b"))
+    mirror.acknowledged("t", 0, 1, batch(b"x"))  # the broker says 1; the copy ends at 2
+    assert not mirror.can_serve([want(0)])
+    assert mirror.can_serve([want(0, partition=1)])
+
+
+def test_a_gap_that_never_closes_sends_the_partition_to_the_broker() -> None:
+    mirror = LogMirror(gap_timeout_s=0.05)
+    mirror.acknowledged("t", 0, 5, batch(b"after a batch the gate never saw"))
+    mirror.check_gaps()
+    assert mirror.can_serve([want(0)])
+    time.sleep(0.06)
+    mirror.check_gaps()
+    assert not mirror.can_serve([want(0)])
+
+
+def test_reads_below_what_is_kept_go_to_the_broker() -> None:
+    one = batch(b"x" * 1000)
+    mirror = LogMirror(max_bytes_per_partition=3 * len(one))
+    for offset in range(10):
+        mirror.acknowledged("t", 0, offset, one)
+    assert not mirror.can_serve([want(0)])
+    assert mirror.can_serve([want(7)])
+    (served,), _ = mirror.serve([want(7)], 1 << 20)
+    assert [offset for offset, _ in values(served.records)] == [7, 8, 9]
+
+
+def test_deleted_topics_and_unreadable_produce_leave_fetches_to_the_broker() -> None:
+    mirror = LogMirror()
+    mirror.acknowledged("gone", 0, 0, batch(b"a"))
+    mirror.forget_topics(["gone"])
+    assert not mirror.can_serve([want(0, topic="gone")])
+    mirror.acknowledged("t", 0, 0, b"\x00" * 70)  # not a v2 batch
+    assert not mirror.can_serve([want(0)])
+    mirror.give_up("a Produce the gate cannot read")
+    assert not mirror.can_serve([want(0, topic="other")])
+
+
+def test_max_bytes_bounds_the_answer_but_one_batch_always_goes() -> None:
+    big = batch(b"x" * 5000)
+    mirror = LogMirror()
+    for offset in range(3):
+        mirror.acknowledged("t", 0, offset, big)
+    (served,), _ = mirror.serve([want(0, max_bytes=100)], 1 << 20)
+    assert [offset for offset, _ in values(served.records)] == [0]
+    (served,), _ = mirror.serve([want(0)], 2 * len(big))
+    assert [offset for offset, _ in values(served.records)] == [0, 1]
+
+
+async def test_a_waiting_fetch_wakes_when_its_partition_grows_not_before() -> None:
+    mirror = LogMirror()
+    started = asyncio.get_running_loop().time()
+    await mirror.wait_for_growth([want(0)], 0.05)
+    assert asyncio.get_running_loop().time() - started >= 0.045
+    waiting = asyncio.ensure_future(mirror.wait_for_growth([want(0)], 10.0))
+    await asyncio.sleep(0.01)
+    assert not waiting.done()
+    mirror.acknowledged("t", 0, 0, batch(b"a"))
+    await asyncio.wait_for(waiting, 1.0)
+
+
+def test_fetch_answers_read_back_in_every_version_the_gate_answers() -> None:
+    records = batch(b"a")
+    for version in wire.FETCH_VERSIONS:
+        frame = wire.fetch_answer(version, 42, [wire.Served("t", 3, 9, records)])
+        body = frame[4:]
+        assert wire.response_correlation_id(body) == 42
+        answer = wire._FETCH_RESPONSES[version].decode(body[4:])
+        ((topic, partitions),) = answer.topics
+        (partition,) = partitions
+        assert (topic, partition[0], partition[1], partition[2], partition[-1]) == ("t", 3, 0, 9, records)
+
+
+@pytest.mark.parametrize("version", list(wire.FETCH_VERSIONS))
+def test_fetch_requests_read_as_aiokafka_writes_them(version: int) -> None:
+    from aiokafka.protocol.fetch import FetchRequest
+
+    request = FetchRequest(10, 1, 1 << 20, 0, [("t", [(2, 17, 4096)])]).build(wire._FETCH_REQUESTS[version])
+    header = wire._FETCH_REQUESTS[version].API_KEY.to_bytes(2, "big") + version.to_bytes(2, "big") + (5).to_bytes(4, "big")
+    frame = header + (3).to_bytes(2, "big") + b"cli" + request.encode()
+    fetch = wire.read_fetch(wire.request_header(frame), frame)
+    assert fetch.partitions == (wire.WantedPartition("t", 2, 17, 4096),)
+    assert (fetch.max_wait_ms, fetch.min_bytes, fetch.sessionless) == (10, 1, True)

@@ -41,6 +41,7 @@ from aiokafka import AIOKafkaConsumer  # noqa: E402
 
 from adapters.can import frames  # noqa: E402
 from bench.procstats import cpu_seconds  # noqa: E402
+from bench.stats import percentile  # noqa: E402
 from heater.runtime.broker import EmbeddedBroker  # noqa: E402
 from heater.runtime.processes import free_port  # noqa: E402
 from simulator import client  # noqa: E402
@@ -191,13 +192,6 @@ async def consume(
     finally:
         await consumer.stop()
     return seen
-
-
-def percentile(values: list[float], q: float) -> float:
-    if not values:
-        return float("nan")
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(round(q / 100 * (len(ordered) - 1))))]
 
 
 def summary_ms(values: list[float]) -> dict[str, float]:

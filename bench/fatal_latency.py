@@ -60,6 +60,7 @@ sys.path.insert(0, str(ROOT))
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer  # noqa: E402
 
+from bench.stats import percentile  # noqa: E402
 from heater import reset  # noqa: E402
 from heater.catalogue import COMPONENTS  # noqa: E402
 from heater.platform import Platform  # noqa: E402
@@ -121,14 +122,6 @@ def view(url: str) -> dict[str, Any] | None:
     except OSError:
         return None
     return body if status == 200 else None
-
-
-def percentile(values: list[float], q: float) -> float:
-    """Nearest-rank percentile (as bench/can_ingest.py)."""
-    if not values:
-        return float("nan")
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(round(q / 100 * (len(ordered) - 1))))]
 
 
 def summary_ms(seconds: list[float]) -> dict[str, float]:

@@ -49,9 +49,10 @@ def broker_command(port: int, advertised_port: int | None = None, cluster_id: st
     ]
 
 
-def gated_broker_command(port: int, topics_file: Path) -> list[str]:
+def gated_broker_command(port: int, topics_file: Path, mirror: bool = True) -> list[str]:
     """The command line of :func:`run_broker` as a program of its own (tests and benches run it)."""
-    return [sys.executable, "-m", "heater.runtime.broker", "--port", str(port), "--topics-file", str(topics_file)]
+    command = [sys.executable, "-m", "heater.runtime.broker", "--port", str(port), "--topics-file", str(topics_file)]
+    return command if mirror else [*command, "--no-log-mirror"]
 
 
 def broker_ready(bootstrap: str, timeout: float = 2.0, topics: Iterable[str] = ()) -> bool:
@@ -214,9 +215,9 @@ def remembered_topics(topics_file: Path | None) -> dict[str, int]:
 class EmbeddedBroker:
     """A broker child process for tests and benches (``heater up`` runs it under supervisor)."""
 
-    def __init__(self, run_dir: Path, port: int | None = None) -> None:
+    def __init__(self, run_dir: Path, port: int | None = None, mirror: bool = True) -> None:
         self.port = port or free_port()
-        command = gated_broker_command(self.port, run_dir / "broker-topics.json")
+        command = gated_broker_command(self.port, run_dir / "broker-topics.json", mirror)
         self.process = ChildProcess("broker", command, run_dir / "logs" / "broker.log")
 
     @property

@@ -172,6 +172,28 @@ class Dependency:
         await self._reconcile()
         return result
 
+    async def until_answered(self, fn: Callable[[], Awaitable[T]],
+                             on_wait: Callable[[DependencyDown], Awaitable[None]] | None = None) -> T:
+        """``fn()`` through :meth:`call`, asked again until the dependency answers, however long it is down.
+
+        For work only this dependency can decide (an operator reset only Vault can verify):
+        between calls it waits with backoff up to ``open_s``, so each later call is the
+        breaker's probe. ``on_wait`` hears each failed call (a metric, a log line).
+        """
+
+        async def before_sleep(state: RetryCallState) -> None:
+            exc = state.outcome.exception() if state.outcome is not None else None
+            if on_wait is not None and isinstance(exc, DependencyDown):
+                await on_wait(exc)
+
+        waiting = AsyncRetrying(
+            wait=wait_exponential(multiplier=self.policy.backoff_s, max=self.policy.open_s),
+            retry=retry_if_exception_type(DependencyDown),
+            before_sleep=before_sleep,
+            reraise=True,
+        )
+        return await waiting(self.call, fn)
+
     async def _attempt(self, fn: Callable[[], Awaitable[T]]) -> T:
         breaker = await self._breakers.get_breaker(self.name)
         answered: BaseException | None = None

@@ -19,7 +19,6 @@ same record. The Pico's trip count comes from ``relayState``.
 
 from __future__ import annotations
 
-import asyncio
 import collections
 import json
 import logging

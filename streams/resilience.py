@@ -27,7 +27,8 @@ from typing import TYPE_CHECKING, Any, Awaitable, Callable, Literal, TypeVar
 from prometheus_client import Gauge
 from purgatory import AsyncCircuitBreakerFactory
 from purgatory.domain.model import OpenedState
-from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type, stop_after_attempt, wait_exponential
+from tenacity import (AsyncRetrying, RetryCallState, retry_if_exception_type, retry_if_not_exception_type,
+                      stop_after_attempt, wait_exponential)
 
 from streams.records import Severity
 from streams.vault import VaultUnavailable
@@ -94,6 +95,14 @@ VAULT = Kind("vault", "vault-unavailable", Severity.CRITICAL,
              Policy(timeout_s=4.0, attempts=3, backoff_s=0.5, backoff_max_s=2.0, threshold=3, open_s=5.0),
              (VaultUnavailable,))
 
+#: The broker under a reader that follows topics for good (a fetch has its own bound: no
+#: timeout). Any error of a bare fetch is the broker's or its client's. No alarm: one about the
+#: broker could only travel through it, and what its absence stops is watched elsewhere (stale
+#: data and the valve lease in the I2C adapter, missing heartbeats in the registry).
+BROKER = Kind("broker", None, Severity.WARNING,
+              Policy(timeout_s=None, attempts=3, backoff_s=0.1, backoff_max_s=0.5, threshold=3, open_s=1.0),
+              (Exception,))
+
 
 class OutageAlarm:
     """Keeps one dependency's alarm in line with its state: raised once while down, cleared once when back."""
@@ -117,8 +126,11 @@ class OutageAlarm:
 class Dependency:
     """One remote dependency of this process: every call through timeout, backoff and breaker."""
 
-    def __init__(self, kind: Kind, alarms: AlarmSink = lambda: None, policy: Policy | None = None) -> None:
+    def __init__(self, kind: Kind, alarms: AlarmSink = lambda: None, policy: Policy | None = None,
+                 name: str | None = None) -> None:
         self.kind = kind
+        self.name = name or kind.name
+        """Names this caller's breaker in logs and metrics (one kind, several callers: "broker (homekit feed)")."""
         self.policy = policy or kind.policy
         self._alarms = alarms
         self._alarm = OutageAlarm()
@@ -128,10 +140,6 @@ class Dependency:
         self._state = "closed"
         self._seen_down = False
         self.last_error = ""
-
-    @property
-    def name(self) -> str:
-        return self.kind.name
 
     @property
     def down(self) -> bool:
@@ -156,7 +164,7 @@ class Dependency:
         retrying = AsyncRetrying(
             stop=stop_after_attempt(self.policy.attempts),
             wait=wait_exponential(multiplier=self.policy.backoff_s, max=self.policy.backoff_max_s),
-            retry=retry_if_exception_type((*self.kind.failures, asyncio.TimeoutError)),
+            retry=retry_if_exception_type((*self.kind.failures, asyncio.TimeoutError)) & retry_if_not_exception_type(OpenedState),
             before_sleep=self._before_sleep,
             reraise=True,
         )

@@ -206,3 +206,30 @@ async def test_without_an_alarm_client_the_state_is_still_kept() -> None:
 
 def test_vault_kind_is_critical_not_fatal() -> None:
     assert VAULT.alarm_code == "vault-unavailable" and VAULT.severity is Severity.CRITICAL
+
+
+async def test_until_answered_waits_through_an_outage_probing_with_the_breaker() -> None:
+    dependency, remote, alarms = make()
+    remote.up = False
+    waits: list[str] = []
+
+    async def on_wait(exc: DependencyDown) -> None:
+        waits.append(exc.reason)
+        if len(waits) == 4:
+            remote.up = True
+
+    assert await dependency.until_answered(remote, on_wait=on_wait) == "answer"
+    assert remote.calls <= FAST.threshold + len(waits), "while open, calls failed fast without reaching it"
+    assert alarms.sent == [("raise", "fake-unavailable"), ("clear", "fake-unavailable")]
+
+
+async def test_a_kind_that_counts_every_error_still_fails_fast_while_open() -> None:
+    broad = Kind("broad", None, Severity.WARNING, FAST, (Exception,))
+    dependency, remote = Dependency(broad), Remote()
+    remote.up = False
+    with pytest.raises(DependencyDown):
+        await dependency.call(remote)
+    calls = remote.calls
+    with pytest.raises(DependencyDown, match="circuit open"):
+        await dependency.call(remote)
+    assert remote.calls == calls, "the open breaker's refusal is not retried as a failure"

@@ -10,13 +10,17 @@ then it is the service name the process was started as.
 from __future__ import annotations
 
 import asyncio
+import logging
 from typing import Mapping
 
 import hvac
 import requests
 
+from streams.resilience import Dependency, DependencyDown
 from streams.settings import Settings
 from streams.vault import TIMEOUT_S, VaultUnavailable, vault_client
+
+log = logging.getLogger(__name__)
 
 ALLOWLIST_PATH = "heater/services"
 MOUNT = "secret"
@@ -46,9 +50,25 @@ async def load_allowlist(settings: Settings | None = None) -> dict[str, str]:
         raise VaultUnavailable(f"Vault refused {MOUNT}/{ALLOWLIST_PATH}: {exc}") from None
 
 
+async def refreshed_allowlist(vault: Dependency, current: dict[str, str]) -> dict[str, str]:
+    """Vault's list again, through the service's Vault dependency; the last good list while Vault is away.
+
+    A sender is then still judged by the list it was last allowed by, rather than by none
+    (which would make every service a stranger) — Vault's outage alarm says it may be stale.
+    """
+    try:
+        allowed = await vault.call(load_allowlist)
+    except DependencyDown as exc:
+        log.warning("allowed services not refreshed, the last good list stays in force: %s", exc)
+        return current
+    if allowed != current:
+        log.info("allowed services now: %s", ", ".join(sorted(allowed)))
+    return allowed
+
+
 def is_allowed(allowed: Mapping[str, str], service: str, identity: str) -> bool:
     """A sender is allowed when its name is listed with that identity."""
     return allowed.get(service) == identity
 
 
-__all__ = ["ALLOWLIST_PATH", "is_allowed", "load_allowlist", "read_allowlist", "write_allowlist"]
+__all__ = ["ALLOWLIST_PATH", "is_allowed", "load_allowlist", "read_allowlist", "refreshed_allowlist", "write_allowlist"]

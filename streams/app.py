@@ -31,6 +31,7 @@ from streams.latch import LatchView
 from streams.log_identity import LogIdentity
 from streams.platform_watch import PlatformWatch
 from streams.records import RECORD_FOR_TOPIC, HeaterRecord
+from streams.resilience import VAULT, Dependency
 from streams.settings import DEFAULT_FETCH_WAIT_MS, FAST_FETCH_WAIT_MS, Settings, faust_options
 from streams.transport import register as register_transport
 from streams.web_driver import register as register_web_driver
@@ -53,6 +54,8 @@ class HeaterService:
         self._checks: list[StartupCheck] = []
         self.watch: PlatformWatch | None = None
         self.alarms: AlarmClient | None = None
+        #: Vault at run time: every call through timeout, backoff and breaker, with its outage alarm.
+        self.vault = Dependency(VAULT, lambda: self.alarms)
         self.on_stay_down: Callable[[], None] | None = None
         self.ledger: Ledger | None = None
         self.watched_through: Callable[[], float] = lambda: 0.0

@@ -27,6 +27,7 @@ import faust
 from aiokafka.errors import KafkaError
 from faust.exceptions import ProducerSendError
 from faust.types import FutureMessage
+from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type, stop_after_attempt, wait_exponential
 
 from streams.metrics import MESSAGES_SENT, REFUSALS
 
@@ -81,22 +82,25 @@ async def deliver(
     """
     if attempts < 1:
         raise ValueError(f"attempts must be >= 1, got {attempts}")
-    last: BaseException | None = None
-    for attempt in range(attempts):
-        if attempt:
-            await asyncio.sleep(backoff_s * 2 ** (attempt - 1))
-        try:
-            future = await send()
-            metadata = await future
-        except RETRIABLE as exc:
-            last = exc
-            REFUSALS.labels(service, topic).inc()
-            log.warning("%s: send %d/%d refused: %r", what, attempt + 1, attempts, exc)
-        else:
-            MESSAGES_SENT.labels(service, topic).inc()
-            return metadata
-    assert last is not None
-    raise DeliveryFailed(what, attempts, last)
+
+    def refused(state: RetryCallState) -> None:
+        REFUSALS.labels(service, topic).inc()
+        exc = state.outcome.exception() if state.outcome is not None else None
+        log.warning("%s: send %d/%d refused: %r", what, state.attempt_number, attempts, exc)
+
+    async def once() -> Any:
+        return await (await send())
+
+    # No circuit breaker: a refusal is no outage to wait out, and failing other sends fast
+    # would only move the loss elsewhere; the consistency rule wants a resend or a loud failure.
+    resending = AsyncRetrying(stop=stop_after_attempt(attempts), wait=wait_exponential(multiplier=backoff_s),
+                              retry=retry_if_exception_type(RETRIABLE), after=refused, reraise=True)
+    try:
+        metadata = await resending(once)
+    except RETRIABLE as exc:
+        raise DeliveryFailed(what, attempts, exc) from exc
+    MESSAGES_SENT.labels(service, topic).inc()
+    return metadata
 
 
 class ReliableTable(faust.Table):

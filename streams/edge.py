@@ -34,6 +34,7 @@ from streams.latch import LatchView
 from streams.metrics import MESSAGES_SENT, REFUSALS
 from streams.lifecycle import Phase, ServiceSpec, ServiceStatus
 from streams.platform_watch import PlatformWatch
+from streams.resilience import VAULT, Dependency
 from streams.settings import DEFAULT_FETCH_WAIT_MS, FAST_FETCH_WAIT_MS, Settings
 
 log = logging.getLogger(__name__)
@@ -59,6 +60,8 @@ class EdgeService:
         self.producer: AIOKafkaProducer | None = None
         self.watch: PlatformWatch | None = None
         self.alarms: AlarmClient | None = None
+        #: Vault at run time: every call through timeout, backoff and breaker, with its outage alarm.
+        self.vault = Dependency(VAULT, lambda: self.alarms)
         self.exit_code = exitcodes.DONE
         self._reserved_exit: int | None = None
         self._stop: asyncio.Event | None = None

@@ -29,7 +29,7 @@ from aiokafka import AIOKafkaConsumer
 
 from streams import topics, topology
 from streams.codec import DecodeError, decode
-from streams.readers import open_reader, poll
+from streams.readers import follower, open_reader, poll
 from streams.records import HeatingJobState, PlatformLatch, RelayState, SensorReading
 from streams.settings import DEFAULT_FETCH_WAIT_MS, Settings
 from streams.table_mirror import TableMirror, follow
@@ -150,9 +150,10 @@ class HomeKitFeed:
                        follow(self.exceptions, bootstrap, self._changed.set)]
 
     async def _follow(self, reader: AIOKafkaConsumer) -> None:
+        broker = follower("homekit feed")
         try:
             while True:
-                batches = await poll(reader, DEFAULT_FETCH_WAIT_MS * 2, "homekit feed")
+                batches = await poll(reader, DEFAULT_FETCH_WAIT_MS * 2, broker)
                 for tp, messages in batches.items():
                     for message in messages:
                         for observe in self.observers:

@@ -26,7 +26,7 @@ from streams.codec import DecodeError, decode
 from streams.config_rules import ConfigBook
 from streams.latch import LatchView
 from streams.records import RECORD_FOR_TOPIC, Alarm, AlarmClear, PlatformLatch
-from streams.readers import open_reader
+from streams.readers import follower, open_reader
 
 log = logging.getLogger(__name__)
 
@@ -52,6 +52,7 @@ class PlatformWatch:
         self._config_changed = False
         self._own_prefix = f"{service}/".encode()
         self._consumer: AIOKafkaConsumer | None = None
+        self._broker = follower("platform watch")
         self._task: asyncio.Task[None] | None = None
 
     async def start(self, timeout: float = 15.0) -> None:
@@ -95,13 +96,15 @@ class PlatformWatch:
                 await self._poll(notify=True)
             except asyncio.CancelledError:
                 raise
-            except Exception:  # the broker may be away for a while: keep following
-                log.exception("platform watch: poll failed; retrying")
-                await asyncio.sleep(0.5)
+            except Exception:  # a failed callback must not end the following (the broker's failures are retried in _poll)
+                log.exception("platform watch: a change callback failed; following on")
 
     async def _poll(self, notify: bool) -> None:
-        assert self._consumer is not None
-        batches = await self._consumer.getmany(timeout_ms=max(self.fetch_wait_ms * 2, 50))
+        """The next batches, through the broker dependency: backoff and breaker while the broker is away."""
+        consumer = self._consumer
+        assert consumer is not None
+        batches = await self._broker.until_answered(
+            lambda: consumer.getmany(timeout_ms=max(self.fetch_wait_ms * 2, 50)))
         was_latched = self.latch.latched
         for tp, messages in batches.items():
             for message in messages:

@@ -15,6 +15,7 @@ from typing import Any, Iterable
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from streams import kafka_clients
+from streams.resilience import BROKER, Dependency
 from streams.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -105,21 +106,15 @@ async def open_reader(
     return consumer
 
 
-#: How long a follower waits before polling again after a failed poll.
-POLL_RETRY_S = 0.5
+def follower(what: str) -> Dependency:
+    """The broker as one follower sees it (its own breaker; ``what`` names it in logs)."""
+    return Dependency(BROKER, name=f"broker ({what})")
 
 
-async def poll(reader: AIOKafkaConsumer, timeout_ms: int, what: str) -> dict[Any, list[Any]]:
-    """The next batches of a reader that follows topics for good; a failed poll is logged and retried.
+async def poll(reader: AIOKafkaConsumer, timeout_ms: int, broker: Dependency) -> dict[Any, list[Any]]:
+    """The next batches of a reader that follows topics for good, through ``broker`` (:func:`follower`).
 
     The broker may be away for a while (restarted, or the machine busy): a follower keeps
-    following instead of dying with it.
+    following instead of dying with it, with backoff and a breaker instead of a fixed pause.
     """
-    while True:
-        try:
-            return await reader.getmany(timeout_ms=timeout_ms)
-        except asyncio.CancelledError:
-            raise
-        except Exception:
-            log.exception("%s: poll failed; retrying", what)
-            await asyncio.sleep(POLL_RETRY_S)
+    return await broker.until_answered(lambda: reader.getmany(timeout_ms=timeout_ms))

@@ -23,7 +23,7 @@ from typing import Any, Callable
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from streams import kafka_clients
-from streams.readers import open_reader, poll
+from streams.readers import follower, open_reader, poll
 from streams.settings import DEFAULT_FETCH_WAIT_MS
 
 log = logging.getLogger(__name__)
@@ -93,9 +93,10 @@ def follow(mirror: TableMirror, bootstrap: str, on_change: Callable[[], None]) -
         reader = await mirror.open(bootstrap)
         if mirror.caught_up:
             on_change()
+        broker = follower(mirror.topic)
         try:
             while True:
-                batches = await poll(reader, DEFAULT_FETCH_WAIT_MS * 2, mirror.topic)
+                batches = await poll(reader, DEFAULT_FETCH_WAIT_MS * 2, broker)
                 was = mirror.caught_up
                 changed = [mirror.apply(m.key, m.value) for messages in batches.values() for m in messages]  # every one, no short cut
                 if (any(changed) and was) or (await mirror.check_caught_up(reader) and not was):

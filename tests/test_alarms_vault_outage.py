@@ -16,6 +16,7 @@ import pytest
 from streams.agents import alarms as alarms_agent
 from streams.operator_reset import issue_reset
 from streams.records import OperatorReset
+from streams.resilience import VAULT, Dependency, Policy
 from streams.vault import VaultUnavailable
 
 
@@ -42,8 +43,9 @@ def vault(monkeypatch: pytest.MonkeyPatch) -> Iterator[FlakyVault]:
     flaky = FlakyVault(outages=2)
     monkeypatch.setattr(alarms_agent, "signer", lambda: flaky)
     monkeypatch.setattr(alarms_agent, "used_nonces", {})
-    monkeypatch.setattr(alarms_agent, "VAULT_RETRY_S", (0.05,))
+    fast = Policy(timeout_s=1.0, attempts=2, backoff_s=0.01, backoff_max_s=0.02, threshold=2, open_s=0.05)
     monkeypatch.setattr(alarms_agent.service, "alarms", None)
+    monkeypatch.setattr(alarms_agent.service, "vault", Dependency(VAULT, policy=fast))
     yield flaky
 
 
@@ -54,7 +56,7 @@ def verify(reset: OperatorReset) -> str:
 def test_a_genuine_reset_waits_for_vault_and_is_accepted(vault: FlakyVault) -> None:
     reset = asyncio.run(issue_reset("alice", vault, ["bank/x@1.0"], 2))
     assert verify(reset) == "", "accepted once Vault answers"
-    assert vault.attempts == 3
+    assert vault.attempts == 3, "two failed attempts opened the breaker; its probe was answered"
 
 
 def test_a_forged_reset_is_still_refused_once_vault_answers(vault: FlakyVault) -> None:

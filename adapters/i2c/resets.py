@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Awaitable, Callable
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.structs import ConsumerRecord
+from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type, stop_after_attempt, wait_fixed
 
 from adapters.i2c import metrics
 from adapters.i2c.board import BoardError, Readback
@@ -35,6 +36,7 @@ from streams.codec import DecodeError, decode
 from streams.latch import LatchView, not_named
 from streams.operator_reset import ResetRefused, verify_reset
 from streams.records import OperatorReset, Severity, now
+from streams.resilience import DependencyDown
 from streams.vault import TransitSigner, VaultUnavailable, vault_client
 
 if TYPE_CHECKING:
@@ -45,8 +47,24 @@ log = logging.getLogger(__name__)
 Verifier = Callable[[bytes, str], Awaitable[bool]]
 
 RESET_ATTEMPTS = 3
-VAULT_RETRY_S = (0.5, 1.0, 2.0, 5.0)
+#: Pause between two attempts at the board (the bus, not a remote dependency: no breaker).
+BOARD_RETRY_S = 0.05
 CATCH_UP_TIMEOUT_S = 5.0
+#: While a reset waits for Vault, how often a FATAL the last release did not name is looked for.
+HOLD_WHILE_WAITING_S = 0.2
+
+
+def board_attempts(what: str) -> AsyncRetrying:
+    """Up to :data:`RESET_ATTEMPTS` tries at the board, :data:`BOARD_RETRY_S` apart; each failure counted and logged."""
+
+    def failed(state: RetryCallState) -> None:
+        exc = state.outcome.exception() if state.outcome is not None else None
+        if isinstance(exc, BoardError):
+            metrics.I2C_ERRORS.labels(exc.operation).inc()
+        log.error("%s attempt %d failed: %s", what, state.attempt_number, exc)
+
+    return AsyncRetrying(stop=stop_after_attempt(RESET_ATTEMPTS), wait=wait_fixed(BOARD_RETRY_S),
+                         retry=retry_if_exception_type(BoardError), after=failed, reraise=True)
 
 
 def refusal_kind(reason: str) -> str:
@@ -145,39 +163,42 @@ class ResetGate:
         release a trip that happened in between.
         """
         adapter = self.adapter
-        for attempt in range(1, RESET_ATTEMPTS + 1):
-            try:
-                async with adapter.io.lock:
-                    trip_count = await adapter.io.call(adapter.io.board.trip_count)
-                    if why := self.outdated(record, trip_count):
-                        return why
-                    await adapter.io.call(adapter.io.board.reset_latch)
-            except BoardError as exc:
-                metrics.I2C_ERRORS.labels(exc.operation).inc()
-                log.error("RESET attempt %d failed: %s", attempt, exc)
-                await asyncio.sleep(0.05)
-                continue
-            readback = await self._read_back()
-            if readback is None:
-                return None
-            adapter.note(readback)
-            if readback.status.trip_latched:
-                log.error("RESET sent: the board still reports the trip latched")
-                return None
-            return readback
-        return None
+        try:
+            why = await board_attempts("RESET")(self._send_reset, record)
+        except BoardError:
+            return None
+        if why:
+            return why
+        readback = await self._read_back()
+        if readback is None:
+            return None
+        adapter.note(readback)
+        if readback.status.trip_latched:
+            log.error("RESET sent: the board still reports the trip latched")
+            return None
+        return readback
+
+    async def _send_reset(self, record: OperatorReset) -> str:
+        """One try: under the bus lock, check the reset still fits, then send the sequence ("" when sent)."""
+        adapter = self.adapter
+        async with adapter.io.lock:
+            trip_count = await adapter.io.call(adapter.io.board.trip_count)
+            if why := self.outdated(record, trip_count):
+                return why
+            await adapter.io.call(adapter.io.board.reset_latch)
+        return ""
 
     async def _read_back(self) -> Readback | None:
         adapter = self.adapter
-        for _ in range(RESET_ATTEMPTS):
-            try:
-                async with adapter.io.lock:
-                    return await adapter.io.call(adapter.io.board.read_back)
-            except BoardError as exc:
-                metrics.I2C_ERRORS.labels(exc.operation).inc()
-                log.error("reading back after RESET failed: %s", exc)
-                await asyncio.sleep(0.05)
-        return None
+
+        async def read() -> Readback:
+            async with adapter.io.lock:
+                return await adapter.io.call(adapter.io.board.read_back)
+
+        try:
+            return await board_attempts("reading back after RESET")(read)
+        except BoardError:
+            return None
 
     # -- operatorReset ---------------------------------------------------------------
 
@@ -246,22 +267,11 @@ class ResetGate:
         if record.issued_at < self.ledger.state.not_before:
             await self._refuse(record, "replayed", "issued before the reset ledger was lost (possible replay)")
             return
-        delays = iter(VAULT_RETRY_S)
-        first_attempt_at = now()
-        while True:
-            try:
-                await verify_reset(record, await self._verify_fn(), self.ledger.used_nonces, at=first_attempt_at)
-                break
-            except ResetRefused as exc:
-                await self._refuse(record, refusal_kind(exc.reason), exc.reason)
-                return
-            except VaultUnavailable as exc:
-                metrics.RESETS.labels("vault-unavailable").inc()
-                await self.adapter.raise_alarm(
-                    "vault-unavailable", Severity.CRITICAL, f"cannot verify operator resets: {exc}"
-                )
-                self._verifier = None
-                await asyncio.sleep(next(delays, VAULT_RETRY_S[-1]))
+        try:
+            await self._verified(record)
+        except ResetRefused as exc:
+            await self._refuse(record, refusal_kind(exc.reason), exc.reason)
+            return
         self.ledger.mark_used(record.nonce, time.time())
         readback = await self.release(record)
         if isinstance(readback, str):
@@ -281,6 +291,35 @@ class ResetGate:
         metrics.RESETS.labels("released").inc()
         log.warning("Pico trip latch released by verified reset %s from %s", record.reset_id, record.operator)
         await self.adapter.publish(readback, force=True)
+
+    async def _verified(self, record: OperatorReset) -> None:
+        """Verify the reset, waiting as long as Vault does not answer; :class:`ResetRefused` when not genuine.
+
+        A Vault outage is no verdict on the reset (its age is judged at the first attempt).
+        While it waits, the trip is still held: a FATAL the last release did not name trips
+        the board again without waiting for Vault.
+        """
+        first_attempt_at = now()
+
+        async def verify() -> None:
+            try:
+                await verify_reset(record, await self._verify_fn(), self.ledger.used_nonces, at=first_attempt_at)
+            except VaultUnavailable:
+                self._verifier = None  # a fresh client (the token file read again) for the next attempt
+                raise
+
+        async def waits(exc: DependencyDown) -> None:
+            metrics.RESETS.labels("vault-unavailable").inc()
+            log.error("operator reset %s waits: %s", record.reset_id, exc)
+
+        verifying = asyncio.ensure_future(self.adapter.service.vault.until_answered(verify, on_wait=waits))
+        try:
+            while not verifying.done():
+                await asyncio.wait({verifying}, timeout=HOLD_WHILE_WAITING_S)
+                await self.hold()
+        finally:
+            verifying.cancel()
+        verifying.result()
 
     async def _verify_fn(self) -> Verifier:
         if self._verifier is None:

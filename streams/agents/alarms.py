@@ -19,7 +19,6 @@ same record. The Pico's trip count comes from ``relayState``.
 
 from __future__ import annotations
 
-import asyncio
 import collections
 import json
 import logging
@@ -38,7 +37,8 @@ from streams.readers import open_reader
 from streams.records import Alarm, AlarmClear, OperatorReset, RelayAction, RelayCommand, RelayState, Severity, now
 from streams.settings import Settings
 from streams.tables import alarms as tables
-from streams.vault import TransitSigner, VaultUnavailable, vault_client
+from streams.resilience import DependencyDown
+from streams.vault import TransitSigner, vault_client
 
 log = logging.getLogger(__name__)
 
@@ -68,8 +68,6 @@ metrics.LIVE.add(metrics.ALARMS_ACTIVE, active_by_severity)
 alarm_events = service.raw_topic(topics.CREATE_ALARM, topics.DELETE_ALARM)
 reset_events = service.raw_topic(topics.OPERATOR_RESET)
 relay_events = service.raw_topic(topics.RELAY_STATE)
-#: Waits between verification attempts while Vault does not answer (the last one repeats).
-VAULT_RETRY_S = (0.5, 1.0, 2.0, 5.0)
 reset_topic = app.topic(topics.OPERATOR_RESET.name, value_type=OperatorReset, key_type=str)
 
 
@@ -164,18 +162,16 @@ async def verification(reset: OperatorReset) -> str:
     is judged at the first attempt, so waiting for Vault does not make it stale.
     """
     first_attempt_at = now()
-    delays = iter(VAULT_RETRY_S)
-    while True:
-        try:
-            await verify_reset(reset, signer().verify, used_nonces, at=first_attempt_at)
-            return ""
-        except ResetRefused as exc:
-            return exc.reason
-        except VaultUnavailable as exc:
-            log.error("operator reset %s waits: Vault does not answer (%s)", reset.reset_id, exc)
-            if service.alarms is not None:
-                await service.alarms.raise_alarm("vault-unavailable", Severity.CRITICAL, f"cannot verify operator resets: {exc}")
-            await asyncio.sleep(next(delays, VAULT_RETRY_S[-1]))
+
+    async def waits(exc: DependencyDown) -> None:
+        log.error("operator reset %s waits: %s", reset.reset_id, exc)
+
+    try:
+        await service.vault.until_answered(
+            lambda: verify_reset(reset, signer().verify, used_nonces, at=first_attempt_at), on_wait=waits)
+    except ResetRefused as exc:
+        return exc.reason
+    return ""
 
 
 async def on_reset(step: Step, reset: OperatorReset, refusal: str) -> None:
@@ -316,8 +312,8 @@ class Reset(faust.web.View):
         except Exception as exc:  # the broker does not answer: a reset now could not be published either
             return self.json({"error": f"cannot read where the readings end: {exc!r}"}, status=503)
         try:
-            reset = await issue_reset(operator, signer(), occurrences, trip_count, covered)
-        except VaultUnavailable as exc:
+            reset = await service.vault.call(lambda: issue_reset(operator, signer(), occurrences, trip_count, covered))
+        except DependencyDown as exc:
             return self.json({"error": f"cannot sign the reset: {exc}"}, status=503)
         await reset_topic.send(key=reset.reset_id, value=reset)
         log.warning("operator %s issued reset %s releasing %s (trip count %s)", operator, reset.reset_id,

@@ -30,7 +30,7 @@ import faust
 from prometheus_client import Counter
 
 from streams import topics
-from streams.allowlist import is_allowed, load_allowlist
+from streams.allowlist import is_allowed, load_allowlist, refreshed_allowlist
 from streams.app import HeaterService, ServiceKind, ServiceSpec
 from streams.consistency import Step
 from streams.records import ExceptionReport, Severity
@@ -51,7 +51,6 @@ ledger.run_settler()
 #: How often the allowed list is read again from Vault.
 ALLOWLIST_REFRESH_S = 10.0
 UNKNOWN_SENDER = "unknown-sender"
-VAULT_DOWN = "vault-unavailable"
 
 COUNTED = Counter("heater_exceptions_counted_total", "Exception reports counted, by whether the sender is allowed",
                   ["sender_known"])
@@ -62,7 +61,6 @@ class Senders:
 
     def __init__(self) -> None:
         self.allowed: dict[str, str] | None = None
-        self.vault_down = False
         self.loaded = asyncio.Event()
 
     async def load_at_start(self) -> None:
@@ -75,24 +73,9 @@ class Senders:
         self.loaded.set()
 
     async def refresh(self) -> None:
-        try:
-            allowed = await load_allowlist()
-        except VaultUnavailable as exc:
-            if not self.vault_down:
-                log.error("allowed list not refreshed, the last good one stays in force: %s", exc)
-                self.vault_down = True
-                if service.alarms is not None:
-                    await service.alarms.raise_alarm(VAULT_DOWN, Severity.CRITICAL,
-                                                     f"cannot refresh the allowed services; the last good list is used: {exc}")
-            return
-        if allowed != self.allowed:
-            log.info("allowed services now: %s", ", ".join(sorted(allowed)))
-        self.allowed = allowed
-        if self.vault_down:
-            self.vault_down = False
-            log.info("Vault answers again: allowed list refreshed")
-            if service.alarms is not None:
-                await service.alarms.clear_alarm(VAULT_DOWN, reason="Vault answers again")
+        """Vault's list again (the service's Vault dependency raises and clears the outage alarm)."""
+        assert self.allowed is not None
+        self.allowed = await refreshed_allowlist(service.vault, self.allowed)
 
     def known(self, report: ExceptionReport) -> bool:
         assert self.allowed is not None, "reports are decided only once the allowed list is loaded"

@@ -14,8 +14,9 @@ it owes. The rules are in :mod:`streams.registry_rules`:
 It is a display service (DESIGN rule 2): after a FATAL it stays up, read-only and not
 ready, still showing every service — and judges nobody missing while control services are
 down on purpose. Vault's allowed list is read at start (no list, no start: a clear error)
-and again every :data:`ALLOWLIST_REFRESH_S`; when Vault does not answer, the last good list
-stays in force.
+and again every :data:`ALLOWLIST_REFRESH_S` through the service's Vault dependency
+(:mod:`streams.resilience`); when Vault does not answer, the last good list stays in force,
+with a ``vault-unavailable`` alarm until Vault answers again.
 
 ``GET /registry`` shows the services, the platform's latch and the recent disasters;
 ``POST /registry/watch {"service": NAME, "watch": false}`` stops (or resumes) watching one.
@@ -33,7 +34,7 @@ import faust
 from prometheus_client import Counter, Gauge
 
 from streams import topics
-from streams.allowlist import load_allowlist
+from streams.allowlist import load_allowlist, refreshed_allowlist
 from streams.app import HeaterService, ServiceKind, ServiceSpec
 from streams.consistency import Step
 from streams.discovery import DiscoveryUnavailable, discovery_for
@@ -43,7 +44,6 @@ from streams.records import DisasterEvent, Heartbeat, HeaterRecord, RegistryEven
 from streams.registry_rules import Registry, RegistryLimits, Verdict, stranger_key
 from streams.settings import Settings
 from streams.tables.registry import RegistryTables
-from streams.vault import VaultUnavailable
 
 log = logging.getLogger(__name__)
 
@@ -58,7 +58,7 @@ events_topic = app.topic(topics.REGISTRY_EVENTS.name, value_serializer="raw", ke
 ledger.run_settler()
 
 TICK_INTERVAL_S = 1.0
-ALLOWLIST_REFRESH_S = 30.0
+ALLOWLIST_REFRESH_S = 10.0
 #: A tick older than this when decided is from before a restart: moot, the next one judges.
 TICK_REPLAY_S = 5.0
 
@@ -193,12 +193,8 @@ async def tick() -> None:
 @app.timer(interval=ALLOWLIST_REFRESH_S)
 async def refresh_allowlist() -> None:
     """Vault's list again; while Vault does not answer, the last good list stays in force."""
-    if state.registry is None:
-        return
-    try:
-        state.allowed = await load_allowlist()
-    except VaultUnavailable as exc:
-        log.warning("allowed services not refreshed, the last good list stays in force: %s", exc)
+    if state.registry is not None:
+        state.allowed = await refreshed_allowlist(service.vault, state.allowed)
 
 
 @app.page("/registry")

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import asyncio
 import shutil
+import socket
+import struct
 import subprocess
 import time
 import uuid
@@ -129,6 +131,29 @@ def test_a_producer_without_answers_sends_every_fetch_to_the_broker(tmp_path: Pa
         got = asyncio.run(read_all(broker.bootstrap, topic, 3))
         assert [value for _, _, value, _ in got] == [b"before", b"unanswered", b"after"]
         assert "every fetch goes to the broker from now on" in (tmp_path / "logs" / "broker.log").read_text()
+
+
+def test_records_of_a_producer_gone_before_its_answer_are_served_at_once(tmp_path: Path) -> None:
+    """A producer killed right after sending: the broker appended its records, and the gate
+    still reads the answer, so readers get them, and what follows, without waiting."""
+    from aiokafka.protocol.produce import ProduceRequest_v7
+    from aiokafka.record.default_records import DefaultRecordBatchBuilder
+
+    with EmbeddedBroker(tmp_path) as broker:
+        topic = fresh_topic(broker)
+        builder = DefaultRecordBatchBuilder(magic=2, compression_type=0, is_transactional=False, producer_id=-1,
+                                            producer_epoch=-1, base_sequence=-1, batch_size=1 << 16)
+        builder.append(0, timestamp=None, key=None, value=b"last words", headers=[])
+        request = ProduceRequest_v7(None, -1, 10_000, [(topic, [(0, bytes(builder.build()))])]).encode()
+        frame = struct.pack(">hhih", 0, 7, 1, 4) + b"gone" + request
+        with socket.create_connection(("127.0.0.1", broker.port)) as gone:
+            gone.sendall(struct.pack(">i", len(frame)) + frame)
+        asyncio.run(_produce(broker.bootstrap, topic, [b"next"]))
+        started = time.monotonic()
+        got = asyncio.run(read_all(broker.bootstrap, topic, 2, timeout=10))
+        assert [value for _, _, value, _ in got] == [b"last words", b"next"]
+        assert time.monotonic() - started < 2.0, "readers waited for a gap to close"
+        assert "go to the broker" not in (tmp_path / "logs" / "broker.log").read_text()
 
 
 async def _produce(bootstrap: str, topic: str, values: list[bytes], acks: int | str = "all") -> None:

@@ -159,14 +159,13 @@ async def _serve_gated(child: subprocess.Popen[bytes], gate: Gate, port: int, sp
             wanted.setdefault(name, (partitions, {"cleanup.policy": "compact"} if name.endswith("-changelog") else {}))
         await _create_raw(conn, wanted)
         server = await asyncio.start_server(gate.connection, "127.0.0.1", port)
+        gate.start()
         print(f"broker ready on 127.0.0.1:{port} in {time.monotonic() - started:.2f} s; created {len(wanted)} topic(s) "
               f"before opening", file=sys.stderr, flush=True)
         async with server:
             while child.poll() is None:
                 if topics_file is not None:
                     await _remember(conn, topics_file)
-                if gate.mirror is not None:
-                    gate.mirror.check_gaps()
                 await asyncio.sleep(REMEMBER_EVERY_S)
     finally:
         conn.close()

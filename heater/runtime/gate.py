@@ -30,6 +30,10 @@ log = logging.getLogger(__name__)
 
 #: Largest frame a client may send (the broker's own limit is about this).
 MAX_FRAME_BYTES = 100 * 1024 * 1024
+#: How long a closed client's connection to the broker stays open for the answers it is owed.
+DRAIN_TIMEOUT_S = 10.0
+#: How often the copy is checked for gaps (a fraction of its ``GAP_TIMEOUT_S``).
+GAP_CHECK_S = 0.1
 
 
 class FrameError(ConnectionError):
@@ -68,10 +72,14 @@ class GateSession:
         self._replies: asyncio.Queue[Awaitable[bytes | None]] = asyncio.Queue()
 
     async def run(self) -> None:
-        tasks = [asyncio.ensure_future(self._requests()), asyncio.ensure_future(self._answers()),
-                 asyncio.ensure_future(self._reply())]
+        requests = asyncio.ensure_future(self._requests())
+        answers = asyncio.ensure_future(self._answers())
+        replies = asyncio.ensure_future(self._reply())
+        tasks = [requests, answers, replies]
         try:
             await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+            if not answers.done():
+                await self._drain(answers)
         finally:
             for task in tasks:
                 task.cancel()
@@ -80,6 +88,16 @@ class GateSession:
                 pending.answer.cancel()
             self.client_writer.close()
             self.broker_writer.close()
+
+    async def _drain(self, answers: asyncio.Future[None]) -> None:
+        """The client is gone: the broker's answers to what it had sent still feed the copy.
+
+        A producer killed right after sending has records in the log that only the answer
+        tells the copy about; without it the copy would wait for them (see ``GAP_TIMEOUT_S``).
+        """
+        deadline = asyncio.get_running_loop().time() + DRAIN_TIMEOUT_S
+        while self._forwarded and not answers.done() and asyncio.get_running_loop().time() < deadline:
+            await asyncio.sleep(0.005)
 
     # -- client → gate --------------------------------------------------------------------
 
@@ -198,12 +216,15 @@ class GateSession:
             log.warning("closing a broker connection: %s", exc)
 
     async def _reply(self) -> None:
-        while True:
-            reply = await self._replies.get()
-            data = await reply
-            if data is not None:
-                self.client_writer.write(data)
-                await self.client_writer.drain()
+        try:
+            while True:
+                reply = await self._replies.get()
+                data = await reply
+                if data is not None:
+                    self.client_writer.write(data)
+                    await self.client_writer.drain()
+        except ConnectionError:
+            pass  # the client went away
 
 
 def _acks(frame: bytes) -> int | None:
@@ -222,6 +243,18 @@ class Gate:
     def __init__(self, broker_port: int, mirror: LogMirror | None) -> None:
         self.broker_port = broker_port
         self.mirror = mirror
+        self._checking: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        """Watch the copy for gaps that do not close (in the running event loop)."""
+        if self.mirror is not None:
+            self._checking = asyncio.ensure_future(self._check_gaps(self.mirror))
+
+    @staticmethod
+    async def _check_gaps(mirror: LogMirror) -> None:
+        while True:
+            await asyncio.sleep(GAP_CHECK_S)
+            mirror.check_gaps()
 
     async def connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:

@@ -36,8 +36,9 @@ log = logging.getLogger(__name__)
 #: Newest bytes kept per partition (older reads are the broker's).
 MAX_BYTES_PER_PARTITION = 32 * 1024 * 1024
 #: How long an acknowledged batch may wait for the one before it (answers on different
-#: connections arrive in any order) before the partition is given up as inconsistent.
-GAP_TIMEOUT_S = 2.0
+#: connections arrive in any order, within milliseconds) before the partition is given up
+#: as inconsistent. Readers of the partition see nothing new meanwhile.
+GAP_TIMEOUT_S = 0.5
 
 Key = tuple[str, int]
 
@@ -127,7 +128,7 @@ class LogMirror:
         """Give up partitions whose gap did not close in time (a batch the gate never saw)."""
         now = time.monotonic()
         for key, log_ in list(self.partitions.items()):
-            if any(now - since > self.gap_timeout_s for _, _, since in log_.waiting.values()):
+            if log_.waiting and any(now - since > self.gap_timeout_s for _, _, since in log_.waiting.values()):
                 self.unmirror(key, f"offsets {log_.high}.. never acknowledged through the gate")
 
     # -- giving up ------------------------------------------------------------------------

@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable
 
 from streams import topics
+from streams.auth import Role, requires
 from streams.codec import DecodeError, decode
 from streams.homekit_feed import HomeKitFeed, alarm_rows, latch_row
 from streams.records import Heartbeat, SensorReading
@@ -177,9 +178,11 @@ def register(service: Any, feed: HomeKitFeed, active_alarms: Callable[[], Iterab
     feed.observers.append(dashboard.observe)
     feed.extra_topics.append(topics.HEARTBEATS.name)
 
+    @requires(Role.VIEWER)
     async def page(web: Any, request: Any) -> Any:
         return web.html(render_page(dashboard.state()))
 
+    @requires(Role.VIEWER)
     async def body(web: Any, request: Any) -> Any:
         return web.html(render_body(dashboard.state()))
 

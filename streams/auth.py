@@ -261,7 +261,9 @@ class Gate:
 
 
 GATE = web.AppKey("heater-auth-gate", Gate)
-PRINCIPAL = "heater.principal"
+
+
+PRINCIPAL = web.RequestKey("heater-principal", Principal)
 
 
 def refusal(status: int, reason: str) -> web.Response:

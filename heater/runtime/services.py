@@ -32,6 +32,7 @@ class ServiceProcess:
             **(extra_env or {}),
         }
         self.proc: subprocess.Popen[bytes] | None = None
+        self._token: tuple[str, float] | None = None
 
     @property
     def url(self) -> str:
@@ -49,7 +50,23 @@ class ServiceProcess:
         return self
 
     def get(self, path: str) -> tuple[int, Any]:
-        return http_json(self.url + path)
+        """GET one of the service's views with an admin token from its Vault (none without one)."""
+        return http_json(self.url + path, token=self.token())
+
+    def token(self) -> str | None:
+        """An API token (admin, entity ``harness``) from the Vault the service uses, kept until near its expiry."""
+        import jwt
+
+        from streams.settings import Settings
+        from streams.vault import VaultUnavailable, issue_api_token, vault_client
+
+        if self._token is None or self._token[1] - 60 < time.time():
+            try:
+                token = issue_api_token(vault_client(Settings.from_env(self.env)), "harness", "admin")
+            except VaultUnavailable:
+                return None
+            self._token = (token, float(jwt.decode(token, options={"verify_signature": False})["exp"]))
+        return self._token[0]
 
     def wait_ready(self, timeout: float = 30.0) -> float:
         """Seconds until ``/readyz`` answered 200; fails with the log tail otherwise."""

@@ -93,6 +93,14 @@ class _NoWatch:
 
 
 @pytest.fixture(scope="module")
+def loop() -> Iterator[asyncio.AbstractEventLoop]:
+    """One loop for the module: an aiohttp application serves on the loop it first served on."""
+    running = asyncio.new_event_loop()
+    yield running
+    running.close()
+
+
+@pytest.fixture(scope="module")
 def apps(tmp_path_factory: pytest.TempPathFactory) -> dict[str, web.Application]:
     built = {name: faust_app(name) for name in sorted(SERVICE_MODULES)}
     built.update(edge_apps(tmp_path_factory.mktemp("matrix")))
@@ -138,7 +146,7 @@ def test_the_operator_reset_needs_operator_and_config_changes_need_admin(apps: d
     assert needs[("homekit", "GET", "/homekit")] is Role.ADMIN  # it shows the pairing setup code
 
 
-def test_auth_matrix(apps: dict[str, web.Application]) -> None:
+def test_auth_matrix(apps: dict[str, web.Application], loop: asyncio.AbstractEventLoop) -> None:
     """No token / expired / too low a role → refused with 401/401/403; the declared role → not refused."""
     async def run() -> list[str]:
         wrong: list[str] = []
@@ -162,5 +170,5 @@ def test_auth_matrix(apps: dict[str, web.Application]) -> None:
                         wrong.append(f"{where} with role {need.label}: refused {got}")
         return wrong
 
-    wrong = asyncio.run(run())
+    wrong = loop.run_until_complete(run())
     assert not wrong, "\n".join(wrong)

@@ -32,6 +32,8 @@ def build_parser() -> argparse.ArgumentParser:
     login.add_argument("--role", default="viewer", choices=["viewer", "operator", "admin"], help="default: viewer")
     login.add_argument("--user", default=None, help="local platform: who you are (default: your login name)")
 
+    sub.add_parser("dashboard", help="print a one-time link that opens the status page in a browser (needs `heater login`)")
+
     reset = sub.add_parser("reset", help="operator reset of the FATAL latch (signed, one-time)")
     reset.add_argument("--operator", default=None,
                        help="local platform: log in as this operator first (same as `heater login --role operator --user NAME`); "
@@ -94,6 +96,10 @@ def main(argv: list[str] | None = None) -> int:
         from heater import credentials
 
         return credentials.main(run_dir, args.role, args.user)
+    if args.command == "dashboard":
+        from heater import dashboard_link
+
+        return dashboard_link.main(run_dir)
     if args.command == "reset":
         from heater import reset
 

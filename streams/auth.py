@@ -15,14 +15,26 @@ algorithms are accepted (never ``none`` or HS*), and the token's ``iss``, ``aud`
 Answers: no or unusable token → 401 (with ``WWW-Authenticate: Bearer``); a valid token
 whose role is too low, or a route without a declared role → 403; keys unreachable → 503.
 Neither the token nor any secret appears in an answer or a log line.
+
+**Browsers** send no bearer token by themselves. A holder of a token asks for a one-time
+*ticket* (``POST``, bearer only; :class:`Sessions`), valid for :data:`TICKET_TTL_S` seconds, and
+opens a link carrying it. The route that takes it (declared :data:`TICKET`) exchanges it once
+for a session cookie — ``HttpOnly`` (no script reads it), ``SameSite=Strict`` (no other site's
+page sends it), on the page's path only — lasting no longer than the token that asked for it.
+The middleware accepts that cookie for viewer ``GET`` routes only, as a viewer whatever the
+token's role: never for a ``POST`` or anything that changes state (no CSRF), never for a route
+that needs more than viewer. Tickets and sessions live in the server's memory, kept only as
+hashes; a restart ends them (open a new link).
 """
 
 from __future__ import annotations
 
 import asyncio
 import enum
+import hashlib
 import json
 import logging
+import secrets
 import time
 from dataclasses import dataclass
 from typing import Any, Awaitable, Callable, Final, Iterator, Mapping, TypeVar
@@ -70,10 +82,14 @@ class Role(enum.IntEnum):
 
 class _Open(enum.Enum):
     OPEN = "open"
+    TICKET = "ticket"
 
 
 #: Access for a route every caller may use without a token (liveness, readiness, metrics).
 OPEN: Final = _Open.OPEN
+#: Access for the route that exchanges a one-time browser ticket (``?ticket=``) for a session
+#: cookie: the middleware redeems the ticket and lets the request through as a viewer, or refuses 401.
+TICKET: Final = _Open.TICKET
 Need = Role | _Open
 Access = Mapping[str, Need]
 F = TypeVar("F")
@@ -241,11 +257,86 @@ class TokenVerifier:
 # -- the middleware ---------------------------------------------------------------------
 
 
+#: The browser session cookie (see :class:`Sessions`).
+SESSION_COOKIE = "heater_session"
+#: How long a ticket may wait to be exchanged, and the most a browser session lasts.
+TICKET_TTL_S = 60.0
+MAX_SESSION_S = 8 * 3600.0
+#: Tickets waiting at most (the oldest goes first beyond it): asking for many cannot fill memory.
+MAX_TICKETS = 256
+MAX_SESSIONS = 1024
+
+
+def _digest(secret: str) -> str:
+    return hashlib.sha256(secret.encode("utf-8", "replace")).hexdigest()
+
+
+class Sessions:
+    """One server's browser sessions: one-time tickets, exchanged for a viewer session cookie.
+
+    Only hashes of tickets and session ids are kept, so neither can be read back from here.
+    """
+
+    def __init__(self, clock: Callable[[], float] = time.time) -> None:
+        self._clock = clock
+        self._tickets: dict[str, tuple[Principal, float]] = {}  # hash → (who asked, until)
+        self._sessions: dict[str, Principal] = {}  # hash → the viewer the cookie stands for
+
+    def ticket(self, holder: Principal) -> str:
+        """A one-time ticket for ``holder``, valid :data:`TICKET_TTL_S` seconds (and no longer than its token)."""
+        self._prune()
+        while len(self._tickets) >= MAX_TICKETS:
+            self._tickets.pop(next(iter(self._tickets)))
+        ticket = secrets.token_urlsafe(32)
+        self._tickets[_digest(ticket)] = (holder, min(self._clock() + TICKET_TTL_S, holder.expires_at))
+        return ticket
+
+    def redeem(self, ticket: str) -> tuple[Principal, str] | None:
+        """Exchange a ticket, once: the session's viewer and its id; None for a used, expired or unknown ticket."""
+        self._prune()
+        found = self._tickets.pop(_digest(ticket), None) if ticket else None
+        if found is None:
+            return None
+        holder, until = found
+        now = self._clock()
+        if until <= now:
+            return None
+        viewer = Principal(holder.name, holder.subject, Role.VIEWER, min(holder.expires_at, now + MAX_SESSION_S))
+        while len(self._sessions) >= MAX_SESSIONS:
+            self._sessions.pop(next(iter(self._sessions)))
+        session = secrets.token_urlsafe(32)
+        self._sessions[_digest(session)] = viewer
+        return viewer, session
+
+    def principal(self, session: str) -> Principal | None:
+        """The viewer a session cookie stands for, while it lasts."""
+        found = self._sessions.get(_digest(session))
+        if found is None or found.expires_at <= self._clock():
+            return None
+        return found
+
+    def _prune(self) -> None:
+        now = self._clock()
+        for key in [k for k, (_, until) in self._tickets.items() if until <= now]:
+            del self._tickets[key]
+        for key in [k for k, p in self._sessions.items() if p.expires_at <= now]:
+            del self._sessions[key]
+
+
+def set_session_cookie(request: web.BaseRequest, response: web.StreamResponse, session: str, viewer: Principal,
+                       path: str) -> None:
+    """Give the browser its session: HttpOnly, SameSite=Strict, on ``path`` only, until the session ends."""
+    max_age = max(1, int(viewer.expires_at - time.time()))
+    response.set_cookie(SESSION_COOKIE, session, max_age=max_age, path=path, httponly=True, samesite="Strict",
+                        secure=request.secure or None)
+
+
 class Gate:
-    """An application's verifier, built from the settings at the first request that needs it."""
+    """An application's verifier (built from the settings at the first request that needs it) and browser sessions."""
 
     def __init__(self, verifier: TokenVerifier | None = None) -> None:
         self._verifier = verifier
+        self.sessions = Sessions()
 
     @property
     def verifier(self) -> TokenVerifier:
@@ -264,6 +355,8 @@ GATE = web.AppKey("heater-auth-gate", Gate)
 
 
 PRINCIPAL = web.RequestKey("heater-principal", Principal)
+#: The session id a ticket was exchanged for (set by the middleware on a :data:`TICKET` route).
+SESSION = web.RequestKey("heater-session", str)
 
 
 def refusal(status: int, reason: str) -> web.Response:
@@ -288,7 +381,22 @@ async def middleware(request: web.Request, handler: Callable[[web.Request], Awai
     if need is None:
         log.warning("refused %s %s: the route declares no role", request.method, request.path)
         return refusal(403, "this route declares no role: refused for everyone")
+    sessions = request.app[GATE].sessions
+    if need is TICKET:
+        opened = sessions.redeem(request.query.get("ticket", "")) if request.method in ("GET", "HEAD") else None
+        if opened is None:
+            log.info("refused %s %s: no valid ticket", request.method, request.path)
+            return refusal(401, "this link was used already or has expired: ask for a new one (`heater dashboard`)")
+        request[PRINCIPAL], request[SESSION] = opened
+        log.info("browser session opened for %s (viewer)", opened[0].name)
+        return await handler(request)
     token = bearer_token(request)
+    if token is None and need is Role.VIEWER and request.method in ("GET", "HEAD") and SESSION_COOKIE in request.cookies:
+        viewer = sessions.principal(request.cookies[SESSION_COOKIE])
+        if viewer is None:
+            return refusal(401, "the browser session has ended: open a new link (`heater dashboard`)")
+        request[PRINCIPAL] = viewer
+        return await handler(request)
     if token is None:
         return refusal(401, f"a bearer token with role {need.label} or higher is required")
     try:

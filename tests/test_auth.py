@@ -7,6 +7,7 @@ import hashlib
 import hmac
 import json
 import logging
+import time
 from typing import Any, AsyncIterator
 
 import jwt
@@ -219,3 +220,110 @@ async def test_role_names() -> None:
     with pytest.raises(ValueError):
         Role.parse("root")
     assert Role.VIEWER < Role.OPERATOR < Role.ADMIN
+
+
+# -- browser sessions: a one-time ticket exchanged for a viewer cookie ------------------------------
+
+
+@requires(Role.VIEWER)
+async def make_link(request: web.Request) -> web.Response:
+    ticket = request.app[auth.GATE].sessions.ticket(auth.principal(request))
+    return web.json_response({"path": f"/page/open?ticket={ticket}"})
+
+
+@requires(auth.TICKET)
+async def open_page(request: web.Request) -> web.Response:
+    response = web.Response(status=303, headers={"Location": "/page"})
+    auth.set_session_cookie(request, response, request[auth.SESSION], auth.principal(request), "/page")
+    return response
+
+
+@requires(Role.VIEWER)
+async def act(request: web.Request) -> web.Response:
+    return web.json_response({"done": True})
+
+
+@requires(Role.OPERATOR)
+async def operate(request: web.Request) -> web.Response:
+    return web.json_response({"operated": True})
+
+
+@pytest.fixture
+async def browser_client(fetch: tokens.Fetches) -> AsyncIterator[TestClient]:
+    app = make_app(fetch)
+    app.router.add_get("/page", look)
+    app.router.add_post("/page/link", make_link)
+    app.router.add_get("/page/open", open_page)
+    app.router.add_post("/page/act", act)
+    app.router.add_get("/page/operate", operate)
+    async with TestClient(TestServer(app)) as running:
+        yield running
+
+
+async def open_link(client: TestClient, role: str = "viewer", name: str = "bob") -> tuple[str, Any]:
+    """Ask for a link with a bearer token and open it: the link's path and the answer's cookie."""
+    async with client.post("/page/link", headers=tokens.headers(role, name=name)) as response:
+        assert response.status == 200
+        path = (await response.json())["path"]
+    async with client.get(path, allow_redirects=False) as response:
+        assert response.status == 303 and response.headers["Location"] == "/page"
+        cookie = response.cookies[auth.SESSION_COOKIE]
+    client.session.cookie_jar.clear()  # each case sends the cookie it means to
+    return path, cookie
+
+
+async def with_cookie(client: TestClient, method: str, path: str, session: str) -> tuple[int, Any]:
+    async with client.request(method, path, headers={"Cookie": f"{auth.SESSION_COOKIE}={session}"}) as response:
+        return response.status, await response.json()
+
+
+async def test_a_ticket_opens_a_viewer_session_cookie_httponly_samesite_strict(browser_client: TestClient) -> None:
+    _, cookie = await open_link(browser_client, "admin", "carol")
+    assert cookie["httponly"] and cookie["samesite"] == "Strict" and cookie["path"] == "/page"
+    assert 0 < int(cookie["max-age"]) <= 300, "no longer than the token that asked for it"
+    status, body = await with_cookie(browser_client, "GET", "/page", cookie.value)
+    assert (status, body) == (200, {"who": "carol", "role": "viewer"}), "an admin's link opens a viewer's session"
+
+
+async def test_a_ticket_is_exchanged_once(browser_client: TestClient) -> None:
+    path, _ = await open_link(browser_client)
+    async with browser_client.get(path, allow_redirects=False) as response:
+        assert response.status == 401 and auth.SESSION_COOKIE not in response.cookies
+    for bad in ("/page/open", "/page/open?ticket=", "/page/open?ticket=made-up"):
+        async with browser_client.get(bad, allow_redirects=False) as response:
+            assert response.status == 401
+
+
+async def test_an_expired_ticket_opens_nothing(browser_client: TestClient) -> None:
+    sessions = browser_client.server.app[auth.GATE].sessions
+    async with browser_client.post("/page/link", headers=tokens.headers("viewer")) as response:
+        path = (await response.json())["path"]
+    sessions._clock = lambda: time.time() + auth.TICKET_TTL_S + 1
+    try:
+        async with browser_client.get(path, allow_redirects=False) as response:
+            assert response.status == 401
+    finally:
+        sessions._clock = time.time
+
+
+async def test_the_cookie_never_counts_for_a_post_or_more_than_viewer(browser_client: TestClient) -> None:
+    _, cookie = await open_link(browser_client, "admin")
+    assert (await with_cookie(browser_client, "POST", "/page/act", cookie.value))[0] == 401, "no CSRF: POST needs a bearer"
+    assert (await with_cookie(browser_client, "POST", "/page/link", cookie.value))[0] == 401, "a cookie cannot mint links"
+    assert (await with_cookie(browser_client, "GET", "/page/operate", cookie.value))[0] == 401
+    assert (await with_cookie(browser_client, "POST", "/settings", cookie.value))[0] == 401
+    assert (await with_cookie(browser_client, "GET", "/page", "forged"))[0] == 401
+
+
+async def test_a_session_ends_with_its_token(browser_client: TestClient) -> None:
+    async with browser_client.post("/page/link", headers=tokens.headers("viewer", ttl=30)) as response:
+        path = (await response.json())["path"]
+    async with browser_client.get(path, allow_redirects=False) as response:
+        session = response.cookies[auth.SESSION_COOKIE].value
+    browser_client.session.cookie_jar.clear()
+    sessions = browser_client.server.app[auth.GATE].sessions
+    sessions._clock = lambda: time.time() + 31
+    try:
+        assert (await with_cookie(browser_client, "GET", "/page", session))[0] == 401
+    finally:
+        sessions._clock = time.time

@@ -8,6 +8,8 @@ route is in the matrix without anyone adding it here. For each route:
 
 * it declares access (a route without one fails here, and the middleware refuses it anyway);
 * open routes (liveness, readiness, metrics) answer without a token;
+* the dashboard's ticket route refuses (401) a request without a valid one-time ticket, and
+  anything but a ticket (a token of any role) gets no further;
 * every other route: no token → 401, an expired token → 401, a token one role too low (or
   with no heater role, for viewer routes) → 403, the declared role → not refused.
 
@@ -27,7 +29,7 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
 from streams import auth
-from streams.auth import OPEN, Role
+from streams.auth import OPEN, TICKET, Role
 from streams.settings import Settings
 from streams.worker import SERVICE_MODULES
 from tests import tokens
@@ -136,6 +138,7 @@ def test_every_route_of_every_service_declares_its_access(apps: dict[str, web.Ap
 def test_only_liveness_readiness_and_metrics_are_open(apps: dict[str, web.Application]) -> None:
     open_paths = {r.path for _, r in cases(apps) if r.need is OPEN}
     assert open_paths == {"/healthz", "/readyz", "/metrics"}
+    assert {(name, r.path) for name, r in cases(apps) if r.need is TICKET} == {("alarms", "/dashboard/open")}
 
 
 def test_the_operator_reset_needs_operator_and_config_changes_need_admin(apps: dict[str, web.Application]) -> None:
@@ -158,6 +161,11 @@ def test_auth_matrix(apps: dict[str, web.Application], loop: asyncio.AbstractEve
                     if need is OPEN:
                         if (status := await call(client, route, None)) in REFUSED:
                             wrong.append(f"{where} open but refused {status}")
+                        continue
+                    if need is TICKET:  # only a one-time ticket opens it; a token of any role does not
+                        for token in (None, tokens.token("admin")):
+                            if (got := await call(client, route, token)) != 401:
+                                wrong.append(f"{where} without a ticket: {got}, expected 401")
                         continue
                     assert isinstance(need, Role), where
                     lower = tokens.token(Role(need - 1).label) if need > Role.VIEWER else tokens.token(None)

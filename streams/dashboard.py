@@ -26,7 +26,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable
 
-import faust
+from faust.web import View
 from aiohttp import web as aiohttp_web
 
 from streams import auth, topics
@@ -205,7 +205,7 @@ def register(service: Any, feed: HomeKitFeed, active_alarms: Callable[[], Iterab
 
 
 @requires(Role.VIEWER)
-class Link(faust.web.View):
+class Link(View):
     """``POST``, with a bearer token (never a cookie): a one-time link to the page, valid for a minute."""
 
     async def post(self, request: Any) -> Any:

@@ -38,10 +38,19 @@ def running_platform(run_dir: Path, timeout: float = 120) -> Iterator[Platform]:
         running.stop()
 
 
+def login_token() -> str | None:
+    """The saved login of the platform :func:`running_platform` started last (admin, or whoever logged in since)."""
+    return credentials.bearer_or_none(_STARTED[-1]) if _STARTED else None
+
+
 def http_json(url: str, timeout: float = 1.0) -> tuple[int, dict[str, Any]]:
-    """GET a view of the platform :func:`running_platform` started, with its saved admin login."""
-    token = credentials.bearer_or_none(_STARTED[-1]) if _STARTED else None
-    return _http_json(url, timeout=timeout, token=token)
+    """GET a view of the platform :func:`running_platform` started, with its saved login."""
+    return _http_json(url, timeout=timeout, token=login_token())
+
+
+def view(url: str) -> tuple[int, Any] | None:
+    """:func:`http_json`; None while nothing listens there (a service restarting)."""
+    return try_get(url, token=login_token())
 
 
 def pico(layout: Layout) -> dict[str, Any]:
@@ -86,7 +95,7 @@ def fresh_temperature(layout: Layout) -> bool:
 
 
 def ready(layout: Layout, name: str) -> bool:
-    return (try_get(layout.web_url(name) + "/readyz") or (0,))[0] == 200
+    return (view(layout.web_url(name) + "/readyz") or (0,))[0] == 200
 
 
 def all_ready(layout: Layout, timeout: float = 60) -> None:

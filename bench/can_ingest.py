@@ -44,6 +44,7 @@ from bench.procstats import cpu_seconds  # noqa: E402
 from bench.stats import percentile  # noqa: E402
 from heater.runtime.broker import EmbeddedBroker  # noqa: E402
 from heater.runtime.processes import free_port  # noqa: E402
+from heater.runtime.vault import EmbeddedVault  # noqa: E402
 from simulator import client  # noqa: E402
 
 SENSOR = 0
@@ -75,10 +76,13 @@ def start_simulator(run_dir: Path) -> tuple[subprocess.Popen[bytes], dict[str, A
         time.sleep(0.05)
 
 
-def start_adapter(run_dir: Path, broker: EmbeddedBroker, channel: str) -> tuple[subprocess.Popen[bytes], str]:
+def start_adapter(run_dir: Path, broker: EmbeddedBroker, channel: str, vault: EmbeddedVault) -> tuple[subprocess.Popen[bytes], str]:
+    """The adapter, verifying API tokens against ``vault``'s keys (its ``/can`` view takes the viewer role)."""
     port = free_port()
     env = {
         **os.environ,
+        "HEATER_VAULT_ADDR": vault.addr,
+        "HEATER_VAULT_TOKEN_FILE": str(vault.token_file),
         "PYTHONPATH": str(ROOT),
         "HEATER_PROFILE": "local",
         "HEATER_BROKER_URL": broker.url,
@@ -106,8 +110,18 @@ def start_adapter(run_dir: Path, broker: EmbeddedBroker, channel: str) -> tuple[
     raise SystemExit(f"adapter not ready in {START_TIMEOUT_S} s; see {run_dir / 'can-adapter.log'}")
 
 
-def get_json(url: str) -> dict[str, Any]:
-    with urllib.request.urlopen(url, timeout=2) as response:
+def viewer_token(vault: EmbeddedVault) -> str:
+    """An API token with the viewer role, issued by ``vault`` to the entity ``bench``."""
+    import hvac
+
+    from streams.vault import issue_api_token
+
+    return issue_api_token(hvac.Client(url=vault.addr, token=vault.token), "bench", "viewer")
+
+
+def get_json(url: str, token: str) -> dict[str, Any]:
+    request = urllib.request.Request(url, headers={"Authorization": f"Bearer {token}"})
+    with urllib.request.urlopen(request, timeout=2) as response:
         return json.loads(response.read())
 
 
@@ -226,7 +240,7 @@ def run(count: int, rate: float, send_times: str = "bus") -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="bench-can-") as tmp:
         root = Path(tmp)
         progress("starting broker")
-        with EmbeddedBroker(root / "broker") as broker:
+        with EmbeddedBroker(root / "broker") as broker, EmbeddedVault(root / "vault") as vault:
             progress("starting simulator")
             sim, info = start_simulator(root / "sim")
             adapter: subprocess.Popen[bytes] | None = None
@@ -234,7 +248,7 @@ def run(count: int, rate: float, send_times: str = "bus") -> dict[str, Any]:
             try:
                 progress("starting CAN adapter")
                 started = time.monotonic()
-                adapter, url = start_adapter(root, broker, info["can_channel"])
+                adapter, url = start_adapter(root, broker, info["can_channel"], vault)
                 progress(f"adapter ready in {time.monotonic() - started:.2f} s")
                 listener = SendTimes(info["can_channel"]) if send_times == "bus" else None
                 time.sleep(0.3)
@@ -254,7 +268,7 @@ def run(count: int, rate: float, send_times: str = "bus") -> dict[str, Any]:
                     sent_at = listener.by_sequence()
                 else:
                     sent_at = scheduled_send_times(final, count, rate)
-                view = get_json(url + "/can")
+                view = get_json(url + "/can", viewer_token(vault))
                 still_running = adapter.poll() is None
             finally:
                 if listener is not None:

@@ -76,6 +76,7 @@ from typing import Any, Callable, Iterable, Mapping, TypeVar
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+import hvac  # noqa: E402
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer  # noqa: E402
 
 from heater.probes import http_json  # noqa: E402
@@ -83,6 +84,7 @@ from heater.runtime.broker import EmbeddedBroker  # noqa: E402
 from heater.runtime.processes import StartupTimeout  # noqa: E402
 from heater.runtime.services import ServiceProcess  # noqa: E402
 from heater.runtime.vault import EmbeddedVault  # noqa: E402
+from streams.vault import issue_api_token  # noqa: E402
 from streams.alarm_book import AlarmBook  # noqa: E402
 from streams.bank_rules import Bank, BankConfig, Effect  # noqa: E402
 from streams.disaster_rules import Detection, DisasterWatch, RuleLimits  # noqa: E402
@@ -128,10 +130,14 @@ def wait_for(predicate: Callable[[], T], timeout: float, what: str, interval: fl
         time.sleep(interval)
 
 
+#: The bench's viewer token, from the one Vault every service of the bench verifies tokens with.
+TOKEN: list[str] = []
+
+
 def view(url: str, timeout: float = 5.0) -> dict[str, Any] | None:
-    """A JSON view; None while nothing answers 200 (a restarting or loaded service)."""
+    """A JSON view, read as the bench's viewer; None while nothing answers 200 (a restarting or loaded service)."""
     try:
-        status, body = http_json(url, timeout=timeout)
+        status, body = http_json(url, timeout=timeout, token=TOKEN[0] if TOKEN else None)
     except (OSError, ValueError):
         return None
     return body if status == 200 else None
@@ -489,8 +495,10 @@ class Bench:
         self.errors: list[str] = []
 
     def vault_env(self) -> dict[str, str]:
+        """Every service's Vault: AlarmsServer's signing key, and the keys all verify API tokens with."""
         if self.vault is None:
             self.vault = EmbeddedVault(self.root / "vault").start()
+            TOKEN[:] = [issue_api_token(hvac.Client(url=self.vault.addr, token=self.vault.token), "bench", "viewer")]
         return {"HEATER_VAULT_ADDR": self.vault.addr, "HEATER_VAULT_TOKEN_FILE": str(self.vault.token_file)}
 
     def close(self) -> None:
@@ -519,7 +527,7 @@ class Bench:
 
     def service(self, name: str, broker: EmbeddedBroker, run_dir: Path, scope: Scope,
                 env: Mapping[str, str] | None = None) -> Service:
-        svc = Service(name, broker.url, run_dir, env)
+        svc = Service(name, broker.url, run_dir, {**self.vault_env(), **(env or {})})
         scope.services.append(svc)
         svc.start()
         svc.ready()

@@ -61,13 +61,14 @@ sys.path.insert(0, str(ROOT))
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer  # noqa: E402
 
 from bench.stats import percentile  # noqa: E402
-from heater import reset  # noqa: E402
+from heater import credentials, reset  # noqa: E402
 from heater.catalogue import COMPONENTS  # noqa: E402
 from heater.platform import Platform  # noqa: E402
 from heater.probes import http_json  # noqa: E402
 from heater.runtime.processes import StartupTimeout  # noqa: E402
 from heater.supervision import Supervisor  # noqa: E402
 from simulator import client as sim  # noqa: E402
+from streams.auth import Role  # noqa: E402
 from streams.heater_config import WATER_SENSORS, HeaterLimits  # noqa: E402
 from streams.records import RelayCommand  # noqa: E402
 
@@ -107,18 +108,32 @@ def wait_for(predicate: Callable[[], T], timeout: float, what: str, interval: fl
         time.sleep(interval)
 
 
+#: The run directory of the platform the bench started: views are read with its saved login.
+LOGGED_IN: list[Path] = []
+
+
+def login(run_dir: Path) -> None:
+    """`heater login --role admin --user bench` on the platform just started (`heater reset` logs in as operator later)."""
+    credentials.login(run_dir, Role.ADMIN, "bench")
+    LOGGED_IN[:] = [run_dir]
+
+
+def token() -> str | None:
+    return credentials.bearer_or_none(LOGGED_IN[0]) if LOGGED_IN else None
+
+
 def status_of(url: str) -> int:
     """HTTP status of a GET, 0 while nothing answers (in time)."""
     try:
-        return http_json(url, timeout=VIEW_TIMEOUT_S)[0]
+        return http_json(url, timeout=VIEW_TIMEOUT_S, token=token())[0]
     except OSError:
         return 0
 
 
 def view(url: str) -> dict[str, Any] | None:
-    """A service's JSON view; None while it does not answer 200 in time (a loaded machine is slow)."""
+    """A service's JSON view, with the saved login; None while it does not answer 200 in time (a loaded machine is slow)."""
     try:
-        status, body = http_json(url, timeout=VIEW_TIMEOUT_S)
+        status, body = http_json(url, timeout=VIEW_TIMEOUT_S, token=token())
     except OSError:
         return None
     return body if status == 200 else None
@@ -273,6 +288,7 @@ class Bench:
                 if attempt == 2:
                     raise
         progress(f"platform ready in {took:.1f} s")
+        login(run_dir)
         self.after = ("platform-start", time.monotonic())
         self.wire = Wire(self.layout.broker_bootstrap, keep_above_c=self.pre_c)
         self.tripped = set()

@@ -28,8 +28,16 @@ def build_parser() -> argparse.ArgumentParser:
     heat = sub.add_parser("heat", help="run one heating cycle to a target temperature (exit code: the job's)")
     heat.add_argument("--target", type=float, required=True, help="target water temperature, °C")
 
+    login = sub.add_parser("login", help="get an API token with a role (viewer, operator, admin) for the other commands")
+    login.add_argument("--role", default="viewer", choices=["viewer", "operator", "admin"], help="default: viewer")
+    login.add_argument("--user", default=None, help="local platform: who you are (default: your login name)")
+
+    sub.add_parser("dashboard", help="print a one-time link that opens the status page in a browser (needs `heater login`)")
+
     reset = sub.add_parser("reset", help="operator reset of the FATAL latch (signed, one-time)")
-    reset.add_argument("--operator", required=True, help="who resets: recorded in the alarm history")
+    reset.add_argument("--operator", default=None,
+                       help="local platform: log in as this operator first (same as `heater login --role operator --user NAME`); "
+                            "without it the saved login is used")
 
     commission = sub.add_parser("commission", help="self-test of the power cut-off on the Pico (trips it, latching FATAL on purpose)")
     commission.add_argument("--operator", default=None, help="who releases the test's FATAL with the operator reset (without it: left latched, exit 1)")
@@ -84,6 +92,14 @@ def main(argv: list[str] | None = None) -> int:
         from heater import heat
 
         return heat.main(run_dir, args.target)
+    if args.command == "login":
+        from heater import credentials
+
+        return credentials.main(run_dir, args.role, args.user)
+    if args.command == "dashboard":
+        from heater import dashboard_link
+
+        return dashboard_link.main(run_dir)
     if args.command == "reset":
         from heater import reset
 

@@ -46,12 +46,15 @@ from typing import Any, Callable, TypeVar
 from adapters.i2c.board import BoardError, Readback, RelayBoard
 from adapters.i2c.registers import SAFE, Relays
 from heater.catalogue import COMPONENTS
+from heater import credentials
 from heater.probes import http_json
 from heater.rundir import Layout
 from heater.supervision import Supervisor
+from streams.auth import Role
 from streams.heating.effects import HEATING_ALARM
 from streams.records import alarm_id_for
 from streams.settings import Settings
+from streams.vault import VaultUnavailable
 
 I2C = "i2c"
 TRIP_ALARM = alarm_id_for(I2C, "pico-tripped")
@@ -316,7 +319,9 @@ class Site:
         self.bus = Settings.from_env(layout.service_env(I2C)).i2c_bus
 
     def view(self, name: str, path: str) -> tuple[int, dict[str, Any]]:
-        return http_json(self.layout.web_url(name) + path, timeout=2.0)
+        """A view of a service, read with the saved login (`heater login`; any role reads views)."""
+        token = credentials.bearer_or_none(self.layout.run_dir, Role.VIEWER)
+        return http_json(self.layout.web_url(name) + path, timeout=2.0, token=token)
 
     def latch(self) -> dict[str, Any]:
         return self.view("alarms", "/latch")[1]
@@ -633,6 +638,13 @@ def commission(
         layout = Layout.load(run_dir)
     except FileNotFoundError:
         report.refused = f"no platform was started in {run_dir} (start one with `heater up`)"
+        return report
+    try:
+        if operator is not None:  # log in as the operator who will release the test's FATAL
+            credentials.login(run_dir, Role.OPERATOR, operator)
+        credentials.bearer(run_dir, Role.VIEWER)
+    except (credentials.NotLoggedIn, VaultUnavailable, OSError) as exc:
+        report.refused = f"cannot read the platform's views: {exc}"
         return report
     site = Site(layout)
     report.bus = site.bus

@@ -32,10 +32,11 @@ class Probe:
         return asdict(self)
 
 
-def http_json(url: str, timeout: float = 1.0) -> tuple[int, dict[str, Any]]:
-    """GET ``url``; return (status, JSON body) also for 4xx/5xx answers."""
+def http_json(url: str, timeout: float = 1.0, token: str | None = None) -> tuple[int, dict[str, Any]]:
+    """GET ``url`` (with a bearer ``token`` when given); return (status, JSON body) also for 4xx/5xx answers."""
+    request = urllib.request.Request(url, headers={"Authorization": f"Bearer {token}"} if token else {})
     try:
-        with urllib.request.urlopen(url, timeout=timeout) as response:
+        with urllib.request.urlopen(request, timeout=timeout) as response:
             return response.status, json.loads(response.read() or b"{}")
     except urllib.error.HTTPError as err:
         try:

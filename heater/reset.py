@@ -1,4 +1,8 @@
-"""`heater reset --operator NAME`: the operator's way out of a FATAL latch, locally.
+"""`heater reset`: the operator's way out of a FATAL latch, locally.
+
+It needs an API token with the operator role (`heater login --role operator`; ``--operator
+NAME`` logs in as NAME on the local platform first). AlarmsServer records the token's
+name as the operator, in the reset and in the alarm history.
 
 Waits until the control services have stopped or halted (so none is missed on the
 way down), shows the FATAL occurrences that latch and the Pico's trip count, asks
@@ -17,14 +21,18 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
+from heater import credentials
 from heater.catalogue import COMPONENTS
 from heater.probes import HALTED, http_json, probe
 from heater.rundir import Layout
 from heater.supervision import Supervisor
+from streams.auth import Role
+from streams.vault import VaultUnavailable
 
 
-def post(url: str, body: dict[str, Any]) -> tuple[int, dict]:
-    request = urllib.request.Request(url, data=json.dumps(body).encode(), headers={"Content-Type": "application/json"})
+def post(url: str, body: dict[str, Any], token: str) -> tuple[int, dict]:
+    headers = {"Content-Type": "application/json", "Authorization": f"Bearer {token}"}
+    request = urllib.request.Request(url, data=json.dumps(body).encode(), headers=headers)
     try:
         with urllib.request.urlopen(request, timeout=10) as response:
             return response.status, json.loads(response.read())
@@ -46,15 +54,23 @@ def at_rest(layout: Layout, supervisor: Supervisor) -> list[str]:
     return busy
 
 
-def latched(alarms: str) -> bool | None:
+def latched(alarms: str, token: str) -> bool | None:
     """The latch as AlarmsServer shows it; None while it does not answer."""
     try:
-        return bool(http_json(alarms + "/latch", timeout=3.0)[1].get("latched"))
+        return bool(http_json(alarms + "/latch", timeout=3.0, token=token)[1].get("latched"))
     except OSError:
         return None
 
 
-def main(run_dir: Path, operator: str, timeout: float = 30.0) -> int:
+def main(run_dir: Path, operator: str | None = None, timeout: float = 30.0) -> int:
+    """Reset as the saved login (an operator's), or as ``operator`` logged in on the local platform first."""
+    try:
+        if operator is not None:
+            credentials.login(run_dir, Role.OPERATOR, operator)
+        token = credentials.bearer(run_dir, Role.OPERATOR)
+    except (credentials.NotLoggedIn, VaultUnavailable, OSError) as exc:
+        print(f"reset refused: {exc}")
+        return 1
     layout = Layout.load(run_dir)
     alarms = layout.web_url("alarms")
     supervisor = Supervisor(layout)
@@ -62,24 +78,24 @@ def main(run_dir: Path, operator: str, timeout: float = 30.0) -> int:
     # restart, and they would stay down: let the platform come to rest first.
     deadline = time.monotonic() + timeout
     while busy := at_rest(layout, supervisor):
-        if latched(alarms) is False or time.monotonic() > deadline:
+        if latched(alarms, token) is False or time.monotonic() > deadline:
             break
         print(f"waiting for {', '.join(busy)} to stop or halt...", flush=True)
         time.sleep(0.5)
-    shown = http_json(alarms + "/latch", timeout=5.0)[1]
+    shown = http_json(alarms + "/latch", timeout=5.0, token=token)[1]
     occurrences = shown.get("occurrences") or {}
     print(f"the latch, as AlarmsServer shows it (Pico trip count {shown.get('trip_count')}):")
     for key, occurrence in sorted(occurrences.items(), key=lambda item: item[1].get("raised_at", 0.0)):
         print(f"  {key}: {occurrence.get('reason', '')}")
-    status, body = post(alarms + "/reset", {"operator": operator, "occurrences": sorted(occurrences),
-                                            "trip_count": shown.get("trip_count")})
+    status, body = post(alarms + "/reset", {"occurrences": sorted(occurrences), "trip_count": shown.get("trip_count")},
+                        token)
     if status != 202:
         print(f"reset refused ({status}): {body.get('error', body)}")
         return 1
-    print(f"reset {body['reset_id']} issued by {operator} releases {len(body['occurrences'])} FATAL occurrence(s) "
+    print(f"reset {body['reset_id']} issued by {body['operator']} releases {len(body['occurrences'])} FATAL occurrence(s) "
           f"and Pico trip {body['trip_count']}; waiting for the latch to be released...")
     deadline = time.monotonic() + timeout
-    while latched(alarms) is not False:
+    while latched(alarms, token) is not False:
         if time.monotonic() > deadline:
             print("the latch was not released: see the alarms log and `heater status`")
             return 1

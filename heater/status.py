@@ -7,9 +7,11 @@ from pathlib import Path
 from typing import Any
 
 from heater.catalogue import COMPONENTS
+from heater.credentials import bearer_or_none
 from heater.probes import DOWN, READY, http_json, probe
 from heater.rundir import Layout
 from heater.supervision import Supervisor
+from streams.auth import Role
 
 
 def collect(run_dir: Path) -> dict[str, Any]:
@@ -50,9 +52,10 @@ def homekit_info(layout: Layout, running: bool) -> dict[str, Any] | None:
     """Where to pair the Home app: address, port, setup code (from the bridge, or as it last wrote them)."""
     from homekit.pairing import read_bridge_info
 
-    if running and "homekit" in layout.ports:
+    token = bearer_or_none(layout.run_dir, Role.ADMIN)  # the live view shows the setup code: admin only
+    if running and "homekit" in layout.ports and token is not None:
         try:
-            status, live = http_json(layout.web_url("homekit") + "/homekit")
+            status, live = http_json(layout.web_url("homekit") + "/homekit", token=token)
             if status == 200:
                 return {**live, "live": True}
         except (OSError, ValueError):

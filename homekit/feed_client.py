@@ -3,7 +3,9 @@
 Every message is the platform's whole state, so reconnecting needs no history. While
 the connection is down the bridge is told at once (``on_down``), so every accessory shows
 a fault instead of a stale value; the aiohttp heartbeat notices a feed that stopped
-answering without closing.
+answering without closing. Each connection presents a bearer token (the viewer role) from
+``token``; the feed closes a connection when its token expires, and the next one takes a
+fresh token.
 """
 
 from __future__ import annotations
@@ -11,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-from typing import Callable, Iterator
+from typing import Awaitable, Callable, Iterator
 
 import aiohttp
 
@@ -33,8 +35,10 @@ def backoff() -> Iterator[float]:
 class FeedClient:
     """Follows the feed forever: ``on_state`` for every snapshot, ``on_down`` once per lost connection."""
 
-    def __init__(self, url: str, on_state: Callable[[Snapshot], None], on_down: Callable[[str], None]) -> None:
+    def __init__(self, url: str, on_state: Callable[[Snapshot], None], on_down: Callable[[str], None],
+                 token: Callable[[], Awaitable[str]] | None = None) -> None:
         self.url = url
+        self.token = token
         self.on_state = on_state
         self.on_down = on_down
         self.connected = False
@@ -45,7 +49,9 @@ class FeedClient:
         async with aiohttp.ClientSession() as session:
             while True:
                 try:
-                    async with session.ws_connect(self.url, heartbeat=HEARTBEAT_S, timeout=aiohttp.ClientWSTimeout(ws_close=2.0)) as ws:
+                    headers = {"Authorization": f"Bearer {await self.token()}"} if self.token else None
+                    async with session.ws_connect(self.url, heartbeat=HEARTBEAT_S, headers=headers,
+                                                  timeout=aiohttp.ClientWSTimeout(ws_close=2.0)) as ws:
                         self.connected, self.connects = True, self.connects + 1
                         log.info("feed %s connected", self.url)
                         delays = backoff()
@@ -57,8 +63,9 @@ class FeedClient:
                     reason = "the feed closed the connection"
                 except asyncio.CancelledError:
                     raise
-                except (aiohttp.ClientError, OSError, asyncio.TimeoutError) as exc:
-                    reason = f"cannot reach the feed: {exc!r}"
+                except (aiohttp.ClientError, OSError, asyncio.TimeoutError, RuntimeError) as exc:
+                    # str(), not repr(): a handshake error's repr carries the request headers (the token)
+                    reason = f"cannot reach the feed: {type(exc).__name__}: {exc}"
                 self._lost(reason)
                 await asyncio.sleep(next(delays))
 

@@ -29,6 +29,7 @@ from homekit.pairing import load_or_create, write_bridge_info
 from homekit.schema import load_schema
 from homekit.snapshot import Snapshot
 from streams import exitcodes, kafka_clients
+from streams.auth import Role, requires
 from streams.alarm_client import AlarmClient
 from streams.health import web_app
 from streams.heartbeats import beat_forever
@@ -39,6 +40,7 @@ from streams.lifecycle import Phase, ServiceKind, ServiceSpec, ServiceStatus
 from streams.platform_watch import PlatformWatch
 from streams.records import Severity
 from streams.settings import Settings
+from streams.vault import ServiceToken
 
 log = logging.getLogger(__name__)
 
@@ -83,6 +85,7 @@ class BridgeService:
             "services": sorted(self.bridge.service_accessories) if getattr(self, "bridge", None) else [],
         }
 
+    @requires(Role.ADMIN)  # it shows the setup code, which lets a new controller pair
     async def homekit_view(self, request: web.Request) -> web.Response:
         return web.json_response(self.info())
 
@@ -133,7 +136,7 @@ class BridgeService:
         self.watch.on_change.append(self._on_latch)
         self.watch.run_in_background()
         self._settle_phase()
-        self.feed = FeedClient(self.config.feed_url, self._on_state, self._on_down)
+        self.feed = FeedClient(self.config.feed_url, self._on_state, self._on_down, ServiceToken(self.settings, SPEC.name))
         tasks = [asyncio.ensure_future(self.feed.run()), asyncio.ensure_future(self._watch_backend()),
                  asyncio.ensure_future(self._beat())]
         await self._stop.wait()

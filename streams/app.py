@@ -16,7 +16,7 @@ from typing import Any, AsyncIterator, Awaitable, Callable, Iterator
 
 import faust
 
-from streams import metrics, topics
+from streams import auth, metrics, topics
 from streams.alarm_client import AlarmClient
 from streams.codec import DecodeError, decode
 from streams.config_rules import ConfigBook
@@ -264,7 +264,11 @@ class HeaterService:
 
 
 def _faust_view(handler: Handler) -> Callable[[Any, Any], Awaitable[Any]]:
+    """A Faust page for an aiohttp handler, declaring the same access."""
     async def view(web: Any, request: Any) -> Any:
         return await handler(request)
 
+    access = auth.access_of(handler)
+    if access is not None:
+        setattr(view, auth.ACCESS_ATTR, access)
     return view

@@ -11,6 +11,12 @@ feed already follows (:mod:`streams.homekit_feed`): relays from ``relayState``, 
 temperature from ``sensorData`` (:mod:`streams.water_history`), and health from
 ``heartbeats`` (each service's last phase and how long ago it beat). The page only shows.
 Rendering is plain functions of plain data, tested without Kafka.
+
+A browser opens the page with a one-time link (:mod:`streams.auth`, *Browsers*): a viewer's
+client ``POST``s to ``/dashboard/link`` with its bearer token and gets a path with a ticket
+(``heater dashboard`` prints the whole URL); ``GET /dashboard/open?ticket=…`` exchanges it
+once for an HttpOnly, SameSite=Strict session cookie on ``/dashboard`` and redirects to the
+page, whose body refreshes then carry the cookie.
 """
 
 from __future__ import annotations
@@ -20,7 +26,11 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable
 
-from streams import topics
+from faust.web import View
+from aiohttp import web as aiohttp_web
+
+from streams import auth, topics
+from streams.auth import TICKET, Role, requires
 from streams.codec import DecodeError, decode
 from streams.homekit_feed import HomeKitFeed, alarm_rows, latch_row
 from streams.records import Heartbeat, SensorReading
@@ -28,6 +38,8 @@ from streams.water_history import HOUR_S, Point, WaterHistory
 
 PAGE_PATH = "/dashboard"
 BODY_PATH = "/dashboard/body"
+LINK_PATH = "/dashboard/link"
+OPEN_PATH = "/dashboard/open"
 REFRESH_S = 2.0
 #: A service whose last beat is older than this shows as silent (beats come every 0.5 s).
 SILENT_AFTER_S = 5.0
@@ -177,12 +189,35 @@ def register(service: Any, feed: HomeKitFeed, active_alarms: Callable[[], Iterab
     feed.observers.append(dashboard.observe)
     feed.extra_topics.append(topics.HEARTBEATS.name)
 
+    @requires(Role.VIEWER)
     async def page(web: Any, request: Any) -> Any:
         return web.html(render_page(dashboard.state()))
 
+    @requires(Role.VIEWER)
     async def body(web: Any, request: Any) -> Any:
         return web.html(render_body(dashboard.state()))
 
     service.app.page(PAGE_PATH)(page)
     service.app.page(BODY_PATH)(body)
+    service.app.page(LINK_PATH)(Link)
+    service.app.page(OPEN_PATH)(open_page)
     return dashboard
+
+
+@requires(Role.VIEWER)
+class Link(View):
+    """``POST``, with a bearer token (never a cookie): a one-time link to the page, valid for a minute."""
+
+    async def post(self, request: Any) -> Any:
+        ticket = request.app[auth.GATE].sessions.ticket(auth.principal(request))
+        return self.json({"path": f"{OPEN_PATH}?ticket={ticket}", "expires_in_s": auth.TICKET_TTL_S},
+                         headers={"Cache-Control": "no-store"})
+
+
+@requires(TICKET)
+async def open_page(web: Any, request: Any) -> Any:
+    """The ticket was redeemed by the middleware: give the browser its session cookie, and the page."""
+    response = aiohttp_web.Response(status=303, headers={"Location": PAGE_PATH, "Cache-Control": "no-store",
+                                                         "Referrer-Policy": "no-referrer"})
+    auth.set_session_cookie(request, response, request[auth.SESSION], auth.principal(request), PAGE_PATH)
+    return response

@@ -24,10 +24,11 @@ import logging
 import time
 from typing import Any, Callable, Iterable
 
-from aiohttp import WSMsgType, web
+from aiohttp import WSCloseCode, WSMsgType, web
 from aiokafka import AIOKafkaConsumer
 
 from streams import topics, topology
+from streams.auth import Role, principal, requires
 from streams.codec import DecodeError, decode
 from streams.readers import follower, open_reader, poll
 from streams.records import HeatingJobState, PlatformLatch, RelayState, SensorReading
@@ -197,10 +198,19 @@ class HomeKitFeed:
             log.info("homekit feed: client gone (%s)", exc)
             self._clients.discard(ws)
 
-    async def handle(self, request: web.Request) -> web.WebSocketResponse:
-        """One client: the current state at once, then every change, until it goes."""
+    async def handle(self, request: web.Request, until: float | None = None) -> web.WebSocketResponse:
+        """One client: the current state at once, then every change, until it goes.
+
+        ``until``: when the client's token expires (epoch seconds); the feed closes then (1008,
+        policy violation), so the client connects again with a fresh token.
+        """
         ws = web.WebSocketResponse(heartbeat=HEARTBEAT_S)
         await ws.prepare(request)
+        expiry = None
+        if until is not None:
+            expiry = asyncio.get_running_loop().call_later(
+                max(0.0, until - time.time()),
+                lambda: asyncio.ensure_future(ws.close(code=WSCloseCode.POLICY_VIOLATION, message=b"token expired")))
         await ws.send_str(json.dumps(self.snapshot()))
         self._clients.add(ws)
         log.info("homekit feed: client %s connected (%d)", request.remote, len(self._clients))
@@ -209,6 +219,8 @@ class HomeKitFeed:
                 if message.type == WSMsgType.ERROR:
                     break
         finally:
+            if expiry is not None:
+                expiry.cancel()
             self._clients.discard(ws)
             log.info("homekit feed: client %s gone (%d left)", request.remote, len(self._clients))
         return ws
@@ -225,8 +237,9 @@ def register(service: Any, active_alarms: ActiveAlarms, latch: LatchRow) -> Home
     """Serve the feed on a :class:`~streams.app.HeaterService`'s web server, started with its self-check."""
     feed = HomeKitFeed(active_alarms, latch)
 
+    @requires(Role.VIEWER)
     async def view(web_: Any, request: web.Request) -> web.WebSocketResponse:
-        return await feed.handle(request)
+        return await feed.handle(request, principal(request).expires_at)
 
     service.app.page(FEED_PATH)(view)
     service.add_startup_check(feed.start)

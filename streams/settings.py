@@ -63,7 +63,22 @@ class Settings:
     broker_sasl_mechanism: str | None = None
     broker_sasl_username: str | None = None
     broker_sasl_password_file: str | None = None
+    #: API tokens (streams.auth): the issuer's published keys, its ``iss`` and the ``aud`` tokens
+    #: carry. Empty: the local Vault's identity provider, derived from ``vault_addr``.
+    auth_jwks_url: str = ""
+    auth_issuer: str = ""
+    auth_audience: str = "heater"
     extra: Mapping[str, str] = field(default_factory=dict)
+
+    @property
+    def token_issuer(self) -> str:
+        """The ``iss`` API tokens must carry (default: the local Vault's identity provider)."""
+        return self.auth_issuer or f"{self.vault_addr.rstrip('/')}/v1/identity/oidc"
+
+    @property
+    def token_keys_url(self) -> str:
+        """Where the issuer publishes its verification keys (JWKS)."""
+        return self.auth_jwks_url or f"{self.token_issuer}/.well-known/keys"
 
     @property
     def data_dir(self) -> Path:
@@ -115,6 +130,9 @@ class Settings:
             broker_sasl_mechanism=env.get("HEATER_BROKER_SASL_MECHANISM"),
             broker_sasl_username=env.get("HEATER_BROKER_SASL_USERNAME"),
             broker_sasl_password_file=env.get("HEATER_BROKER_SASL_PASSWORD_FILE"),
+            auth_jwks_url=env.get("HEATER_AUTH_JWKS_URL", ""),
+            auth_issuer=env.get("HEATER_AUTH_ISSUER", ""),
+            auth_audience=env.get("HEATER_AUTH_AUDIENCE", base.auth_audience),
         )
 
 

@@ -10,8 +10,9 @@ store has applied that changelog against where the log ends. JSON by default; a 
 
 Tables are read through :func:`streams.consistency.on_partition_zero`: the services'
 tables have one partition, and a read outside an agent's event must say which one.
-Authentication: none yet — these views will take the viewer role with every other API
-once the platform's API security lands.
+Every view takes the viewer role (:mod:`streams.auth`). A key another worker owns is fetched
+from it with the caller's own request headers (Faust's routing), so its token is checked again
+there: no worker-to-worker exemption is needed.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from faust.utils import json as faust_json
 from faust.web.apps import tables as faust_tables
 
 from streams import html_page
+from streams.auth import Role, requires
 from streams.consistency import on_partition_zero
 
 blueprint = web.Blueprint("tables")
@@ -83,6 +85,7 @@ async def end_offsets(table: TableT) -> dict[int, int] | str:
     return {tp.partition: int(ends[tp]) for tp in tps if ends.get(tp) is not None}
 
 
+@requires(Role.VIEWER)
 class TableView(faust_tables.TableView):
     """Faust's table view with JSON or HTML by the client's ``Accept``, and table reads on partition 0."""
 

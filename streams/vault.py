@@ -70,3 +70,98 @@ class TransitSigner:
 
 def _b64(payload: bytes) -> str:
     return base64.b64encode(payload).decode()
+
+
+# -- API tokens from Vault's identity provider (streams.auth verifies them) -----------------
+
+#: The signing key of API tokens, the OIDC role per platform role, and the token role that
+#: binds a Vault token to a named entity (see ``heater.runtime.vault.provision_identity``).
+API_TOKEN_KEY = "heater-api"
+API_TOKEN_ROLE_PREFIX = "heater-"
+IDENTITY_TOKEN_ROLE = "heater-identity"
+
+
+def api_token_role(role: str) -> str:
+    """The OIDC role (and the Vault policy) that issues tokens with ``role``: ``heater-operator``."""
+    return API_TOKEN_ROLE_PREFIX + role
+
+
+def read_api_token(client: hvac.Client, role: str) -> str:
+    """A signed API token with ``role`` for the entity of ``client``'s token (its policies must allow it)."""
+    try:
+        answer = client.read(f"identity/oidc/token/{api_token_role(role)}")
+    except hvac.exceptions.Forbidden:
+        raise VaultUnavailable(f"Vault refuses an API token with role {role} to this identity") from None
+    except (requests.RequestException, hvac.exceptions.VaultDown) as exc:
+        raise VaultUnavailable(f"Vault at {client.url} did not answer: {type(exc).__name__}") from None
+    except hvac.exceptions.InvalidRequest as exc:  # e.g. a token without an entity (root)
+        raise VaultUnavailable(f"Vault cannot issue an API token for this Vault token: {exc}") from None
+    return answer["data"]["token"]
+
+
+def issue_api_token(client: hvac.Client, name: str, role: str, ttl: str = "5m") -> str:
+    """As an administrator of Vault (``client``): an API token with ``role`` for the entity ``name``.
+
+    Makes sure the entity exists with an alias on the token auth method, creates a short-lived
+    Vault token bound to it with the role's policy, and has Vault issue the signed token with it.
+    Used for the local platform's users (``heater login``) and its services' own calls.
+    """
+    try:
+        entity = _ensure_entity(client, name)
+        child = client.write(f"auth/token/create/{IDENTITY_TOKEN_ROLE}", policies=[api_token_role(role)],
+                             entity_alias=name, ttl=ttl, no_default_policy=True)
+    except (requests.RequestException, hvac.exceptions.VaultDown) as exc:
+        raise VaultUnavailable(f"Vault at {client.url} did not answer: {type(exc).__name__}") from None
+    except hvac.exceptions.VaultError as exc:
+        raise VaultUnavailable(f"Vault refused to bind a token to {name!r}: {type(exc).__name__}") from None
+    assert child["auth"]["entity_id"] == entity, "the Vault token is bound to another entity"
+    bound = hvac.Client(url=client.url, token=child["auth"]["client_token"], timeout=TIMEOUT_S)
+    try:
+        return read_api_token(bound, role)
+    finally:
+        try:
+            bound.auth.token.revoke_self()
+        except Exception:  # the short-lived Vault token expires anyway
+            pass
+
+
+def _ensure_entity(client: hvac.Client, name: str) -> str:
+    """The id of the entity ``name``, created with an alias on the token auth method if missing."""
+    found = client.read(f"identity/entity/name/{name}")
+    if found is None:
+        client.write("identity/entity", name=name)
+        found = client.read(f"identity/entity/name/{name}")
+    entity = found["data"]
+    accessor = client.sys.list_auth_methods()["data"]["token/"]["accessor"]
+    if not any(a.get("mount_accessor") == accessor for a in entity.get("aliases") or []):
+        client.write("identity/entity-alias", name=name, canonical_id=entity["id"], mount_accessor=accessor)
+    return entity["id"]
+
+
+class ServiceToken:
+    """A service's own API token for calling other services' views (the viewer role by default).
+
+    Issued for the entity ``svc-NAME`` with the service's Vault credentials, kept until a minute
+    before it expires. Awaiting the object gives a valid token or raises :class:`VaultUnavailable`.
+    """
+
+    RENEW_BEFORE_S = 60.0
+
+    def __init__(self, settings: Settings, service: str, role: str = "viewer") -> None:
+        self.settings = settings
+        self.entity = f"svc-{service}"
+        self.role = role
+        self._token: str | None = None
+        self._expires_at = 0.0
+
+    async def __call__(self) -> str:
+        import time
+
+        import jwt
+
+        if self._token is None or time.time() > self._expires_at - self.RENEW_BEFORE_S:
+            token = await asyncio.wait_for(asyncio.to_thread(
+                lambda: issue_api_token(vault_client(self.settings), self.entity, self.role)), 4 * TIMEOUT_S)
+            self._expires_at = float(jwt.decode(token, options={"verify_signature": False})["exp"])
+            self._token = token
+        return self._token

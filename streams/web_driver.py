@@ -4,19 +4,37 @@ Faust mounts its ``/table`` blueprint when ``web_tables_enabled`` is on. This dr
 :mod:`streams.table_views` (subclasses of Faust's views) at the same prefix under the same
 setting instead, so there is one set of table views, not two side by side. Selected by the
 ``heater://`` web URL (:func:`streams.settings.faust_options`).
+
+Every route goes through :mod:`streams.auth`'s middleware. A Faust view declares its role
+with :func:`streams.auth.requires` on the function or class given to ``app.page``; the
+driver carries it onto the handler it registers. Faust's own ``/router`` views (which worker
+owns a key; the table views route requests themselves, forwarding the caller's token) take
+the viewer role, declared here where the platform mounts them.
 """
 
 from __future__ import annotations
 
-from typing import ClassVar, Mapping
+from typing import Any, Callable, ClassVar, Mapping
 
 from faust.web import base
 from faust.web.drivers import DRIVERS
 from faust.web.drivers.aiohttp import Web as AiohttpWeb
 
+from streams import auth
+
 SCHEME = "heater"
 FAUST_TABLES = "faust.web.apps.tables.blueprint"
 TABLES = "streams.table_views:blueprint"
+#: Roles of the views of Faust's own blueprints (the platform's views declare their own): the
+#: ``/router/...`` views (which worker owns a key) and Faust's index ``/`` (``{"status": "OK"}``).
+FAUST_VIEW_ROLES: Mapping[str, auth.Role] = {"/router/": auth.Role.VIEWER, "/": auth.Role.VIEWER}
+
+
+def faust_view_role(pattern: str) -> auth.Role | None:
+    """The role of one of Faust's own views: ``/`` exactly, ``/router/`` and below."""
+    if pattern == "/":
+        return FAUST_VIEW_ROLES["/"]
+    return FAUST_VIEW_ROLES["/router/"] if pattern.startswith("/router/") else None
 
 
 class Web(AiohttpWeb):
@@ -24,6 +42,24 @@ class Web(AiohttpWeb):
         (prefix, TABLES if blueprint == FAUST_TABLES else blueprint) for prefix, blueprint in base.DEFAULT_BLUEPRINTS
     ]
     blueprint_flags: ClassVar[Mapping[str, str]] = {**base.BLUEPRINT_FLAGS, TABLES: base.BLUEPRINT_FLAGS[FAUST_TABLES]}
+
+    def __init__(self, app: Any, **kwargs: Any) -> None:
+        super().__init__(app, **kwargs)
+        auth.install(self.web_app)
+
+    def route(self, pattern: str, handler: Callable, cors_options: Any = None) -> None:
+        role = faust_view_role(pattern)
+        if auth.access_of(handler) is None and role is not None:
+            setattr(handler, auth.ACCESS_ATTR, {"*": role})
+        super().route(pattern, handler, cors_options)
+
+    def _wrap_into_asyncdef(self, handler: Callable) -> Callable:
+        """Faust's wrapper, carrying the view's declared access (the middleware reads it there)."""
+        dispatch = super()._wrap_into_asyncdef(handler)
+        access = auth.access_of(handler)
+        if access is not None:
+            setattr(dispatch, auth.ACCESS_ATTR, access)
+        return dispatch
 
 
 def register() -> None:

@@ -9,8 +9,10 @@ from typing import Any, Iterator
 
 from heater.catalogue import COMPONENTS
 from heater.platform import Platform
-from heater.probes import http_json
+from heater import credentials
+from heater.probes import http_json as _http_json
 from heater.rundir import Layout
+from streams.auth import Role
 from streams.heater_config import WATER_SENSORS
 from simulator import client as sim
 from tests.support import try_get, wait_for
@@ -19,15 +21,36 @@ from tests.support import try_get, wait_for
 SERVICES = [c.name for c in COMPONENTS if c.name not in ("broker", "vault", "simulator")]
 
 
+#: Run directories of the platforms started here (the last one's login reads the views).
+_STARTED: list[Path] = []
+
+
 @contextmanager
 def running_platform(run_dir: Path, timeout: float = 120) -> Iterator[Platform]:
     """The whole local platform, as `heater up` runs it, for one test module."""
     running = Platform(run_dir)
     try:
         running.start(timeout=timeout)
+        credentials.login(run_dir, Role.ADMIN, "platform-tests")  # the helpers below read views with it
+        _STARTED.append(run_dir)
         yield running
     finally:
         running.stop()
+
+
+def login_token() -> str | None:
+    """The saved login of the platform :func:`running_platform` started last (admin, or whoever logged in since)."""
+    return credentials.bearer_or_none(_STARTED[-1]) if _STARTED else None
+
+
+def http_json(url: str, timeout: float = 1.0) -> tuple[int, dict[str, Any]]:
+    """GET a view of the platform :func:`running_platform` started, with its saved login."""
+    return _http_json(url, timeout=timeout, token=login_token())
+
+
+def view(url: str) -> tuple[int, Any] | None:
+    """:func:`http_json`; None while nothing listens there (a service restarting)."""
+    return try_get(url, token=login_token())
 
 
 def pico(layout: Layout) -> dict[str, Any]:
@@ -72,7 +95,7 @@ def fresh_temperature(layout: Layout) -> bool:
 
 
 def ready(layout: Layout, name: str) -> bool:
-    return (try_get(layout.web_url(name) + "/readyz") or (0,))[0] == 200
+    return (view(layout.web_url(name) + "/readyz") or (0,))[0] == 200
 
 
 def all_ready(layout: Layout, timeout: float = 60) -> None:

@@ -104,13 +104,14 @@ def metric(proc: ServiceProcess, name: str, **labels: str) -> float:
     return 0.0
 
 
-def post_json(url: str, body: dict[str, Any], timeout: float = 5.0) -> tuple[int, Any]:
-    """POST a JSON body; return (status, JSON answer) also for 4xx/5xx answers."""
+def post_json(url: str, body: dict[str, Any], timeout: float = 5.0, token: str | None = None) -> tuple[int, Any]:
+    """POST a JSON body (with a bearer ``token`` when given); return (status, JSON answer) also for 4xx/5xx answers."""
     import json
     import urllib.error
     import urllib.request
 
-    request = urllib.request.Request(url, data=json.dumps(body).encode(), headers={"Content-Type": "application/json"})
+    headers = {"Content-Type": "application/json", **({"Authorization": f"Bearer {token}"} if token else {})}
+    request = urllib.request.Request(url, data=json.dumps(body).encode(), headers=headers)
     try:
         with urllib.request.urlopen(request, timeout=timeout) as response:
             return response.status, json.loads(response.read() or b"{}")
@@ -123,11 +124,11 @@ def vault_env(vault: Any) -> dict[str, str]:
     return {"HEATER_VAULT_ADDR": vault.addr, "HEATER_VAULT_TOKEN_FILE": str(vault.token_file)}
 
 
-def try_get(url: str) -> tuple[int, Any] | None:
-    """GET a JSON view; None while nothing listens there yet."""
+def try_get(url: str, token: str | None = None) -> tuple[int, Any] | None:
+    """GET a JSON view (with a bearer ``token`` when given); None while nothing listens there yet."""
     from heater.probes import http_json
 
     try:
-        return http_json(url)
+        return http_json(url, token=token)
     except OSError:
         return None

@@ -85,7 +85,8 @@ def processed_through(bank: ServiceProcess) -> float:
     return max((s["received_at"] for s in body.get("sensors", {}).values()), default=0.0) if status == 200 else 0.0
 
 
-def test_exactly_once_across_kill_9(dedicated: tuple[EmbeddedBroker, ServiceProcess], tmp_path: Path) -> None:
+def test_exactly_once_across_kill_9(dedicated: tuple[EmbeddedBroker, ServiceProcess], tmp_path: Path,
+                                    vault: EmbeddedVault) -> None:
     """≥1,000 condition toggles, kill -9 at 6 random points: AlarmsServer's history equals the pure rules'."""
     broker, alarms = dedicated
     started = time.monotonic()
@@ -98,7 +99,7 @@ def test_exactly_once_across_kill_9(dedicated: tuple[EmbeddedBroker, ServiceProc
     assert len(effects) >= 1000, "conditions toggle at least 1,000 times"
 
     run_dir = tmp_path / "bank"
-    bank = ServiceProcess("bank", broker.url, run_dir, NO_STALENESS).start()
+    bank = ServiceProcess("bank", broker.url, run_dir, {**NO_STALENESS, **vault_env(vault)}).start()
     try:
         ready_s = [bank.wait_ready(timeout=60)]
         chunks = [readings[i : i + 200] for i in range(0, len(readings), 200)]
@@ -113,7 +114,7 @@ def test_exactly_once_across_kill_9(dedicated: tuple[EmbeddedBroker, ServiceProc
             bank.kill()  # SIGKILL, mid-stream
             assert bank.wait(20) == -9
             kills.append({"after_chunk": index, "applied_readings": sum(1 for r in readings if r.received_at <= applied)})
-            bank = ServiceProcess("bank", broker.url, run_dir, NO_STALENESS).start()  # same data directory
+            bank = ServiceProcess("bank", broker.url, run_dir, {**NO_STALENESS, **vault_env(vault)}).start()  # same data directory
             ready_s.append(bank.wait_ready(timeout=60))
         last = readings[-1].received_at
         wait_for(lambda: processed_through(bank) >= last, timeout=90, interval=0.5, what="bank caught up")
@@ -132,9 +133,10 @@ def test_exactly_once_across_kill_9(dedicated: tuple[EmbeddedBroker, ServiceProc
         bank.stop()
 
 
-def test_stale_sensor_raises_on_the_timer_and_clears_on_data(dedicated: tuple[EmbeddedBroker, ServiceProcess], tmp_path: Path) -> None:
+def test_stale_sensor_raises_on_the_timer_and_clears_on_data(dedicated: tuple[EmbeddedBroker, ServiceProcess], tmp_path: Path,
+                                                             vault: EmbeddedVault) -> None:
     broker, alarms = dedicated
-    bank = ServiceProcess("bank", broker.url, tmp_path / "bank").start()  # stale_after_s = 1.0
+    bank = ServiceProcess("bank", broker.url, tmp_path / "bank", vault_env(vault)).start()  # stale_after_s = 1.0
     try:
         bank.wait_ready(timeout=60)
         last = time.time()
@@ -157,9 +159,10 @@ def test_stale_sensor_raises_on_the_timer_and_clears_on_data(dedicated: tuple[Em
         bank.stop()
 
 
-def test_fatal_over_temperature_stops_the_bank_for_good(dedicated: tuple[EmbeddedBroker, ServiceProcess], tmp_path: Path) -> None:
+def test_fatal_over_temperature_stops_the_bank_for_good(dedicated: tuple[EmbeddedBroker, ServiceProcess], tmp_path: Path,
+                                                        vault: EmbeddedVault) -> None:
     broker, alarms = dedicated
-    bank = ServiceProcess("bank", broker.url, tmp_path / "bank").start()
+    bank = ServiceProcess("bank", broker.url, tmp_path / "bank", vault_env(vault)).start()
     try:
         bank.wait_ready(timeout=60)
         t0 = time.time()
@@ -169,9 +172,10 @@ def test_fatal_over_temperature_stops_the_bank_for_good(dedicated: tuple[Embedde
         assert latch["alarm_id"].startswith("bank/overtemp-fatal/")
         codes = {a["alarm"]["code"] for a in history(alarms) if a["active"]}
         assert {"overtemp-warning", "overtemp-critical", "overtemp-fatal"} <= codes
-        restarted = ServiceProcess("bank", broker.url, tmp_path / "bank").start()  # started while latched
+        restarted = ServiceProcess("bank", broker.url, tmp_path / "bank", vault_env(vault)).start()  # started while latched
         try:
-            status = wait_for(lambda: try_get(restarted.url + "/status"), timeout=30, what="restarted bank answers")
+            status = wait_for(lambda: try_get(restarted.url + "/status", token=restarted.token("viewer")), timeout=30,
+                              what="restarted bank answers")
             assert status[1]["phase"] == "halted" and restarted.get("/readyz")[0] == 503
         finally:
             restarted.stop()

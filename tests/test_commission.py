@@ -15,12 +15,11 @@ import pytest
 
 from heater import commission, reset
 from heater.platform import Platform
-from heater.probes import http_json
 from heater.rundir import Layout
 from simulator import client as sim
 from streams.records import RelayCommand
-from tests.platform_view import running_platform
-from tests.support import produce, run, try_get, wait_for
+from tests.platform_view import http_json, running_platform, view
+from tests.support import produce, run, wait_for
 
 ALL_OFF = {"power_on": False, "gas_valve_open": False, "spark_on": False}
 
@@ -32,7 +31,7 @@ def platform(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Platform]:
 
 
 def i2c_ready(layout: Layout) -> bool:
-    return (try_get(layout.web_url("i2c") + "/readyz") or (0,))[0] == 200
+    return (view(layout.web_url("i2c") + "/readyz") or (0,))[0] == 200
 
 
 def pico(layout: Layout) -> dict:
@@ -125,7 +124,7 @@ def test_a_heater_with_power_on_is_refused_and_left_alone(platform: Platform, ca
     power(layout, True)
     try:
         wait_for(lambda: pico(layout)["relays"]["power_on"], what="power on")
-        wait_for(lambda: (try_get(layout.web_url("i2c") + "/relays") or (0, {}))[1].get("desired", {}).get("power_on"),
+        wait_for(lambda: (view(layout.web_url("i2c") + "/relays") or (0, {}))[1].get("desired", {}).get("power_on"),
                  what="adapter knows the power is on")
         assert commission.main(layout.run_dir, "alice", as_json=True) == 1
         report = json.loads(capsys.readouterr().out)

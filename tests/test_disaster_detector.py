@@ -21,12 +21,13 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
 from heater.probes import http_json
 from heater.runtime.broker import EmbeddedBroker
+from heater.runtime.vault import EmbeddedVault
 from streams.disaster_rules import Detection, DisasterWatch, RuleLimits
 from streams.heater_config import HeaterLimits
 from streams.records import (
     HeatingJobState, PlatformLatch, RelayAction, RelayCommand, RelayState, SensorReading, alarm_id_for, occurrence_key,
 )
-from tests.support import ServiceProcess, consume_until, run, wait_for
+from tests.support import ServiceProcess, consume_until, run, vault_env, wait_for
 
 SENSORS = ("water.0", "water.1", "water.2")
 
@@ -76,9 +77,9 @@ def topic_size(broker: EmbeddedBroker, topic: str) -> int:
     return run(go())
 
 
-def start_detector(broker: EmbeddedBroker, run_dir: Path) -> ServiceProcess:
-    """A ready detector; stopped again when it does not get ready (no process left behind)."""
-    detector = ServiceProcess("disaster", broker.url, run_dir).start()
+def start_detector(broker: EmbeddedBroker, run_dir: Path, vault: EmbeddedVault) -> ServiceProcess:
+    """A ready detector (verifying tokens of the session Vault); stopped again when it does not get ready."""
+    detector = ServiceProcess("disaster", broker.url, run_dir, vault_env(vault)).start()
     try:
         detector.wait_ready(timeout=60)
     except BaseException:
@@ -88,10 +89,10 @@ def start_detector(broker: EmbeddedBroker, run_dir: Path) -> ServiceProcess:
 
 
 @pytest.fixture
-def fatal_rig(tmp_path: Path) -> Iterator[tuple[EmbeddedBroker, ServiceProcess]]:
+def fatal_rig(tmp_path: Path, vault: EmbeddedVault) -> Iterator[tuple[EmbeddedBroker, ServiceProcess]]:
     """A broker of its own and a detector on it, for one test that ends in FATAL."""
     with EmbeddedBroker(tmp_path / "broker") as broker:
-        detector = start_detector(broker, tmp_path)
+        detector = start_detector(broker, tmp_path, vault)
         try:
             yield broker, detector
         finally:
@@ -99,10 +100,10 @@ def fatal_rig(tmp_path: Path) -> Iterator[tuple[EmbeddedBroker, ServiceProcess]]
 
 
 @pytest.fixture(scope="module")
-def quiet_rig(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[EmbeddedBroker, ServiceProcess]]:
+def quiet_rig(tmp_path_factory: pytest.TempPathFactory, vault: EmbeddedVault) -> Iterator[tuple[EmbeddedBroker, ServiceProcess]]:
     run_dir = tmp_path_factory.mktemp("disaster-quiet")
     with EmbeddedBroker(run_dir / "broker") as broker:
-        detector = start_detector(broker, run_dir)
+        detector = start_detector(broker, run_dir, vault)
         try:
             yield broker, detector
         finally:
@@ -201,9 +202,9 @@ def test_malformed_messages_are_dead_lettered_and_the_agent_goes_on(quiet_rig: t
     assert "dead-lettered sensorData[0]@" in detector.log_path.read_text()
 
 
-def test_after_kill_9_the_restarted_detector_knows_the_job_and_still_detects(tmp_path: Path) -> None:
+def test_after_kill_9_the_restarted_detector_knows_the_job_and_still_detects(tmp_path: Path, vault: EmbeddedVault) -> None:
     with EmbeddedBroker(tmp_path / "broker") as broker:
-        first = start_detector(broker, tmp_path / "first")
+        first = start_detector(broker, tmp_path / "first", vault)
         try:
             job = f"job{uuid.uuid4().hex[:6]}"
             now = time.time()
@@ -215,7 +216,7 @@ def test_after_kill_9_the_restarted_detector_knows_the_job_and_still_detects(tmp
         finally:
             first.stop()
 
-        second = start_detector(broker, tmp_path / "second")  # an empty data directory: tables from their changelogs
+        second = start_detector(broker, tmp_path / "second", vault)  # an empty data directory: tables from their changelogs
         try:
             restored = wait_for(lambda: (lambda b: b if b["job"] else None)(view(second)), what="job restored")
             assert restored["watching"] is True and restored["episode"] == f"job-{job}"
@@ -350,7 +351,7 @@ class Producer:
 def peek(detector: ServiceProcess) -> dict[str, Any] | None:
     """``/disaster``, or None while the detector does not answer (killed, starting, busy)."""
     try:
-        status, body = http_json(detector.url + "/disaster", timeout=2.0)
+        status, body = http_json(detector.url + "/disaster", timeout=2.0, token=detector.token("viewer"))
     except (OSError, ValueError, http.client.HTTPException):
         return None
     return body if status == 200 else None
@@ -373,7 +374,7 @@ def tally(expected: dict[str, tuple[Any, ...]], observed: list[tuple[str, tuple[
     return counts, examples
 
 
-def test_exactly_once_across_kill_9(tmp_path: Path) -> None:
+def test_exactly_once_across_kill_9(tmp_path: Path, vault: EmbeddedVault) -> None:
     """>= 300 disasters over ~80 heating jobs, kill -9 at 3 or 4 random points, restarts on the same data
     directory: DisasterDetected holds each disaster the pure rules expect exactly once, and /disaster too."""
     started = time.monotonic()
@@ -397,7 +398,7 @@ def test_exactly_once_across_kill_9(tmp_path: Path) -> None:
     with EmbeddedBroker(tmp_path / "broker") as broker:
         wire = Producer(broker.bootstrap)
         wire.put("platformLatch", [(b"platform", release.dumps())])
-        detector = start_detector(broker, run_dir)
+        detector = start_detector(broker, run_dir, vault)
         try:
             def shown(predicate: Callable[[dict[str, Any]], bool], what: str) -> None:
                 """Wait until ``/disaster`` shows ``what``: the feed crosses topics only in the order the rules saw."""
@@ -421,7 +422,7 @@ def test_exactly_once_across_kill_9(tmp_path: Path) -> None:
                 detector.kill()
                 assert detector.wait(20) == -9
                 kills.append(f"job {index} {phase} +{pause}s")
-                detector = ServiceProcess("disaster", broker.url, run_dir).start()  # same data directory, not waited for
+                detector = ServiceProcess("disaster", broker.url, run_dir, vault_env(vault)).start()  # same data directory, not waited for
 
             wire.put("relayState", [(b"pico", feed.relay.dumps())])
             wire.put("I2CHeating", [(b"valve", feed.command.dumps())])

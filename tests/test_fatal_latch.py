@@ -76,7 +76,8 @@ def test_fatal_latches_cuts_power_and_only_a_verified_reset_releases(fatal_broke
     # The operator reset names what GET /latch shows: the occurrence, and the Pico's trip count.
     shown = latch(alarms)
     assert list(shown["occurrences"]) == [fatal.occurrence_id] and shown["occurrences"][fatal.occurrence_id]["reason"] == "water 97 C"
-    status, answer = post_json(alarms.url + "/reset", {"operator": "alice", "occurrences": [], "trip_count": shown["trip_count"]})
+    status, answer = post_json(alarms.url + "/reset", {"occurrences": [], "trip_count": shown["trip_count"]},
+                               token=alarms.token("operator", "alice"))
     assert status == 409 and answer["occurrences"] == [fatal.occurrence_id], "a reset for something other than what latches"
     status, issued = reset_as_shown(alarms, "alice")
     assert status == 202 and issued["occurrences"] == [fatal.occurrence_id], issued
@@ -121,16 +122,17 @@ def test_fatal_latches_cuts_power_and_only_a_verified_reset_releases(fatal_broke
 
 
 def reset_as_shown(alarms: ServiceProcess, operator: str) -> tuple[int, dict]:
-    """The operator's reset: what ``GET /latch`` shows, named back."""
+    """The operator's reset, with the operator's token: what ``GET /latch`` shows, named back."""
     shown = latch(alarms)
-    return post_json(alarms.url + "/reset", {"operator": operator, "occurrences": sorted(shown.get("occurrences") or {}),
-                                             "trip_count": shown.get("trip_count")})
+    return post_json(alarms.url + "/reset", {"occurrences": sorted(shown.get("occurrences") or {}),
+                                             "trip_count": shown.get("trip_count")}, token=alarms.token("operator", operator))
 
 
 def test_reset_endpoint_refuses_bad_requests(alarms: ServiceProcess) -> None:
-    assert post_json(alarms.url + "/reset", {"who": "alice", "occurrences": []})[0] == 400
-    assert post_json(alarms.url + "/reset", {"operator": "  ", "occurrences": []})[0] == 400
-    assert post_json(alarms.url + "/reset", {"operator": "alice"})[0] == 400, "a reset names what it releases"
-    assert post_json(alarms.url + "/reset", {"operator": "alice", "occurrences": "all"})[0] == 400
-    assert post_json(alarms.url + "/reset", {"operator": "alice", "occurrences": [], "trip_count": True})[0] == 400
-    assert post_json(alarms.url + "/reset", {"operator": "alice", "occurrences": []})[0] == 409, "nothing to reset"
+    alice = alarms.token("operator", "alice")
+    assert post_json(alarms.url + "/reset", {"occurrences": []})[0] == 401, "no token, no reset"
+    assert post_json(alarms.url + "/reset", {"occurrences": []}, token=alarms.token("viewer", "alice"))[0] == 403
+    assert post_json(alarms.url + "/reset", {"who": "alice"}, token=alice)[0] == 400
+    assert post_json(alarms.url + "/reset", {"occurrences": "all"}, token=alice)[0] == 400
+    assert post_json(alarms.url + "/reset", {"occurrences": [], "trip_count": True}, token=alice)[0] == 400
+    assert post_json(alarms.url + "/reset", {"occurrences": []}, token=alice)[0] == 409, "nothing to reset"

@@ -26,10 +26,9 @@ from typing import Any, Iterator
 
 import pytest
 
-from heater import reset
+from heater import credentials, reset
 from heater.catalogue import BY_NAME, COMPONENTS, STAGE_BRIDGE
 from heater.platform import Platform
-from heater.probes import http_json
 from adapters.i2c.controller import Limits
 from heater.rundir import Layout
 from heater.status import collect, render
@@ -43,10 +42,13 @@ from streams.heating.launch import JOB_MODULE, job_args
 from streams.heartbeats import beat
 from streams.lifecycle import Phase
 from streams.records import Alarm, RelayCommand
-from tests.platform_view import SERVICES, all_ready, fresh_tank, fresh_temperature, latched, pico, ready, relays, running_platform
+from streams.auth import Role
+from tests.platform_view import (
+    SERVICES, all_ready, fresh_tank, fresh_temperature, http_json, latched, login_token, pico, ready, relays, running_platform, view,
+)
 from tests.homekit.home_app import HomeApp
 from tests.prometheus_server import check_config, ensure_installed, running_prometheus
-from tests.support import consume_until, produce, run, try_get, wait_for
+from tests.support import consume_until, produce, run, wait_for
 
 log = logging.getLogger(__name__)
 
@@ -296,6 +298,7 @@ def test_prometheus_scrapes_every_service_of_the_running_platform(platform: Plat
 def test_heater_up_starts_the_homekit_bridge_last_and_status_reports_where_to_pair(platform: Platform) -> None:
     """0: before any fault, the bridge as `heater up` runs it: last stage, and how to pair it."""
     assert BY_NAME["homekit"].stage == STAGE_BRIDGE == max(c.stage for c in BY_NAME.values())
+    credentials.login(platform.layout.run_dir, Role.ADMIN, "alice")  # the bridge's live view shows the setup code: admin only
     report = collect(platform.layout.run_dir)
     assert report["ok"], render(report)
     homekit = report["homekit"]
@@ -592,7 +595,7 @@ def test_after_fatal_nothing_resumes_until_the_verified_operator_reset(platform:
     # (That the trip also outlives a wiped broker is shown at the adapter level, in
     # tests/adapters/test_i2c_adapter.py::test_the_trip_survives_restarts_and_a_wiped_broker.)
     platform.supervisor.start("i2c")
-    wait_for(lambda: (try_get(layout.web_url("i2c") + "/readyz") or (0, {}))[1].get("phase") == "halted", 30,
+    wait_for(lambda: (view(layout.web_url("i2c") + "/readyz") or (0, {}))[1].get("phase") == "halted", 30,
              what="i2c up, halted")
     assert pico(layout)["trip_latched"] and relays(layout) == SAFE and latched(layout)
 
@@ -623,9 +626,11 @@ def deciding_again(layout: Layout, service: str, since: float) -> float:
 
 
 def post_config(layout: Layout, limits: dict[str, Any], by: str = "alice") -> tuple[int, dict[str, Any]]:
+    """A config change by ``by``, logged in as admin (`heater login --role admin --user NAME`): recorded as theirs."""
+    credentials.login(layout.run_dir, Role.ADMIN, by)
     request = urllib.request.Request(layout.web_url("config") + "/config", method="POST",
-                                     data=json.dumps({"limits": limits, "by": by}).encode(),
-                                     headers={"Content-Type": "application/json"})
+                                     data=json.dumps({"limits": limits}).encode(),
+                                     headers={"Content-Type": "application/json", "Authorization": f"Bearer {login_token()}"})
     try:
         with urllib.request.urlopen(request, timeout=10) as answer:
             return answer.status, json.loads(answer.read())
@@ -737,7 +742,7 @@ def test_broker_wiped_during_heating_closes_the_gas_and_every_stream_service_dec
     # outage trips a FATAL (readings arriving in a burst can), come up halted with the power
     # cut. Either way the hardware is safe, and the history kept.
     def outcome() -> str | None:
-        if (try_get(layout.web_url("alarms") + "/latch") or (0, {}))[1].get("latched"):
+        if (view(layout.web_url("alarms") + "/latch") or (0, {}))[1].get("latched"):
             return "latched" if pico(layout)["trip_latched"] else None
         try:
             return "reconnected" if fresh_temperature(layout) and ready(layout, "can") else None

@@ -9,7 +9,10 @@ AlarmsServer's Faust views (``/reset``, ``/alarms/history``, ``/alarm`` and the 
 BankManager's and DisasterDetector's views, the simulator's control API on a real
 simulated board, the heating controller's API on a launcher that starts nothing, and
 the health views every edge adapter serves with the CAN, I2C and heating-job views.
-Kafka and Vault are replaced by recorders (the reset topic) and a local signer.
+Kafka and Vault are replaced by recorders (the reset topic) and a local signer; every app
+behind the real auth middleware verifies tokens of tests/tokens.py's issuer, and each request
+carries one with the role its route needs (the reset's caller is fuzzed too: the operator a
+reset names is the token's name, whatever the body says).
 
 Generated cases (``max_examples``): ``POST /reset`` 350; alarm history 250; one alarm
 250; bank stats 200; simulator ``/inject`` ``/clear`` ``/burst`` 3 × 220 = 660;
@@ -61,15 +64,20 @@ from streams.heating.machine import HeatingMachine
 from streams.latch import LatchView, Occurrence
 from streams.lifecycle import Phase
 from streams.records import Alarm, OperatorReset, PlatformLatch
+from streams import auth
 from streams.settings import Settings
 from streams.tables import alarms as alarm_tables
+from tests import tokens
 from tests.fuzzing import loop, quiet_logs  # noqa: F401  (module fixtures)
 
 FUZZ: dict[str, Any] = dict(deadline=None, database=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 
 
 def serve(loop: asyncio.AbstractEventLoop, app: web.Application) -> TestClient:
-    """A started test server and client for ``app`` on ``loop``."""
+    """A started test server and client for ``app`` on ``loop``; an app behind the auth middleware
+    verifies tokens of the test issuer (tests/tokens.py)."""
+    if auth.GATE in app:
+        tokens.authorize(app)
 
     async def start() -> TestClient:
         client = TestClient(TestServer(app))
@@ -79,10 +87,16 @@ def serve(loop: asyncio.AbstractEventLoop, app: web.Application) -> TestClient:
     return loop.run_until_complete(start())
 
 
+#: A viewer's and an operator's headers, signed once (the fuzzed requests share them).
+VIEWER = tokens.headers("viewer", ttl=3600)
+OPERATOR = tokens.headers("operator", ttl=3600)
+
+
 async def call(client: TestClient, method: str, path: str, body: bytes | None = None,
-               content_type: str | None = None, params: Any = None) -> tuple[int, str, Any]:
-    """One request: status, content type and the decoded body (JSON where it is JSON)."""
-    headers = {"Content-Type": content_type} if content_type else {}
+               content_type: str | None = None, params: Any = None,
+               auth_headers: Any = VIEWER) -> tuple[int, str, Any]:
+    """One request (with ``auth_headers``: a viewer's by default): status, content type and the decoded body."""
+    headers = {**(auth_headers or {}), **({"Content-Type": content_type} if content_type else {})}
     async with client.request(method, path, data=body, headers=headers, params=params) as response:
         text = await response.read()
         kind = response.content_type
@@ -239,12 +253,15 @@ def alarms_server(loop: asyncio.AbstractEventLoop) -> Iterator[tuple[TestClient,
 SHOWN_OCCURRENCE, SHOWN_TRIP = "bank/overtemp@1800000000.0", 3
 
 
-def expected_request(body: bytes | None) -> tuple[str, list[str], int | None] | None:
-    """The operator, occurrences and trip count a valid ``/reset`` body names (None when it is not valid)."""
+def expected_request(body: bytes | None, caller: str) -> tuple[str, list[str], int | None] | None:
+    """The operator (the caller's token's name), occurrences and trip count of a valid ``/reset`` (None when it is not valid).
+
+    An ``operator`` in the body plays no part: the operator is who the token says.
+    """
     try:
-        data = json.loads(body or b"{}")
-        operator = str(data["operator"]).strip()
+        operator = caller.strip()
         operator.encode()
+        data = json.loads(body or b"{}")
         occurrences, trip_count = data["occurrences"], data.get("trip_count")
     except (ValueError, KeyError, TypeError, AttributeError, RecursionError):
         return None
@@ -253,6 +270,15 @@ def expected_request(body: bytes | None) -> tuple[str, list[str], int | None] | 
     if trip_count is not None and (not isinstance(trip_count, int) or isinstance(trip_count, bool)):
         return None
     return (operator, occurrences, trip_count) if operator else None
+
+
+#: Who calls ``POST /reset``: an operator or admin by name (odd names too), a viewer, or nobody.
+CALLER_NAMES = ("alice", " bob ", "Zoë", "   ", "\ud800", "mallory")
+callers = weighted(
+    (8, st.tuples(st.sampled_from(("operator", "admin")), st.sampled_from(CALLER_NAMES))),
+    (1, st.tuples(st.just("viewer"), st.sampled_from(CALLER_NAMES))),
+    (1, st.just((None, ""))),
+)
 
 
 @settings(max_examples=350, **FUZZ)
@@ -265,13 +291,16 @@ def expected_request(body: bytes | None) -> tuple[str, list[str], int | None] | 
     })),
     content_type=st.sampled_from(CONTENT_TYPES),
     latched=st.booleans(),
+    caller=callers,
 )
 def test_reset_is_issued_only_for_a_valid_request_and_refused_with_a_reason(
     loop: asyncio.AbstractEventLoop, alarms_server: tuple[TestClient, dict[str, Any], RecordedTopic],
-    body: bytes | None, content_type: str | None, latched: bool,
+    body: bytes | None, content_type: str | None, latched: bool, caller: tuple[str | None, str],
 ) -> None:
-    """``POST /reset``: a signed one-time reset naming exactly what the latch shows; else a 4xx saying why."""
+    """``POST /reset``: a signed one-time reset naming exactly what the latch shows, issued by the
+    token's holder (never the body's ``operator``); else a 4xx saying why."""
     client, latch, topic = alarms_server
+    role, name = caller
     latch.clear()
     if latched:
         latch[alarm_tables.LATCH_KEY] = PlatformLatch(
@@ -280,11 +309,24 @@ def test_reset_is_issued_only_for_a_valid_request_and_refused_with_a_reason(
             trip_count=SHOWN_TRIP,
         )
     sent_before = len(topic.sent)
-    status, kind, answer = loop.run_until_complete(call(client, "POST", "/reset", body, content_type))
-    request = expected_request(body)
+    headers = tokens.headers(role, name=name) if role else None
+    status, kind, answer = loop.run_until_complete(call(client, "POST", "/reset", body, content_type, auth_headers=headers))
+    if role is None or role == "viewer":
+        assert status == (401 if role is None else 403), answer
+        assert_refused_with_reason(status, kind, answer)
+        assert len(topic.sent) == sent_before, "a reset refused to its caller must not be published"
+        return
+    request = expected_request(body, name)
     shown = request is not None and set(request[1]) == {SHOWN_OCCURRENCE} and request[2] == SHOWN_TRIP
     if status == 202:
-        assert latched and request is not None and shown and answer["operator"] == request[0]
+        assert latched and request is not None and shown
+        assert answer["operator"] == request[0] == name.strip(), "the operator is the token's holder"
+        try:
+            claimed = json.loads(body or b"{}").get("operator")
+        except (ValueError, AttributeError, RecursionError):
+            claimed = None
+        if isinstance(claimed, str) and claimed.strip() != name.strip():
+            event("reset: the body's operator ignored")
         assert len(topic.sent) == sent_before + 1
         key, reset = topic.sent[-1]
         assert key == answer["reset_id"] == reset.reset_id and reset.operator == request[0]
@@ -300,6 +342,29 @@ def test_reset_is_issued_only_for_a_valid_request_and_refused_with_a_reason(
         assert (not latched and answer["latched"] is False) or (latched and not shown and "occurrences" in answer)
     else:
         assert status == 400 and request is None, f"a valid request was refused: {answer}"
+
+
+def test_the_operator_of_a_reset_is_the_token_holder_not_the_body(
+    loop: asyncio.AbstractEventLoop, alarms_server: tuple[TestClient, dict[str, Any], RecordedTopic],
+) -> None:
+    """A body naming someone else is issued in the caller's name: the reset and its signed record say alice."""
+    client, latch, topic = alarms_server
+    latch.clear()
+    latch[alarm_tables.LATCH_KEY] = PlatformLatch(
+        latched=True, alarm_id="bank/overtemp", reason="fuzz", changed_at=T0, changed_by="alarms",
+        occurrences={SHOWN_OCCURRENCE: {"alarm_id": "bank/overtemp", "reason": "fuzz", "raised_at": T0}},
+        trip_count=SHOWN_TRIP,
+    )
+    body = json.dumps({"operator": "mallory", "occurrences": [SHOWN_OCCURRENCE], "trip_count": SHOWN_TRIP}).encode()
+
+    async def post() -> tuple[int, Any]:
+        async with client.post("/reset", data=body, headers=tokens.headers("operator", name="alice")) as response:
+            return response.status, await response.json()
+
+    status, answer = loop.run_until_complete(post())
+    assert status == 202 and answer["operator"] == "alice", answer
+    assert topic.sent[-1][1].operator == "alice"
+    assert loop.run_until_complete(LocalSigner().verify(topic.sent[-1][1].signed_payload(), topic.sent[-1][1].signature))
 
 
 @settings(max_examples=250, **FUZZ)
@@ -532,6 +597,7 @@ def heating(loop: asyncio.AbstractEventLoop) -> Iterator[tuple[TestClient, Heati
     launcher, watch = InstantLauncher(), Latch()
     controller = HeatingController(launcher, watch)
     app = web.Application()
+    auth.install(app)  # as every service's web app has it (streams.health.web_app)
     mount(app, controller)
     client = serve(loop, app)
     try:
@@ -556,7 +622,8 @@ def test_heating_request_launches_a_job_or_is_refused_with_a_reason(
     watch.latch = LatchView({"bank/overtemp@1.0": Occurrence("bank/overtemp@1.0", "bank/overtemp", "fuzz", T0)}) \
         if latched else LatchView()
     started = len(launcher.started)
-    status, kind, answer = loop.run_until_complete(call(client, "POST", "/heating", body, content_type))
+    status, kind, answer = loop.run_until_complete(call(client, "POST", "/heating", body, content_type,
+                                                        auth_headers=OPERATOR))
     if status == 202:
         assert not latched and launcher.started[started:] == [(answer["job_id"], answer["target_c"])]
         assert 0 < answer["target_c"] <= HeaterLimits().max_target_c

@@ -24,8 +24,8 @@ from typing import Any, Iterator
 
 import pytest
 
+from heater import dashboard_link, probes
 from heater.platform import Platform
-from heater.probes import http_json
 from heater.rundir import Layout
 from simulator import client as sim
 from streams import dashboard, exitcodes
@@ -35,7 +35,7 @@ from streams.heating.launch import LocalLauncher
 from streams.platform_watch import PlatformWatch
 from streams.records import HeatingJobState
 from tests import browser
-from tests.platform_view import fresh_tank, relays, running_platform
+from tests.platform_view import fresh_tank, http_json, login_token, relays, running_platform
 from tests.png import read_png
 from tests.support import consume_until, wait_for
 
@@ -113,7 +113,7 @@ STATEFUL_SERVICES = ("registry", "exceptions", "alarms", "bank", "disaster")
 
 
 def get_text(url: str, accept: str) -> tuple[int, str, str]:
-    request = urllib.request.Request(url, headers={"Accept": accept})
+    request = urllib.request.Request(url, headers={"Accept": accept, "Authorization": f"Bearer {login_token()}"})
     with urllib.request.urlopen(request, timeout=5) as response:
         return response.status, response.headers.get("Content-Type", ""), response.read().decode()
 
@@ -202,16 +202,23 @@ def test_ignition_failure_locks_out(platform: Platform) -> None:
 
 def test_the_status_page_shows_the_fatal_latch_relays_alarms_and_a_plotted_heating_curve(
         platform: Platform, tmp_path: Path) -> None:
-    """After the lock-out: a real browser renders the page; its pixels show the plot's line and the FATAL banner."""
+    """After the lock-out: a real browser renders the page; its pixels show the plot's line and the FATAL banner.
+
+    The browser opens it as a viewer does: through a one-time link (`heater dashboard`), exchanged
+    for a session cookie; each browser run is a fresh profile, so each gets its own link.
+    """
     layout = platform.layout
     url = layout.web_url("alarms") + dashboard.PAGE_PATH
     wait_for(lambda: "FATAL" in get_text(url, "text/html")[2], what="the page shows the latch")
-    dom = browser.rendered_dom(url)
+    assert "FATAL" not in browser.rendered_dom(url), "without a session the browser is refused"
+    link = dashboard_link.link(layout.run_dir)
+    dom = browser.rendered_dom(link)
     assert "FATAL — latched" in dom and "heating-job/lockout" in dom
+    assert probes.http_json(link)[0] == 401, "a link opens one session only"
     assert "<td>gas valve</td><td>off</td>" in dom and "<td>power</td><td>off</td>" in dom
     assert "<td>alarms</td><td>halted</td>" in dom  # a display service stays up, not ready
     began = time.monotonic()
-    width, height, rows = read_png(browser.screenshot(url, tmp_path / "status.png"))
+    width, height, rows = read_png(browser.screenshot(dashboard_link.link(layout.run_dir), tmp_path / "status.png"))
     log.warning("status page: screenshot and PNG decode in %.1f s", time.monotonic() - began)
 
     def near(pixel: tuple[int, int, int], colour: str, within: int = 40) -> bool:

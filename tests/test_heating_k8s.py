@@ -165,21 +165,29 @@ async def test_api_errors_are_refusals_with_the_reason(fake: tuple[FakeApiServer
 async def test_http_api(fake: tuple[FakeApiServer, str], api: k8s.ApiClient) -> None:
     from aiohttp.test_utils import TestClient, TestServer
 
+    from streams import auth
+    from tests import tokens
+
     server, _ = fake
     controller = controller_for(api)
     app = web.Application()
+    auth.install(app)  # behind the auth middleware, as the controller's service serves it
+    tokens.authorize(app)
     mount(app, controller)
+    operator = tokens.headers("operator")
     async with TestClient(TestServer(app)) as client:
-        accepted = await client.post("/heating", json={"target_c": 42})
+        assert (await client.post("/heating", json={"target_c": 42})).status == 401
+        assert (await client.post("/heating", json={"target_c": 42}, headers=tokens.headers("viewer"))).status == 403
+        accepted = await client.post("/heating", json={"target_c": 42}, headers=operator)
         assert accepted.status == 202
         job = await accepted.json()
         assert job["outcome"] == "running" and job["target_c"] == 42.0
-        busy = await client.post("/heating", json={"target_c": 43})
+        busy = await client.post("/heating", json={"target_c": 43}, headers=operator)
         assert busy.status == 409 and "already running" in (await busy.json())["error"]
         for bad in ({"target_c": "hot"}, {"target": 40}, {"target_c": 80}):
-            assert (await client.post("/heating", json=bad)).status == 400
+            assert (await client.post("/heating", json=bad, headers=operator)).status == 400
         server.finish(job_name(job["job_id"]), 3)
         await controller.wait(job["job_id"])
-        view = await (await client.get("/heating")).json()
+        view = await (await client.get("/heating", headers=tokens.headers("viewer"))).json()
         assert view["current"] is None and view["jobs"][0]["outcome"] == "fatal"
     await controller.close()

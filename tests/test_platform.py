@@ -1,15 +1,32 @@
-"""`heater up` brings the whole local platform to ready; `status` reports it; Ctrl-C leaves nothing."""
+"""`heater up` brings the whole local platform to ready; `status` reports it; Ctrl-C leaves nothing.
+
+On the way, every service is called with an API token from `heater login` (accepted, refused
+for a bad signature, refused for too low a role) and the status page is opened through a
+`heater dashboard` link; once the platform stopped, no log of the run holds the token, the
+link's ticket, the session cookie, or anything shaped like a JWT.
+"""
 
 from __future__ import annotations
 
+import http.cookiejar
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
+import urllib.parse
+import urllib.request
 from pathlib import Path
 
-from tests.support import wait_for
+from heater import credentials
+from heater.probes import http_json
+from heater.rundir import Layout
+from tests.platform_view import SERVICES
+from tests.support import post_json, wait_for
+
+#: A JWT (header and claims are base64url JSON objects, so both start with ``eyJ``).
+JWT_SHAPE = re.compile(r"eyJ[A-Za-z0-9_-]{8,}\.eyJ[A-Za-z0-9_-]{8,}\.")
 
 
 def heater(run_dir: Path, *args: str) -> subprocess.CompletedProcess[str]:
@@ -50,6 +67,7 @@ def test_up_status_and_clean_stop(tmp_path: Path) -> None:
         assert all(c["port"] for c in names.values())
         human = heater(run_dir, "status")
         assert human.returncode == 0 and "READY" in human.stdout
+        secrets = use_the_api(run_dir)
 
         supervisord_pid = int((run_dir / "supervisord.pid").read_text())
         up.send_signal(signal.SIGINT)
@@ -59,6 +77,45 @@ def test_up_status_and_clean_stop(tmp_path: Path) -> None:
         leftovers = [p for p in [*pids, supervisord_pid] if pid_alive(p)]
         assert leftovers == [], f"stray processes after Ctrl-C: {leftovers}"
         assert heater(run_dir, "status").returncode == 1
+        assert_no_secret_logged(run_dir, out, secrets)
     finally:
         if up.poll() is None:
             up.kill()
+
+
+def use_the_api(run_dir: Path) -> dict[str, str]:
+    """Log in, call every service with the token (and with a forged one, and one role too low), open the
+    status page through a one-time link; the secrets this handled, by what they are."""
+    login = heater(run_dir, "login", "--role", "viewer", "--user", "tester")
+    assert login.returncode == 0 and "logged in as tester with role viewer" in login.stdout, login.stdout + login.stderr
+    token = credentials.token_file(run_dir).read_text().strip()
+    assert token not in login.stdout + login.stderr
+    layout = Layout.load(run_dir)
+    for name in SERVICES:
+        assert http_json(layout.web_url(name) + "/status", timeout=5, token=token)[0] == 200, name
+        assert http_json(layout.web_url(name) + "/status", timeout=5)[0] == 401, name
+    forged = token[:-6] + ("AAAAAA" if not token.endswith("AAAAAA") else "BBBBBB")
+    assert http_json(layout.web_url("alarms") + "/latch", timeout=5, token=forged)[0] == 401
+    assert post_json(layout.web_url("alarms") + "/reset", {"occurrences": []}, token=token)[0] == 403
+
+    link = heater(run_dir, "dashboard")
+    assert link.returncode == 0, link.stdout + link.stderr
+    url = link.stdout.strip().splitlines()[-1]
+    ticket = urllib.parse.parse_qs(urllib.parse.urlsplit(url).query)["ticket"][0]
+    jar = http.cookiejar.CookieJar()
+    browser = urllib.request.build_opener(urllib.request.HTTPCookieProcessor(jar))
+    with browser.open(url, timeout=10) as page:  # the ticket for a cookie, then the page with it
+        assert page.status == 200 and "Heater platform" in page.read().decode()
+    (session,) = [c.value for c in jar if c.name == "heater_session"]
+    return {"token": token, "forged token": forged, "ticket": ticket, "session cookie": session}
+
+
+def assert_no_secret_logged(run_dir: Path, up_output: str, secrets: dict[str, str]) -> None:
+    """Every log of the run, and what `heater up` printed: no secret, and no JWT at all (the services' own either)."""
+    logs = {path: path.read_text(errors="replace") for path in run_dir.rglob("*")
+            if path.is_file() and (path.suffix == ".log" or "logs" in path.relative_to(run_dir).parts)}
+    logs[Path("heater up (stdout)")] = up_output
+    assert len(logs) > len(SERVICES), sorted(map(str, logs))
+    found = [f"{what} in {path}" for path, text in logs.items() for what, secret in secrets.items() if secret in text]
+    found += [f"a JWT in {path}" for path, text in logs.items() if JWT_SHAPE.search(text)]
+    assert not found, found

@@ -40,6 +40,7 @@ from adapters.can.publish import BatchPublisher, Message
 from adapters.can.throttle import LogThrottle
 from adapters.can.translate import decode_message, encode_reading, reason_of
 from streams import exitcodes, topics
+from streams.auth import Role, requires
 from streams.edge import EdgeService
 from streams.lifecycle import Phase, ServiceKind, ServiceSpec
 from streams.settings import Settings
@@ -290,6 +291,7 @@ class CanAdapter:
             "alarms": sorted(f"{c.code}/{c.subject}" if c.subject else c.code for c in self.ledger.raised.values()),
         }
 
+    @requires(Role.VIEWER)
     async def can_view(self, request: web.Request) -> web.Response:
         """``/can``: counters, last frame age, per-sensor last seen."""
         return web.json_response(self.snapshot())

@@ -39,6 +39,7 @@ from adapters.i2c.controller import Action, Command, Decision, Limits, RelayCont
 from adapters.i2c.registers import SAFE, Relays
 from adapters.i2c.resets import ResetGate
 from streams import exitcodes, topics
+from streams.auth import Role, requires
 from streams.codec import DecodeError, decode
 from streams.edge import EdgeService
 from streams.latch import LatchView
@@ -597,6 +598,7 @@ class RelayAdapter:
             self._last_error_at = None
             await self.clear_alarm("i2c-error")
 
+    @requires(Role.VIEWER)
     async def relays_view(self, request: web.Request) -> web.Response:
         """``/relays``: last readback, desired outputs, lease state and last command."""
         desired = self.controller.outputs

@@ -32,6 +32,7 @@ class ServiceProcess:
             **(extra_env or {}),
         }
         self.proc: subprocess.Popen[bytes] | None = None
+        self._tokens: dict[tuple[str, str], tuple[str, float]] = {}
 
     @property
     def url(self) -> str:
@@ -49,7 +50,29 @@ class ServiceProcess:
         return self
 
     def get(self, path: str) -> tuple[int, Any]:
-        return http_json(self.url + path)
+        """GET one of the service's views with an admin token from its Vault (none without one)."""
+        return http_json(self.url + path, token=self.token())
+
+    def token(self, role: str = "admin", name: str = "harness") -> str | None:
+        """An API token with ``role`` for the entity ``name``, from the Vault the service uses (None without one).
+
+        Kept until a minute before it expires. The caller's name is who the services record
+        (the operator of a reset, the author of a config change).
+        """
+        import jwt
+
+        from streams.settings import Settings
+        from streams.vault import VaultUnavailable, issue_api_token, vault_client
+
+        kept = self._tokens.get((name, role))
+        if kept is None or kept[1] - 60 < time.time():
+            try:
+                token = issue_api_token(vault_client(Settings.from_env(self.env)), name, role)
+            except VaultUnavailable:
+                return None
+            kept = (token, float(jwt.decode(token, options={"verify_signature": False})["exp"]))
+            self._tokens[(name, role)] = kept
+        return kept[0]
 
     def wait_ready(self, timeout: float = 30.0) -> float:
         """Seconds until ``/readyz`` answered 200; fails with the log tail otherwise."""

@@ -17,6 +17,7 @@ import hvac
 from heater.catalogue import platform_services
 from heater.runtime.processes import ChildProcess, free_port, wait_until
 from streams.allowlist import write_allowlist
+from streams.vault import API_TOKEN_KEY, IDENTITY_TOKEN_ROLE, api_token_role
 
 log = logging.getLogger(__name__)
 
@@ -72,6 +73,37 @@ def provision(addr: str, token: str) -> None:
         vault.sys.enable_secrets_engine("transit", path="transit")
     vault.secrets.transit.create_key(name=RESET_SIGNING_KEY, key_type="ed25519")
     write_allowlist(vault, {name: name for name in platform_services()})
+    provision_identity(vault, addr)
+
+
+#: API token lifetimes per role: the longer the reach, the shorter the token.
+API_TOKEN_TTL = {"viewer": "8h", "operator": "1h", "admin": "1h"}
+#: Which API token roles each role's Vault policy may read (admin ⊇ operator ⊇ viewer).
+API_TOKEN_GRANTS = {"viewer": ("viewer",), "operator": ("viewer", "operator"), "admin": ("viewer", "operator", "admin")}
+
+
+def provision_identity(vault: hvac.Client, addr: str, audience: str = "heater") -> None:
+    """Vault's identity provider as the issuer of API tokens (idempotent).
+
+    An RS256 key; one OIDC role per platform role whose template puts the role
+    (``heater_role``) and the entity's name (``name``) in the token, ``aud`` = ``audience``;
+    one policy per role allowing to read its token and those of lower roles; and a token role
+    that binds a new Vault token to a named entity (how ``heater login`` and the services get
+    an identity on the local platform). The issuer is ``ADDR/v1/identity/oidc``; the keys are
+    published at ``.../.well-known/keys``.
+    """
+    vault.write("identity/oidc/config", issuer=addr)
+    vault.write(f"identity/oidc/key/{API_TOKEN_KEY}", algorithm="RS256", allowed_client_ids=audience,
+                rotation_period="24h", verification_ttl="48h")
+    for role, ttl in API_TOKEN_TTL.items():
+        template = '{"heater_role": "%s", "name": {{identity.entity.name}}}' % role
+        vault.write(f"identity/oidc/role/{api_token_role(role)}", key=API_TOKEN_KEY, client_id=audience,
+                    ttl=ttl, template=template)
+        rules = "\n".join(f'path "identity/oidc/token/{api_token_role(r)}" {{ capabilities = ["read"] }}'
+                          for r in API_TOKEN_GRANTS[role])
+        vault.sys.create_or_update_policy(api_token_role(role), rules)
+    vault.write(f"auth/token/roles/{IDENTITY_TOKEN_ROLE}", allowed_policies=[api_token_role(r) for r in API_TOKEN_TTL],
+                allowed_entity_aliases=["*"], orphan=True, token_type="service", token_explicit_max_ttl="15m")
 
 
 class EmbeddedVault:

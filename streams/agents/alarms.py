@@ -27,7 +27,8 @@ from typing import Any, Iterator
 
 import faust
 
-from streams import dashboard, homekit_feed, metrics, topics
+from streams import auth, dashboard, homekit_feed, metrics, topics
+from streams.auth import Role, requires
 from streams.alarm_book import AlarmBook, AlarmEntry, Effect
 from streams.app import HeaterService, ServiceKind, ServiceSpec
 from streams.consistency import Step, on_partition_zero, tp_key
@@ -231,12 +232,14 @@ def _entry_view(entry: AlarmEntry) -> dict[str, Any]:
 
 
 @app.page("/alarms")
+@requires(Role.VIEWER)
 async def list_active(web: Any, request: Any) -> Any:
     entries = book.active_entries()
     return web.json({"count": len(entries), "alarms": [_entry_view(e) for e in entries]})
 
 
 @app.page("/alarms/history")
+@requires(Role.VIEWER)
 async def list_history(web: Any, request: Any) -> Any:
     query = request.query
     try:
@@ -262,6 +265,7 @@ async def list_history(web: Any, request: Any) -> Any:
 
 
 @app.page("/alarm")
+@requires(Role.VIEWER)
 async def one_alarm(web: Any, request: Any) -> Any:
     alarm_id = request.query.get("id", "")
     entry = book.current(alarm_id)
@@ -271,23 +275,29 @@ async def one_alarm(web: Any, request: Any) -> Any:
 
 
 @app.page("/latch")
+@requires(Role.VIEWER)
 async def latch_view(web: Any, request: Any) -> Any:
     """The latch as the operator is shown it: the occurrences that hold it and the Pico's trip count."""
     state = latch.get(tables.LATCH_KEY)
     return web.json(state.asdict() if state else {"latched": False, "occurrences": {}, "trip_count": None})
 
 
-RESET_BODY = '{"operator": NAME, "occurrences": [ID, ...], "trip_count": N or null} (as GET /latch shows them)'
+RESET_BODY = '{"occurrences": [ID, ...], "trip_count": N or null} (as GET /latch shows them)'
 
 
 @app.page("/reset")
+@requires(Role.OPERATOR)
 class Reset(faust.web.View):
-    """``POST`` the occurrences and trip count ``GET /latch`` showed: issue a signed one-time reset naming them."""
+    """``POST`` the occurrences and trip count ``GET /latch`` showed: issue a signed one-time reset naming them.
+
+    The operator named in the reset (and so in the history) is the authenticated caller; an
+    ``operator`` field in the body is ignored.
+    """
 
     async def post(self, request: Any) -> Any:
+        operator = auth.principal(request).name.strip()
         try:
             body = json.loads(await request.read() or b"{}")
-            operator = str(body["operator"]).strip()
             operator.encode()  # a name with a lone surrogate could be neither signed nor sent
             occurrences = body["occurrences"]
             trip_count = body.get("trip_count")
@@ -298,7 +308,7 @@ class Reset(faust.web.View):
         except (ValueError, KeyError, TypeError, AttributeError, RecursionError):
             return self.json({"error": f"expected JSON {RESET_BODY}"}, status=400)
         if not operator:
-            return self.json({"error": "operator must not be empty"}, status=400)
+            return self.json({"error": "the token names no operator"}, status=400)
         state = latch_state()
         if not state.latched:
             return self.json({"error": "the platform is not latched", "latched": False}, status=409)

@@ -31,6 +31,7 @@ from faust.types import TP
 from prometheus_client import Counter
 
 from streams import topics
+from streams.auth import Role, requires
 from streams.alarm_client import AlarmClient
 from streams.app import HeaterService, ServiceKind, ServiceSpec
 from streams.bank_rules import BankConfig, BankRules, BankView, Effect, window_start
@@ -230,6 +231,7 @@ async def tick() -> None:
 
 
 @app.page("/bank")
+@requires(Role.VIEWER)
 async def bank_view(web: Any, request: Any) -> Any:
     """Sensors (latest reading, quality), active conditions and the outbox."""
     limits = rules.config.limits
@@ -245,6 +247,7 @@ async def bank_view(web: Any, request: Any) -> Any:
 
 
 @app.page("/bank/stats")
+@requires(Role.VIEWER)
 async def stats_view(web: Any, request: Any) -> Any:
     """One-minute windows, newest first; ``?sensor=`` filters, ``?limit=`` (default 10 per sensor)."""
     try:

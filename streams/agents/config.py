@@ -28,7 +28,8 @@ import faust
 from aiokafka import AIOKafkaConsumer
 from prometheus_client import Counter
 
-from streams import kafka_clients, topics
+from streams import auth, kafka_clients, topics
+from streams.auth import Role, requires
 from streams.app import HeaterService, ServiceKind, ServiceSpec
 from streams.config_file import read_bootstrap
 from streams.config_rules import ConfigBook, key_for, loosened, parse_limits
@@ -183,10 +184,11 @@ def _document_view(document: ConfigDocument) -> dict[str, Any]:
             "issued_by": document.issued_by}
 
 
-CHANGE_BODY = '{"limits": {FIELD: NUMBER, ...}, "by": NAME}'
+CHANGE_BODY = '{"limits": {FIELD: NUMBER, ...}}'
 
 
 @app.page("/config")
+@requires(get=Role.VIEWER, post=Role.ADMIN)
 class Config(faust.web.View):
     """``GET``: the version in force. ``POST``: change limits (stricter only at run time)."""
 
@@ -199,7 +201,7 @@ class Config(faust.web.View):
     async def post(self, request: Any) -> Any:
         try:
             body = json.loads(await request.read() or b"{}")
-            changes, by = body["limits"], str(body.get("by", ""))
+            changes, by = body["limits"], auth.principal(request).name  # who changes it: the caller
             if not isinstance(changes, dict):
                 raise TypeError("limits")
             by.encode()
@@ -221,6 +223,7 @@ class Config(faust.web.View):
 
 
 @app.page("/config/history")
+@requires(Role.VIEWER)
 async def history_view(web: Any, request: Any) -> Any:
     """Every version, oldest first."""
     versions = book().versions if service.watch is not None else {}

@@ -27,6 +27,7 @@ import faust
 from prometheus_client import Counter
 
 from streams import topics
+from streams.auth import Role, requires
 from streams.app import HeaterService, ServiceKind, ServiceSpec
 from streams.consistency import Step
 from streams.disaster_rules import Detection, DisasterWatch, RuleLimits, SensorWindow
@@ -223,6 +224,7 @@ async def detect(stream: faust.StreamT) -> None:
 
 
 @app.page("/disaster")
+@requires(Role.VIEWER)
 async def disaster_view(web: Any, request: Any) -> Any:
     """Whether the water is watched now and why, the windows, and the disasters detected."""
     return web.json(detector.view(time.time()))

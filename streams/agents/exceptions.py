@@ -30,6 +30,7 @@ import faust
 from prometheus_client import Counter
 
 from streams import topics
+from streams.auth import Role, requires
 from streams.allowlist import is_allowed, load_allowlist, refreshed_allowlist
 from streams.app import HeaterService, ServiceKind, ServiceSpec
 from streams.consistency import Step
@@ -141,6 +142,7 @@ def sender_view(stats: SenderStats) -> dict[str, Any]:
 
 
 @app.page("/exceptions")
+@requires(Role.VIEWER)
 async def exceptions_view(web: Any, request: Any) -> Any:
     """Counts per sender, and recent reports newest first: ``?service=&limit=&offset=``."""
     query = request.query
@@ -162,6 +164,7 @@ async def exceptions_view(web: Any, request: Any) -> Any:
 
 
 @app.page("/exceptions/count")
+@requires(Role.VIEWER)
 async def count_view(web: Any, request: Any) -> Any:
     """The total, how many came from unknown senders, and the count per sender."""
     return web.json(totals(tables.all_stats()))

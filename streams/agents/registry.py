@@ -33,7 +33,8 @@ from typing import Any
 import faust
 from prometheus_client import Counter, Gauge
 
-from streams import topics
+from streams import auth, topics
+from streams.auth import Role, requires
 from streams.allowlist import load_allowlist, refreshed_allowlist
 from streams.app import HeaterService, ServiceKind, ServiceSpec
 from streams.consistency import Step
@@ -198,6 +199,7 @@ async def refresh_allowlist() -> None:
 
 
 @app.page("/registry")
+@requires(Role.VIEWER)
 async def registry_view(web: Any, request: Any) -> Any:
     """Every service's last beat and state, the platform's latch, and the recent disasters."""
     registry = state.registry
@@ -216,17 +218,18 @@ async def registry_view(web: Any, request: Any) -> Any:
     })
 
 
-WATCH_BODY = '{"service": NAME, "watch": true|false, "by": OPERATOR}'
+WATCH_BODY = '{"service": NAME, "watch": true|false}'
 
 
 @app.page("/registry/watch")
+@requires(Role.ADMIN)
 class Watch(faust.web.View):
     """``POST`` to stop (or resume) watching a service; decided in order by the agent."""
 
     async def post(self, request: Any) -> Any:
         try:
             body = json.loads(await request.read() or b"{}")
-            name, watch, by = str(body["service"]), body["watch"], str(body.get("by", ""))
+            name, watch, by = str(body["service"]), body["watch"], auth.principal(request).name
             if not isinstance(watch, bool):
                 raise TypeError("watch")
             name.encode(), by.encode()

@@ -23,6 +23,7 @@ from typing import Any, Awaitable, Callable, Protocol
 from aiohttp import web
 
 from streams import exitcodes, topics
+from streams.auth import Role, requires
 from streams.heater_config import HeaterLimits
 from streams.heating.job import STATE_KEY
 from streams.heating.launch import JobEnd, Launcher, LaunchError
@@ -154,6 +155,7 @@ class HeatingController:
 CONTROLLER = web.AppKey("heating_controller", HeatingController)
 
 
+@requires(Role.OPERATOR)
 async def post_heating(request: web.Request) -> web.Response:
     """``POST {"target_c": 45}`` → 202 with the job; 400 bad target; 409 refused; 503 not started."""
     try:
@@ -174,6 +176,7 @@ async def post_heating(request: web.Request) -> web.Response:
     return web.json_response(run.as_dict(), status=202)
 
 
+@requires(Role.VIEWER)
 async def get_heating(request: web.Request) -> web.Response:
     """The running job (if any) and the recent ones, newest first."""
     controller = request.app[CONTROLLER]

@@ -29,6 +29,7 @@ from aiokafka.errors import KafkaError
 from aiokafka.structs import ConsumerRecord
 
 from streams import exitcodes, metrics, topics
+from streams.auth import Role, requires
 from streams.codec import DecodeError, decode
 from streams.edge import EdgeService
 from streams.heater_config import FLAME_SENSOR, WATER_SENSORS, ConfigInvalid, HeaterLimits
@@ -270,6 +271,7 @@ class HeatingJob:
             fetch_wait_ms=FAST_FETCH_WAIT_MS, from_end=True,
         )
 
+    @requires(Role.VIEWER)
     async def job_view(self, request: web.Request) -> web.Response:
         return web.json_response({**self.state, "phase": self.machine.phase.value, "attempt": self.machine.attempt})
 

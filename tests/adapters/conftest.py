@@ -19,8 +19,9 @@ import pytest
 from adapters.can.bus import open_bus
 from heater.runtime.broker import EmbeddedBroker
 from heater.runtime.processes import free_port
+from heater.runtime.vault import EmbeddedVault
 from tests.simulator.conftest import SimProcess, start_simulator
-from tests.support import ServiceProcess, wait_for
+from tests.support import ServiceProcess, vault_env, wait_for
 
 CONTRACT_ENV = "HEATER_CAN_CONTRACT_CHANNEL"
 
@@ -64,10 +65,12 @@ def contract_bus(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ContractB
 
 
 class CanAdapterProcess(ServiceProcess):
-    """The CAN adapter (``heater worker can``) on a free port, on the given bus."""
+    """The CAN adapter (``heater worker can``) on a free port, on the given bus; its views verify ``vault``'s tokens."""
 
-    def __init__(self, broker: EmbeddedBroker, run_dir: Path, channel: str, interface: str = "remote") -> None:
-        super().__init__("can", broker.url, run_dir, {"HEATER_CAN_INTERFACE": interface, "HEATER_CAN_CHANNEL": channel})
+    def __init__(self, broker: EmbeddedBroker, run_dir: Path, channel: str, vault: EmbeddedVault,
+                 interface: str = "remote") -> None:
+        super().__init__("can", broker.url, run_dir,
+                         {**vault_env(vault), "HEATER_CAN_INTERFACE": interface, "HEATER_CAN_CHANNEL": channel})
 
     def view(self) -> dict[str, Any]:
         """The adapter's ``/can`` view."""
@@ -88,6 +91,7 @@ class CanStack:
     adapter: CanAdapterProcess
     ready_s: float
     can_port: int
+    vault: EmbeddedVault
 
     def restart_simulator(self) -> SimProcess:
         """Stop the hardware and start it again on the same CAN port (tests replace, never leak, it)."""
@@ -97,16 +101,16 @@ class CanStack:
 
 
 @pytest.fixture(scope="module")
-def can_stack(broker: EmbeddedBroker, tmp_path_factory: pytest.TempPathFactory) -> Iterator[CanStack]:
+def can_stack(broker: EmbeddedBroker, vault: EmbeddedVault, tmp_path_factory: pytest.TempPathFactory) -> Iterator[CanStack]:
     """The session broker, a simulator and a CAN adapter process, for one test module."""
     run_dir = tmp_path_factory.mktemp("can-stack")
     can_port = free_port()
     sim = start_simulator(run_dir / "sim", "--can-port", str(can_port))
-    adapter = CanAdapterProcess(broker, run_dir, sim.can_channel).start()
+    adapter = CanAdapterProcess(broker, run_dir, sim.can_channel, vault).start()
     stack: CanStack | None = None
     try:
         ready_s = adapter.wait_ready(timeout=30)
-        stack = CanStack(broker, sim, adapter, ready_s, can_port)
+        stack = CanStack(broker, sim, adapter, ready_s, can_port, vault)
         yield stack
     finally:
         (stack.adapter if stack else adapter).stop()

@@ -173,7 +173,7 @@ def test_a_restart_clears_stale_alarms_and_raises_current_ones(can_stack: CanSta
         client.clear(port, "sensor_dropout")
         client.inject(port, "sensor_dropout", sensor=0)
         restarted_at = time.time()
-        can_stack.adapter = CanAdapterProcess(can_stack.broker, tmp_path, can_stack.sim.can_channel).start()
+        can_stack.adapter = CanAdapterProcess(can_stack.broker, tmp_path, can_stack.sim.can_channel, can_stack.vault).start()
         cleared = alarm_seen(can_stack, topics.DELETE_ALARM.name, "can/sensor-dropout/water.2", restarted_at, timeout=20)
         assert cleared["reason"] == "cleared on startup"
         alarm_seen(can_stack, topics.CREATE_ALARM.name, "can/sensor-dropout/water.0", restarted_at, timeout=20)
@@ -209,7 +209,7 @@ def test_fatal_stops_the_adapter_and_a_latched_start_does_nothing(
     can_stack: CanStack, fatal_broker: EmbeddedBroker, tmp_path: Any
 ) -> None:
     channel = can_stack.sim.can_channel
-    adapter = CanAdapterProcess(fatal_broker, tmp_path, channel).start()
+    adapter = CanAdapterProcess(fatal_broker, tmp_path, channel, can_stack.vault).start()
     adapter.wait_ready(timeout=20)
     clients = can_stack.sim.state()["can"]["clients"]
     alarm = Alarm(
@@ -218,7 +218,7 @@ def test_fatal_stops_the_adapter_and_a_latched_start_does_nothing(
     )
     run(produce(fatal_broker.bootstrap, topics.CREATE_ALARM.name, [alarm.dumps()], key=alarm.alarm_id.encode()))
     assert adapter.wait(10) == exitcodes.STAY_DOWN, adapter.tail()
-    halted = CanAdapterProcess(fatal_broker, tmp_path, channel).start()
+    halted = CanAdapterProcess(fatal_broker, tmp_path, channel, can_stack.vault).start()
     try:
         body = wait_for(lambda: _status(halted), timeout=20, interval=0.1, what="halted phase")
         assert body["phase"] == "halted"
@@ -248,6 +248,6 @@ def test_stops_cleanly_on_sigterm(can_stack: CanStack) -> None:
 
 
 def test_a_missing_bus_is_a_missing_dependency(can_stack: CanStack, tmp_path: Any) -> None:
-    adapter = CanAdapterProcess(can_stack.broker, tmp_path, f"ws://127.0.0.1:{free_port()}/").start()
+    adapter = CanAdapterProcess(can_stack.broker, tmp_path, f"ws://127.0.0.1:{free_port()}/", can_stack.vault).start()
     assert adapter.wait(15) == exitcodes.DEPENDENCY_MISSING
     assert "cannot open CAN bus" in adapter.tail()

@@ -203,9 +203,9 @@ def ops_sim(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SimProcess]:
 
 
 @pytest.fixture
-def adapter(ops_broker: EmbeddedBroker, ops_sim: SimProcess, tmp_path: Path) -> Iterator[Adapter]:
+def adapter(ops_broker: EmbeddedBroker, ops_sim: SimProcess, tmp_path: Path, vault: EmbeddedVault) -> Iterator[Adapter]:
     client.clear(ops_sim.control_port)
-    proc = Adapter(ops_broker, tmp_path, ops_sim.i2c_url).start()
+    proc = Adapter(ops_broker, tmp_path, ops_sim.i2c_url, vault_env(vault)).start()  # its views verify the session Vault's tokens
     proc.wait_ready()
     yield proc
     proc.stop()
@@ -385,10 +385,10 @@ def fatal(source: str = "disaster") -> Alarm:
 
 
 def test_fatal_trips_the_pico_and_the_adapter_stays_down(
-    fatal_broker: EmbeddedBroker, latch_sims: list[SimProcess], adapter_dir: Path
+    fatal_broker: EmbeddedBroker, latch_sims: list[SimProcess], adapter_dir: Path, vault: EmbeddedVault
 ) -> None:
     sim = latch_sims[-1]
-    adapter = Adapter(fatal_broker, adapter_dir, sim.i2c_url).start()
+    adapter = Adapter(fatal_broker, adapter_dir, sim.i2c_url, vault_env(vault)).start()
     adapter.wait_ready()
     with Feeder(fatal_broker.bootstrap) as feeder:
         ignite(feeder, sim, lease_s=5.0)
@@ -406,19 +406,19 @@ def test_fatal_trips_the_pico_and_the_adapter_stays_down(
 
 
 def test_the_trip_survives_restarts_and_a_wiped_broker(
-    wiped_broker: EmbeddedBroker, latch_sims: list[SimProcess], adapter_dir: Path
+    wiped_broker: EmbeddedBroker, latch_sims: list[SimProcess], adapter_dir: Path, vault: EmbeddedVault
 ) -> None:
     latch_sims[-1].terminate()
     sim = start_simulator(latch_sims[-1].run_dir)
     latch_sims.append(sim)
     assert sim.state()["pico"]["trip_latched"], "the latch is in the board's NVRAM"
-    adapter = Adapter(wiped_broker, adapter_dir, sim.i2c_url).start()
+    adapter = Adapter(wiped_broker, adapter_dir, sim.i2c_url, vault_env(vault)).start()
     assert adapter.wait(15) == exitcodes.STAY_DOWN, adapter.tail()
     seen = consume(wiped_broker.bootstrap, lambda got: any(a.alarm_id == "i2c/pico-tripped" for a in got))
     tripped = next(a for a in seen if a.alarm_id == "i2c/pico-tripped")
     assert tripped.severity is Severity.FATAL
     assert tripped.occurrence == f"trip-{sim.state()['pico']['trip_count'] % 256}", "the occurrence is the trip itself"
-    restarted = Adapter(wiped_broker, adapter_dir, sim.i2c_url).start()
+    restarted = Adapter(wiped_broker, adapter_dir, sim.i2c_url, vault_env(vault)).start()
     try:
         restarted.wait_phase("halted")
         assert restarted.get("/readyz")[0] == 503
@@ -504,7 +504,8 @@ def test_reset_through_alarms_server_releases_pico_before_the_restart(
 
         shown = wait_for(shows_the_trip, 30, what="AlarmsServer shows the trip")
         status, issued = post_json(alarms_server.url + "/reset", {
-            "operator": "alice", "occurrences": sorted(shown["occurrences"]), "trip_count": shown["trip_count"]})
+            "occurrences": sorted(shown["occurrences"]), "trip_count": shown["trip_count"]},
+            token=alarms_server.token("operator", "alice"))
         assert status == 202, issued
         assert f"i2c/pico-tripped#trip-{trip}" in issued["occurrences"]
         assert adapter.wait(20) == exitcodes.RELEASED, adapter.tail()

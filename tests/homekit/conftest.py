@@ -45,10 +45,12 @@ def alarms(hk_broker: EmbeddedBroker, vault: EmbeddedVault, hk_dir: Path) -> Ite
 class BridgeProcess(ServiceProcess):
     """The bridge (`heater worker homekit`) with its HAP port and its state directory."""
 
-    def __init__(self, broker_url: str, run_dir: Path, feed_url: str) -> None:
+    def __init__(self, broker_url: str, run_dir: Path, feed_url: str, vault: EmbeddedVault) -> None:
+        """``vault``: where the bridge gets its own token for the feed, and the keys it verifies callers with."""
         self.hap_port = free_port()
         self.state_dir = run_dir / "homekit"
         super().__init__("homekit", broker_url, run_dir, {
+            **vault_env(vault),
             "HEATER_HOMEKIT_PORT": str(self.hap_port),
             "HEATER_HOMEKIT_FEED_URL": feed_url,
             "HEATER_HOMEKIT_STATE_DIR": str(self.state_dir),
@@ -57,8 +59,8 @@ class BridgeProcess(ServiceProcess):
 
 
 @pytest.fixture(scope="module")
-def bridge(hk_broker: EmbeddedBroker, alarms: ServiceProcess, hk_dir: Path) -> Iterator[BridgeProcess]:
-    process = BridgeProcess(hk_broker.url, hk_dir / "bridge", f"ws://127.0.0.1:{alarms.port}{FEED_PATH}").start()
+def bridge(hk_broker: EmbeddedBroker, alarms: ServiceProcess, hk_dir: Path, vault: EmbeddedVault) -> Iterator[BridgeProcess]:
+    process = BridgeProcess(hk_broker.url, hk_dir / "bridge", f"ws://127.0.0.1:{alarms.port}{FEED_PATH}", vault).start()
     process.wait_ready(60)
     yield process
     process.stop()

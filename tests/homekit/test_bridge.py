@@ -325,8 +325,8 @@ async def test_fatal_is_shown_and_the_bridge_stays_up_read_only_until_the_reset(
 
     since = time.monotonic()  # the operator reset releases it: the phone sees the latch open, the bridge takes writes again
     shown = alarms.get("/latch")[1]
-    status, body = post_json(alarms.url + "/reset", {"operator": "test", "occurrences": sorted(shown["occurrences"]),
-                                                     "trip_count": shown.get("trip_count")})
+    status, body = post_json(alarms.url + "/reset", {"occurrences": sorted(shown["occurrences"]),
+                                                     "trip_count": shown.get("trip_count")}, token=alarms.token("operator", "test"))
     assert status == 202, body
     await home.wait_event("FATAL Latch", "ContactSensorState", lambda v: v == 0, since, timeout=20)
     await home.wait_event("FATAL Alarm", "ContactSensorState", lambda v: v == 0, since, timeout=20)

@@ -230,6 +230,20 @@ class TokenVerifier:
             raise TokenRefused("token signed by an unknown key")
         return key
 
+    async def preload(self) -> None:
+        """Read the keys now, so that tokens verify while the issuer is away later.
+
+        Without this a service whose first authenticated call came during a Vault outage
+        could verify nothing; a failure here is only logged (the first call tries again).
+        """
+        async with self._lock:
+            if self._keys:
+                return
+            try:
+                await self._refresh()
+            except KeysUnavailable as exc:
+                log.warning("token keys not read at start: %s", exc)
+
     def _may_refresh(self) -> bool:
         return self._fetched_at is None or self._clock() - self._fetched_at >= MIN_REFRESH_S
 
@@ -422,7 +436,16 @@ def install(app: web.Application, verifier: TokenVerifier | None = None) -> Gate
     gate = Gate(verifier)
     app[GATE] = gate
     app.middlewares.append(middleware)
+    app.on_startup.append(_preload_keys)
     return gate
+
+
+async def _preload_keys(app: web.Application) -> None:
+    """At start, in the background: the keys are read before any caller needs them."""
+    app[_PRELOAD] = asyncio.ensure_future(app[GATE].verifier.preload())
+
+
+_PRELOAD = web.AppKey("heater-auth-preload", asyncio.Task)
 
 
 def principal(request: Any) -> Principal:

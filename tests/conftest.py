@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 from typing import Iterator
 
@@ -34,3 +35,13 @@ def vault(session_dir: Path) -> Iterator[EmbeddedVault]:
 def run_dir(tmp_path: Path) -> Path:
     """A fresh run directory (data, logs) for the services of one test."""
     return tmp_path
+
+
+@pytest.fixture(scope="session")
+def loop() -> Iterator[asyncio.AbstractEventLoop]:
+    """One event loop for the async entry points of the modules that use it (hypothesis runs sync
+    examples). One for the session: the services' Faust apps are module singletons, and an
+    aiohttp application serves only on the loop it first served on."""
+    running = asyncio.new_event_loop()
+    yield running
+    running.close()

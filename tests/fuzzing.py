@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from typing import Iterator
 
@@ -18,9 +17,3 @@ def quiet_logs() -> Iterator[None]:
     logging.disable(logging.NOTSET)
 
 
-@pytest.fixture(scope="module")
-def loop() -> Iterator[asyncio.AbstractEventLoop]:
-    """One event loop for the module's async entry points (hypothesis runs sync examples)."""
-    running = asyncio.new_event_loop()
-    yield running
-    running.close()

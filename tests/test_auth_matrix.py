@@ -95,14 +95,6 @@ class _NoWatch:
 
 
 @pytest.fixture(scope="module")
-def loop() -> Iterator[asyncio.AbstractEventLoop]:
-    """One loop for the module: an aiohttp application serves on the loop it first served on."""
-    running = asyncio.new_event_loop()
-    yield running
-    running.close()
-
-
-@pytest.fixture(scope="module")
 def apps(tmp_path_factory: pytest.TempPathFactory) -> dict[str, web.Application]:
     built = {name: faust_app(name) for name in sorted(SERVICE_MODULES)}
     built.update(edge_apps(tmp_path_factory.mktemp("matrix")))

@@ -73,7 +73,7 @@ from streams.lifecycle import ServiceKind, ServiceSpec
 from streams.platform_watch import PlatformWatch
 from streams.records import RECORD_FOR_TOPIC, Alarm, HeaterRecord, OperatorReset, RelayAction, Severity
 from streams.settings import Settings
-from tests.fuzzing import loop, quiet_logs  # noqa: F401  (module fixtures)
+from tests.fuzzing import quiet_logs  # noqa: F401  (module fixture; the session loop is in conftest)
 from tests.inprocess import InlineExecutor, Outbox, PicoBus
 
 #: Hypothesis settings shared by every test here: no deadline (the machine is shared),

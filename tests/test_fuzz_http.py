@@ -68,7 +68,7 @@ from streams import auth
 from streams.settings import Settings
 from streams.tables import alarms as alarm_tables
 from tests import tokens
-from tests.fuzzing import loop, quiet_logs  # noqa: F401  (module fixtures)
+from tests.fuzzing import quiet_logs  # noqa: F401  (module fixture; the session loop is in conftest)
 
 FUZZ: dict[str, Any] = dict(deadline=None, database=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 

@@ -26,6 +26,7 @@ DASHBOARD = ROOT / "deploy" / "grafana" / "heater.json"
 METRIC_MODULES = (
     "streams.metrics",
     "streams.consistency",
+    "streams.resilience",
     "streams.exception_reports",
     "streams.agents.alarms",
     "streams.agents.bank",

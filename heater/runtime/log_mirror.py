@@ -117,9 +117,14 @@ class LogMirror:
             log_.size += len(batch)
             log_.high = end
             moved = True
-        while log_.size > self.max_bytes_per_partition and len(log_.data) > 1:
-            log_.size -= len(log_.data[0])
-            del log_.bases[0], log_.ends[0], log_.data[0]
+        if log_.size > self.max_bytes_per_partition and len(log_.data) > 1:
+            # Down to seven eighths in one cut: one list deletion per many batches, not one each.
+            keep_at_most = self.max_bytes_per_partition - self.max_bytes_per_partition // 8
+            dropped = 0
+            while log_.size > keep_at_most and dropped < len(log_.data) - 1:
+                log_.size -= len(log_.data[dropped])
+                dropped += 1
+            del log_.bases[:dropped], log_.ends[:dropped], log_.data[:dropped]
             log_.start = log_.bases[0]
         if moved:
             self._wake(key)

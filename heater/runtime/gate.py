@@ -116,7 +116,7 @@ class GateSession:
     def _route(self, frame: bytes, first: bool) -> Awaitable[bytes | None]:
         api_key, api_version, correlation_id = struct.unpack_from(">hhi", frame)
         if first and is_flexible_api_versions(frame):
-            return self._forward(frame, correlation_id, lambda answer: strip_tagged_fields(answer))
+            return self._forward(frame, correlation_id, strip_tagged_fields)
         if self.mirror is None:
             return self._forward(frame, correlation_id)
         if api_key == wire.FETCH and api_version in wire.FETCH_VERSIONS:

@@ -49,8 +49,7 @@ class PartitionLog:
 
     start: int = 0
     high: int = 0
-    #: Batch base offsets (ascending), each batch's next offset, and the batches themselves.
-    bases: list[int] = field(default_factory=list)
+    #: Each batch's next offset (ascending), and the batches themselves.
     ends: list[int] = field(default_factory=list)
     data: list[bytes] = field(default_factory=list)
     size: int = 0
@@ -109,9 +108,8 @@ class LogMirror:
         moved = False
         while log_.high in log_.waiting:
             end, batch, _ = log_.waiting.pop(log_.high)
-            if not log_.bases:
+            if not log_.data:
                 log_.start = log_.high
-            log_.bases.append(log_.high)
             log_.ends.append(end)
             log_.data.append(batch)
             log_.size += len(batch)
@@ -124,8 +122,8 @@ class LogMirror:
             while log_.size > keep_at_most and dropped < len(log_.data) - 1:
                 log_.size -= len(log_.data[dropped])
                 dropped += 1
-            del log_.bases[:dropped], log_.ends[:dropped], log_.data[:dropped]
-            log_.start = log_.bases[0]
+            log_.start = log_.ends[dropped - 1]
+            del log_.ends[:dropped], log_.data[:dropped]
         if moved:
             self._wake(key)
 
@@ -175,7 +173,7 @@ class LogMirror:
             if key in self.unmirrored:
                 return False
             log_ = self.partitions.get(key)
-            if log_ is not None and log_.bases and want.offset < log_.start:
+            if log_ is not None and log_.data and want.offset < log_.start:
                 return False
         return True
 

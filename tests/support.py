@@ -104,6 +104,15 @@ def metric(proc: ServiceProcess, name: str, **labels: str) -> float:
     return 0.0
 
 
+def metric_sum(url: str, name: str) -> float:
+    """Sum of every sample of one metric family a service at ``url`` exports, whatever its labels."""
+    import urllib.request
+
+    text = urllib.request.urlopen(url + "/metrics", timeout=5).read().decode()
+    return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+               if line.startswith((name + "{", name + " ")))
+
+
 def post_json(url: str, body: dict[str, Any], timeout: float = 5.0, token: str | None = None) -> tuple[int, Any]:
     """POST a JSON body (with a bearer ``token`` when given); return (status, JSON answer) also for 4xx/5xx answers."""
     import json

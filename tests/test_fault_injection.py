@@ -48,7 +48,7 @@ from tests.platform_view import (
 )
 from tests.homekit.home_app import HomeApp
 from tests.prometheus_server import check_config, ensure_installed, running_prometheus
-from tests.support import consume_until, produce, run, wait_for
+from tests.support import consume_until, metric_sum, produce, run, wait_for
 
 log = logging.getLogger(__name__)
 
@@ -179,13 +179,6 @@ def kill_9(platform: Platform, name: str) -> float:
     assert pid, f"{name} is not running"
     os.kill(pid, signal.SIGKILL)
     return time.monotonic()
-
-
-def metric_sum(layout: Layout, service: str, name: str) -> float:
-    """Sum of every sample of one counter family a service exports."""
-    text = urllib.request.urlopen(layout.web_url(service) + "/metrics", timeout=5).read().decode()
-    return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
-               if line.startswith(name) and not line.startswith("#"))
 
 
 # -- the heating job ------------------------------------------------------------------------
@@ -338,7 +331,7 @@ def test_garbage_flood_during_heating_is_counted_and_heating_completes(platform:
     layout = platform.layout
     fresh_tank(layout)
     can_pid = platform.supervisor.info("can")["pid"]
-    bad_before = metric_sum(layout, "can", "heater_can_bad_frames")
+    bad_before = metric_sum(layout.web_url("can"), "heater_can_bad_frames_total")
     job = Job(layout, 26.0)
     try:
         heating(layout, job)
@@ -347,7 +340,7 @@ def test_garbage_flood_during_heating_is_counted_and_heating_completes(platform:
     finally:
         job.stop()
         sim.clear(layout.ports["simulator"])
-    bad = metric_sum(layout, "can", "heater_can_bad_frames") - bad_before
+    bad = metric_sum(layout.web_url("can"), "heater_can_bad_frames_total") - bad_before
     assert bad > 100, "the garbage was seen and counted"
     assert platform.supervisor.info("can")["pid"] == can_pid, "the CAN adapter did not crash"
     assert relays(layout)["gas_valve_open"] is False
@@ -609,7 +602,7 @@ def test_after_fatal_nothing_resumes_until_the_verified_operator_reset(platform:
 def decided(layout: Layout, service: str) -> float:
     """How many input records a stream service has decided since it started (0 while it does not answer)."""
     try:
-        return metric_sum(layout, service, "heater_messages_processed_total")
+        return metric_sum(layout.web_url(service), "heater_messages_processed_total")
     except OSError:
         return 0.0
 

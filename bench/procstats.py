@@ -53,9 +53,24 @@ def cpu_seconds(pids: list[int]) -> float:
     return total / CLOCK_TICKS
 
 
-def idle_cpu_pct(root: int, seconds: float) -> float:
-    """CPU used by the whole tree over ``seconds``, as % of one core."""
+def process_label(pid: int) -> str:
+    """A short readable name for a process: its program and the first argument that names a service."""
+    try:
+        argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+    except OSError:
+        return str(pid)
+    words = [a.decode(errors="replace") for a in argv if a]
+    if not words:
+        return str(pid)
+    program = Path(words[0]).name
+    rest = [w for w in words[1:] if not w.startswith("-")]
+    return " ".join([program, *rest[:3]])[:60]
+
+
+def cpu_by_process(root: int, seconds: float) -> list[tuple[str, float]]:
+    """CPU of every process of the tree over ``seconds`` (% of one core), busiest first."""
     pids = tree_pids(root)
-    before = cpu_seconds(pids)
+    before = {pid: cpu_seconds([pid]) for pid in pids}
     time.sleep(seconds)
-    return 100.0 * (cpu_seconds(pids) - before) / seconds
+    used = [(process_label(pid), 100.0 * (cpu_seconds([pid]) - before[pid]) / seconds) for pid in pids]
+    return sorted(used, key=lambda item: -item[1])

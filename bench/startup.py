@@ -19,7 +19,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.procstats import idle_cpu_pct, rss_mb, tree_pids  # noqa: E402
+from bench.procstats import cpu_by_process, rss_mb, tree_pids  # noqa: E402
 from heater.platform import Platform  # noqa: E402
 from heater.runtime.broker import EmbeddedBroker  # noqa: E402
 from heater.runtime.services import ServiceProcess  # noqa: E402
@@ -56,8 +56,12 @@ def main() -> None:
             time.sleep(3)
             pids = tree_pids(platform.supervisord.pid)
             memory = rss_mb(pids)
-            cpu = idle_cpu_pct(platform.supervisord.pid, 10.0)
+            by_process = cpu_by_process(platform.supervisord.pid, 10.0)
+            cpu = sum(pct for _, pct in by_process)
             print(f"platform: {len(pids)} processes, {memory:.0f} MB RSS, idle CPU {cpu:.1f} % of one core", flush=True)
+            for label, pct in by_process:
+                if pct >= 0.5:
+                    print(f"  {pct:5.1f} %  {label}", flush=True)
         finally:
             platform.stop()
 

@@ -62,9 +62,28 @@ class HeaterWorker(faust.Worker):
             exit_within(SHUTDOWN_GRACE_S, exitcodes.DEPENDENCY_MISSING)
             await self.crash(exc)
 
+    def _gather_all(self) -> None:
+        """Cancel what is left once every service has stopped, and let it unwind.
+
+        mode polls for up to a second for these tasks to end by themselves; ours (the
+        platform watch, timers, background sends) run until cancelled, so that second was
+        always spent, on every stop and every FATAL stay-down.
+        """
+        leftovers = [task for task in asyncio.all_tasks(self.loop) if not task.done()]
+        for task in leftovers:
+            task.cancel()
+        if leftovers:
+            self.loop.run_until_complete(asyncio.wait(leftovers, timeout=LEFTOVER_UNWIND_S))
+
+    async def _sentinel_task(self) -> None:
+        """mode sleeps a second here before closing the loop; nothing is left to wait for."""
+        await asyncio.sleep(0)
+
 
 #: How long a worker that decided to stop may take to shut down before it leaves anyway.
 SHUTDOWN_GRACE_S = 15.0
+#: How long tasks left after the services stopped may take to unwind once cancelled.
+LEFTOVER_UNWIND_S = 0.5
 
 
 def exit_within(seconds: float, code: int) -> None:

@@ -34,12 +34,12 @@ from streams.alarm_client import AlarmClient
 from streams.health import web_app
 from streams.heartbeats import beat_forever
 from streams.heating.controller import HeatingController, announce_ends
-from streams.heating.launch import LocalLauncher
+from streams.heating.launch import LaunchError, launcher_for
 from streams.latch import LatchView
 from streams.lifecycle import Phase, ServiceKind, ServiceSpec, ServiceStatus
 from streams.platform_watch import PlatformWatch
 from streams.records import Severity
-from streams.settings import Settings
+from streams.settings import Settings, SettingsError
 from streams.vault import ServiceToken
 
 log = logging.getLogger(__name__)
@@ -116,8 +116,14 @@ class BridgeService:
             log.error("homekit: broker %s unreachable at start-up: %s", self.settings.broker_bootstrap, exc)
             await runner.cleanup()
             return exitcodes.DEPENDENCY_MISSING
-        launcher = LocalLauncher(env={"HEATER_COMPONENT": "heating-job", "HEATER_WEB_PORT": "0"},
-                                 log_dir=self.settings.run_dir / "logs")
+        try:
+            launcher = await launcher_for(self.settings, log_dir=self.settings.run_dir / "logs")
+        except (LaunchError, SettingsError) as exc:
+            log.error("homekit: cannot run heating jobs: %s", exc)
+            await self.watch.stop()
+            await self._close_producer()
+            await runner.cleanup()
+            return exitcodes.DEPENDENCY_MISSING
         controller = HeatingController(launcher, self.watch)
         controller.on_end.append(announce_ends(self._send))
         self.commands = HeatingCommands(controller, launcher, self.read_only, lambda: self.bridge.revert())

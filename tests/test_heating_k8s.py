@@ -237,6 +237,11 @@ async def test_production_launcher_fails_clearly_without_its_pod(fake: tuple[Fak
         await production_launcher(production(), api)
     with pytest.raises(LaunchError, match=f"cannot read this pod {NAMESPACE}/{BRIDGE_POD} .*404"):
         await production_launcher(production(pod_name=BRIDGE_POD), api)
+    from heater.runtime.processes import free_port
+
+    async with api_client(f"http://127.0.0.1:{free_port()}") as nobody:  # no API server there
+        with pytest.raises(LaunchError, match="the API server did not answer"):
+            await production_launcher(production(pod_name=BRIDGE_POD), nobody)
 
 
 async def test_the_production_profile_never_launches_a_local_process(tmp_path: Path) -> None:

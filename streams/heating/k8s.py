@@ -21,6 +21,7 @@ import logging
 from dataclasses import dataclass, field
 from typing import Any
 
+import aiohttp
 from kubernetes.aio import client as k8s
 from kubernetes.aio.client.exceptions import ApiException
 
@@ -35,6 +36,8 @@ JOB_ID_LABEL = "heater.local/job-id"
 JOB_NAME_LABEL = "batch.kubernetes.io/job-name"
 #: Exit codes after which the Job fails at once (streams.exitcodes HEATING_FAILED, STAY_DOWN).
 FAIL_JOB_EXIT_CODES = (1, 3)
+#: How long the bridge waits at start-up for the API server to show its own pod.
+API_TIMEOUT_S = 10.0
 #: The long-running container of every platform pod (``deploy/gen`` names it so).
 WORKER_CONTAINER = "worker"
 #: Where production pods find their Kafka client certificate (Strimzi's KafkaUser Secret) and the cluster CA.
@@ -227,9 +230,11 @@ class KubernetesLauncher:
 async def own_image(api: k8s.ApiClient, namespace: str, pod: str) -> str:
     """The image of this pod's worker container (one image runs every service and the heating job)."""
     try:
-        found = await k8s.CoreV1Api(api).read_namespaced_pod(pod, namespace)
+        found = await asyncio.wait_for(k8s.CoreV1Api(api).read_namespaced_pod(pod, namespace), API_TIMEOUT_S)
     except ApiException as exc:
         raise LaunchError(f"cannot read this pod {namespace}/{pod} for its image: {exc.status} {exc.reason}") from exc
+    except (OSError, asyncio.TimeoutError, aiohttp.ClientError) as exc:
+        raise LaunchError(f"the API server did not answer for pod {namespace}/{pod}: {exc!r}") from exc
     for container in found.spec.containers:
         if container.name == WORKER_CONTAINER:
             return str(container.image)

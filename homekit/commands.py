@@ -15,7 +15,7 @@ from typing import Any, Callable
 
 from homekit import metrics
 from streams.heating.controller import HeatingController, HeatingRefused
-from streams.heating.launch import LocalLauncher
+from streams.heating.launch import Launcher, LaunchError
 
 log = logging.getLogger(__name__)
 
@@ -27,7 +27,7 @@ class ReadOnly(RuntimeError):
 class HeatingCommands:
     """``start`` (a heating job to a target) and ``stop`` (the job this bridge started)."""
 
-    def __init__(self, controller: HeatingController, launcher: LocalLauncher, read_only: Callable[[], str],
+    def __init__(self, controller: HeatingController, launcher: Launcher, read_only: Callable[[], str],
                  on_refused: Callable[[], None]) -> None:
         self.controller = controller
         self.launcher = launcher
@@ -55,7 +55,10 @@ class HeatingCommands:
                 current = self.controller.current
                 if current is None:
                     raise HeatingRefused("no heating job started from HomeKit is running")
-                self.launcher.terminate(current.job_id)
+                try:
+                    await self.launcher.terminate(current.job_id)
+                except LaunchError as exc:
+                    raise HeatingRefused(str(exc), status=503) from exc
                 log.info("phone stopped heating job %s", current.job_id)
             else:
                 raise HeatingRefused(f"unknown command {kind!r}", status=400)

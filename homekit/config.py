@@ -3,7 +3,13 @@
 Each setting has a ``HEATER_HOMEKIT_*`` variable; without one, the local platform's
 address book (``platform.json`` in ``$HEATER_RUN_DIR``) supplies the ports, so `heater up`
 needs no extra wiring. Everything defaults to 127.0.0.1 and mDNS off: no multicast
-leaves a development machine. On the Pi, set the LAN address and ``MDNS=all``.
+leaves a development machine.
+
+The bridge listens on ``ADDRESS`` and tells phones (over mDNS) to connect to
+``ADVERTISED_ADDRESS``; they differ where the bridge binds every interface (``0.0.0.0``),
+which no phone can connect to. On the Pi the bridge runs in the node's network (a pod
+address is not reachable from the LAN, and mDNS multicast does not leave the pod
+network), and the Deployment passes the node's address as the advertised one.
 """
 
 from __future__ import annotations
@@ -22,12 +28,16 @@ from streams.settings import SettingsError
 HAP_PORT_NAME = "homekit-hap"
 MDNS_MODES = ("off", "loopback", "all")
 DEFAULT_HAP_PORT = 51826
+#: Bind-everywhere addresses: fine to listen on, never an address to announce.
+UNSPECIFIED = ("0.0.0.0", "::")
 
 
 @dataclass(frozen=True)
 class BridgeSettings:
     address: str
     port: int
+    #: The address announced over mDNS, the one a phone connects to (default: ``address``).
+    advertised_address: str
     feed_url: str
     state_dir: Path
     schema: Path
@@ -55,9 +65,15 @@ class BridgeSettings:
         mdns = env.get("HEATER_HOMEKIT_MDNS", "off")
         if mdns not in MDNS_MODES:
             raise SettingsError(f"HEATER_HOMEKIT_MDNS={mdns!r}: expected one of {', '.join(MDNS_MODES)}")
+        address = env.get("HEATER_HOMEKIT_ADDRESS", "127.0.0.1")
+        advertised = env.get("HEATER_HOMEKIT_ADVERTISED_ADDRESS") or address
+        if mdns != "off" and advertised in UNSPECIFIED:
+            raise SettingsError(f"HEATER_HOMEKIT_MDNS={mdns} would announce {advertised}, which no phone can connect to: "
+                                "set HEATER_HOMEKIT_ADVERTISED_ADDRESS to the bridge's address on the LAN")
         return cls(
-            address=env.get("HEATER_HOMEKIT_ADDRESS", "127.0.0.1"),
+            address=address,
             port=port,
+            advertised_address=advertised,
             feed_url=feed_url,
             state_dir=Path(env.get("HEATER_HOMEKIT_STATE_DIR") or run_dir / "homekit"),
             schema=Path(env.get("HEATER_HOMEKIT_SCHEMA") or DEFAULT_SCHEMA),

@@ -34,12 +34,12 @@ from streams.alarm_client import AlarmClient
 from streams.health import web_app
 from streams.heartbeats import beat_forever
 from streams.heating.controller import HeatingController, announce_ends
-from streams.heating.launch import LocalLauncher
+from streams.heating.launch import LaunchError, launcher_for
 from streams.latch import LatchView
 from streams.lifecycle import Phase, ServiceKind, ServiceSpec, ServiceStatus
 from streams.platform_watch import PlatformWatch
 from streams.records import Severity
-from streams.settings import Settings
+from streams.settings import Settings, SettingsError
 from streams.vault import ServiceToken
 
 log = logging.getLogger(__name__)
@@ -73,6 +73,7 @@ class BridgeService:
         driver = getattr(self, "driver", None)
         return {
             "address": self.config.address,
+            "advertised_address": self.config.advertised_address,
             "port": self.config.port,
             "setup_code": self.code.pincode,
             "setup_id": self.code.setup_id,
@@ -116,23 +117,27 @@ class BridgeService:
             log.error("homekit: broker %s unreachable at start-up: %s", self.settings.broker_bootstrap, exc)
             await runner.cleanup()
             return exitcodes.DEPENDENCY_MISSING
-        launcher = LocalLauncher(env={"HEATER_COMPONENT": "heating-job", "HEATER_WEB_PORT": "0"},
-                                 log_dir=self.settings.run_dir / "logs")
+        try:
+            launcher = await launcher_for(self.settings, log_dir=self.settings.run_dir / "logs")
+        except (LaunchError, SettingsError) as exc:
+            log.error("homekit: cannot run heating jobs: %s", exc)
+            await self.watch.stop()
+            await self._close_producer()
+            await runner.cleanup()
+            return exitcodes.DEPENDENCY_MISSING
         controller = HeatingController(launcher, self.watch)
         controller.on_end.append(announce_ends(self._send))
         self.commands = HeatingCommands(controller, launcher, self.read_only, lambda: self.bridge.revert())
-        self.driver = AccessoryDriver(
-            loop=loop, address=self.config.address, port=self.config.port, persist_file=str(self.config.persist_file),
-            pincode=self.code.pincode.encode(), async_zeroconf_instance=advertiser(self.config.mdns),
-        )
+        self.driver = hap_driver(self.config, self.code.pincode, loop)
         self.driver.state.setup_id = self.code.setup_id
         self.bridge = HeaterBridge(self.driver, schema, self.commands, AidStore(self.config.state_dir))
         self.driver.add_accessory(self.bridge)
         await self.driver.async_start()
         write_bridge_info(self.config.state_dir, self.info())
         metrics.PAIRED.set(int(self.driver.state.paired))
-        log.info("HomeKit bridge on %s:%d (setup code %s, %s)", self.config.address, self.config.port,
-                 self.code.pincode, "paired" if self.driver.state.paired else "not paired yet")
+        log.info("HomeKit bridge on %s:%d, announced as %s (setup code %s, %s)", self.config.address, self.config.port,
+                 self.config.advertised_address, self.code.pincode,
+                 "paired" if self.driver.state.paired else "not paired yet")
         self.watch.on_change.append(self._on_latch)
         self.watch.run_in_background()
         self._settle_phase()
@@ -221,6 +226,14 @@ class BridgeService:
             if self.status.phase is Phase.HALTED:
                 log.warning("homekit: latch released by %s; writes accepted again", self.watch.latch.released_by)
             self.status.mark_ready(SPEC.name)
+
+
+def hap_driver(config: BridgeSettings, pincode: str, loop: asyncio.AbstractEventLoop) -> AccessoryDriver:
+    """HAP-python's driver: it listens on ``address`` and announces ``advertised_address`` (see homekit.config)."""
+    return AccessoryDriver(
+        loop=loop, address=config.advertised_address, listen_address=config.address, port=config.port,
+        persist_file=str(config.persist_file), pincode=pincode.encode(), async_zeroconf_instance=advertiser(config.mdns),
+    )
 
 
 def main() -> int:

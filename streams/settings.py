@@ -53,6 +53,9 @@ class Settings:
     service_identity: str | None = None
     #: The Kubernetes namespace of the platform (production discovery).
     namespace: str = "heater"
+    #: This process's pod (the Downward API's ``metadata.name``): the bridge reads its own image
+    #: from it, so the heating Jobs it creates run exactly the image the overlay deployed.
+    pod_name: str | None = None
     #: ConfigurationServer's bootstrap configuration (a ConfigMap's mount under Kubernetes).
     config_file: Path | None = None
     # Production pass-through (ignored by the local profile).
@@ -122,6 +125,7 @@ class Settings:
             i2c_bus=env.get("HEATER_I2C_BUS", base.i2c_bus),
             service_identity=env.get("HEATER_SERVICE_IDENTITY") or None,
             namespace=env.get("HEATER_NAMESPACE", base.namespace),
+            pod_name=env.get("HEATER_POD_NAME") or None,
             config_file=Path(env["HEATER_CONFIG_FILE"]) if env.get("HEATER_CONFIG_FILE") else None,
             broker_security_protocol=env.get("HEATER_BROKER_SECURITY_PROTOCOL", "PLAINTEXT"),
             broker_ssl_cafile=env.get("HEATER_BROKER_SSL_CAFILE"),

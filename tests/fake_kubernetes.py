@@ -39,6 +39,8 @@ class FakeApiServer:
     jobs: dict[tuple[str, str], dict[str, Any]] = field(default_factory=dict)
     pods: dict[tuple[str, str], dict[str, Any]] = field(default_factory=dict)
     received: list[dict[str, Any]] = field(default_factory=list)
+    #: Every Job deletion: (name, propagation policy).
+    deletions: list[tuple[str, str]] = field(default_factory=list)
     versions: Any = field(default_factory=lambda: itertools.count(1000))
 
     def app(self) -> web.Application:
@@ -47,7 +49,9 @@ class FakeApiServer:
         app.router.add_get("/apis/batch/v1/namespaces/{ns}/jobs", self.list_jobs)
         app.router.add_get("/apis/batch/v1/namespaces/{ns}/jobs/{name}", self.read_job)
         app.router.add_get("/apis/batch/v1/namespaces/{ns}/jobs/{name}/status", self.read_job)
+        app.router.add_delete("/apis/batch/v1/namespaces/{ns}/jobs/{name}", self.delete_job)
         app.router.add_get("/api/v1/namespaces/{ns}/pods", self.list_pods)
+        app.router.add_get("/api/v1/namespaces/{ns}/pods/{name}", self.read_pod)
         return app
 
     @web.middleware
@@ -93,6 +97,48 @@ class FakeApiServer:
             )
         return web.json_response(self.jobs[key])
 
+    async def delete_job(self, request: web.Request) -> web.Response:
+        """As the API server deletes a Job: without a propagation policy its pods are orphaned (they run
+        on); ``Foreground`` keeps the Job, marked, until the garbage collector (:meth:`collect`) has
+        removed its pods; ``Background`` removes the Job at once and its pods later."""
+        key = (request.match_info["ns"], request.match_info["name"])
+        if key not in self.jobs:
+            return web.json_response(
+                status_body(404, "NotFound", f'jobs.batch "{key[1]}" not found', name=key[1], group="batch", kind="jobs"), status=404
+            )
+        body = await request.json() if request.can_read_body else {}
+        policy = request.query.get("propagationPolicy") or (body or {}).get("propagationPolicy") or "Orphan"
+        self.deletions.append((key[1], policy))
+        job = self.jobs[key]
+        if policy == "Foreground":
+            job["metadata"].update(deletionTimestamp=_now(), finalizers=["foregroundDeletion"])
+            return web.json_response(job)
+        del self.jobs[key]
+        if policy == "Background":
+            self.collect(key[1], key[0])
+        return web.json_response({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success",
+                                  "details": {"name": key[1], "group": "batch", "kind": "jobs"}})
+
+    def collect(self, name: str, ns: str = NAMESPACE) -> None:
+        """The garbage collector: a deleted Job's pods go (SIGTERM to their containers), then the Job."""
+        for key in [k for k, pod in self.pods.items() if k[0] == ns and self._of_job(pod, name)]:
+            del self.pods[key]
+        job = self.jobs.get((ns, name))
+        if job is not None and job["metadata"].get("deletionTimestamp"):
+            del self.jobs[(ns, name)]
+
+    @staticmethod
+    def _of_job(pod: dict[str, Any], name: str) -> bool:
+        return (pod["metadata"].get("labels") or {}).get("batch.kubernetes.io/job-name") == name
+
+    async def read_pod(self, request: web.Request) -> web.Response:
+        key = (request.match_info["ns"], request.match_info["name"])
+        if key not in self.pods:
+            return web.json_response(
+                status_body(404, "NotFound", f'pods "{key[1]}" not found', name=key[1], kind="pods"), status=404
+            )
+        return web.json_response(self.pods[key])
+
     async def list_jobs(self, request: web.Request) -> web.Response:
         items = [j for (ns, _), j in self.jobs.items() if ns == request.match_info["ns"] and _selected(j, request)]
         return web.json_response(
@@ -106,15 +152,16 @@ class FakeApiServer:
         )
 
     def add_pod(self, name: str, labels: dict[str, str], phase: str = "Running", ns: str = NAMESPACE,
-                deleting: bool = False) -> None:
-        """A pod as the API server lists it (what a Deployment's pod looks like to discovery)."""
+                deleting: bool = False, containers: dict[str, str] | None = None) -> None:
+        """A pod as the API server lists it (what a Deployment's pod looks like to discovery); ``containers``: name → image."""
         metadata: dict[str, Any] = {"name": name, "namespace": ns, "labels": labels, "uid": str(uuid.uuid4()),
                                     "creationTimestamp": _now()}
         if deleting:
             metadata["deletionTimestamp"] = _now()
         self.pods[(ns, name)] = {
             "apiVersion": "v1", "kind": "Pod", "metadata": metadata,
-            "spec": {"containers": [{"name": labels.get("app.kubernetes.io/name", name), "image": "heater:test"}]},
+            "spec": {"containers": [{"name": c, "image": image} for c, image in
+                                    (containers or {labels.get("app.kubernetes.io/name", name): "heater:test"}).items()]},
             "status": {"phase": phase},
         }
 

@@ -28,8 +28,10 @@ from deploy.gen.__main__ import stale
 from deploy.gen.render import render as render_now
 from deploy.gen.services import earlier
 from heater import catalogue
+from homekit.config import BridgeSettings
 from streams import topics, topology
 from streams.heating.k8s import JobTemplate
+from streams.settings import Settings
 
 ROOT = Path(__file__).resolve().parent.parent
 DEPLOY = ROOT / "deploy"
@@ -89,6 +91,23 @@ def of(docs: list[Doc], kind: str) -> list[Doc]:
 
 def by_name(docs: list[Doc], kind: str) -> dict[str, Doc]:
     return {d["metadata"]["name"]: d for d in of(docs, kind)}
+
+
+#: What the Downward API gives a pod on the Pi (an example node and pod).
+NODE_ADDRESS, POD_NAME = "192.0.2.7", "homekit-7d9c5-x2k4q"
+FIELDS = {"status.hostIP": NODE_ADDRESS, "metadata.name": POD_NAME}
+
+
+def worker_env(docs: list[Doc], deployment: str) -> dict[str, str]:
+    """The worker's environment as the kubelet builds it: its ConfigMaps, then ``env`` (Downward API from FIELDS)."""
+    [worker] = by_name(docs, "Deployment")[deployment]["spec"]["template"]["spec"]["containers"]
+    config_maps = by_name(docs, "ConfigMap")
+    env: dict[str, str] = {}
+    for source in worker.get("envFrom", []):
+        env.update(config_maps[source["configMapRef"]["name"]]["data"])
+    for var in worker.get("env", []):
+        env[var["name"]] = var["value"] if "value" in var else FIELDS[var["valueFrom"]["fieldRef"]["fieldPath"]]
+    return env
 
 
 def pod_specs(docs: list[Doc]) -> Iterator[tuple[str, Doc]]:
@@ -224,6 +243,50 @@ def test_probes_use_the_health_endpoints_on_exposed_ports(rendered: dict[str, li
         env = {e["name"]: e.get("value") for e in worker["env"]}
         settings = by_name(rendered[target], "ConfigMap")["heater-settings"]["data"]
         assert int(env.get("HEATER_WEB_PORT", settings["HEATER_WEB_PORT"])) == ports["http"]
+
+
+@pytest.mark.parametrize("target", TARGETS)
+def test_host_network_pods_share_no_port_and_resolve_cluster_names(rendered: dict[str, list[Doc]], target: str) -> None:
+    """Two pods in the node's network binding one port would leave the second Pending for good."""
+    taken: dict[int, str] = {}
+    for name, spec in pod_specs(rendered[target]):
+        if not spec.get("hostNetwork"):
+            continue
+        assert spec.get("dnsPolicy") == "ClusterFirstWithHostNet", f"{name} waits for its stage by service name"
+        for container in spec["containers"] + spec.get("initContainers", []):
+            for port in container.get("ports", []):
+                assert port["containerPort"] not in taken, f"{name} and {taken.get(port['containerPort'])} both bind it"
+                taken[port["containerPort"]] = name
+
+
+@pytest.mark.parametrize("target", TARGETS)
+def test_the_bridge_starts_from_the_environment_its_manifest_gives(rendered: dict[str, list[Doc]], target: str) -> None:
+    """The code's own settings read the rendered environment: heating Jobs from its pod, HAP where phones reach it."""
+    docs = rendered[target]
+    env = worker_env(docs, "homekit")
+    settings, bridge = Settings.from_env(env), BridgeSettings.from_env(env)  # SettingsError if they disagree
+    assert settings.profile == "production" and settings.pod_name == POD_NAME  # production_launcher reads its image
+    spec = by_name(docs, "Deployment")["homekit"]["spec"]["template"]["spec"]
+    ports = {p["name"]: p["containerPort"] for p in spec["containers"][0]["ports"]}
+    assert (ports["hap"], ports["http"]) == (bridge.port, settings.web_port)
+    if spec.get("hostNetwork"):  # the Pi: announced on the LAN, at the node's address
+        assert (bridge.mdns, bridge.advertised_address) == ("all", NODE_ADDRESS)
+    else:  # a pod address no phone reaches: nothing announced
+        assert bridge.mdns == "off"
+
+
+def test_the_pi_runs_the_bridge_in_the_nodes_network(rendered: dict[str, list[Doc]]) -> None:
+    for name in ("can", "homekit"):
+        assert by_name(rendered["overlays/pi"], "Deployment")[name]["spec"]["template"]["spec"].get("hostNetwork") is True
+
+
+@pytest.mark.parametrize("target", TARGETS)
+def test_no_machine_address_is_written_into_the_manifests(rendered: dict[str, list[Doc]], target: str) -> None:
+    """Host-network pods reach Kafka and the other services from their resident node, which NetworkPolicy always
+    allows; the node's address comes from the Downward API where the code needs it."""
+    text = json.dumps(rendered[target])
+    assert "ipBlock" not in text
+    assert not re.search(r"\b(10\.\d+|192\.168|172\.(1[6-9]|2\d|3[01]))\.\d+\.\d+\b", text), "a LAN address"
 
 
 @pytest.mark.parametrize("target", TARGETS)

@@ -51,7 +51,7 @@ async def controller(broker: EmbeddedBroker, watch: PlatformWatch, tmp_path: Pat
     running = HeatingController(launcher, watch)
     yield running
     for job_id in await launcher.running():
-        launcher.terminate(job_id)
+        await launcher.terminate(job_id)
     await asyncio.wait_for(asyncio.gather(*(running.wait(j) for j in list(running.runs)), return_exceptions=True), 30)
     await running.close()
 
@@ -141,7 +141,7 @@ async def test_a_stopped_job_is_not_a_success(broker: EmbeddedBroker, controller
     await job_states(broker.bootstrap, run.job_id, "idle")
     launcher = controller.launcher
     assert isinstance(launcher, LocalLauncher)
-    launcher.terminate(run.job_id)
+    await launcher.terminate(run.job_id)
     ended = await asyncio.wait_for(controller.wait(run.job_id), 30)
     assert (ended.outcome, ended.exit_code) == ("failed", exitcodes.HEATING_FAILED)
     states = await job_states(broker.bootstrap, run.job_id, "failed")

@@ -10,8 +10,11 @@ send makes Kubernetes do. Every Job body the client sends is validated offline b
 
 from __future__ import annotations
 
+import asyncio
 import time
-from typing import AsyncIterator
+from dataclasses import replace
+from pathlib import Path
+from typing import AsyncIterator, Callable
 
 import kubernetes_validate
 import pytest
@@ -20,9 +23,11 @@ from aiohttp import web
 from kubernetes.aio import client as k8s
 
 from streams.heating.controller import HeatingController, HeatingRefused, mount
-from streams.heating.k8s import JobTemplate, KubernetesLauncher, job_manifest, job_name
+from streams.heating.k8s import JobTemplate, KubernetesLauncher, job_manifest, job_name, production_launcher
+from streams.heating.launch import LaunchError, LocalLauncher, launcher_for
 from streams.latch import LatchView
 from streams.records import Alarm
+from streams.settings import Settings, SettingsError
 from tests.fake_kubernetes import NAMESPACE, FakeApiServer, api_client, serving
 
 pytestmark = pytest.mark.timeout(60)
@@ -191,3 +196,91 @@ async def test_http_api(fake: tuple[FakeApiServer, str], api: k8s.ApiClient) -> 
         view = await (await client.get("/heating", headers=tokens.headers("viewer"))).json()
         assert view["current"] is None and view["jobs"][0]["outcome"] == "fatal"
     await controller.close()
+
+
+# -- the bridge's production launcher --------------------------------------------------
+
+BRIDGE_POD = "homekit-7d9c5-x2k4q"
+DEPLOYED_IMAGE = "registry.local:5000/heater:0.1.0"
+
+
+def production(**changes: str) -> Settings:
+    return Settings(profile="production", namespace=NAMESPACE, **changes)
+
+
+def bridge_pod(server: FakeApiServer) -> None:
+    """The bridge's pod as the Deployment made it: the image the overlay set, on the worker container."""
+    server.add_pod(BRIDGE_POD, {"app.kubernetes.io/name": "homekit", "app.kubernetes.io/part-of": "heater"},
+                   containers={"worker": DEPLOYED_IMAGE})
+
+
+async def test_production_jobs_run_the_bridges_own_image_and_the_scheduled_jobs_spec(
+    fake: tuple[FakeApiServer, str], api: k8s.ApiClient
+) -> None:
+    from deploy.gen.heating import TEMPLATE as SCHEDULED
+
+    server, _ = fake
+    bridge_pod(server)
+    launcher = await production_launcher(production(pod_name=BRIDGE_POD), api)
+    controller = HeatingController(launcher, Latch())
+    run = await controller.request_heating(45.0)
+    [sent] = server.received
+    kubernetes_validate.validate(sent, "1.30", strict=True)
+    assert sent["spec"]["template"]["spec"]["containers"][0]["image"] == DEPLOYED_IMAGE
+    # The CronJob's template (deploy/gen) with the deployed image: one Job spec for both.
+    assert sent == job_manifest(run.job_id, 45.0, replace(SCHEDULED, image=DEPLOYED_IMAGE))
+    await controller.close()
+
+
+async def test_production_launcher_fails_clearly_without_its_pod(fake: tuple[FakeApiServer, str], api: k8s.ApiClient) -> None:
+    with pytest.raises(SettingsError, match="HEATER_POD_NAME is not set"):
+        await production_launcher(production(), api)
+    with pytest.raises(LaunchError, match=f"cannot read this pod {NAMESPACE}/{BRIDGE_POD} .*404"):
+        await production_launcher(production(pod_name=BRIDGE_POD), api)
+    from heater.runtime.processes import free_port
+
+    async with api_client(f"http://127.0.0.1:{free_port()}") as nobody:  # no API server there
+        with pytest.raises(LaunchError, match="the API server did not answer"):
+            await production_launcher(production(pod_name=BRIDGE_POD), nobody)
+
+
+async def test_the_production_profile_never_launches_a_local_process(tmp_path: Path) -> None:
+    assert isinstance(await launcher_for(Settings(profile="local"), tmp_path), LocalLauncher)
+    # Outside a cluster there is no service account: production refuses instead of falling back.
+    with pytest.raises(LaunchError, match="no in-cluster Kubernetes configuration"):
+        await launcher_for(Settings.from_env({"HEATER_PROFILE": "production", "HEATER_POD_NAME": BRIDGE_POD}), tmp_path)
+
+
+async def test_the_phone_starts_and_stops_a_job_on_the_api_server(fake: tuple[FakeApiServer, str], api: k8s.ApiClient) -> None:
+    """HomeKit's start and stop in production: a Job created, then deleted so its pod gets SIGTERM."""
+    from homekit.commands import HeatingCommands
+
+    server, _ = fake
+    bridge_pod(server)
+    launcher = await production_launcher(production(pod_name=BRIDGE_POD), api)
+    controller = HeatingController(launcher, Latch())
+    refused: list[bool] = []
+    commands = HeatingCommands(controller, launcher, lambda: "", lambda: refused.append(True))
+    commands("start", {"target_c": 40.0})
+    await until(lambda: controller.current is not None)
+    run = controller.current
+    assert run is not None
+    commands("stop", {})
+    await until(lambda: server.deletions != [])
+    # Foreground: the Job stays, counted as running, until its pod is gone; a new request waits for that.
+    assert server.deletions == [(job_name(run.job_id), "Foreground")]
+    assert await launcher.running() == [run.job_id]
+    server.collect(job_name(run.job_id))
+    ended = await asyncio.wait_for(controller.wait(run.job_id), 5)
+    assert ended.outcome == "failed" and "disappeared" in ended.detail
+    assert await launcher.running() == [] and refused == []
+    commands("stop", {})  # nothing left to stop: refused, and the phone's switch reverts
+    await until(lambda: refused == [True])
+    await commands.close()
+
+
+async def until(condition: Callable[[], bool], timeout_s: float = 5.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        assert time.monotonic() < deadline, "condition not met in time"
+        await asyncio.sleep(0.01)

@@ -16,9 +16,11 @@ from __future__ import annotations
 
 import importlib
 import logging
+import os
 import time
 from dataclasses import dataclass
 from types import TracebackType
+from typing import Iterable
 
 from smbus2 import SMBus
 
@@ -59,10 +61,24 @@ def backend_for(bus: str) -> tuple[str, int | str]:
 
 
 def open_bus(bus: str) -> SMBus:
-    """Open the SMBus backend the setting names (raises ``OSError`` if the device node is missing)."""
+    """Open the SMBus backend the setting names (raises ``OSError`` if the device node is missing,
+    ``PermissionError`` naming the device's group if this process may not open it)."""
     name, argument = backend_for(bus)
     module, cls = BACKENDS[name]
-    return getattr(importlib.import_module(module), cls)(argument)
+    try:
+        return getattr(importlib.import_module(module), cls)(argument)
+    except PermissionError as exc:
+        path = argument if isinstance(argument, str) else f"/dev/i2c-{argument}"
+        raise PermissionError(exc.errno, group_hint(path, os.stat(path).st_gid, {os.getegid(), *os.getgroups()})) from exc
+
+
+def group_hint(path: str, device_gid: int, groups: Iterable[int]) -> str:
+    """Why the device cannot be opened, with the gid the pod needs: the group number differs between OS images."""
+    have = sorted(set(groups))
+    if device_gid in have:
+        return f"permission denied on {path} although this process has its group {device_gid}: check its mode (ls -l {path})"
+    return (f"permission denied on {path}: it belongs to group {device_gid}, this process has groups {have}; "
+            f"put {device_gid} in the I2C adapter's supplementalGroups (deploy/overlays/pi/i2c.yaml)")
 
 
 @dataclass(frozen=True, slots=True)

@@ -7,6 +7,7 @@ from typing import Any
 import yaml
 
 from heater import catalogue
+from streams.heating.k8s import KAFKA_CA_DIR, KAFKA_CLUSTER, KAFKA_USER_DIR, WORKER_CONTAINER
 from streams.settings import Settings
 
 NAMESPACE = Settings().namespace
@@ -20,7 +21,6 @@ IMAGE = "heater:0.1.0"
 WAIT_IMAGE = "busybox:1.36"
 VAULT_IMAGE = "hashicorp/vault:1.18.3"
 
-KAFKA_CLUSTER = "heater-kafka"
 KAFKA_BOOTSTRAP = f"{KAFKA_CLUSTER}-kafka-bootstrap.{NAMESPACE}.svc:9093"
 KAFKA_TLS_PORT = 9093
 VAULT_PORT = 8200
@@ -30,8 +30,6 @@ HAP_PORT = 51826
 CA_ISSUER = "heater-ca"
 
 RUN_DIR = "/var/lib/heater"
-KAFKA_CA_DIR = "/etc/heater/kafka-ca"
-KAFKA_USER_DIR = "/etc/heater/kafka-user"
 TLS_DIR = "/etc/heater/tls"
 CONFIG_DIR = "/etc/heater/config"
 VAULT_TOKEN_DIR = "/vault/token"

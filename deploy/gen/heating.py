@@ -9,16 +9,11 @@ from __future__ import annotations
 
 from typing import Any
 
-from deploy.gen.common import (IMAGE, KAFKA_CA_DIR, KAFKA_CLUSTER, KAFKA_USER_DIR, NAME_LABEL, NAMESPACE,
-                               dns_egress, kafka_egress, meta)
-from streams.heating.k8s import CONTAINER, JOB_ID_LABEL, JobTemplate, job_manifest
+from deploy.gen.common import IMAGE, NAME_LABEL, NAMESPACE, dns_egress, kafka_egress, meta
+from streams.heating.k8s import CONTAINER, JOB_ID_LABEL, job_manifest, production_template
 
-TEMPLATE = JobTemplate(
-    image=IMAGE, namespace=NAMESPACE,
-    env={"HEATER_SERVICE_IDENTITY": f"CN={CONTAINER}", "HEATER_BROKER_SSL_CERTFILE": f"{KAFKA_USER_DIR}/user.crt",
-         "HEATER_BROKER_SSL_KEYFILE": f"{KAFKA_USER_DIR}/user.key"},
-    secrets={CONTAINER: KAFKA_USER_DIR, f"{KAFKA_CLUSTER}-cluster-ca-cert": KAFKA_CA_DIR},
-)
+#: The bridge's controller builds its Jobs from the same template, with its own pod's image.
+TEMPLATE = production_template(IMAGE, NAMESPACE)
 SCHEDULE = "30 5 * * *"
 SCHEDULED_TARGET_C = 45.0
 PLACEHOLDER_ID = "scheduled"

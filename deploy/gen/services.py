@@ -13,7 +13,8 @@ from deploy.gen import vault
 from deploy.gen.common import (
     CA_ISSUER, CONFIG_DIR, HAP_PORT, IMAGE, KAFKA_CA_DIR, KAFKA_CLUSTER, KAFKA_USER_DIR,
     NAME_LABEL, NAMESPACE, PART_OF, PART_OF_LABEL, PROMETHEUS_NAMESPACE, RUN_DIR, STAGE_LABEL, TLS_DIR, VAULT_PORT,
-    VAULT_IMAGE, VAULT_TOKEN_DIR, WAIT_IMAGE, WEB_PORT, dns_egress, kafka_egress, labels, meta, services,
+    VAULT_IMAGE, VAULT_TOKEN_DIR, WAIT_IMAGE, WEB_PORT, WORKER_CONTAINER, dns_egress, kafka_egress, labels, meta,
+    services,
 )
 from heater import catalogue
 from streams import topology
@@ -29,15 +30,18 @@ WAIT_SCRIPT = (
     "done\n"
 )
 
-#: Kubernetes API rights: the registry discovers the platform's pods; the bridge's heating controller runs Jobs.
+#: Kubernetes API rights: the registry discovers the platform's pods; the bridge's heating controller runs
+#: Jobs (create, follow, delete to stop one), reads its own pod for the image, lists a failed Job's pods.
 API_RULES: dict[str, list[dict[str, Any]]] = {
     "registry": [{"apiGroups": [""], "resources": ["pods"], "verbs": ["get", "list"]}],
     "homekit": [
-        {"apiGroups": ["batch"], "resources": ["jobs"], "verbs": ["create", "get", "list"]},
+        {"apiGroups": ["batch"], "resources": ["jobs"], "verbs": ["create", "get", "list", "delete"]},
         {"apiGroups": ["batch"], "resources": ["jobs/status"], "verbs": ["get"]},
-        {"apiGroups": [""], "resources": ["pods"], "verbs": ["list"]},
+        {"apiGroups": [""], "resources": ["pods"], "verbs": ["get", "list"]},
     ],
 }
+#: Values from the Downward API, per service: the bridge names its own pod to read its image.
+FIELD_ENV: dict[str, dict[str, str]] = {"homekit": {"HEATER_POD_NAME": "metadata.name"}}
 
 #: Requests and memory limits sized for a Raspberry Pi CM5 (4 cores, 4–8 GB shared with Kafka).
 #: No CPU limits: throttling a service on the FATAL path would only slow the power cut.
@@ -156,7 +160,8 @@ def env(name: str) -> list[dict[str, Any]]:
               "HEATER_BROKER_SSL_KEYFILE": f"{KAFKA_USER_DIR}/user.key", **EXTRA_ENV.get(name, {})}
     if name in vault.SERVICE_GRANTS:
         values["HEATER_VAULT_TOKEN_FILE"] = vault.TOKEN_FILE
-    return [{"name": k, "value": v} for k, v in sorted(values.items())]
+    fields = {k: {"valueFrom": {"fieldRef": {"fieldPath": path}}} for k, path in FIELD_ENV.get(name, {}).items()}
+    return [{"name": k, **({"value": values[k]} if k in values else fields[k])} for k in sorted({*values, *fields})]
 
 
 def volumes(name: str) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
@@ -228,7 +233,7 @@ def deployment(component: catalogue.Component) -> dict[str, Any]:
     vols, mounts = volumes(name)
     pod_labels = {**labels(name, "service"), STAGE_LABEL: str(component.stage)}
     container = {
-        "name": "worker",
+        "name": WORKER_CONTAINER,
         "image": IMAGE,
         "command": ["heater", "worker", name],
         "ports": ports(name),

@@ -7,6 +7,11 @@ the Job on exit code 1 (heating failed) or 3 (FATAL: stay down) so neither a new
 nor a count against a backoff limit can ever start the burner again by itself.
 The outcome is read back from the Job's conditions (``Complete`` / ``Failed``) and the
 pod's terminated container (its exit code).
+
+In production the controller lives in the HomeKit bridge's pod and builds its Jobs from
+:func:`production_template` — the template ``deploy/gen`` renders the scheduled CronJob
+from — with the image of its own pod (:func:`own_image`), so a Job runs exactly the image
+the overlay deployed, whatever registry or tag it names.
 """
 
 from __future__ import annotations
@@ -16,10 +21,12 @@ import logging
 from dataclasses import dataclass, field
 from typing import Any
 
+import aiohttp
 from kubernetes.aio import client as k8s
 from kubernetes.aio.client.exceptions import ApiException
 
 from streams.heating.launch import JobEnd, LaunchError, job_args
+from streams.settings import Settings, SettingsError
 
 log = logging.getLogger(__name__)
 
@@ -29,6 +36,14 @@ JOB_ID_LABEL = "heater.local/job-id"
 JOB_NAME_LABEL = "batch.kubernetes.io/job-name"
 #: Exit codes after which the Job fails at once (streams.exitcodes HEATING_FAILED, STAY_DOWN).
 FAIL_JOB_EXIT_CODES = (1, 3)
+#: How long the bridge waits at start-up for the API server to show its own pod.
+API_TIMEOUT_S = 10.0
+#: The long-running container of every platform pod (``deploy/gen`` names it so).
+WORKER_CONTAINER = "worker"
+#: Where production pods find their Kafka client certificate (Strimzi's KafkaUser Secret) and the cluster CA.
+KAFKA_CLUSTER = "heater-kafka"
+KAFKA_USER_DIR = "/etc/heater/kafka-user"
+KAFKA_CA_DIR = "/etc/heater/kafka-ca"
 
 
 @dataclass(frozen=True)
@@ -48,6 +63,16 @@ class JobTemplate:
     #: Secrets mounted read-only, secret name → path: the job's Kafka client certificate and
     #: the cluster's CA (the production profile connects with TLS client authentication).
     secrets: dict[str, str] = field(default_factory=dict)
+
+
+def production_template(image: str, namespace: str) -> JobTemplate:
+    """The production heating Job: its own Kafka user and identity, the cluster CA (the CronJob's too)."""
+    return JobTemplate(
+        image=image, namespace=namespace,
+        env={"HEATER_SERVICE_IDENTITY": f"CN={CONTAINER}", "HEATER_BROKER_SSL_CERTFILE": f"{KAFKA_USER_DIR}/user.crt",
+             "HEATER_BROKER_SSL_KEYFILE": f"{KAFKA_USER_DIR}/user.key"},
+        secrets={CONTAINER: KAFKA_USER_DIR, f"{KAFKA_CLUSTER}-cluster-ca-cert": KAFKA_CA_DIR},
+    )
 
 
 def volume_name(secret: str) -> str:
@@ -162,6 +187,16 @@ class KubernetesLauncher:
             if terminal(job) is None
         ]
 
+    async def terminate(self, job_id: str) -> None:
+        """Delete the Job in the foreground: its pod gets SIGTERM (the job closes the gas on the way
+        out), and the Job stays listed — counted as running — until that pod is gone."""
+        try:
+            await self.batch.delete_namespaced_job(job_name(job_id), self.namespace, propagation_policy="Foreground")
+        except ApiException as exc:
+            if exc.status != 404:  # already gone: nothing left to stop
+                raise LaunchError(f"the API server refused to delete Job {job_name(job_id)}: {exc.status} {exc.reason}") from exc
+        log.info("heating Job %s/%s deleted (stop requested)", self.namespace, job_name(job_id))
+
     async def wait(self, job_id: str) -> JobEnd:
         name = job_name(job_id)
         while True:
@@ -190,6 +225,40 @@ class KubernetesLauncher:
                 if status.name == CONTAINER and terminated is not None:
                     return JobEnd(terminated.exit_code, why)
         return JobEnd(None, why)
+
+
+async def own_image(api: k8s.ApiClient, namespace: str, pod: str) -> str:
+    """The image of this pod's worker container (one image runs every service and the heating job)."""
+    try:
+        found = await asyncio.wait_for(k8s.CoreV1Api(api).read_namespaced_pod(pod, namespace), API_TIMEOUT_S)
+    except ApiException as exc:
+        raise LaunchError(f"cannot read this pod {namespace}/{pod} for its image: {exc.status} {exc.reason}") from exc
+    except (OSError, asyncio.TimeoutError, aiohttp.ClientError) as exc:
+        raise LaunchError(f"the API server did not answer for pod {namespace}/{pod}: {exc!r}") from exc
+    for container in found.spec.containers:
+        if container.name == WORKER_CONTAINER:
+            return str(container.image)
+    raise LaunchError(f"pod {namespace}/{pod} has no {WORKER_CONTAINER!r} container to take the image from")
+
+
+async def production_launcher(settings: Settings, api: k8s.ApiClient | None = None) -> KubernetesLauncher:
+    """Heating Jobs on the API server (the pod's service account unless ``api`` is given), with this pod's image.
+
+    Raises :class:`SettingsError` without ``HEATER_POD_NAME`` and :class:`LaunchError` when the
+    API server cannot be reached or refuses: the bridge does not start without its way to heat.
+    """
+    if not settings.pod_name:
+        raise SettingsError("HEATER_POD_NAME is not set: the Deployment passes the pod's name (Downward API metadata.name)")
+    if api is None:
+        from kubernetes.aio.config.config_exception import ConfigException
+
+        try:
+            api = incluster_client()
+        except ConfigException as exc:
+            raise LaunchError(f"no in-cluster Kubernetes configuration: {exc}") from exc
+    image = await own_image(api, settings.namespace, settings.pod_name)
+    log.info("heating Jobs will run image %s in namespace %s", image, settings.namespace)
+    return KubernetesLauncher(api, production_template(image, settings.namespace))
 
 
 def incluster_client() -> k8s.ApiClient:

@@ -4,6 +4,7 @@ A launcher starts one job process, reports whether jobs are still running (so "a
 most one" holds across a controller restart where it can), and waits for a job's
 exit code. The local launcher runs ``python -m streams.heating`` as a child process;
 :mod:`streams.heating.k8s` creates a Kubernetes Job running the same command.
+:func:`launcher_for` picks one by the settings' profile.
 """
 
 from __future__ import annotations
@@ -16,6 +17,8 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Mapping, Protocol
+
+from streams.settings import Settings
 
 log = logging.getLogger(__name__)
 
@@ -40,6 +43,17 @@ class Launcher(Protocol):
     async def wait(self, job_id: str) -> JobEnd: ...
 
     async def running(self) -> list[str]: ...
+
+    async def terminate(self, job_id: str) -> None: ...
+
+
+async def launcher_for(settings: Settings, log_dir: Path | None = None) -> Launcher:
+    """Child processes under the local profile; Kubernetes Jobs in production, where a pod starts no job itself."""
+    if settings.profile == "local":
+        return LocalLauncher(env={"HEATER_COMPONENT": "heating-job"}, log_dir=log_dir)
+    from streams.heating.k8s import production_launcher
+
+    return await production_launcher(settings)
 
 
 def job_args(job_id: str, target_c: float) -> list[str]:
@@ -91,7 +105,7 @@ class LocalLauncher:
     async def running(self) -> list[str]:
         return [job_id for job_id, proc in self._procs.items() if proc.returncode is None]
 
-    def terminate(self, job_id: str) -> None:
+    async def terminate(self, job_id: str) -> None:
         """SIGTERM one job (it closes the gas on the way out)."""
         proc = self._procs.get(job_id)
         if proc is not None and proc.returncode is None:

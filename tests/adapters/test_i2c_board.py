@@ -16,7 +16,7 @@ from typing import Iterator
 import pytest
 
 from adapters.i2c import registers as r
-from adapters.i2c.board import BoardError, RelayBoard, WrongDevice, backend_for
+from adapters.i2c.board import BoardError, RelayBoard, WrongDevice, backend_for, group_hint
 from simulator import client
 from tests.simulator.conftest import SimProcess, start_simulator
 
@@ -214,3 +214,12 @@ def test_backend_chosen_by_bus_name(bus: str, expected: tuple[str, object]) -> N
 def test_unknown_bus_names_refused(bus: str) -> None:
     with pytest.raises(ValueError):
         backend_for(bus)
+
+
+def test_a_device_the_adapter_may_not_open_names_the_group_the_pod_needs() -> None:
+    """The relay board's gid differs between OS images: the adapter's start-up error says which one to set."""
+    wrong = group_hint("/dev/i2c-1", 994, [10001, 998])
+    assert "group 994" in wrong and "[998, 10001]" in wrong and "supplementalGroups" in wrong
+    assert "deploy/overlays/pi/i2c.yaml" in wrong
+    mode = group_hint("/dev/i2c-1", 998, [10001, 998])
+    assert "supplementalGroups" not in mode and "ls -l /dev/i2c-1" in mode

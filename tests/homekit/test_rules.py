@@ -159,3 +159,45 @@ def test_exception_counts_are_exceptionservers_totals() -> None:
     rows = {"bank": SenderStats("bank", True, 2).__dict__, "?x": SenderStats("x", False, 1).__dict__}
     assert exception_counts(rows) == {"total": 3, "unknown_senders": 1, "services": {"bank": 2, "?x": 1}}
     assert exception_counts(None) is None
+
+
+def bridge_env(tmp_path: Path, **values: str) -> dict[str, str]:
+    return {"HEATER_RUN_DIR": str(tmp_path), "HEATER_HOMEKIT_FEED_URL": "ws://127.0.0.1:1/homekit/feed",
+            **{f"HEATER_HOMEKIT_{k.upper()}": v for k, v in values.items()}}
+
+
+async def test_the_bridge_listens_on_its_address_and_announces_the_advertised_one(tmp_path: Path) -> None:
+    """In a pod on the node's network: HAP listens on every interface, mDNS names the node's LAN address."""
+    import asyncio
+
+    from pyhap.accessory import Bridge
+
+    from heater.runtime.processes import free_port
+    from homekit.config import BridgeSettings
+    from homekit.service import hap_driver
+
+    port = free_port()
+    config = BridgeSettings.from_env(bridge_env(tmp_path, address="127.0.0.1", advertised_address="192.0.2.7",
+                                                port=str(port), state_dir=str(tmp_path / "hk")))
+    config.state_dir.mkdir()
+    driver = hap_driver(config, "031-45-154", asyncio.get_running_loop())
+    driver.add_accessory(Bridge(driver, "Heater"))
+    await driver.async_start()
+    try:
+        info = driver.mdns_service_info
+        assert (info.parsed_addresses(), info.port) == (["192.0.2.7"], port)  # what a phone is told
+        _, writer = await asyncio.wait_for(asyncio.open_connection("127.0.0.1", port), 5)  # where HAP listens
+        writer.close()
+    finally:
+        await driver.async_stop()
+
+
+def test_a_bind_everywhere_address_is_never_announced(tmp_path: Path) -> None:
+    from homekit.config import BridgeSettings
+    from streams.settings import SettingsError
+
+    with pytest.raises(SettingsError, match="HEATER_HOMEKIT_ADVERTISED_ADDRESS"):
+        BridgeSettings.from_env(bridge_env(tmp_path, address="0.0.0.0", mdns="all"))
+    config = BridgeSettings.from_env(bridge_env(tmp_path, address="0.0.0.0", mdns="all", advertised_address="192.0.2.7"))
+    assert (config.address, config.advertised_address) == ("0.0.0.0", "192.0.2.7")
+    assert BridgeSettings.from_env(bridge_env(tmp_path, address="127.0.0.1")).advertised_address == "127.0.0.1"

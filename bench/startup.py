@@ -3,7 +3,8 @@
 * one worker (the alarm service): process start → ready, with the local profile vs
   Faust's defaults (the production profile, plain ``kafka://``) on the same broker;
 * the whole platform (`heater up`'s start sequence): start → every component ready,
-  then resident memory and idle CPU of every process (broker and Vault included).
+  then resident memory and idle CPU of every process (broker and Vault included), and
+  the time its stop takes.
 
 Ends with one JSON line. Run: ``python bench/startup.py``.
 """
@@ -63,13 +64,17 @@ def main() -> None:
                 if pct >= 0.5:
                     print(f"  {pct:5.1f} %  {label}", flush=True)
         finally:
+            stopping = time.monotonic()
             platform.stop()
+            stop_s = time.monotonic() - stopping
+            print(f"platform stopped in {stop_s:.2f} s", flush=True)
 
     print(
         json.dumps(
             {
                 "worker_ready_s": round(statistics.median(local), 3),
                 "ready_s": round(ready, 3),
+                "stop_s": round(stop_s, 3),
                 "rss_mb": round(memory, 1),
                 "idle_cpu_pct": round(cpu, 1),
                 "processes": len(pids),

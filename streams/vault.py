@@ -2,8 +2,9 @@
 
 Secrets come only from Vault. A service logs in with its own AppRole (role_id and
 secret_id from files whose paths are in the settings) and gets a token limited to its
-own paths (:mod:`streams.vault_policies`); none of them is ever in the repo, a log or a topic. hvac is blocking, so calls run in a
-thread with a timeout; a Vault that does not answer is a clear ``VaultUnavailable``.
+own paths (:mod:`streams.vault_policies`); none of them is ever in the repo, a log or a
+topic. hvac is blocking, so calls run in a thread with a timeout; a Vault that does not
+answer is a clear ``VaultUnavailable``.
 """
 
 from __future__ import annotations
@@ -81,31 +82,32 @@ class AppRoleAdapter(hvac.adapters.JSONAdapter):
     def request(self, method: str, url: str, *args: Any, **kwargs: Any) -> Any:
         if url.rstrip("/").endswith(f"auth/{APPROLE_MOUNT}/login"):
             return super().request(method, url, *args, **kwargs)
-        used = self._logged_in(force=False)
+        token = self._current()
         try:
             return super().request(method, url, *args, **kwargs)
         except hvac.exceptions.Forbidden:
-            if self._logged_in(force=True, stale=used) == used:
+            if self._current(refused=token) == token:
                 raise
-            return super().request(method, url, *args, **kwargs)
+            return super().request(method, url, *args, **kwargs)  # with the token of a fresh login
 
-    def _logged_in(self, force: bool, stale: str | None = None) -> str:
-        """The token to use: logs in when there is none, it is due, or ``stale`` was refused."""
+    def _current(self, refused: str | None = None) -> str:
+        """The token to use: a fresh login when there is none, it is due, or Vault refused it."""
         with self._lock:
-            due = self.token is None or time.monotonic() >= self._renew_at
-            if not due and not (force and self.token == stale):
-                return self.token
-            self.token = None
-            role_id, secret_id = (_read_secret(path) for path in self.credentials)
-            try:
-                answer = self.login(f"/v1/auth/{APPROLE_MOUNT}/login", json={"role_id": role_id, "secret_id": secret_id})
-            except (hvac.exceptions.InvalidRequest, hvac.exceptions.Forbidden) as exc:
-                raise VaultUnavailable(f"Vault refused the AppRole login of {self.credentials[0]}: "
-                                       f"{type(exc).__name__}") from None
-            ttl = float(answer["auth"]["lease_duration"] or 0)
-            self._renew_at = time.monotonic() + self.RENEW_AT * ttl if ttl else float("inf")
-            log.info("logged in to Vault with the AppRole in %s (token TTL %.0f s)", self.credentials[0], ttl)
+            if self.token is None or self.token == refused or time.monotonic() >= self._renew_at:
+                self._login()
             return self.token
+
+    def _login(self) -> None:
+        self.token = None
+        role_id, secret_id = (_read_secret(path) for path in self.credentials)
+        try:
+            answer = self.login(f"/v1/auth/{APPROLE_MOUNT}/login", json={"role_id": role_id, "secret_id": secret_id})
+        except (hvac.exceptions.InvalidRequest, hvac.exceptions.Forbidden) as exc:
+            raise VaultUnavailable(f"Vault refused the AppRole login with {self.credentials[0]}: "
+                                   f"{type(exc).__name__}") from None
+        ttl = float(answer["auth"]["lease_duration"] or 0)
+        self._renew_at = time.monotonic() + self.RENEW_AT * ttl if ttl else float("inf")
+        log.info("logged in to Vault with the AppRole in %s (token TTL %.0f s)", self.credentials[0].parent, ttl)
 
 
 def _read_secret(path: Path) -> str:

@@ -156,8 +156,8 @@ def provision_identity(vault: hvac.Client, addr: str, audience: str = "heater") 
     An RS256 key; one OIDC role per platform role whose template puts the role
     (``heater_role``) and the entity's name (``name``) in the token, ``aud`` = ``audience``;
     one policy per role allowing to read its token and those of lower roles; and a token role
-    that binds a new Vault token to a named entity (how ``heater login`` and the services get
-    an identity on the local platform). The issuer is ``ADDR/v1/identity/oidc``; the keys are
+    that binds a new Vault token to a named entity (how ``heater login`` gets an identity on
+    the local platform; services are theirs through their AppRole, :func:`provision_services`). The issuer is ``ADDR/v1/identity/oidc``; the keys are
     published at ``.../.well-known/keys``.
     """
     vault.write("identity/oidc/config", issuer=addr)

@@ -53,10 +53,8 @@ def vault_client(settings: Settings) -> hvac.Client:
 
 @functools.lru_cache(maxsize=8)
 def _approle_client(addr: str, role_id_file: Path, secret_id_file: Path) -> hvac.Client:
-    client = hvac.Client(url=addr, timeout=TIMEOUT_S)
-    adapter = AppRoleAdapter.from_adapter(client.adapter)
-    adapter.credentials = (role_id_file, secret_id_file)
-    client.adapter = adapter
+    client = hvac.Client(url=addr, timeout=TIMEOUT_S, adapter=AppRoleAdapter, credentials=(role_id_file, secret_id_file))
+    client.token = None  # never one from the environment (VAULT_TOKEN, ~/.vault-token): its own login only
     return client
 
 
@@ -72,10 +70,10 @@ class AppRoleAdapter(hvac.adapters.JSONAdapter):
     """
 
     RENEW_AT = 2 / 3
-    credentials: tuple[Path, Path]
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
+    def __init__(self, *args: Any, credentials: tuple[Path, Path], **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
+        self.credentials = credentials
         self._lock = threading.Lock()
         self._renew_at = 0.0
 

@@ -25,7 +25,7 @@ from streams.allowlist import read_allowlist
 from streams.settings import Settings
 from streams.vault import RESET_SIGNING_KEY, vault_client
 from streams.vault_policies import GRANTS, SERVICE_GRANTS
-from tests.support import ServiceProcess, metric
+from tests.support import ServiceProcess, metric, wait_for
 
 PAYLOAD = base64.b64encode(b"reset record").decode()
 
@@ -189,3 +189,11 @@ def test_no_secret_in_a_service_log(own_broker: EmbeddedBroker, run_dir: Path) -
     prefix = sample.token.split(".", 1)[0] + "." if "." in sample.token[:5] else sample.token[:2]
     assert not re.search(re.escape(prefix) + r"[A-Za-z0-9]{20,}", log), "a Vault token"
     assert not re.search(r"eyJ[\w-]{10,}\.eyJ[\w-]{10,}", log), "an API token"
+
+
+def test_the_vault_log_shows_no_root_token(vault: EmbeddedVault) -> None:
+    """Dev mode prints its root token and unseal key in a banner once it is up; the log shows neither."""
+    log = wait_for(lambda: (text := vault.process.log_path.read_text(errors="replace")) and "Root Token:" in text and text,
+                   15, 0.2, "the dev server's banner")
+    assert "Root Token: (not shown)" in log and "Unseal Key: (not shown)" in log
+    assert vault.token not in log

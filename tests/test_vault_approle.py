@@ -53,7 +53,8 @@ NEVER: dict[str, Callable[[hvac.Client], Any]] = {
     "write a policy": lambda c: c.sys.create_or_update_policy("heater-registry", 'path "*" { capabilities = ["sudo", "read"] }'),
     "create a token": lambda c: c.auth.token.create(policies=["default"], ttl="1m"),
     "an operator's API token": lambda c: c.read("identity/oidc/token/heater-operator"),
-    "another secret": lambda c: c.secrets.kv.v2.read_secret_version(path="heater/other", mount_point="secret"),
+    "another secret": lambda c: c.secrets.kv.v2.read_secret_version(
+        path="heater/other", mount_point="secret", raise_on_deleted_version=True),
     "the AppRole of another service": lambda c: c.read("auth/approle/role/alarms/role-id"),
 }
 

@@ -81,8 +81,7 @@ def start_adapter(run_dir: Path, broker: EmbeddedBroker, channel: str, vault: Em
     port = free_port()
     env = {
         **os.environ,
-        "HEATER_VAULT_ADDR": vault.addr,
-        "HEATER_VAULT_TOKEN_FILE": str(vault.token_file),
+        **vault.service_env("can"),
         "PYTHONPATH": str(ROOT),
         "HEATER_PROFILE": "local",
         "HEATER_BROKER_URL": broker.url,
@@ -112,11 +111,9 @@ def start_adapter(run_dir: Path, broker: EmbeddedBroker, channel: str, vault: Em
 
 def viewer_token(vault: EmbeddedVault) -> str:
     """An API token with the viewer role, issued by ``vault`` to the entity ``bench``."""
-    import hvac
-
     from streams.vault import issue_api_token
 
-    return issue_api_token(hvac.Client(url=vault.addr, token=vault.token), "bench", "viewer")
+    return issue_api_token(vault.admin(), "bench", "viewer")
 
 
 def get_json(url: str, token: str) -> dict[str, Any]:

@@ -76,7 +76,6 @@ from typing import Any, Callable, Iterable, Mapping, TypeVar
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-import hvac  # noqa: E402
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer  # noqa: E402
 
 from heater.probes import http_json  # noqa: E402
@@ -149,16 +148,18 @@ def view(url: str, timeout: float = 5.0) -> dict[str, Any] | None:
 class Service:
     """One service under ``ServiceProcess``, restartable on the same data directory."""
 
-    def __init__(self, name: str, broker_url: str, run_dir: Path, extra_env: Mapping[str, str] | None = None) -> None:
+    def __init__(self, name: str, broker_url: str, run_dir: Path, extra_env: Mapping[str, str] | None = None,
+                 vault: EmbeddedVault | None = None) -> None:
         self.name = name
         self.broker_url = broker_url
         self.run_dir = run_dir
         self.extra_env = dict(extra_env or {})
+        self.vault = vault
         self.proc: ServiceProcess | None = None
         self.kills: list[int] = []  # exit codes of the kills
 
     def start(self) -> "Service":
-        self.proc = ServiceProcess(self.name, self.broker_url, self.run_dir, self.extra_env).start()
+        self.proc = ServiceProcess(self.name, self.broker_url, self.run_dir, self.extra_env, vault=self.vault).start()
         return self
 
     @property
@@ -494,12 +495,12 @@ class Bench:
         self.results: list[dict[str, Any]] = []
         self.errors: list[str] = []
 
-    def vault_env(self) -> dict[str, str]:
+    def shared_vault(self) -> EmbeddedVault:
         """Every service's Vault: AlarmsServer's signing key, and the keys all verify API tokens with."""
         if self.vault is None:
             self.vault = EmbeddedVault(self.root / "vault").start()
-            TOKEN[:] = [issue_api_token(hvac.Client(url=self.vault.addr, token=self.vault.token), "bench", "viewer")]
-        return {"HEATER_VAULT_ADDR": self.vault.addr, "HEATER_VAULT_TOKEN_FILE": str(self.vault.token_file)}
+            TOKEN[:] = [issue_api_token(self.vault.admin(), "bench", "viewer")]
+        return self.vault
 
     def close(self) -> None:
         if self.vault is not None:
@@ -527,7 +528,7 @@ class Bench:
 
     def service(self, name: str, broker: EmbeddedBroker, run_dir: Path, scope: Scope,
                 env: Mapping[str, str] | None = None) -> Service:
-        svc = Service(name, broker.url, run_dir, {**self.vault_env(), **(env or {})})
+        svc = Service(name, broker.url, run_dir, env, vault=self.shared_vault())
         scope.services.append(svc)
         svc.start()
         svc.ready()
@@ -595,7 +596,7 @@ class Bench:
         readings, effects = bank_input(self.effects, seed, time.time() - 3600)
         expected = bank_history(effects)
         broker = self.broker(run_dir, scope)
-        alarms = self.service("alarms", broker, run_dir / "alarms", scope, self.vault_env())
+        alarms = self.service("alarms", broker, run_dir / "alarms", scope)
         bank = self.service("bank", broker, run_dir / "bank", scope, NO_STALENESS)
         wire = self.wire(broker, scope)
         progress(f"   bank: {len(readings)} readings, {len(effects)} effects, {len(expected)} occurrences expected")
@@ -654,7 +655,7 @@ class Bench:
         expected = {occ: (e.active, e.cleared_at) for occ, e in book.history.items()}
         effects = alarm_effects(book)
         broker = self.broker(run_dir, scope)
-        alarms = self.service("alarms", broker, run_dir / "alarms", scope, self.vault_env())
+        alarms = self.service("alarms", broker, run_dir / "alarms", scope)
         wire = self.wire(broker, scope)
         progress(f"   alarms: {len(events)} raises/clears, {effects} effects, {len(expected)} occurrences expected")
         size = min(ALARM_CHUNK, math.ceil(len(events) / 8))  # at least 8 chunks: room for the kills

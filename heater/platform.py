@@ -8,6 +8,7 @@ and leaves no process behind. Everything binds 127.0.0.1.
 from __future__ import annotations
 
 import logging
+import os
 import signal
 import sys
 import time
@@ -19,7 +20,7 @@ from heater.catalogue import COMPONENTS, Component, stages
 from heater.probes import HALTED, READY, probe
 from heater.rundir import Layout
 from heater.runtime.processes import ChildProcess, StartupTimeout, wait_until
-from heater.runtime.vault import new_token, provision, write_token
+from heater.runtime.vault import new_token, provision, without_vault_credentials, write_token
 from heater.supervision import Supervisor, write_config
 from streams.config_file import write_default
 
@@ -54,6 +55,7 @@ class Platform:
             "supervisord",
             [sys.executable, "-m", "supervisor.supervisord", "-n", "-c", str(self.layout.supervisor_conf)],
             self.layout.logs / "supervisord.out",
+            env=without_vault_credentials(os.environ),
         ).start()
         wait_until(lambda: self.supervisord.check_alive() and self.supervisor.running(), 15, "supervisord")
         for stage in stages():
@@ -79,7 +81,7 @@ class Platform:
 
     def _after_ready(self, component: Component) -> None:
         if component.name == "vault":
-            provision(self.layout.vault_addr, self.layout.vault_token_file.read_text().strip())
+            provision(self.layout.vault_addr, self.layout.vault_token_file.read_text().strip(), self.layout.secrets_dir)
 
     def stop(self) -> None:
         """Stop components in reverse start order (a stage's together), then supervisord."""

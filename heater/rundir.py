@@ -14,6 +14,7 @@ from pathlib import Path
 
 from heater.catalogue import COMPONENTS, EXTRA_PORTS
 from heater.runtime.processes import free_ports
+from heater.runtime.vault import approle_env
 
 DEFAULT_RUN_DIR = Path(".run")
 
@@ -56,8 +57,13 @@ class Layout:
         return self.run_dir / "supervisord.conf"
 
     @property
+    def secrets_dir(self) -> Path:
+        return self.run_dir / "secrets"
+
+    @property
     def vault_token_file(self) -> Path:
-        return self.run_dir / "secrets" / "vault-token"
+        """The dev Vault's root token: for provisioning and the operator's CLI, never for a service."""
+        return self.secrets_dir / "vault-token"
 
     @property
     def broker_bootstrap(self) -> str:
@@ -97,7 +103,7 @@ class Layout:
             "HEATER_RUN_DIR": str(self.run_dir),
             "HEATER_BROKER_URL": f"tansu://{self.broker_bootstrap}",
             "HEATER_VAULT_ADDR": self.vault_addr,
-            "HEATER_VAULT_TOKEN_FILE": str(self.vault_token_file),
+            **approle_env(self.secrets_dir, name),
             "HEATER_WEB_PORT": str(self.ports.get(name, 0)),
             "HEATER_COMPONENT": name,
             "HEATER_CAN_INTERFACE": "remote",

@@ -141,7 +141,7 @@ class BridgeService:
         self.watch.on_change.append(self._on_latch)
         self.watch.run_in_background()
         self._settle_phase()
-        self.feed = FeedClient(self.config.feed_url, self._on_state, self._on_down, ServiceToken(self.settings, SPEC.name))
+        self.feed = FeedClient(self.config.feed_url, self._on_state, self._on_down, ServiceToken(self.settings))
         tasks = [asyncio.ensure_future(self.feed.run()), asyncio.ensure_future(self._watch_backend()),
                  asyncio.ensure_future(self._beat())]
         await self._stop.wait()

@@ -40,6 +40,11 @@ class Settings:
     profile: str = "local"
     broker_url: str = "kafka://127.0.0.1:9092"
     vault_addr: str = "http://127.0.0.1:8200"
+    #: The service's AppRole credentials (files: a Kubernetes Secret's mount in production);
+    #: the service logs in with them and keeps its own Vault token (streams.vault).
+    vault_role_id_file: Path | None = None
+    vault_secret_id_file: Path | None = None
+    #: A Vault token a login agent keeps fresh in a file (production's Vault Agent sidecar).
     vault_token_file: Path | None = None
     run_dir: Path = Path(".run")
     web_host: str = "127.0.0.1"
@@ -116,7 +121,9 @@ class Settings:
             base,
             broker_url=env.get("HEATER_BROKER_URL", base.broker_url),
             vault_addr=env.get("HEATER_VAULT_ADDR", base.vault_addr),
-            vault_token_file=Path(token_file) if token_file else None,
+            vault_role_id_file=_path(env.get("HEATER_VAULT_ROLE_ID_FILE")),
+            vault_secret_id_file=_path(env.get("HEATER_VAULT_SECRET_ID_FILE")),
+            vault_token_file=_path(token_file),
             run_dir=Path(env.get("HEATER_RUN_DIR", str(base.run_dir))),
             web_host=env.get("HEATER_WEB_HOST", base.web_host),
             web_port=web_port,
@@ -138,6 +145,10 @@ class Settings:
             auth_issuer=env.get("HEATER_AUTH_ISSUER", ""),
             auth_audience=env.get("HEATER_AUTH_AUDIENCE", base.auth_audience),
         )
+
+
+def _path(value: str | None) -> Path | None:
+    return Path(value) if value else None
 
 
 def faust_options(settings: Settings, service: str, *, fast_path: bool = False) -> dict[str, Any]:

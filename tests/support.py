@@ -2,7 +2,7 @@
 
 The one way to start a broker and a Vault in tests is the session fixtures in
 ``conftest.py``; the one way to run a service is
-:class:`heater.runtime.services.ServiceProcess`.
+:class:`heater.runtime.services.ServiceProcess` (``vault=`` gives it its own AppRole there).
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
 from heater.runtime.services import ServiceProcess
 
-__all__ = ["ServiceProcess", "produce", "consume_until", "run", "wait_for", "metric", "post_json", "vault_env", "try_get"]
+__all__ = ["ServiceProcess", "produce", "consume_until", "run", "wait_for", "metric", "post_json", "try_get"]
 
 
 async def produce(bootstrap: str, topic: str, values: list[bytes], key: bytes | None = None) -> None:
@@ -126,11 +126,6 @@ def post_json(url: str, body: dict[str, Any], timeout: float = 5.0, token: str |
             return response.status, json.loads(response.read() or b"{}")
     except urllib.error.HTTPError as err:
         return err.code, json.loads(err.read() or b"{}")
-
-
-def vault_env(vault: Any) -> dict[str, str]:
-    """Environment that gives a service process the session Vault."""
-    return {"HEATER_VAULT_ADDR": vault.addr, "HEATER_VAULT_TOKEN_FILE": str(vault.token_file)}
 
 
 def try_get(url: str, token: str | None = None) -> tuple[int, Any] | None:

@@ -14,12 +14,12 @@ from heater.runtime.broker import EmbeddedBroker
 from heater.runtime.vault import EmbeddedVault
 from streams.alarm_book import AlarmBook
 from streams.records import Alarm, AlarmClear
-from tests.support import Occurrences, ServiceProcess, produce, run, vault_env, wait_for, wait_for_history
+from tests.support import Occurrences, ServiceProcess, produce, run, wait_for, wait_for_history
 
 
 @pytest.fixture
 def alarms(broker: EmbeddedBroker, vault: EmbeddedVault, run_dir: Path) -> Iterator[ServiceProcess]:
-    service = ServiceProcess("alarms", broker.url, run_dir, vault_env(vault)).start()
+    service = ServiceProcess("alarms", broker.url, run_dir, vault=vault).start()
     service.wait_ready()
     yield service
     service.stop()
@@ -107,7 +107,7 @@ def kill_9_under_load(broker: EmbeddedBroker, vault: EmbeddedVault, run_dir: Pat
     for event in events:
         expected.apply(event)
 
-    service = ServiceProcess("alarms", broker.url, run_dir, vault_env(vault)).start()
+    service = ServiceProcess("alarms", broker.url, run_dir, vault=vault).start()
     service.wait_ready()
     raises = [e.dumps() for e in events if isinstance(e, Alarm)]
     clears = [e.dumps() for e in events if isinstance(e, AlarmClear)]
@@ -127,7 +127,7 @@ def kill_9_under_load(broker: EmbeddedBroker, vault: EmbeddedVault, run_dir: Pat
 
     run(load())
     assert service.wait(10) == -9
-    restarted = ServiceProcess("alarms", broker.url, run_dir, vault_env(vault)).start()
+    restarted = ServiceProcess("alarms", broker.url, run_dir, vault=vault).start()
     recovery_s = restarted.wait_ready()
     try:
         want = {occ: (e.active, e.cleared_at) for occ, e in expected.history.items()}

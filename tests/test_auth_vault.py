@@ -16,7 +16,7 @@ from heater import credentials
 from heater.rundir import Layout
 from streams.auth import Role, TokenRefused, TokenVerifier
 from streams.settings import Settings
-from streams.vault import ServiceToken, _ensure_entity, VaultUnavailable, issue_api_token, read_api_token
+from streams.vault import ServiceToken, VaultUnavailable, ensure_entity, issue_api_token, read_api_token
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 
@@ -66,8 +66,9 @@ async def test_a_rotated_key_still_verifies_old_and_new_tokens(vault) -> None:  
 
 
 async def test_service_token_is_issued_once_and_reused(vault) -> None:  # type: ignore[no-untyped-def]
-    settings = Settings.from_env({"HEATER_VAULT_ADDR": vault.addr, "HEATER_VAULT_TOKEN_FILE": str(vault.token_file)})
-    source = ServiceToken(settings, "homekit")
+    """The bridge's own token comes with its AppRole, as its entity, with the viewer role it is allowed."""
+    settings = Settings.from_env(vault.service_env("homekit"))
+    source = ServiceToken(settings)
     first = await source()
     assert await source() == first
     assert (await verifier(vault).verify(first)).name == "svc-homekit"
@@ -94,7 +95,7 @@ async def test_heater_login_saves_a_private_token_for_the_other_commands(vault, 
 
 
 async def test_login_with_your_own_vault_token_gets_what_its_policies_allow(vault, tmp_path: Path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
-    _ensure_entity(admin(vault), "erin")  # people have named entities (e.g. from their OIDC or LDAP login)
+    ensure_entity(admin(vault), "erin")  # people have named entities (e.g. from their OIDC or LDAP login)
     child = admin(vault).write("auth/token/create/heater-identity", policies=["heater-viewer"],
                                entity_alias="erin", ttl="1m", no_default_policy=True)
     monkeypatch.setenv("VAULT_TOKEN", child["auth"]["client_token"])

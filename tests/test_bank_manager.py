@@ -19,7 +19,7 @@ from streams import exitcodes
 from streams.bank_rules import Bank, BankConfig
 from streams.heater_config import WATER_SENSORS, HeaterLimits
 from streams.records import SensorReading
-from tests.support import Occurrences, ServiceProcess, produce, run, try_get, vault_env, wait_for, wait_for_history
+from tests.support import Occurrences, ServiceProcess, produce, run, try_get, wait_for, wait_for_history
 from tests.test_bank_rules import history_of
 
 #: Staleness is judged on wall time by the timer; the replayed input is timestamped an hour
@@ -31,7 +31,7 @@ NO_STALENESS = {"HEATER_LIMIT_STALE_AFTER_S": "1000000"}
 def dedicated(tmp_path: Path, vault: EmbeddedVault) -> Iterator[tuple[EmbeddedBroker, ServiceProcess]]:
     """A broker of its own and AlarmsServer on it."""
     with EmbeddedBroker(tmp_path / "broker") as broker:
-        alarms = ServiceProcess("alarms", broker.url, tmp_path / "alarms", vault_env(vault)).start()
+        alarms = ServiceProcess("alarms", broker.url, tmp_path / "alarms", vault=vault).start()
         try:
             alarms.wait_ready(timeout=60)
             yield broker, alarms
@@ -99,7 +99,7 @@ def test_exactly_once_across_kill_9(dedicated: tuple[EmbeddedBroker, ServiceProc
     assert len(effects) >= 1000, "conditions toggle at least 1,000 times"
 
     run_dir = tmp_path / "bank"
-    bank = ServiceProcess("bank", broker.url, run_dir, {**NO_STALENESS, **vault_env(vault)}).start()
+    bank = ServiceProcess("bank", broker.url, run_dir, NO_STALENESS, vault=vault).start()
     try:
         ready_s = [bank.wait_ready(timeout=60)]
         chunks = [readings[i : i + 200] for i in range(0, len(readings), 200)]
@@ -114,7 +114,7 @@ def test_exactly_once_across_kill_9(dedicated: tuple[EmbeddedBroker, ServiceProc
             bank.kill()  # SIGKILL, mid-stream
             assert bank.wait(20) == -9
             kills.append({"after_chunk": index, "applied_readings": sum(1 for r in readings if r.received_at <= applied)})
-            bank = ServiceProcess("bank", broker.url, run_dir, {**NO_STALENESS, **vault_env(vault)}).start()  # same data directory
+            bank = ServiceProcess("bank", broker.url, run_dir, NO_STALENESS, vault=vault).start()  # same data directory
             ready_s.append(bank.wait_ready(timeout=60))
         last = readings[-1].received_at
         wait_for(lambda: processed_through(bank) >= last, timeout=90, interval=0.5, what="bank caught up")
@@ -136,7 +136,7 @@ def test_exactly_once_across_kill_9(dedicated: tuple[EmbeddedBroker, ServiceProc
 def test_stale_sensor_raises_on_the_timer_and_clears_on_data(dedicated: tuple[EmbeddedBroker, ServiceProcess], tmp_path: Path,
                                                              vault: EmbeddedVault) -> None:
     broker, alarms = dedicated
-    bank = ServiceProcess("bank", broker.url, tmp_path / "bank", vault_env(vault)).start()  # stale_after_s = 1.0
+    bank = ServiceProcess("bank", broker.url, tmp_path / "bank", vault=vault).start()  # stale_after_s = 1.0
     try:
         bank.wait_ready(timeout=60)
         last = time.time()
@@ -162,7 +162,7 @@ def test_stale_sensor_raises_on_the_timer_and_clears_on_data(dedicated: tuple[Em
 def test_fatal_over_temperature_stops_the_bank_for_good(dedicated: tuple[EmbeddedBroker, ServiceProcess], tmp_path: Path,
                                                         vault: EmbeddedVault) -> None:
     broker, alarms = dedicated
-    bank = ServiceProcess("bank", broker.url, tmp_path / "bank", vault_env(vault)).start()
+    bank = ServiceProcess("bank", broker.url, tmp_path / "bank", vault=vault).start()
     try:
         bank.wait_ready(timeout=60)
         t0 = time.time()
@@ -172,7 +172,7 @@ def test_fatal_over_temperature_stops_the_bank_for_good(dedicated: tuple[Embedde
         assert latch["alarm_id"].startswith("bank/overtemp-fatal/")
         codes = {a["alarm"]["code"] for a in history(alarms) if a["active"]}
         assert {"overtemp-warning", "overtemp-critical", "overtemp-fatal"} <= codes
-        restarted = ServiceProcess("bank", broker.url, tmp_path / "bank", vault_env(vault)).start()  # started while latched
+        restarted = ServiceProcess("bank", broker.url, tmp_path / "bank", vault=vault).start()  # started while latched
         try:
             status = wait_for(lambda: try_get(restarted.url + "/status", token=restarted.token("viewer")), timeout=30,
                               what="restarted bank answers")

@@ -14,12 +14,12 @@ from heater.runtime.broker import EmbeddedBroker
 from heater.runtime.vault import EmbeddedVault
 from streams.codec import MAX_MESSAGE_BYTES
 from streams.records import Alarm
-from tests.support import ServiceProcess, consume_until, metric, produce, run, vault_env, wait_for
+from tests.support import ServiceProcess, consume_until, metric, produce, run, wait_for
 
 
 @pytest.fixture
 def alarms(broker: EmbeddedBroker, vault: EmbeddedVault, run_dir: Path) -> Iterator[ServiceProcess]:
-    service = ServiceProcess("alarms", broker.url, run_dir, vault_env(vault)).start()  # its views verify the session Vault's tokens
+    service = ServiceProcess("alarms", broker.url, run_dir, vault=vault).start()  # its views verify the session Vault's tokens
     service.wait_ready()
     yield service
     service.stop()

@@ -360,7 +360,7 @@ def test_services_that_call_vault_have_a_role() -> None:
 
     for name, paths in SOURCES.items():
         text = "".join((ROOT / p).read_text() for p in paths)
-        calls = "vault_client" in text or "load_allowlist" in text
+        calls = any(use in text for use in ("vault_client", "load_allowlist", "ServiceToken"))
         assert calls == (name in vault.SERVICE_GRANTS), name
 
 

@@ -27,7 +27,7 @@ from streams.heater_config import HeaterLimits
 from streams.records import (
     HeatingJobState, PlatformLatch, RelayAction, RelayCommand, RelayState, SensorReading, alarm_id_for, occurrence_key,
 )
-from tests.support import ServiceProcess, consume_until, run, vault_env, wait_for
+from tests.support import ServiceProcess, consume_until, run, wait_for
 
 SENSORS = ("water.0", "water.1", "water.2")
 
@@ -79,7 +79,7 @@ def topic_size(broker: EmbeddedBroker, topic: str) -> int:
 
 def start_detector(broker: EmbeddedBroker, run_dir: Path, vault: EmbeddedVault) -> ServiceProcess:
     """A ready detector (verifying tokens of the session Vault); stopped again when it does not get ready."""
-    detector = ServiceProcess("disaster", broker.url, run_dir, vault_env(vault)).start()
+    detector = ServiceProcess("disaster", broker.url, run_dir, vault=vault).start()
     try:
         detector.wait_ready(timeout=60)
     except BaseException:
@@ -422,7 +422,7 @@ def test_exactly_once_across_kill_9(tmp_path: Path, vault: EmbeddedVault) -> Non
                 detector.kill()
                 assert detector.wait(20) == -9
                 kills.append(f"job {index} {phase} +{pause}s")
-                detector = ServiceProcess("disaster", broker.url, run_dir, vault_env(vault)).start()  # same data directory, not waited for
+                detector = ServiceProcess("disaster", broker.url, run_dir, vault=vault).start()  # same data directory, not waited for
 
             wire.put("relayState", [(b"pico", feed.relay.dumps())])
             wire.put("I2CHeating", [(b"valve", feed.command.dumps())])

@@ -24,7 +24,7 @@ from heater.runtime.broker import EmbeddedBroker
 from heater.runtime.processes import free_port
 from heater.runtime.vault import EmbeddedVault
 from streams.records import ExceptionReport
-from tests.support import ServiceProcess, consume_until, produce, run, vault_env, wait_for
+from tests.support import ServiceProcess, consume_until, produce, run, wait_for
 
 #: A real EdgeService process (the runtime of every adapter) whose body fails: first a
 #: callback raises inside the event loop (asyncio's exception handler sees it), then the
@@ -53,7 +53,7 @@ def own_broker(run_dir: Path) -> Iterator[EmbeddedBroker]:
 
 
 def start_server(broker: EmbeddedBroker, vault: EmbeddedVault, run_dir: Path) -> ServiceProcess:
-    server = ServiceProcess("exceptions", broker.url, run_dir, vault_env(vault)).start()
+    server = ServiceProcess("exceptions", broker.url, run_dir, vault=vault).start()
     server.wait_ready(60)
     return server
 
@@ -105,7 +105,7 @@ def test_exceptions_in_two_real_services_are_counted_separately(
 ) -> None:
     # A Faust service (HeaterService) whose start-up self-check fails: a bad limit in its environment.
     disaster = ServiceProcess("disaster", own_broker.url, run_dir,
-                              {**vault_env(vault), "HEATER_LIMIT_FATAL_C": "very hot"}).start()
+                              {"HEATER_LIMIT_FATAL_C": "very hot"}, vault=vault).start()
     assert disaster.wait(60) not in (0, None), "the disaster detector must not start with a bad limit"
     # An edge adapter's runtime (EdgeService) whose body fails, with a failing loop callback first.
     assert run_edge_probe("can", own_broker, run_dir) == 70
@@ -179,7 +179,7 @@ def test_malformed_reports_are_dead_lettered(own_broker: EmbeddedBroker, server:
 
 def test_vault_unreachable_at_start_is_a_clear_failure(broker: EmbeddedBroker, vault: EmbeddedVault, run_dir: Path) -> None:
     process = ServiceProcess("exceptions", broker.url, run_dir,
-                             {**vault_env(vault), "HEATER_VAULT_ADDR": f"http://127.0.0.1:{free_port()}"}).start()
+                             {"HEATER_VAULT_ADDR": f"http://127.0.0.1:{free_port()}"}, vault=vault).start()
     try:
         code = process.wait(60)
     finally:
@@ -212,7 +212,7 @@ def test_vault_away_at_run_time_keeps_the_last_allowed_list(own_broker: Embedded
 def start_supervised(broker: EmbeddedBroker, vault: EmbeddedVault, run_dir: Path, restarts: list[int]) -> ServiceProcess:
     """Start the server as the process manager does: a crash (any code but 0 and 3) is restarted."""
     while True:
-        process = ServiceProcess("exceptions", broker.url, run_dir, vault_env(vault)).start()
+        process = ServiceProcess("exceptions", broker.url, run_dir, vault=vault).start()
         try:
             process.wait_ready(60)
             return process

@@ -15,7 +15,7 @@ import pytest
 from heater.runtime.broker import EmbeddedBroker
 from heater.runtime.vault import EmbeddedVault
 from streams.records import Alarm, AlarmClear, OperatorReset
-from tests.support import ServiceProcess, consume_until, post_json, produce, run, vault_env, wait_for
+from tests.support import ServiceProcess, consume_until, post_json, produce, run, wait_for
 
 
 @pytest.fixture(scope="module")
@@ -26,7 +26,7 @@ def fatal_broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedB
 
 @pytest.fixture(scope="module")
 def alarms(fatal_broker: EmbeddedBroker, vault: EmbeddedVault, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServiceProcess]:
-    service = ServiceProcess("alarms", fatal_broker.url, tmp_path_factory.mktemp("alarms"), vault_env(vault)).start()
+    service = ServiceProcess("alarms", fatal_broker.url, tmp_path_factory.mktemp("alarms"), vault=vault).start()
     service.wait_ready()
     yield service
     service.stop()

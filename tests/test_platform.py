@@ -2,8 +2,9 @@
 
 On the way, every service is called with an API token from `heater login` (accepted, refused
 for a bad signature, refused for too low a role) and the status page is opened through a
-`heater dashboard` link; once the platform stopped, no log of the run holds the token, the
-link's ticket, the session cookie, or anything shaped like a JWT.
+`heater dashboard` link; every service runs without the Vault root token (its own AppRole at
+most); once the platform stopped, no log of the run holds the token, the link's ticket, the
+session cookie, the root token, a service's role_id or secret_id, or anything shaped like a JWT.
 """
 
 from __future__ import annotations
@@ -22,6 +23,8 @@ from pathlib import Path
 from heater import credentials
 from heater.probes import http_json
 from heater.rundir import Layout
+from heater.runtime.vault import approle_files
+from streams.vault_policies import SERVICE_GRANTS
 from tests.platform_view import SERVICES
 from tests.support import post_json, wait_for
 
@@ -67,7 +70,8 @@ def test_up_status_and_clean_stop(tmp_path: Path) -> None:
         assert all(c["port"] for c in names.values())
         human = heater(run_dir, "status")
         assert human.returncode == 0 and "READY" in human.stdout
-        secrets = use_the_api(run_dir)
+        secrets = {**use_the_api(run_dir), **vault_credentials(run_dir)}
+        assert_services_hold_no_root_token(run_dir, {c["name"]: c["pid"] for c in names.values()})
 
         supervisord_pid = int((run_dir / "supervisord.pid").read_text())
         up.send_signal(signal.SIGINT)
@@ -108,6 +112,25 @@ def use_the_api(run_dir: Path) -> dict[str, str]:
         assert page.status == 200 and "Heater platform" in page.read().decode()
     (session,) = [c.value for c in jar if c.name == "heater_session"]
     return {"token": token, "forged token": forged, "ticket": ticket, "session cookie": session}
+
+
+def vault_credentials(run_dir: Path) -> dict[str, str]:
+    """The root token and every service's AppRole credentials, by what they are."""
+    layout = Layout.load(run_dir)
+    found = {"Vault root token": layout.vault_token_file.read_text().strip()}
+    for name in SERVICE_GRANTS:
+        for path in approle_files(layout.secrets_dir, name):
+            found[f"{path.name} of {name}"] = path.read_text().strip()
+    return found
+
+
+def assert_services_hold_no_root_token(run_dir: Path, pids: dict[str, int]) -> None:
+    """Started the normal way (supervisord), a service's environment has its AppRole at most, never the root token."""
+    root = Layout.load(run_dir).vault_token_file.read_text().strip().encode()
+    for name in SERVICES:
+        environ = Path(f"/proc/{pids[name]}/environ").read_bytes()
+        assert root not in environ and b"HEATER_VAULT_TOKEN_FILE" not in environ, name
+        assert (b"HEATER_VAULT_SECRET_ID_FILE" in environ) == (name in SERVICE_GRANTS), name
 
 
 def assert_no_secret_logged(run_dir: Path, up_output: str, secrets: dict[str, str]) -> None:

@@ -18,7 +18,7 @@ from heater.runtime.broker import EmbeddedBroker
 from heater.runtime.vault import EmbeddedVault
 from streams.agents.registry import ALLOWLIST_REFRESH_S
 from streams.records import Heartbeat
-from tests.support import ServiceProcess, consume_until, produce, run, vault_env, wait_for
+from tests.support import ServiceProcess, consume_until, produce, run, wait_for
 
 ALARM_ID = b'"registry/vault-unavailable"'
 #: A refresh, its attempts and backoff, and the alarm's trip through the broker.
@@ -46,7 +46,7 @@ def test_vault_away_keeps_the_last_allowed_list_with_an_alarm_until_it_is_back(
     own_broker: EmbeddedBroker, run_dir: Path
 ) -> None:
     with EmbeddedVault(run_dir / "own-vault") as own_vault:
-        registry = ServiceProcess("registry", own_broker.url, run_dir, vault_env(own_vault)).start()
+        registry = ServiceProcess("registry", own_broker.url, run_dir, vault=own_vault).start()
         try:
             registry.wait_ready(60)
             allowed = registry.get("/registry")[1]["allowed"]

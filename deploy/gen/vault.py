@@ -1,7 +1,7 @@
 """Vault access per service: policies, Kubernetes auth roles and the agents that log in.
 
-Each service that talks to Vault gets a policy with only the paths it needs and a
-Kubernetes auth role bound to its service account; a Vault Agent sidecar logs in with
+Each service that talks to Vault gets a policy with only the paths it needs
+(:mod:`streams.vault_policies`, the same as on the local platform) and a Kubernetes auth role bound to its service account; a Vault Agent sidecar logs in with
 the pod's service-account token and keeps a Vault token in a memory volume, the file
 ``HEATER_VAULT_TOKEN_FILE`` names. No secret is written into a manifest: the setup
 script runs once inside the Vault pod, logged in by the operator.
@@ -14,30 +14,10 @@ from typing import Any
 from deploy.gen.common import NAME_LABEL, NAMESPACE, PART_OF, PART_OF_LABEL, TLS_DIR, VAULT_PORT, VAULT_TOKEN_DIR, meta
 from streams.allowlist import ALLOWLIST_PATH, MOUNT
 from streams.vault import RESET_SIGNING_KEY
-
-#: Grant name → (path, capabilities); paths come from the modules that use them.
-GRANTS: dict[str, tuple[str, tuple[str, ...]]] = {
-    "allowlist-read": (f"{MOUNT}/data/{ALLOWLIST_PATH}", ("read",)),
-    "reset-sign": (f"transit/sign/{RESET_SIGNING_KEY}", ("update",)),
-    "reset-verify": (f"transit/verify/{RESET_SIGNING_KEY}", ("update",)),
-}
-
-#: Service → the grants it needs (streams.allowlist: registry, exceptions; operator resets: alarms signs, both verify).
-SERVICE_GRANTS: dict[str, tuple[str, ...]] = {
-    "registry": ("allowlist-read",),
-    "exceptions": ("allowlist-read",),
-    "alarms": ("reset-sign", "reset-verify"),
-    "i2c": ("reset-verify",),
-}
+from streams.vault_policies import SERVICE_GRANTS, policy, policy_name  # the one list of who may do what
 
 VAULT_ADDR = f"https://vault.{NAMESPACE}.svc:{VAULT_PORT}"
 TOKEN_FILE = f"{VAULT_TOKEN_DIR}/token"
-
-
-def policy(service: str) -> str:
-    lines = [f'path "{GRANTS[g][0]}" {{ capabilities = {list(GRANTS[g][1])!r} }}'.replace("'", '"')
-             for g in SERVICE_GRANTS[service]]
-    return "\n".join(lines) + "\n"
 
 
 def setup_script(identities: dict[str, str]) -> str:
@@ -55,11 +35,11 @@ def setup_script(identities: dict[str, str]) -> str:
     ]
     for service in SERVICE_GRANTS:
         out += [
-            f"vault policy write heater-{service} - <<'HCL'",
+            f"vault policy write {policy_name(service)} - <<'HCL'",
             policy(service).rstrip("\n"),
             "HCL",
             f"vault write auth/kubernetes/role/{service} bound_service_account_names={service} "
-            f"bound_service_account_namespaces={NAMESPACE} token_policies=heater-{service} token_ttl=1h token_max_ttl=24h",
+            f"bound_service_account_namespaces={NAMESPACE} token_policies={policy_name(service)} token_ttl=1h token_max_ttl=24h",
         ]
     pairs = " ".join(f"{name}={identity}" for name, identity in identities.items())
     out.append(f"vault kv put {MOUNT}/{ALLOWLIST_PATH} {pairs}")

@@ -8,18 +8,24 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from heater.probes import http_json
 from heater.runtime.processes import free_port
+
+if TYPE_CHECKING:
+    from heater.runtime.vault import EmbeddedVault
 
 
 class ServiceProcess:
     """One platform service as a real process (`python -m heater worker NAME`)."""
 
-    def __init__(self, name: str, broker_url: str, run_dir: Path, extra_env: dict[str, str] | None = None) -> None:
-        """``extra_env`` overrides the local profile (e.g. ``HEATER_PROFILE=production``)."""
+    def __init__(self, name: str, broker_url: str, run_dir: Path, extra_env: dict[str, str] | None = None, *,
+                 vault: "EmbeddedVault | None" = None) -> None:
+        """``extra_env`` overrides the local profile (e.g. ``HEATER_PROFILE=production``); ``vault`` gives the
+        service its own AppRole there (never the root token, which only :meth:`token` uses, as the administrator)."""
         self.name = name
+        self.vault = vault
         self.port = free_port()
         self.run_dir = run_dir
         self.log_path = run_dir / "logs" / f"{name}-{self.port}.log"
@@ -29,6 +35,7 @@ class ServiceProcess:
             "HEATER_BROKER_URL": broker_url,
             "HEATER_RUN_DIR": str(run_dir),
             "HEATER_WEB_PORT": str(self.port),
+            **(vault.service_env(name) if vault is not None else {}),
             **(extra_env or {}),
         }
         self.proc: subprocess.Popen[bytes] | None = None
@@ -54,20 +61,21 @@ class ServiceProcess:
         return http_json(self.url + path, token=self.token())
 
     def token(self, role: str = "admin", name: str = "harness") -> str | None:
-        """An API token with ``role`` for the entity ``name``, from the Vault the service uses (None without one).
+        """An API token with ``role`` for the entity ``name``, from the service's Vault (None without one).
 
         Kept until a minute before it expires. The caller's name is who the services record
         (the operator of a reset, the author of a config change).
         """
         import jwt
 
-        from streams.settings import Settings
-        from streams.vault import VaultUnavailable, issue_api_token, vault_client
+        from streams.vault import VaultUnavailable, issue_api_token
 
+        if self.vault is None:
+            return None
         kept = self._tokens.get((name, role))
         if kept is None or kept[1] - 60 < time.time():
             try:
-                token = issue_api_token(vault_client(Settings.from_env(self.env)), name, role)
+                token = issue_api_token(self.vault.admin(), name, role)
             except VaultUnavailable:
                 return None
             kept = (token, float(jwt.decode(token, options={"verify_signature": False})["exp"]))

@@ -21,7 +21,7 @@ from heater.runtime.broker import EmbeddedBroker
 from heater.runtime.processes import free_port
 from heater.runtime.vault import EmbeddedVault
 from tests.simulator.conftest import SimProcess, start_simulator
-from tests.support import ServiceProcess, vault_env, wait_for
+from tests.support import ServiceProcess, wait_for
 
 CONTRACT_ENV = "HEATER_CAN_CONTRACT_CHANNEL"
 
@@ -70,7 +70,7 @@ class CanAdapterProcess(ServiceProcess):
     def __init__(self, broker: EmbeddedBroker, run_dir: Path, channel: str, vault: EmbeddedVault,
                  interface: str = "remote") -> None:
         super().__init__("can", broker.url, run_dir,
-                         {**vault_env(vault), "HEATER_CAN_INTERFACE": interface, "HEATER_CAN_CHANNEL": channel})
+                         {"HEATER_CAN_INTERFACE": interface, "HEATER_CAN_CHANNEL": channel}, vault=vault)
 
     def view(self) -> dict[str, Any]:
         """The adapter's ``/can`` view."""

@@ -31,7 +31,7 @@ from streams.operator_reset import issue_reset
 from streams.records import Alarm, OperatorReset, RelayCommand, RelayState, SensorReading, Severity
 from streams.vault import TransitSigner
 from tests.simulator.conftest import SimProcess, start_simulator
-from tests.support import ServiceProcess, consume_until, metric, metric_sum, post_json, produce, run, vault_env, wait_for
+from tests.support import ServiceProcess, consume_until, metric, metric_sum, post_json, produce, run, wait_for
 
 WINDOW_S = 0.5  # the simulator's default watchdog window
 LEASE_S = 1.5
@@ -43,8 +43,8 @@ TICK_S = 0.05
 class Adapter(ServiceProcess):
     """``python -m adapters.i2c`` on a free port (the lead wires ``heater worker i2c``)."""
 
-    def __init__(self, broker: EmbeddedBroker, run_dir: Path, bus: str, extra: dict[str, str] | None = None) -> None:
-        super().__init__("i2c", broker.url, run_dir, {"HEATER_I2C_BUS": bus, **(extra or {})})
+    def __init__(self, broker: EmbeddedBroker, run_dir: Path, bus: str, vault: EmbeddedVault | None = None) -> None:
+        super().__init__("i2c", broker.url, run_dir, {"HEATER_I2C_BUS": bus}, vault=vault)
 
     def start(self) -> "Adapter":
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
@@ -197,7 +197,7 @@ def ops_sim(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SimProcess]:
 @pytest.fixture
 def adapter(ops_broker: EmbeddedBroker, ops_sim: SimProcess, tmp_path: Path, vault: EmbeddedVault) -> Iterator[Adapter]:
     client.clear(ops_sim.control_port)
-    proc = Adapter(ops_broker, tmp_path, ops_sim.i2c_url, vault_env(vault)).start()  # its views verify the session Vault's tokens
+    proc = Adapter(ops_broker, tmp_path, ops_sim.i2c_url, vault).start()  # its views verify the session Vault's tokens
     proc.wait_ready()
     yield proc
     proc.stop()
@@ -380,7 +380,7 @@ def test_fatal_trips_the_pico_and_the_adapter_stays_down(
     fatal_broker: EmbeddedBroker, latch_sims: list[SimProcess], adapter_dir: Path, vault: EmbeddedVault
 ) -> None:
     sim = latch_sims[-1]
-    adapter = Adapter(fatal_broker, adapter_dir, sim.i2c_url, vault_env(vault)).start()
+    adapter = Adapter(fatal_broker, adapter_dir, sim.i2c_url, vault).start()
     adapter.wait_ready()
     with Feeder(fatal_broker.bootstrap) as feeder:
         ignite(feeder, sim, lease_s=5.0)
@@ -404,13 +404,13 @@ def test_the_trip_survives_restarts_and_a_wiped_broker(
     sim = start_simulator(latch_sims[-1].run_dir)
     latch_sims.append(sim)
     assert sim.state()["pico"]["trip_latched"], "the latch is in the board's NVRAM"
-    adapter = Adapter(wiped_broker, adapter_dir, sim.i2c_url, vault_env(vault)).start()
+    adapter = Adapter(wiped_broker, adapter_dir, sim.i2c_url, vault).start()
     assert adapter.wait(15) == exitcodes.STAY_DOWN, adapter.tail()
     seen = consume(wiped_broker.bootstrap, lambda got: any(a.alarm_id == "i2c/pico-tripped" for a in got))
     tripped = next(a for a in seen if a.alarm_id == "i2c/pico-tripped")
     assert tripped.severity is Severity.FATAL
     assert tripped.occurrence == f"trip-{sim.state()['pico']['trip_count'] % 256}", "the occurrence is the trip itself"
-    restarted = Adapter(wiped_broker, adapter_dir, sim.i2c_url, vault_env(vault)).start()
+    restarted = Adapter(wiped_broker, adapter_dir, sim.i2c_url, vault).start()
     try:
         restarted.wait_phase("halted")
         assert restarted.get("/readyz")[0] == 503
@@ -426,7 +426,7 @@ def test_only_a_verified_fresh_reset_releases_the_pico(
     wiped_broker: EmbeddedBroker, latch_sims: list[SimProcess], adapter_dir: Path, vault: EmbeddedVault
 ) -> None:
     sim = latch_sims[-1]
-    adapter = Adapter(wiped_broker, adapter_dir, sim.i2c_url, vault_env(vault)).start()
+    adapter = Adapter(wiped_broker, adapter_dir, sim.i2c_url, vault).start()
     try:
         adapter.wait_phase("halted")
         signer = TransitSigner(hvac.Client(url=vault.addr, token=vault.token))
@@ -482,8 +482,8 @@ def test_reset_through_alarms_server_releases_pico_before_the_restart(
     have released the Pico before it exits to be restarted, or the restart would re-raise FATAL."""
     sim = latch_sims[-1]
     assert sim.state()["pico"]["trip_latched"]
-    alarms_server = ServiceProcess("alarms", fatal_broker.url, tmp_path, vault_env(vault)).start()
-    adapter = Adapter(fatal_broker, adapter_dir, sim.i2c_url, vault_env(vault)).start()
+    alarms_server = ServiceProcess("alarms", fatal_broker.url, tmp_path, vault=vault).start()
+    adapter = Adapter(fatal_broker, adapter_dir, sim.i2c_url, vault).start()
     try:
         adapter.wait_phase("halted")
         trip = sim.state()["pico"]["trip_count"] % 256
@@ -502,7 +502,7 @@ def test_reset_through_alarms_server_releases_pico_before_the_restart(
         assert f"i2c/pico-tripped#trip-{trip}" in issued["occurrences"]
         assert adapter.wait(20) == exitcodes.RELEASED, adapter.tail()
         assert not sim.state()["pico"]["trip_latched"], "the Pico was released before the adapter exited"
-        restarted = Adapter(fatal_broker, adapter_dir, sim.i2c_url, vault_env(vault)).start()
+        restarted = Adapter(fatal_broker, adapter_dir, sim.i2c_url, vault).start()
         try:
             restarted.wait_ready()
             assert not sim.state()["pico"]["trip_latched"]

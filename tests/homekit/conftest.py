@@ -17,7 +17,7 @@ from heater.runtime.vault import EmbeddedVault
 from streams.homekit_feed import FEED_PATH
 from streams.topics import TopicSpec
 from streams.topology import BY_NAME
-from tests.support import ServiceProcess, vault_env
+from tests.support import ServiceProcess
 
 
 @pytest.fixture(scope="module")
@@ -36,7 +36,7 @@ def alarms(hk_broker: EmbeddedBroker, vault: EmbeddedVault, hk_dir: Path) -> Ite
     # The tests play StateRegistry and ExceptionsServer at what the feed reads of them, their
     # changelogs; those exist before AlarmsServer starts, as on a running platform.
     create_topics(hk_broker.bootstrap, [TopicSpec(name, compacted=True) for name in BY_NAME["alarms"].follows])
-    service = ServiceProcess("alarms", hk_broker.url, hk_dir / "alarms", vault_env(vault)).start()
+    service = ServiceProcess("alarms", hk_broker.url, hk_dir / "alarms", vault=vault).start()
     service.wait_ready(60)
     yield service
     service.stop()
@@ -50,12 +50,11 @@ class BridgeProcess(ServiceProcess):
         self.hap_port = free_port()
         self.state_dir = run_dir / "homekit"
         super().__init__("homekit", broker_url, run_dir, {
-            **vault_env(vault),
             "HEATER_HOMEKIT_PORT": str(self.hap_port),
             "HEATER_HOMEKIT_FEED_URL": feed_url,
             "HEATER_HOMEKIT_STATE_DIR": str(self.state_dir),
             "HEATER_HOMEKIT_MDNS": "off",
-        })
+        }, vault=vault)
 
 
 @pytest.fixture(scope="module")

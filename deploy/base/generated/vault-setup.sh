@@ -24,4 +24,8 @@ vault policy write heater-i2c - <<'HCL'
 path "transit/verify/operator-reset" { capabilities = ["update"] }
 HCL
 vault write auth/kubernetes/role/i2c bound_service_account_names=i2c bound_service_account_namespaces=heater token_policies=heater-i2c token_ttl=1h token_max_ttl=24h
+vault policy write heater-homekit - <<'HCL'
+path "identity/oidc/token/heater-viewer" { capabilities = ["read"] }
+HCL
+vault write auth/kubernetes/role/homekit bound_service_account_names=homekit bound_service_account_namespaces=heater token_policies=heater-homekit token_ttl=1h token_max_ttl=24h
 vault kv put secret/heater/services config=CN=config registry=CN=registry exceptions=CN=exceptions alarms=CN=alarms can=CN=can i2c=CN=i2c bank=CN=bank disaster=CN=disaster homekit=CN=homekit heating-job=CN=heating-job

@@ -243,7 +243,8 @@ def consumed(tracer: Tracer, message: Any, name: str | None = None, **attributes
     if message.topic not in TRACED_TOPICS:
         yield trace.INVALID_SPAN
         return
-    parent = extract(getattr(message, "headers", None))
+    # No traceparent: a new trace, whatever else is current (a task may have inherited a context).
+    parent = extract(getattr(message, "headers", None)) or otel_context.Context()
     with tracer.start_as_current_span(
         name or f"{message.topic} process", context=parent, kind=SpanKind.CONSUMER,
         attributes={**message_attributes(message), **attributes},
@@ -265,13 +266,14 @@ def sending(tracer: Tracer, topic: str, **attributes: Any) -> Iterator[Headers]:
 
 
 def emitted(tracer: Tracer, topic: str, started_at: float, attributes: Mapping[str, Any]) -> Headers:
-    """A finished PRODUCER span from ``started_at`` (wall-clock seconds) to now; the headers that continue it.
+    """A finished PRODUCER span, the root of a new trace, from ``started_at`` (wall-clock seconds) to now; its headers.
 
     For records handed to a batch rather than sent one by one (the CAN adapter's readings).
     """
     plausible = 0 < started_at < 1e11  # a clock gone wrong must not break the send: the span starts now
     span = tracer.start_span(
-        f"{topic} send", kind=SpanKind.PRODUCER, start_time=int(started_at * 1e9) if plausible else None,
+        f"{topic} send", context=otel_context.Context(), kind=SpanKind.PRODUCER,
+        start_time=int(started_at * 1e9) if plausible else None,
         attributes={"messaging.system": "kafka", "messaging.destination.name": topic, **attributes},
     )
     span.end()

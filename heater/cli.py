@@ -150,6 +150,13 @@ ADAPTERS: dict[str, str] = {
 
 def run_worker(name: str) -> int:
     """One service or adapter by name, as the process manager or Kubernetes runs it."""
+    from streams import exitcodes, tracing
+
+    try:  # before the service's module is imported: a tracing setting that cannot work is a clear error
+        tracing.tracer(name)
+    except tracing.TracingUnavailable as exc:
+        logging.getLogger("heater").error("%s: %s", name, exc)
+        return exitcodes.CONFIG
     if name in ADAPTERS:
         import importlib
 

@@ -79,7 +79,6 @@ class HeaterService:
 
     def _configure(self, app: faust.App, conf: Any, **_: Any) -> None:
         settings = Settings.from_env()
-        tracing.tracer(self.spec.name, settings)  # a tracing setting that cannot work stops the start, clearly
         for key, value in faust_options(settings, self.spec.name, fast_path=self.spec.fast_path).items():
             setattr(conf, key, value)
 

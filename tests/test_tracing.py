@@ -265,3 +265,15 @@ def write_spans(run_dir: Path) -> None:
     for service in {s["service"] for s in SPANS}:
         lines = [json.dumps(s) for s in SPANS if s["service"] == service]
         (run_dir / "traces" / f"{service}.jsonl").write_text("\n".join(lines) + '\n{"trace_id": "cut')
+
+
+def test_a_worker_with_an_exporter_that_cannot_work_stops_with_a_clear_error(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    from heater import cli
+
+    monkeypatch.setattr(tracing, "_tracers", {})
+    monkeypatch.setenv("HEATER_TRACE_EXPORTER", "otlp")
+    with caplog.at_level(logging.ERROR):
+        assert cli.run_worker("bank") == exitcodes.CONFIG
+    assert "opentelemetry-exporter-otlp-proto-http" in caplog.text

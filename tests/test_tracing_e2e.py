@@ -106,8 +106,6 @@ def test_one_trace_follows_a_fatal_from_the_can_frame_to_the_power_cut(bench: Be
     assert can["start_ns"] <= bank["start_ns"] <= alarms["start_ns"]
     assert bank["start_ns"] <= trip["start_ns"] <= write["start_ns"]
     assert write["start_ns"] / 1e9 - slack_s <= trial["cut_at"] <= write["end_ns"] / 1e9 + slack_s
-    traced_s = (write["end_ns"] - can["start_ns"]) / 1e9
-    assert traced_s <= trial["latency_s"] + slack_s
 
     out = io.StringIO()
     with redirect_stdout(out):

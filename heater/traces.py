@@ -18,6 +18,10 @@ from typing import Any, Iterable, Iterator
 from streams import exitcodes
 
 Span = dict[str, Any]
+#: How a FATAL alarm's span reads in a span file (compact JSON, as the exporter writes it).
+FATAL_MARK = '"heater.severity":"FATAL"'
+#: Lines read from the end of each file to list the newest traces.
+LIST_LINES = 5000
 
 
 def span_files(trace_dir: Path) -> list[Path]:
@@ -25,14 +29,20 @@ def span_files(trace_dir: Path) -> list[Path]:
     return sorted(trace_dir.glob("*.jsonl.1")) + sorted(trace_dir.glob("*.jsonl"))
 
 
-def read_spans(files: Iterable[Path]) -> Iterator[Span]:
-    """The spans of the files; a line cut short by a process that died mid-write is passed over."""
+def read_spans(files: Iterable[Path], containing: str | None = None, last: int | None = None) -> Iterator[Span]:
+    """The spans of the files; a line cut short by a process that died mid-write is passed over.
+
+    ``containing`` keeps only lines with that text (a trace id: no need to parse the rest of
+    files of up to 32 MiB each); ``last`` reads only each file's newest lines.
+    """
     for path in files:
         try:
             lines = path.read_text(encoding="utf-8", errors="replace").splitlines()
         except OSError:
             continue
-        for line in lines:
+        for line in lines[-last:] if last else lines:
+            if containing is not None and containing not in line:
+                continue
             try:
                 span = json.loads(line)
             except ValueError:
@@ -118,18 +128,17 @@ def main(run_dir: Path, trace_id: str | None, fatal: bool = False, limit: int = 
     if not files:
         print(f"heater trace: no span files in {trace_dir} (is HEATER_TRACE_EXPORTER=file?)", file=sys.stderr)
         return exitcodes.NO_INPUT
-    traces = by_trace(read_spans(files))
     if fatal:
-        trace_id = last_fatal(traces)
+        trace_id = last_fatal(by_trace(read_spans(files, containing=FATAL_MARK)))
         if trace_id is None:
             print(f"heater trace: no trace in {trace_dir} handled a FATAL alarm", file=sys.stderr)
             return exitcodes.NO_INPUT
     if trace_id is None:
-        print("\n".join(summary(traces, limit)))
+        print("\n".join(summary(by_trace(read_spans(files, last=LIST_LINES)), limit)))
         return exitcodes.DONE
-    spans = traces.get(trace_id.lower())
+    spans = by_trace(read_spans(files, containing=trace_id.lower())).get(trace_id.lower())
     if not spans:
-        print(f"heater trace: no trace {trace_id} in {trace_dir} ({len(traces)} trace(s) in {len(files)} file(s); "
+        print(f"heater trace: no trace {trace_id} in {trace_dir} ({len(files)} span file(s); "
               "`heater trace` lists the newest)", file=sys.stderr)
         return exitcodes.NO_INPUT
     print("\n".join(timeline(spans)))

@@ -145,10 +145,11 @@ def test_a_batched_reading_span_starts_at_the_frame_reception(recorded: tuple[Tr
 def test_the_file_exporter_writes_json_lines_under_the_run_dir(tmp_path: Path) -> None:
     settings = Settings(run_dir=tmp_path)
     tracer = tracing.tracer("tracing-test-file", settings)
-    with tracing.sending(tracer, topics.CREATE_ALARM.name):
+    with tracing.sending(tracer, topics.CREATE_ALARM.name, **{"heater.severity": "FATAL"}):
         pass
     tracing.flush()
     [line] = (tmp_path / "traces" / "tracing-test-file.jsonl").read_text().splitlines()
+    assert traces.FATAL_MARK in line, "`heater trace --last-fatal` finds FATAL spans by this text"
     span = json.loads(line)
     assert span["service"] == "tracing-test-file" and span["name"] == "createAlarm send" and span["kind"] == "producer"
     assert len(span["trace_id"]) == 32 and span["end_ns"] >= span["start_ns"]
@@ -263,7 +264,7 @@ def write_spans(run_dir: Path) -> None:
     """The spans as services write them, one file each, with a line cut short by a kill."""
     (run_dir / "traces").mkdir(exist_ok=True)
     for service in {s["service"] for s in SPANS}:
-        lines = [json.dumps(s) for s in SPANS if s["service"] == service]
+        lines = [json.dumps(s, separators=(",", ":")) for s in SPANS if s["service"] == service]
         (run_dir / "traces" / f"{service}.jsonl").write_text("\n".join(lines) + '\n{"trace_id": "cut')
 
 

@@ -111,5 +111,6 @@ def test_one_trace_follows_a_fatal_from_the_can_frame_to_the_power_cut(bench: Be
     with redirect_stdout(out):
         assert traces.main(bench.layout.run_dir, can["trace_id"]) == 0
     timeline = out.getvalue()
+    print(f"\nFATAL on water.{sensor}: {trial['latency_s'] * 1000:.1f} ms frame to cut\n{timeline}")
     for service, name in FATAL_HOPS:
         assert any(service in line and name in line for line in timeline.splitlines()), (service, name, timeline)

@@ -278,3 +278,12 @@ def test_a_worker_with_an_exporter_that_cannot_work_stops_with_a_clear_error(
     with caplog.at_level(logging.ERROR):
         assert cli.run_worker("bank") == exitcodes.CONFIG
     assert "opentelemetry-exporter-otlp-proto-http" in caplog.text
+
+
+def test_the_heater_command_has_trace(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from heater import cli
+
+    write_spans(tmp_path)
+    assert cli.main(["--run-dir", str(tmp_path), "trace", "--last-fatal"]) == exitcodes.DONE
+    assert capsys.readouterr().out.startswith(f"trace {FATAL_TRACE}")
+    assert cli.main(["--run-dir", str(tmp_path), "trace", "0" * 32]) == exitcodes.NO_INPUT

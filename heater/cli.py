@@ -64,6 +64,11 @@ def build_parser() -> argparse.ArgumentParser:
                       help="leave out malformed record lines, reporting each line number (default: refuse the file)")
     play.add_argument("--bootstrap", default=None, help="broker host:port (default: from $HEATER_BROKER_URL)")
 
+    trace = sub.add_parser("trace", help="one trace from the run's span files as a timeline (no ID: the newest traces)")
+    trace.add_argument("trace_id", nargs="?", default=None, metavar="ID", help="trace id (32 hex digits)")
+    trace.add_argument("--last-fatal", action="store_true", help="the newest trace that handled a FATAL alarm")
+    trace.add_argument("--limit", type=int, default=20, help="traces listed without an ID (default 20)")
+
     runtime = sub.add_parser("runtime", help="run the embedded broker, Vault or simulator (used by `heater up`)")
     runtime.add_argument("component", choices=["broker", "vault", "simulator"])
 
@@ -118,6 +123,10 @@ def main(argv: list[str] | None = None) -> int:
         speed = None if args.as_fast_as_possible else args.speed
         return replay.play_main(args.file, args.topic, speed=speed, keys=args.filter, bootstrap=args.bootstrap,
                                 skip_bad_lines=args.skip_bad_lines)
+    if args.command == "trace":
+        from heater import traces
+
+        return traces.main(run_dir, args.trace_id, args.last_fatal, args.limit)
     if args.command == "worker":
         return run_worker(args.name)
     if args.command == "runtime":
@@ -141,6 +150,13 @@ ADAPTERS: dict[str, str] = {
 
 def run_worker(name: str) -> int:
     """One service or adapter by name, as the process manager or Kubernetes runs it."""
+    from streams import exitcodes, tracing
+
+    try:  # before the service's module is imported: a tracing setting that cannot work is a clear error
+        tracing.tracer(name)
+    except tracing.TracingUnavailable as exc:
+        logging.getLogger("heater").error("%s: %s", name, exc)
+        return exitcodes.CONFIG
     if name in ADAPTERS:
         import importlib
 

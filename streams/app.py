@@ -15,8 +15,9 @@ import time
 from typing import Any, AsyncIterator, Awaitable, Callable, Iterator
 
 import faust
+from opentelemetry.trace import Tracer
 
-from streams import auth, metrics, topics
+from streams import auth, metrics, topics, tracing
 from streams.alarm_client import AlarmClient
 from streams.codec import DecodeError, decode
 from streams.config_rules import ConfigBook
@@ -69,6 +70,11 @@ class HeaterService:
         self.app.task(self._beat)
         self.exceptions = forward_from_faust(self.app, spec.name, lambda: Settings.from_env().service_identity)
 
+    @property
+    def tracer(self) -> Tracer:
+        """This service's tracer (:mod:`streams.tracing`), built on first use, not at import."""
+        return tracing.tracer(self.spec.name)
+
     # -- configuration -------------------------------------------------------------
 
     def _configure(self, app: faust.App, conf: Any, **_: Any) -> None:
@@ -113,7 +119,9 @@ class HeaterService:
                 continue
             metrics.MESSAGES_PROCESSED.labels(self.spec.name, message.topic).inc()
             started = time.perf_counter()
-            yield record  # the agent handles it before asking for the next one
+            # The hop's span, child of the record's traceparent: what the agent sends meanwhile continues the trace.
+            with tracing.consumed(self.tracer, message, **tracing.attributes_of(record)):
+                yield record  # the agent handles it before asking for the next one
             metrics.HANDLE_SECONDS.labels(self.spec.name, message.topic).observe(time.perf_counter() - started)
 
     async def dead_letter(
@@ -159,7 +167,8 @@ class HeaterService:
     async def _send_raw(self, topic: str, key: bytes, value: bytes) -> Awaitable[Any]:
         """Send a message outside any ledger step (start-up clears): confirmed by the broker, or resent."""
         metadata = await deliver(
-            lambda: self.app.send(topic, key=key, value=value, key_serializer="raw", value_serializer="raw"),
+            lambda: self.app.send(topic, key=key, value=value, key_serializer="raw", value_serializer="raw",
+                                  headers=tracing.headers() or None),
             f"{self.spec.name} message on {topic}", service=self.spec.name, topic=topic,
         )
         done: asyncio.Future[Any] = asyncio.get_running_loop().create_future()

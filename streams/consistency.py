@@ -52,6 +52,7 @@ from streams.alarm_client import AlarmClient
 from streams.delivery import RETRIABLE, deliver
 from streams.log_identity import LogIdentity
 from streams.metrics import MESSAGES_SENT, REFUSALS
+from streams import tracing
 
 log = logging.getLogger(__name__)
 
@@ -110,9 +111,14 @@ class Effect:
     topic: str
     key: str
     value: str
+    #: The W3C ``traceparent`` of the step that owed it (:mod:`streams.tracing`); "" for none.
+    traceparent: str = ""
 
     def to_row(self) -> list[str]:
-        return [self.topic, self.key, self.value]
+        return [self.topic, self.key, self.value] + ([self.traceparent] if self.traceparent else [])
+
+    def headers(self) -> tracing.Headers:
+        return [(tracing.TRACEPARENT, self.traceparent.encode())] if self.traceparent else []
 
 
 @dataclass
@@ -312,7 +318,7 @@ class Step:
 
     async def owe(self, topic: str, key: bytes, value: bytes) -> None:
         """Owe a message (the signature of :data:`streams.alarm_client.Sender`): sent once the row is written."""
-        self.effects.append(Effect(topic, key.decode(), value.decode()))
+        self.effects.append(Effect(topic, key.decode(), value.decode(), tracing.traceparent()))
 
     def alarms(self, client: AlarmClient) -> AlarmClient:
         """The service's alarm client, its sends owed by this step (its latch rules unchanged)."""
@@ -578,7 +584,7 @@ class Ledger:
 
     async def _send_with_app(self, effect: Effect) -> Any:
         return await self.app.send(effect.topic, key=effect.key.encode(), value=effect.value.encode(),
-                                   key_serializer="raw", value_serializer="raw")
+                                   key_serializer="raw", value_serializer="raw", headers=effect.headers() or None)
 
     async def _settle(self) -> None:
         """Wait until the broker confirmed every owed effect; a refused one is sent again."""

@@ -25,7 +25,7 @@ from aiohttp import web
 from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError
 
-from streams import exitcodes, kafka_clients
+from streams import exitcodes, kafka_clients, tracing
 from streams.alarm_client import AlarmClient
 from streams.exception_reports import forward_from_edge
 from streams.health import web_app
@@ -56,6 +56,8 @@ class EdgeService:
         self.status = ServiceStatus()
         self.web = web_app(spec, lambda: self.status)
         self.on_fatal: list[FatalHook] = []
+        #: This service's spans (:mod:`streams.tracing`); a tracing setting that cannot work stops it here.
+        self.tracer = tracing.tracer(spec.name, self.settings)
         self.linger_ms = linger_ms
         self.producer: AIOKafkaProducer | None = None
         self.watch: PlatformWatch | None = None
@@ -68,18 +70,25 @@ class EdgeService:
 
     # -- plumbing for adapters -----------------------------------------------------
 
-    async def send(self, topic: str, key: bytes, value: bytes, attempt: int = 0) -> None:
+    async def send(self, topic: str, key: bytes, value: bytes) -> None:
         """Queue one message (batched with a linger of a few ms; awaited only for buffer space).
 
-        The broker's answer arrives later: a refused message is counted and sent again, and
-        after :data:`RESEND_ATTEMPTS` refusals the service stops with a crash code — a reading
-        or a command is never dropped with only a log line.
+        On a traced topic the send is a span of its own (a heating job's command starts its
+        trace here), and the message carries its ``traceparent``. The broker's answer arrives
+        later: a refused message is counted and sent again, and after :data:`RESEND_ATTEMPTS`
+        refusals the service stops with a crash code — a reading or a command is never
+        dropped with only a log line.
         """
-        assert self.producer is not None, "send before start"
-        future = await self.producer.send(topic, value, key=key)
-        future.add_done_callback(lambda done: self._on_sent(done, topic, key, value, attempt))
+        with tracing.sending(self.tracer, topic) as headers:
+            await self._send(topic, key, value, headers, 0)
 
-    def _on_sent(self, done: "asyncio.Future[object]", topic: str, key: bytes, value: bytes, attempt: int) -> None:
+    async def _send(self, topic: str, key: bytes, value: bytes, headers: tracing.Headers, attempt: int) -> None:
+        assert self.producer is not None, "send before start"
+        future = await self.producer.send(topic, value, key=key, headers=headers or None)
+        future.add_done_callback(lambda done: self._on_sent(done, topic, key, value, headers, attempt))
+
+    def _on_sent(self, done: "asyncio.Future[object]", topic: str, key: bytes, value: bytes,
+                 headers: tracing.Headers, attempt: int) -> None:
         if done.cancelled():
             return
         if done.exception() is None:
@@ -93,7 +102,8 @@ class EdgeService:
             return
         log.error("%s: a message on %s refused (%r): sending it again", self.spec.name, topic, done.exception())
         asyncio.get_running_loop().call_later(
-            RESEND_BACKOFF_S * 2**attempt, lambda: asyncio.ensure_future(self.send(topic, key, value, attempt + 1))
+            RESEND_BACKOFF_S * 2**attempt,
+            lambda: asyncio.ensure_future(self._send(topic, key, value, headers, attempt + 1)),
         )
 
     @property
@@ -184,7 +194,8 @@ class EdgeService:
 
     async def _send_and_wait(self, topic: str, key: bytes, value: bytes) -> None:
         assert self.producer is not None
-        await self.producer.send_and_wait(topic, value, key=key)
+        with tracing.sending(self.tracer, topic) as headers:
+            await self.producer.send_and_wait(topic, value, key=key, headers=headers or None)
 
     async def _on_latch(self, latch: LatchView) -> None:
         if not latch.latched:

@@ -20,7 +20,7 @@ from typing import Awaitable, Callable
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
-from streams import kafka_clients, metrics, topics
+from streams import kafka_clients, metrics, topics, tracing
 from streams.alarm_book import AlarmBook
 from streams.codec import DecodeError, decode
 from streams.config_rules import ConfigBook
@@ -106,13 +106,20 @@ class PlatformWatch:
         batches = await self._broker.until_answered(
             lambda: consumer.getmany(timeout_ms=max(self.fetch_wait_ms * 2, 50)))
         was_latched = self.latch.latched
+        changed_by = None
         for tp, messages in batches.items():
             for message in messages:
+                before = self.latch.latched
                 self._apply(tp.topic, message.key, message.value)
+                if self.latch.latched != before and changed_by is None:
+                    changed_by = message
         metrics.LATCHED.labels(self.service).set(int(self.latch.latched))
         if notify and self.latch.latched != was_latched:
-            for callback in list(self.on_change):
-                await callback(self.latch)
+            # What a service does about the latch (the I2C adapter's trip) continues the trace
+            # of the record that changed it.
+            with tracing.with_parent(tracing.extract(changed_by.headers if changed_by is not None else None)):
+                for callback in list(self.on_change):
+                    await callback(self.latch)
         if notify and self._config_changed:
             self._config_changed = False
             for config_callback in list(self.on_config):

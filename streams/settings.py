@@ -23,6 +23,8 @@ from pathlib import Path
 from typing import Any, Mapping
 
 PROFILES = ("local", "production")
+#: Span exporters (streams.tracing): a JSON-lines file per service, an OTLP collector, or none.
+TRACE_EXPORTERS = ("file", "otlp", "none")
 
 #: Fetch waits (ms) for the local profile: the FATAL path is latency-critical, the rest is not.
 FAST_FETCH_WAIT_MS = 10
@@ -76,6 +78,8 @@ class Settings:
     auth_jwks_url: str = ""
     auth_issuer: str = ""
     auth_audience: str = "heater"
+    #: Where finished spans go (streams.tracing): ``file`` (RUN_DIR/traces), ``otlp`` or ``none``.
+    trace_exporter: str = "file"
     extra: Mapping[str, str] = field(default_factory=dict)
 
     @property
@@ -92,6 +96,11 @@ class Settings:
     def data_dir(self) -> Path:
         """Where RocksDB tables live: one directory per service under the run directory."""
         return self.run_dir / "data"
+
+    @property
+    def trace_dir(self) -> Path:
+        """Where the ``file`` trace exporter writes one JSON-lines file of spans per service."""
+        return self.run_dir / "traces"
 
     @property
     def broker_bootstrap(self) -> str:
@@ -113,6 +122,9 @@ class Settings:
         if profile == "local":
             base = replace(base, broker_url="tansu://127.0.0.1:9092")
         token_file = env.get("HEATER_VAULT_TOKEN_FILE")
+        trace_exporter = env.get("HEATER_TRACE_EXPORTER", base.trace_exporter)
+        if trace_exporter not in TRACE_EXPORTERS:
+            raise SettingsError(f"HEATER_TRACE_EXPORTER={trace_exporter!r}: expected one of {', '.join(TRACE_EXPORTERS)}")
         try:
             web_port = int(env.get("HEATER_WEB_PORT", base.web_port))
         except ValueError as exc:
@@ -144,6 +156,7 @@ class Settings:
             auth_jwks_url=env.get("HEATER_AUTH_JWKS_URL", ""),
             auth_issuer=env.get("HEATER_AUTH_ISSUER", ""),
             auth_audience=env.get("HEATER_AUTH_AUDIENCE", base.auth_audience),
+            trace_exporter=trace_exporter,
         )
 
 

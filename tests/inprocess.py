@@ -53,7 +53,8 @@ class Outbox:
     def __init__(self) -> None:
         self.sent: list[tuple[str, bytes, bytes]] = []
 
-    async def send(self, topic: str, value: bytes, key: bytes | None = None) -> "asyncio.Future[None]":
+    async def send(self, topic: str, value: bytes, key: bytes | None = None,
+                   headers: list[tuple[str, bytes]] | None = None) -> "asyncio.Future[None]":
         """Like aiokafka's producer: the returned future resolves once the broker has the record."""
         self.sent.append((topic, key or b"", value))
         done: asyncio.Future[None] = asyncio.get_running_loop().create_future()

@@ -416,7 +416,8 @@ class RefusingProducer:
         self.refuse = refuse
         self.accepted: list[bytes] = []
 
-    async def send(self, topic: str, value: bytes, key: bytes | None = None) -> "asyncio.Future[None]":
+    async def send(self, topic: str, value: bytes, key: bytes | None = None,
+                   headers: list[tuple[str, bytes]] | None = None) -> "asyncio.Future[None]":
         future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         if self.refuse:
             self.refuse -= 1

@@ -540,7 +540,7 @@ def test_can_frame_is_a_reading_or_a_counted_rejection(message: can.Message, rec
         return
     assert out is not None and not after["heater_can_bad_frames_total"]
     assert after["heater_can_frames_total"] == {(("kind", frame.kind.value),): 1.0}
-    key, value = out
+    key, value, _ = out
     reading = decode(value, RECORD_FOR_TOPIC[topics.SENSOR_DATA.name])
     assert_faithful(reading, value)
     assert key == reading.sensor.encode() and reading.received_at == received_at and reading.sequence == frame.sequence

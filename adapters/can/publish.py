@@ -19,7 +19,8 @@ from aiokafka.partitioner import DefaultPartitioner
 
 log = logging.getLogger(__name__)
 
-Message = tuple[bytes, bytes]
+#: key, value and the record's headers (its ``traceparent``; :mod:`streams.tracing`).
+Message = tuple[bytes, bytes, list[tuple[str, bytes]]]
 
 
 class BatchPublisher:
@@ -49,12 +50,12 @@ class BatchPublisher:
     async def _publish_to(self, partition: int, messages: Sequence[Message]) -> None:
         batch = self.producer.create_batch()
         count = 0
-        for key, value in messages:
-            if batch.append(key=key, value=value, timestamp=None) is None:
+        for key, value, headers in messages:
+            if batch.append(key=key, value=value, timestamp=None, headers=headers) is None:
                 await self._submit(batch, partition, count)
                 batch = self.producer.create_batch()
                 count = 0
-                if batch.append(key=key, value=value, timestamp=None) is None:
+                if batch.append(key=key, value=value, timestamp=None, headers=headers) is None:
                     raise ValueError(f"a {len(value)}-byte message does not fit an empty producer batch")
             count += 1
         await self._submit(batch, partition, count)

@@ -39,7 +39,7 @@ from adapters.can.metrics import CanStats
 from adapters.can.publish import BatchPublisher, Message
 from adapters.can.throttle import LogThrottle
 from adapters.can.translate import decode_message, encode_reading, reason_of
-from streams import exitcodes, topics
+from streams import exitcodes, topics, tracing
 from streams.auth import Role, requires
 from streams.edge import EdgeService
 from streams.lifecycle import Phase, ServiceKind, ServiceSpec
@@ -200,8 +200,13 @@ class CanAdapter:
             self.throttle.log(logging.WARNING, "gap:" + sensor, "%s: %d frame(s) lost before sequence %d", sensor, lost, frame.sequence)
         self.stats.frames[frame.kind.value] += 1
         self.stats.last_frame_at = item.received_at
-        self.latest[sensor] = (frame.value if frame.value is not None else float(bool(frame.flame)), item.received_at, frame.status)
-        return key, value
+        value_read = frame.value if frame.value is not None else float(bool(frame.flame))
+        self.latest[sensor] = (value_read, item.received_at, frame.status)
+        # The first hop of the reading's trace: frame received → reading handed to the producer.
+        headers = tracing.emitted(self.service.tracer, topics.SENSOR_DATA.name, item.received_at, {
+            "heater.sensor": sensor, "heater.value": value_read, "can.id": message.arbitration_id,
+            "can.sequence": frame.sequence})
+        return key, value, headers
 
     async def _publish(self, outgoing: list[Message]) -> None:
         if not outgoing:

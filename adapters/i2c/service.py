@@ -27,18 +27,20 @@ import logging
 import os
 import time
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict
 from typing import Any, Callable, TypeVar
 
 from aiohttp import web
 from aiokafka import AIOKafkaConsumer
 from aiokafka.structs import ConsumerRecord
+from opentelemetry.trace import Span
 
 from adapters.i2c import metrics
 from adapters.i2c.board import BoardError, Readback, RelayBoard
 from adapters.i2c.controller import Action, Command, Decision, Limits, RelayController
 from adapters.i2c.registers import SAFE, Relays
 from adapters.i2c.resets import ResetGate
-from streams import exitcodes, topics
+from streams import exitcodes, topics, tracing
 from streams.auth import Role, requires
 from streams.codec import DecodeError, decode
 from streams.edge import EdgeService
@@ -216,7 +218,8 @@ class RelayAdapter:
             if beats := by_topic.get(topics.HEARTBEATS.name):
                 self.on_heartbeats(beats)
             for message in by_topic.get(topics.I2C_HEATING.name, ()):
-                await self.on_command(message.value)
+                with tracing.consumed(self.service.tracer, message):
+                    await self.on_command(message.value)
 
     def on_heartbeats(self, messages: list[ConsumerRecord]) -> None:
         """DisasterDetector's beats: how current the readings it decides are (the valve lease needs it)."""
@@ -263,7 +266,9 @@ class RelayAdapter:
             log.warning("skipped a malformed relay command: %s", exc)
             return
         action = record.action.value
+        tracing.annotate(tracing.attributes_of(record))
         if self.halting or not self.service.acting:
+            tracing.annotate({"heater.result": "halted"})
             metrics.COMMANDS.labels(action, "halted").inc()
             log.warning("ignored %s command %s: not acting", action, record.command_id)
             return
@@ -277,6 +282,7 @@ class RelayAdapter:
         )
         decision = self.controller.command(command, self.clock())
         result = await self._carry_out(decision, f"{action} {'on' if record.on else 'off'}")
+        tracing.annotate({"heater.result": result})
         metrics.COMMANDS.labels(action, result).inc()
         self.last_command = {
             "command_id": record.command_id,
@@ -400,6 +406,10 @@ class RelayAdapter:
 
     async def apply(self, outputs: Relays, cause: str) -> bool:
         """Write ``outputs`` and confirm by readback; True only when the board confirms them."""
+        with self.service.tracer.start_as_current_span("relay write", attributes={"heater.cause": cause}) as span:
+            return await self._apply(outputs, cause, span)
+
+    async def _apply(self, outputs: Relays, cause: str, span: Span) -> bool:
         readback: Readback | None = None
         async with self.io.lock:
             for attempt in range(1, WRITE_ATTEMPTS + 1):
@@ -418,6 +428,7 @@ class RelayAdapter:
             self.note(readback)
             await self.publish(readback, force=True)
         confirmed = readback is not None and readback.confirms(outputs)
+        span.set_attributes(relay_attributes(outputs, readback) | {"heater.confirmed": confirmed})
         if confirmed:
             log.info("relays %s confirmed (%s)", outputs, cause)
             if self._unconfirmed_safe and outputs.is_safe:
@@ -472,7 +483,9 @@ class RelayAdapter:
         if self.halting and self.last_readback is not None and self.last_readback.status.trip_latched:
             log.critical("FATAL (%s): the Pico is already tripped", latch.reason)
             return
-        await self.halt_and_trip(latch.reason)
+        # This hop of the FATAL's trace: the platform watch made the FATAL record's context current.
+        with self.service.tracer.start_as_current_span("FATAL trip", attributes={"heater.reason": latch.reason}):
+            await self.halt_and_trip(latch.reason)
 
     async def halt_and_trip(self, reason: str) -> None:
         """Trip the Pico (latched power cut), confirm by readback, publish; no kicks after this."""
@@ -493,6 +506,12 @@ class RelayAdapter:
 
     async def trip(self) -> Readback | None:
         """TRIP with retries, without waiting for the bus lock; the readback, or None."""
+        with self.service.tracer.start_as_current_span("relay write", attributes={"heater.cause": "trip"}) as span:
+            readback = await self._trip()
+            span.set_attributes(relay_attributes(None, readback))
+            return readback
+
+    async def _trip(self) -> Readback | None:
         readback: Readback | None = None
         for attempt in range(1, TRIP_ATTEMPTS + 1):
             try:
@@ -634,3 +653,14 @@ def main() -> int:
         return service.run(adapter.body, adapter.halted)
     finally:
         adapter.io.close()
+
+
+def relay_attributes(wanted: Relays | None, readback: Readback | None) -> dict[str, bool | str]:
+    """A relay write's span attributes: what was written and what the board reads back."""
+    found: dict[str, bool | str] = {}
+    if wanted is not None:
+        found |= {f"heater.wanted.{name}": on for name, on in asdict(wanted).items()}
+    if readback is None:
+        return found | {"heater.readback": "none"}
+    return found | {f"heater.contacts.{name}": on for name, on in asdict(readback.contacts).items()} | {
+        "heater.trip_latched": readback.status.trip_latched}

@@ -20,6 +20,7 @@ from adapters.can import frames
 from simulator import client
 from streams import exitcodes, topics
 from streams.codec import decode
+from heater import traces
 from heater.runtime.broker import EmbeddedBroker
 from streams.records import Alarm, AlarmClear, SensorReading, Severity
 from heater.runtime.processes import free_port
@@ -104,6 +105,37 @@ def test_frames_arrive_on_sensor_data_at_10_hz_per_sensor(can_stack: CanStack) -
     assert all(view["sensors"][s]["last_seen_age_s"] < 1.0 for s in SENSORS)
     assert view["alarms"] == []
     assert metric(adapter, "heater_can_frames_total", kind="water_temp") > 0
+
+
+def test_every_reading_starts_a_trace_of_its_own(can_stack: CanStack) -> None:
+    """Each reading carries the ``traceparent`` of its CAN adapter span, written to the adapter's span file."""
+    since = time.time()
+
+    def fresh(messages: list[Any]) -> list[tuple[SensorReading, list[str]]]:
+        out = []
+        for message in messages:
+            reading = decode(message.value, SensorReading)
+            if reading.received_at >= since:
+                out.append((reading, dict(message.headers)["traceparent"].decode().split("-")))
+        return out
+
+    messages = run(consume_until(can_stack.broker.bootstrap, topics.SENSOR_DATA.name, lambda m: len(fresh(m)) >= 20))
+    traced = fresh(messages)
+    sampled = [len(p) == 4 and p[0] == "00" and len(p[1]) == 32 and len(p[2]) == 16 and int(p[3], 16) & 1 for _, p in traced]
+    assert all(sampled), traced[:3]
+    assert len({p[1] for _, p in traced}) == len(traced), "one trace per frame"
+
+    def spans() -> dict[str, dict[str, Any]] | None:
+        written = {s["span_id"]: s for s in traces.read_spans([can_stack.adapter.run_dir / "traces" / "can.jsonl"])}
+        return written if all(p[2] in written for _, p in traced) else None
+
+    written = wait_for(spans, 5, 0.1, what="every reading's span in traces/can.jsonl")
+    for reading, (_, trace_id, span_id, _) in traced:
+        span = written[span_id]
+        assert span["trace_id"] == trace_id and span["parent_id"] is None and span["name"] == "sensorData send"
+        assert span["attributes"]["heater.sensor"] == reading.sensor
+        assert span["attributes"]["can.sequence"] == reading.sequence
+        assert abs(span["start_ns"] / 1e9 - reading.received_at) < 1e-3
 
 
 def test_a_garbage_flood_is_counted_and_valid_frames_keep_flowing(can_stack: CanStack) -> None:

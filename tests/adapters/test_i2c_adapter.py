@@ -21,6 +21,7 @@ import hvac
 import pytest
 from aiokafka import AIOKafkaProducer
 
+from heater import traces
 from heater.runtime.broker import EmbeddedBroker
 from heater.runtime.vault import EmbeddedVault
 from simulator import client
@@ -129,11 +130,12 @@ class Feeder:
         await self._producer.send_and_wait("I2CHeating", command.dumps())
         return issued_at
 
-    def send(self, topic: str, value: bytes, key: bytes | None = None) -> float:
+    def send(self, topic: str, value: bytes, key: bytes | None = None,
+             headers: list[tuple[str, bytes]] | None = None) -> float:
         """Produce one message on the already-connected producer; the wall-clock time just before."""
         async def send() -> None:
             assert self._producer is not None
-            await self._producer.send_and_wait(topic, value, key=key)
+            await self._producer.send_and_wait(topic, value, key=key, headers=headers)
 
         sent_at = time.time()
         asyncio.run_coroutine_threadsafe(send(), self._loop).result(5)
@@ -233,6 +235,28 @@ def test_commands_drive_the_relays_confirmed_by_readback(
     wait_relays(ops_sim, False, False, False)
     assert metric(adapter, "heater_i2c_commands_total", action="valve", result="applied") == 1
     assert metric_sum(adapter.url, "heater_i2c_kicks_total") > 10
+
+
+def test_a_commands_trace_continues_to_its_relay_write(adapter: Adapter, feeder: Feeder, ops_sim: SimProcess) -> None:
+    """A heating job's command carries its trace (``traceparent``): the adapter's span and its relay write join it."""
+    trace_id, parent_id = uuid.uuid4().hex, uuid.uuid4().hex[:16]
+    command = RelayCommand(command_id=uuid.uuid4().hex, action="power", on=True, issued_by="test", issued_at=time.time())
+    feeder.send("I2CHeating", command.dumps(), headers=[("traceparent", f"00-{trace_id}-{parent_id}-01".encode())])
+    wait_relays(ops_sim, True, False, False)
+
+    def spans() -> dict[str, dict[str, Any]] | None:
+        found = {s["name"]: s for s in traces.read_spans([adapter.run_dir / "traces" / "i2c.jsonl"]) if s["trace_id"] == trace_id}
+        return found if {"I2CHeating process", "relay write"} <= set(found) else None
+
+    found = wait_for(spans, 5, 0.1, what="the command's spans in traces/i2c.jsonl")
+    handled, write = found["I2CHeating process"], found["relay write"]
+    assert handled["parent_id"] == parent_id and handled["service"] == "i2c"
+    assert handled["attributes"]["heater.command_id"] == command.command_id
+    assert handled["attributes"]["heater.action"] == "power" and handled["attributes"]["heater.result"] == "applied"
+    assert write["parent_id"] == handled["span_id"] and write["attributes"]["heater.contacts.power_on"] is True
+    assert write["attributes"]["heater.confirmed"] is True
+    feeder.command("cutoff")
+    wait_relays(ops_sim, False, False, False)
 
 
 def test_unsafe_sequences_are_refused(adapter: Adapter, feeder: Feeder, ops_sim: SimProcess) -> None:

@@ -40,7 +40,9 @@ either an offset or a time. ``--to`` is capped at the end of the log when record
 so a recording always ends.
 
 Playing keeps per-partition order; across partitions records go out in timestamp order,
-so ``--speed N`` reproduces the gaps between records divided by N. The file is read twice:
+so ``--speed N`` reproduces the gaps between records divided by N. Several recordings play
+as one timeline the same way, each into the topic it was recorded from: an incident's topics
+arrive at a service that follows them together in the order they did the first time. The file is read twice:
 once to check every line, once to play. A bad record line refuses the whole file (nothing is
 produced), or, with ``--skip-bad-lines``, is left out and reported with its line number; a bad
 header always refuses the file.

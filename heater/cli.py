@@ -53,9 +53,11 @@ def build_parser() -> argparse.ArgumentParser:
     record.add_argument("--to", dest="stop", metavar="TO", help="end (exclusive), same forms; default: the log's end when recording starts")
     record.add_argument("--out", required=True, type=Path, help="JSON-lines file to write")
     record.add_argument("--bootstrap", default=None, help="broker host:port (default: from $HEATER_BROKER_URL)")
-    play = replay_actions.add_parser("play", help="produce a recording into a topic: same partitions, keys, headers, timestamps")
-    play.add_argument("file", type=Path, help="a file written by `heater replay record`")
-    play.add_argument("--topic", required=True, help="topic to play into (it must exist)")
+    play = replay_actions.add_parser("play", help="produce recordings into topics: same partitions, keys, headers, timestamps")
+    play.add_argument("files", nargs="+", type=Path, metavar="FILE",
+                      help="files written by `heater replay record`; several play together, in timestamp order")
+    play.add_argument("--topic", default=None,
+                      help="topic to play one recording into (it must exist); default: the topic it was recorded from")
     pace = play.add_mutually_exclusive_group()
     pace.add_argument("--speed", type=float, default=1.0, help="the original gaps between records divided by N (default 1)")
     pace.add_argument("--as-fast-as-possible", action="store_true", help="no gaps between records")
@@ -121,7 +123,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.replay_command == "record":
             return replay.record_main(args.topic, args.start, args.stop, args.out, bootstrap=args.bootstrap)
         speed = None if args.as_fast_as_possible else args.speed
-        return replay.play_main(args.file, args.topic, speed=speed, keys=args.filter, bootstrap=args.bootstrap,
+        return replay.play_main(args.files, args.topic, speed=speed, keys=args.filter, bootstrap=args.bootstrap,
                                 skip_bad_lines=args.skip_bad_lines)
     if args.command == "trace":
         from heater import traces

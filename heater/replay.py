@@ -40,7 +40,9 @@ either an offset or a time. ``--to`` is capped at the end of the log when record
 so a recording always ends.
 
 Playing keeps per-partition order; across partitions records go out in timestamp order,
-so ``--speed N`` reproduces the gaps between records divided by N. The file is read twice:
+so ``--speed N`` reproduces the gaps between records divided by N. Several recordings play
+as one timeline the same way, each into the topic it was recorded from: an incident's topics
+arrive at a service that follows them together in the order they did the first time. The file is read twice:
 once to check every line, once to play. A bad record line refuses the whole file (nothing is
 produced), or, with ``--skip-bad-lines``, is left out and reported with its line number; a bad
 header always refuses the file.
@@ -53,6 +55,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
+import contextlib
 import heapq
 import json
 import logging
@@ -63,7 +66,7 @@ from array import array
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import IO, Any, Iterable, Iterator, Literal
+from typing import IO, Any, Iterable, Iterator, Literal, Sequence
 
 from streams import exitcodes, kafka_clients
 from streams.settings import Settings, SettingsError
@@ -606,25 +609,38 @@ def index_recording(path: Path, keys: Iterable[bytes] | None = None, *, skip_bad
         return recording
 
 
-async def play(recording: Recording, topic: str, speed: float | None, settings: Settings) -> Progress:
-    """Produce the recording's selected records into ``topic``, paced by ``speed`` (None: no pacing)."""
+def merged_schedule(recordings: list[Recording]) -> Iterator[tuple[int, int, int, int]]:
+    """``(timestamp_ms, recording index, partition, file position)`` over several recordings, in play order.
+
+    The recordings interleave as the partitions of one do (:meth:`Recording.schedule`): the
+    earliest next record goes first; at equal timestamps the recording named first does.
+    """
+    def tagged(index: int, recording: Recording) -> Iterator[tuple[int, int, int, int]]:
+        return ((ts, index, partition, position) for ts, partition, position in recording.schedule())
+
+    return heapq.merge(*(tagged(i, r) for i, r in enumerate(recordings)))
+
+
+async def play(recordings: list[Recording], topics: list[str], speed: float | None, settings: Settings) -> Progress:
+    """Produce each recording's selected records into its topic, all in one timeline, paced by ``speed`` (None: no pacing)."""
     from aiokafka.errors import KafkaError
 
     producer = kafka_clients.producer(settings=settings, acks="all", linger_ms=5, request_timeout_ms=10_000)
     await start_client(producer, settings.broker_bootstrap)
-    progress = Progress(f"play {topic}", recording.selected)
+    progress = Progress(f"play {', '.join(dict.fromkeys(topics))}", sum(r.selected for r in recordings))
     try:
         try:
             cluster = await asyncio.wait_for(producer.client.fetch_all_metadata(), CONNECT_TIMEOUT_S * 2)
         except (KafkaError, asyncio.TimeoutError) as exc:
             raise ReplayError(f"broker {settings.broker_bootstrap}: {exc or type(exc).__name__}", BROKER_EXIT) from None
-        target = require_topic(topic, cluster.partitions_for_topic(topic))
-        needed = max(recording.timestamps, default=-1) + 1
-        if needed > len(target):
-            raise ReplayError(f"topic {topic!r} has {len(target)} partition(s); the recording needs {needed}",
-                              TOPIC_EXIT)
+        for recording, topic in zip(recordings, topics):
+            target = require_topic(topic, cluster.partitions_for_topic(topic))
+            needed = max(recording.timestamps, default=-1) + 1
+            if needed > len(target):
+                raise ReplayError(f"topic {topic!r} has {len(target)} partition(s); the recording needs {needed} "
+                                  f"({recording.path})", TOPIC_EXIT)
         try:
-            await _send_all(producer, recording, topic, speed, progress)
+            await _send_all(producer, recordings, topics, speed, progress)
         except KafkaError as exc:
             raise ReplayError(f"the broker refused a record: {exc}", UNDELIVERED_EXIT) from None
         return progress
@@ -632,20 +648,22 @@ async def play(recording: Recording, topic: str, speed: float | None, settings: 
         await stop_client(producer)
 
 
-async def _send_all(producer: Any, recording: Recording, topic: str, speed: float | None, progress: Progress) -> None:
+async def _send_all(producer: Any, recordings: list[Recording], topics: list[str], speed: float | None,
+                    progress: Progress) -> None:
     """Send in schedule order; wait for deliveries in chunks so a refusal stops the play early."""
     pending: list[asyncio.Future[Any]] = []
     sent, clock_start, first_ts = 0, time.monotonic(), None
-    with recording.path.open("rb") as handle:
-        for timestamp, _partition, position in recording.schedule():
+    with contextlib.ExitStack() as files:
+        handles = [files.enter_context(r.path.open("rb")) for r in recordings]
+        for timestamp, index, _partition, position in merged_schedule(recordings):
             if speed is not None:
                 first_ts = timestamp if first_ts is None else first_ts
                 delay = (timestamp - first_ts) / 1000 / speed - (time.monotonic() - clock_start)
                 if delay > 0:
                     await asyncio.sleep(delay)
-            handle.seek(position)
-            item = decode_record(handle.readline().decode("utf-8"))
-            pending.append(await producer.send(topic, item.value, key=item.key, partition=item.partition,
+            handles[index].seek(position)
+            item = decode_record(handles[index].readline().decode("utf-8"))
+            pending.append(await producer.send(topics[index], item.value, key=item.key, partition=item.partition,
                                                timestamp_ms=item.timestamp_ms, headers=list(item.headers)))
             sent += 1
             if len(pending) >= 1000:
@@ -656,26 +674,41 @@ async def _send_all(producer: Any, recording: Recording, topic: str, speed: floa
     progress.show(sent, force=True)
 
 
-def play_main(path: Path, topic: str, *, speed: float | None = 1.0, keys: list[str] | None = None,
-              bootstrap: str | None = None, skip_bad_lines: bool = False) -> int:
-    """``heater replay play``: the exit code, with one line on stderr for any error and for each skipped line."""
+def play_main(paths: Path | Sequence[Path], topic: str | None = None, *, speed: float | None = 1.0,
+              keys: list[str] | None = None, bootstrap: str | None = None, skip_bad_lines: bool = False) -> int:
+    """``heater replay play``: the exit code, with one line on stderr for any error and for each skipped line.
+
+    ``topic`` is where one recording goes; without it each recording goes back to the topic it
+    was recorded from, which is how an incident's topics are played together in their order.
+    """
+    files = [paths] if isinstance(paths, Path) else list(paths)
     try:
         if speed is not None and not (math.isfinite(speed) and speed > 0):
             raise ReplayError(f"--speed {speed}: must be a number > 0", USAGE_EXIT)
-        recording = index_recording(path, [k.encode("utf-8") for k in keys] if keys else None,
-                                    skip_bad=skip_bad_lines)
-        for skipped in recording.skipped:
+        if topic is not None and len(files) > 1:
+            raise ReplayError("--topic names the target of one recording; several recordings each go back "
+                              "to the topic they were recorded from", USAGE_EXIT)
+        recordings = [index_recording(path, [k.encode("utf-8") for k in keys] if keys else None,
+                                      skip_bad=skip_bad_lines) for path in files]
+        for skipped in (line for recording in recordings for line in recording.skipped):
             print(f"heater replay play: skipped {skipped}", file=sys.stderr)
-        progress = asyncio.run(play(recording, topic, speed, broker_settings(bootstrap)))
+        targets = [topic or str(recording.header.get("topic") or "") for recording in recordings]
+        for recording, target in zip(recordings, targets):
+            if not target:
+                raise ReplayError(f"{recording.path}: the header names no topic; give --topic", USAGE_EXIT)
+        progress = asyncio.run(play(recordings, targets, speed, broker_settings(bootstrap)))
     except ReplayError as exc:
         print(f"heater replay play: {exc}", file=sys.stderr)
         return exc.exit_code
     except KeyboardInterrupt:
         print("heater replay play: interrupted; the records sent so far stay in the topic", file=sys.stderr)
         return INTERRUPTED_EXIT
-    total = recording.lines - 1 - len(recording.skipped)
-    selected = f"{recording.selected:,} of {total:,}" if keys else f"{total:,}"
-    skipped = f" ({len(recording.skipped):,} bad line(s) skipped)" if recording.skipped else ""
-    progress.finish(f"played {selected} records from {path} into {topic} in {progress.elapsed:.1f} s{skipped}")
+    total = sum(r.lines - 1 - len(r.skipped) for r in recordings)
+    selected_count = sum(r.selected for r in recordings)
+    bad = sum(len(r.skipped) for r in recordings)
+    selected = f"{selected_count:,} of {total:,}" if keys else f"{total:,}"
+    skipped = f" ({bad:,} bad line(s) skipped)" if bad else ""
+    sources = ", ".join(str(path) for path in files)
+    progress.finish(f"played {selected} records from {sources} into {', '.join(dict.fromkeys(targets))} "
+                    f"in {progress.elapsed:.1f} s{skipped}")
     return exitcodes.DONE
-

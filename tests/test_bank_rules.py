@@ -238,6 +238,21 @@ def test_late_reading_never_clears_before_the_raise() -> None:
     assert history_of([raised, cleared]) == {f"bank/{STALE}/water.0@101.0": (False, 101.0)}
 
 
+def test_old_readings_played_back_go_stale_between_ticks_yet_overheat_raises_the_same_fatal() -> None:
+    """A recorded incident played back into a running bank: its ticks run on the wall clock, hours
+    after the readings, so each sensor looks stale between two readings and the next one clears that;
+    the overheat is judged on the readings' own times and raises the FATAL occurrence the incident did."""
+    incident = temps([40, 40, 93, 93, 93])
+    live = Bank().feed(incident)
+    played, bank, wall_clock = [], Bank(), incident[-1].received_at + 3600.0
+    for reading in incident:
+        played += bank.reading(reading)
+        played += bank.tick(wall_clock)
+    assert fatal_occurrence(played) == fatal_occurrence(live)
+    stale = [e for e in played if e.code == STALE]
+    assert stale and all(e.severity == "WARNING" for e in stale) and not [e for e in live if e.code == STALE]
+
+
 def test_only_sensors_seen_can_go_stale() -> None:
     bank = Bank()
     bank.reading(Reading("water.0", "temperature", 40, 100.0))

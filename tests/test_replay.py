@@ -170,6 +170,27 @@ def test_a_recording_is_checked_line_by_line_and_indexed_in_play_order(tmp_path:
     assert replay.index_recording(path, [b"a"]).selected == 3
 
 
+def test_several_recordings_play_as_one_timeline_each_in_its_own_order(tmp_path: Path) -> None:
+    jobs = write_recording(tmp_path / "jobs.jsonl", line(0, 0, 100, b"igniting"), line(0, 1, 250, b"heating"),
+                           line(0, 2, 900, b"done"))
+    water = write_recording(tmp_path / "water.jsonl", line(0, 7, 100, b"20"), line(1, 3, 90, b"21"),
+                            line(0, 8, 300, b"93"), line(0, 9, 80, b"94"), line(1, 4, 950, b"95"))
+    recordings = [replay.index_recording(jobs), replay.index_recording(water)]
+    played = []
+    handles = [r.path.open("rb") for r in recordings]
+    try:
+        for _ts, index, _partition, position in replay.merged_schedule(recordings):
+            handles[index].seek(position)
+            item = replay.decode_record(handles[index].readline().decode())
+            played.append((index, item.partition, item.offset))
+    finally:
+        for handle in handles:
+            handle.close()
+    # by timestamp across files and partitions; each partition in offset order (the 80 ms record waits
+    # behind its partition's 300 ms one); at equal timestamps (100 ms) the file named first goes first
+    assert played == [(1, 1, 3), (0, 0, 0), (1, 0, 7), (0, 0, 1), (1, 0, 8), (1, 0, 9), (0, 0, 2), (1, 1, 4)]
+
+
 @pytest.mark.parametrize("lines, where, says", [
     (["not json"], ":2:", "not JSON"),
     ([line(0, 0, 1), line(0, 1, 2), '{"partition": 0}'], ":4:", "'offset'"),
@@ -470,3 +491,23 @@ def test_play_skips_bad_lines_when_asked_and_names_each(broker: EmbeddedBroker, 
     assert f"played {len(records) - 2} records" in err and "(2 bad line(s) skipped)" in err
     kept = [r for r in records if (r.partition, r.offset) not in {(d.partition, d.offset) for d in dropped}]
     assert read_back(broker, target, len(kept)) == expected(kept)
+
+
+def test_several_recordings_play_back_into_the_topics_they_came_from(broker: EmbeddedBroker, tmp_path: Path,
+                                                                     capsys: pytest.CaptureFixture[str]) -> None:
+    first, second = scratch_topic(broker, partitions=1), scratch_topic(broker, partitions=2)
+    ones = [Recorded(0, i, BASE_MS + 100 * i, b"a", b"one-%d" % i) for i in range(4)]
+    twos = [Recorded(i % 2, i // 2, BASE_MS + 100 * i + 50, b"b", b"two-%d" % i) for i in range(6)]
+    run(produce_records(broker.bootstrap, first, ones))
+    run(produce_records(broker.bootstrap, second, twos))
+    a, b = tmp_path / "a.jsonl", tmp_path / "b.jsonl"
+    assert record_to(broker, first, a) == 0 and record_to(broker, second, b) == 0
+    capsys.readouterr()
+    assert replay.play_main([a, b], None, speed=None, bootstrap=broker.bootstrap) == 0
+    assert f"played 10 records from {a}, {b} into {first}, {second}" in capsys.readouterr().err
+    assert read_back(broker, first, 8) == expected(ones + [Recorded(0, 4 + r.offset, r.timestamp_ms, r.key, r.value) for r in ones])
+    doubled = twos + [Recorded(r.partition, 3 + r.offset, r.timestamp_ms, r.key, r.value) for r in twos]
+    assert read_back(broker, second, 12) == expected(sorted(doubled, key=lambda r: (r.partition, r.offset)))
+
+    assert replay.play_main([a, b], first, speed=None, bootstrap=broker.bootstrap) == replay.USAGE_EXIT
+    assert "several recordings each go back to the topic they were recorded from" in capsys.readouterr().err

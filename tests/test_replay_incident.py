@@ -40,7 +40,7 @@ from streams.heating.launch import JOB_MODULE, job_args
 from streams.ids import occurrence_key
 from tests.adapters.conftest import CanAdapterProcess
 from tests.simulator.conftest import SimProcess, start_simulator
-from tests.support import ServiceProcess, consume_until, run, vault_env, wait_for
+from tests.support import ServiceProcess, consume_until, run, wait_for
 
 log = logging.getLogger(__name__)
 
@@ -139,10 +139,10 @@ def record_incident(root: Path, vault: EmbeddedVault) -> Incident:
     with EmbeddedBroker(root / "incident-broker") as broker:
         simulator = start_simulator(root / "incident-sim")
         run_dir = root / "incident"
-        alarms = ServiceProcess("alarms", broker.url, run_dir, vault_env(vault))
-        detector = ServiceProcess("disaster", broker.url, run_dir, vault_env(vault))
+        alarms = ServiceProcess("alarms", broker.url, run_dir, vault=vault)
+        detector = ServiceProcess("disaster", broker.url, run_dir, vault=vault)
         can = CanAdapterProcess(broker, run_dir, simulator.can_channel, vault)
-        i2c = ServiceProcess("i2c", broker.url, run_dir, {**vault_env(vault), "HEATER_I2C_BUS": simulator.i2c_url})
+        i2c = ServiceProcess("i2c", broker.url, run_dir, {"HEATER_I2C_BUS": simulator.i2c_url}, vault=vault)
         job: subprocess.Popen[bytes] | None = None
         try:
             start_services(alarms, detector, can, i2c)
@@ -201,8 +201,8 @@ def test_a_recorded_runaway_played_into_a_fresh_platform_raises_the_same_fatal(
 
     with EmbeddedBroker(tmp_path / "fresh-broker") as broker:
         run_dir = tmp_path / "fresh"
-        alarms = ServiceProcess("alarms", broker.url, run_dir, vault_env(vault))
-        detector = ServiceProcess("disaster", broker.url, run_dir, vault_env(vault))
+        alarms = ServiceProcess("alarms", broker.url, run_dir, vault=vault)
+        detector = ServiceProcess("disaster", broker.url, run_dir, vault=vault)
         try:
             start_services(alarms, detector)
             played_at = time.monotonic()

@@ -37,6 +37,13 @@ def run_dir(tmp_path: Path) -> Path:
     return tmp_path
 
 
+@pytest.fixture
+def own_broker(run_dir: Path) -> Iterator[EmbeddedBroker]:
+    """A broker of the test's own: its topics start empty (a count is exact) and the test may stop it."""
+    with EmbeddedBroker(run_dir / "broker") as running:
+        yield running
+
+
 @pytest.fixture(scope="session")
 def loop() -> Iterator[asyncio.AbstractEventLoop]:
     """One event loop for the async entry points of the modules that use it (hypothesis runs sync

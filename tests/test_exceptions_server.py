@@ -46,11 +46,6 @@ sys.exit(EdgeService(ServiceSpec(sys.argv[1], ServiceKind.DISPLAY)).run(body))
 """
 
 
-@pytest.fixture
-def own_broker(run_dir: Path) -> Iterator[EmbeddedBroker]:
-    with EmbeddedBroker(run_dir / "broker") as running:
-        yield running
-
 
 def start_server(broker: EmbeddedBroker, vault: EmbeddedVault, run_dir: Path) -> ServiceProcess:
     server = ServiceProcess("exceptions", broker.url, run_dir, vault=vault).start()

@@ -223,11 +223,6 @@ def test_a_job_started_while_latched_exits_stay_down_at_once(latched_broker: Emb
         asyncio.run(consume_until(latched_broker.bootstrap, "I2CHeating", bool, timeout=2))
 
 
-@pytest.fixture
-def own_broker(tmp_path: Path) -> Iterator[EmbeddedBroker]:
-    with EmbeddedBroker(tmp_path / "broker") as running:
-        yield running
-
 
 async def test_fatal_while_igniting_closes_the_gas_and_stays_down(own_broker: EmbeddedBroker, tmp_path: Path) -> None:
     """A FATAL from elsewhere: valve off and cut-off on ``I2CHeating``, then exit 3 (a broker of its own)."""

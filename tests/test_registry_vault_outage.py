@@ -10,9 +10,7 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Any, Iterator
-
-import pytest
+from typing import Any
 
 from heater.runtime.broker import EmbeddedBroker
 from heater.runtime.vault import EmbeddedVault
@@ -24,12 +22,6 @@ ALARM_ID = b'"registry/vault-unavailable"'
 #: A refresh, its attempts and backoff, and the alarm's trip through the broker.
 ALARM_WITHIN_S = ALLOWLIST_REFRESH_S + 20
 
-
-@pytest.fixture
-def own_broker(run_dir: Path) -> Iterator[EmbeddedBroker]:
-    """A broker of this test's own: the alarm topics start empty, so a count is exact."""
-    with EmbeddedBroker(run_dir / "broker") as running:
-        yield running
 
 
 def beat(service: str) -> bytes:

@@ -11,7 +11,7 @@ import os
 import re
 import time
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable
 
 import hvac
 import pytest
@@ -102,11 +102,6 @@ def test_credential_files_are_private(vault: EmbeddedVault) -> None:
             assert path.stat().st_mode & 0o777 == 0o600, path
         assert path.parent.stat().st_mode & 0o077 == 0, path.parent
 
-
-@pytest.fixture
-def own_broker(run_dir: Path) -> Iterator[EmbeddedBroker]:
-    with EmbeddedBroker(run_dir / "broker") as running:
-        yield running
 
 
 def test_a_running_service_holds_no_root_token(own_broker: EmbeddedBroker, vault: EmbeddedVault, run_dir: Path) -> None:

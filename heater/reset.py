@@ -23,7 +23,7 @@ from typing import Any
 
 from heater import credentials
 from heater.catalogue import COMPONENTS
-from heater.probes import HALTED, http_json, probe
+from heater.probes import HALTED, READY, http_json, probe
 from heater.rundir import Layout
 from heater.supervision import Supervisor
 from streams.auth import Role
@@ -112,9 +112,12 @@ EXIT_GRACE_S = 20.0
 def restart_stayed_down(layout: Layout, supervisor: Supervisor, deadline: float) -> list[str]:
     """Start every control service that stayed down, including those still on their way down.
 
-    A service halted by a live FATAL runs its shutdown for a few seconds before it exits
-    with the stay-down code; a reset released meanwhile must still start it, or it stays
-    down for good. (One that came up halted restarts by itself on the release.)
+    A service halted by a live FATAL runs its shutdown before it exits with the stay-down
+    code, and late in that shutdown its web server is already closed while the process
+    still runs; a reset released meanwhile must still start it, or it stays down for good.
+    So the wait lasts while any control service runs without being ready — halted, or
+    answering nothing — not only while one shows halted. (One that came up halted restarts
+    by itself on the release and becomes ready.)
     """
     restarted: list[str] = []
     while True:
@@ -124,8 +127,9 @@ def restart_stayed_down(layout: Layout, supervisor: Supervisor, deadline: float)
             if component.name not in restarted and info.get("exitstatus") == 3 and info.get("statename") == "EXITED":
                 supervisor.start(component.name)
                 restarted.append(component.name)
-        halted = [c.name for c in COMPONENTS if c.control and processes.get(c.name, {}).get("statename") == "RUNNING"
-                  and c.name not in restarted and probe(layout, c).state == HALTED]
-        if not halted or time.monotonic() > deadline:
+        unsettled = [c.name for c in COMPONENTS if c.control and c.name not in restarted
+                     and processes.get(c.name, {}).get("statename") in ("RUNNING", "STOPPING")
+                     and probe(layout, c).state != READY]
+        if not unsettled or time.monotonic() > deadline:
             return restarted
         time.sleep(0.2)

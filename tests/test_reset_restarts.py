@@ -1,0 +1,78 @@
+"""`heater reset` starts again every control service the FATAL stopped, whatever moment of
+its shutdown the release met: the process manager's answers are scripted here, one look at a
+time, so each moment of the race is played exactly."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import pytest
+
+from heater import reset
+from heater.catalogue import COMPONENTS
+from heater.probes import DOWN, HALTED, READY, STARTING, Probe
+
+CONTROL = [c.name for c in COMPONENTS if c.control]
+
+
+class ScriptedSupervisor:
+    """Process states per look (the last one repeats); records what was started."""
+
+    def __init__(self, looks: list[dict[str, tuple[str, int | None]]]) -> None:
+        self.looks = looks
+        self.look = 0
+        self.started: list[str] = []
+
+    def running(self) -> bool:
+        return True
+
+    def all_info(self) -> dict[str, dict[str, Any]]:
+        states = self.looks[min(self.look, len(self.looks) - 1)]
+        self.look += 1
+        info = {name: {"statename": "RUNNING", "exitstatus": None} for name in CONTROL}
+        for name, (state, code) in states.items():
+            info[name] = {"statename": "RUNNING" if name in self.started else state,
+                          "exitstatus": None if name in self.started else code}
+        return info
+
+    def start(self, name: str) -> None:
+        self.started.append(name)
+
+
+def probes(answers: dict[str, list[str]], supervisor: ScriptedSupervisor) -> Any:
+    """A probe answering, for each service, what the current look says (ready when not named)."""
+    def probe(layout: Any, component: Any) -> Probe:
+        states = answers.get(component.name)
+        if states is None or component.name in supervisor.started:
+            return Probe(component.name, READY)
+        return Probe(component.name, states[min(supervisor.look - 1, len(states) - 1)])
+    return probe
+
+
+@pytest.mark.parametrize("on_its_way_down", [HALTED, DOWN, STARTING], ids=["halted", "web-closed", "not-answering-yet"])
+def test_a_service_still_shutting_down_at_the_release_is_started_once_it_exits(
+    monkeypatch: pytest.MonkeyPatch, on_its_way_down: str
+) -> None:
+    """The bank runs on for three looks after the release (showing ``on_its_way_down``), then exits with 3."""
+    supervisor = ScriptedSupervisor([{"bank": ("RUNNING", None)}] * 3 + [{"bank": ("EXITED", 3)}])
+    monkeypatch.setattr(reset, "probe", probes({"bank": [on_its_way_down]}, supervisor))
+    monkeypatch.setattr(reset.time, "sleep", lambda _s: None)
+    restarted = reset.restart_stayed_down(None, supervisor, time.monotonic() + 5)  # type: ignore[arg-type]
+    assert restarted == ["bank"]
+    assert supervisor.started == ["bank"]
+
+
+def test_services_already_down_are_started_and_ready_ones_are_left_alone(monkeypatch: pytest.MonkeyPatch) -> None:
+    supervisor = ScriptedSupervisor([{"bank": ("EXITED", 3), "disaster": ("EXITED", 3), "i2c": ("EXITED", 0)}])
+    monkeypatch.setattr(reset, "probe", probes({}, supervisor))
+    monkeypatch.setattr(reset.time, "sleep", lambda _s: None)
+    assert sorted(reset.restart_stayed_down(None, supervisor, time.monotonic() + 5)) == ["bank", "disaster"]  # type: ignore[arg-type]
+
+
+def test_the_wait_ends_at_its_deadline_when_a_service_never_settles(monkeypatch: pytest.MonkeyPatch) -> None:
+    supervisor = ScriptedSupervisor([{"bank": ("RUNNING", None)}])
+    monkeypatch.setattr(reset, "probe", probes({"bank": [DOWN]}, supervisor))
+    began = time.monotonic()
+    assert reset.restart_stayed_down(None, supervisor, began + 0.5) == []  # type: ignore[arg-type]
+    assert time.monotonic() - began < 2.0

@@ -58,6 +58,8 @@ class HeaterService:
         #: Vault at run time: every call through timeout, backoff and breaker, with its outage alarm.
         self.vault = Dependency(VAULT, lambda: self.alarms)
         self.on_stay_down: Callable[[], None] | None = None
+        #: True once a FATAL made this control service leave with the stay-down code.
+        self.leaving = False
         self.ledger: Ledger | None = None
         self.watched_through: Callable[[], float] = lambda: 0.0
         """``received_at`` of the newest reading this service has decided, for its heartbeats."""
@@ -204,8 +206,14 @@ class HeaterService:
         """Rule 2: on FATAL, control services stop and stay down; display services go read-only."""
         if latch.latched:
             self.halt(latch.reason)
-            if self.spec.kind is ServiceKind.CONTROL and self.on_stay_down is not None:
+            if self.spec.kind is ServiceKind.CONTROL and self.on_stay_down is not None and not self.leaving:
+                self.leaving = True
                 self.on_stay_down()
+        elif self.leaving:
+            # On its way out with the stay-down code: ready again now, it would look settled to
+            # `heater reset` and then exit, and nothing would start it. The reset starts it.
+            log.warning("%s: latch released by %s; leaving anyway, the reset starts it again", self.spec.name,
+                        latch.released_by)
         elif self.status.phase is Phase.HALTED:
             log.warning("%s: latch released by %s", self.spec.name, latch.released_by)
             self.mark_ready()

@@ -76,3 +76,33 @@ def test_the_wait_ends_at_its_deadline_when_a_service_never_settles(monkeypatch:
     began = time.monotonic()
     assert reset.restart_stayed_down(None, supervisor, began + 0.5) == []  # type: ignore[arg-type]
     assert time.monotonic() - began < 2.0
+
+
+def test_a_control_service_leaving_on_a_fatal_stays_not_ready_when_the_release_comes_before_it_exits() -> None:
+    """Ready again while it exits with the stay-down code, it would look settled to the reset, and
+    nothing would start it after its exit; a display service halted on the FATAL is ready again."""
+    from streams.app import HeaterService, ServiceKind, ServiceSpec
+    from streams.latch import LatchView, Occurrence
+    from streams.lifecycle import Phase
+    from tests.support import run
+
+    fatal = Occurrence("bank/overtemp-fatal/water.0@1", "bank/overtemp-fatal/water.0", "water.0 at 93 °C", 1.0)
+    latched = LatchView(raised={fatal.key: fatal})
+    released = LatchView(raised={fatal.key: fatal}, released={fatal.key: "reset-1"}, released_by="alice")
+
+    control = HeaterService(ServiceSpec("leaving-control", ServiceKind.CONTROL, description="test"))
+    left: list[bool] = []
+    control.on_stay_down = lambda: left.append(True)
+    control.mark_ready()
+    run(control._on_latch_change(latched))
+    run(control._on_latch_change(released))
+    run(control._on_latch_change(latched))
+    assert left == [True], "the stay-down exit is asked for once"
+    assert control.status.phase is Phase.HALTED and not control.acting
+
+    display = HeaterService(ServiceSpec("halted-display", ServiceKind.DISPLAY, description="test"))
+    display.mark_ready()
+    run(display._on_latch_change(latched))
+    assert display.status.phase is Phase.HALTED
+    run(display._on_latch_change(released))
+    assert display.status.phase is Phase.READY

@@ -159,6 +159,10 @@ def run_worker(name: str) -> int:
     except tracing.TracingUnavailable as exc:
         logging.getLogger("heater").error("%s: %s", name, exc)
         return exitcodes.CONFIG
+    problem = tls_problem(name)
+    if problem:
+        logging.getLogger("heater").error("%s: %s", name, problem)
+        return exitcodes.CONFIG
     if name in ADAPTERS:
         import importlib
 
@@ -166,6 +170,20 @@ def run_worker(name: str) -> int:
     from streams import worker
 
     return worker.run(name)
+
+
+def tls_problem(name: str) -> str:
+    """Why the service cannot serve its API with mTLS ("" when it can): settings, or its certificate files."""
+    from streams.settings import Settings, SettingsError
+    from streams.tls import TLSFiles, TLSMaterialError
+
+    try:
+        settings = Settings.from_env()
+        if settings.tls == "on":
+            TLSFiles(settings.tls_dir_for(name)).server_context()
+    except (SettingsError, TLSMaterialError) as exc:
+        return str(exc)
+    return ""
 
 
 def _simulator_port(run_dir: Path) -> int | None:

@@ -18,6 +18,7 @@ from heater import credentials
 from heater.rundir import Layout
 from streams.auth import Role
 from streams.dashboard import LINK_PATH
+from streams.tls import client_context_for
 
 
 class NoLink(Exception):
@@ -31,7 +32,7 @@ def link(run_dir: Path, timeout: float = 5.0) -> str:
     request = urllib.request.Request(base + LINK_PATH, data=b"{}", method="POST",
                                      headers={"Authorization": f"Bearer {token}", "Content-Type": "application/json"})
     try:
-        with urllib.request.urlopen(request, timeout=timeout) as response:
+        with urllib.request.urlopen(request, timeout=timeout, context=client_context_for(base)) as response:
             return base + json.loads(response.read())["path"]
     except urllib.error.HTTPError as refused:
         try:

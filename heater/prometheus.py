@@ -13,7 +13,7 @@ from __future__ import annotations
 import yaml
 
 from heater.catalogue import COMPONENTS
-from heater.rundir import Layout
+from heater.rundir import Layout, probe_port_name
 
 JOB = "heater"
 SCRAPE_INTERVAL_S = 5
@@ -21,9 +21,9 @@ SCRAPE_TIMEOUT_S = 4
 
 
 def targets(layout: Layout) -> list[dict[str, object]]:
-    """One static target group per service with a web port: its address and ``service`` label."""
+    """One static target group per service: its plain probe port (metrics need no certificate) and ``service`` label."""
     return [
-        {"targets": [f"127.0.0.1:{layout.ports[c.name]}"], "labels": {"service": c.name}}
+        {"targets": [f"127.0.0.1:{layout.ports[probe_port_name(c.name)]}"], "labels": {"service": c.name}}
         for c in COMPONENTS
         if c.has_web
     ]

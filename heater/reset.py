@@ -14,30 +14,17 @@ halted restart by themselves once they see the release.
 
 from __future__ import annotations
 
-import json
 import time
-import urllib.error
-import urllib.request
 from pathlib import Path
 from typing import Any
 
 from heater import credentials
 from heater.catalogue import COMPONENTS
-from heater.probes import HALTED, READY, http_json, probe
+from heater.probes import HALTED, READY, http_json, post_json, probe
 from heater.rundir import Layout
 from heater.supervision import Supervisor
 from streams.auth import Role
 from streams.vault import VaultUnavailable
-
-
-def post(url: str, body: dict[str, Any], token: str) -> tuple[int, dict]:
-    headers = {"Content-Type": "application/json", "Authorization": f"Bearer {token}"}
-    request = urllib.request.Request(url, data=json.dumps(body).encode(), headers=headers)
-    try:
-        with urllib.request.urlopen(request, timeout=10) as response:
-            return response.status, json.loads(response.read())
-    except urllib.error.HTTPError as err:
-        return err.code, json.loads(err.read() or b"{}")
 
 
 def at_rest(layout: Layout, supervisor: Supervisor) -> list[str]:
@@ -87,8 +74,8 @@ def main(run_dir: Path, operator: str | None = None, timeout: float = 30.0) -> i
     print(f"the latch, as AlarmsServer shows it (Pico trip count {shown.get('trip_count')}):")
     for key, occurrence in sorted(occurrences.items(), key=lambda item: item[1].get("raised_at", 0.0)):
         print(f"  {key}: {occurrence.get('reason', '')}")
-    status, body = post(alarms + "/reset", {"occurrences": sorted(occurrences), "trip_count": shown.get("trip_count")},
-                        token)
+    status, body = post_json(alarms + "/reset", {"occurrences": sorted(occurrences), "trip_count": shown.get("trip_count")},
+                             timeout=10, token=token)
     if status != 202:
         print(f"reset refused ({status}): {body.get('error', body)}")
         return 1

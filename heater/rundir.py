@@ -12,11 +12,18 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from heater.catalogue import COMPONENTS, EXTRA_PORTS
+from heater.catalogue import BY_NAME, COMPONENTS, EXTRA_PORTS
+from heater.runtime.pki import CLI_SUBJECT, tls_dir
 from heater.runtime.processes import free_ports
 from heater.runtime.vault import approle_env
+from streams.tls import use_identity
 
 DEFAULT_RUN_DIR = Path(".run")
+
+
+def probe_port_name(service: str) -> str:
+    """The address book's entry for a service's probe port."""
+    return f"{service}-probe"
 
 
 def default_run_dir() -> Path:
@@ -29,6 +36,11 @@ class Layout:
 
     run_dir: Path
     ports: dict[str, int] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        """This process calls the platform's APIs with the CLI's certificate (each platform has its own CA)."""
+        use_identity([port for name, port in self.ports.items() if name in BY_NAME and BY_NAME[name].has_web],
+                     tls_dir(self.secrets_dir, CLI_SUBJECT))
 
     @property
     def logs(self) -> Path:
@@ -78,12 +90,17 @@ class Layout:
         return self.run_dir / "sim"
 
     def web_url(self, name: str) -> str:
-        return f"http://127.0.0.1:{self.ports[name]}"
+        """A service's API: HTTPS with a client certificate (the CLI's, :meth:`__post_init__`)."""
+        return f"https://127.0.0.1:{self.ports[name]}"
+
+    def probe_url(self, name: str) -> str:
+        """A service's plain port for ``/healthz``, ``/readyz`` and ``/metrics`` only."""
+        return f"http://127.0.0.1:{self.ports[probe_port_name(name)]}"
 
     @classmethod
     def allocate(cls, run_dir: Path) -> "Layout":
         """A new layout with a free port for every component."""
-        names = [c.name for c in COMPONENTS] + list(EXTRA_PORTS)
+        names = [c.name for c in COMPONENTS] + [probe_port_name(c.name) for c in COMPONENTS if c.has_web] + list(EXTRA_PORTS)
         return cls(run_dir=run_dir.resolve(), ports=dict(zip(names, free_ports(len(names)))))
 
     def save(self) -> None:
@@ -105,6 +122,8 @@ class Layout:
             "HEATER_VAULT_ADDR": self.vault_addr,
             **approle_env(self.secrets_dir, name),
             "HEATER_WEB_PORT": str(self.ports.get(name, 0)),
+            "HEATER_PROBE_PORT": str(self.ports.get(probe_port_name(name), 0)),
+            "HEATER_TLS_DIR": str(tls_dir(self.secrets_dir, name)),
             "HEATER_COMPONENT": name,
             "HEATER_CAN_INTERFACE": "remote",
             "HEATER_CAN_CHANNEL": f"ws://127.0.0.1:{self.ports['sim-can']}/",

@@ -61,7 +61,8 @@ class BridgeSettings:
         if not feed_url:
             if "alarms" not in ports:
                 raise SettingsError("HEATER_HOMEKIT_FEED_URL is not set and no platform.json names AlarmsServer's port")
-            feed_url = f"ws://127.0.0.1:{ports['alarms']}{FEED_PATH}"
+            scheme = "ws" if env.get("HEATER_TLS") == "off" else "wss"  # AlarmsServer's API: mTLS unless off
+            feed_url = f"{scheme}://127.0.0.1:{ports['alarms']}{FEED_PATH}"
         mdns = env.get("HEATER_HOMEKIT_MDNS", "off")
         if mdns not in MDNS_MODES:
             raise SettingsError(f"HEATER_HOMEKIT_MDNS={mdns!r}: expected one of {', '.join(MDNS_MODES)}")

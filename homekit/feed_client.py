@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+from ssl import SSLContext
 from typing import Awaitable, Callable, Iterator
 
 import aiohttp
@@ -36,8 +37,10 @@ class FeedClient:
     """Follows the feed forever: ``on_state`` for every snapshot, ``on_down`` once per lost connection."""
 
     def __init__(self, url: str, on_state: Callable[[Snapshot], None], on_down: Callable[[str], None],
-                 token: Callable[[], Awaitable[str]] | None = None) -> None:
+                 token: Callable[[], Awaitable[str]] | None = None, ssl: SSLContext | None = None) -> None:
+        """``ssl``: the bridge's client context for a ``wss`` feed (its own certificate, the platform CA)."""
         self.url = url
+        self.ssl = ssl
         self.token = token
         self.on_state = on_state
         self.on_down = on_down
@@ -50,7 +53,7 @@ class FeedClient:
             while True:
                 try:
                     headers = {"Authorization": f"Bearer {await self.token()}"} if self.token else None
-                    async with session.ws_connect(self.url, heartbeat=HEARTBEAT_S, headers=headers,
+                    async with session.ws_connect(self.url, heartbeat=HEARTBEAT_S, headers=headers, ssl=self.ssl or True,
                                                   timeout=aiohttp.ClientWSTimeout(ws_close=2.0)) as ws:
                         self.connected, self.connects = True, self.connects + 1
                         log.info("feed %s connected", self.url)

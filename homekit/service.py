@@ -28,7 +28,7 @@ from homekit.mdns import advertiser
 from homekit.pairing import load_or_create, write_bridge_info
 from homekit.schema import load_schema
 from homekit.snapshot import Snapshot
-from streams import exitcodes, kafka_clients
+from streams import exitcodes, kafka_clients, tls
 from streams.auth import Role, requires
 from streams.alarm_client import AlarmClient
 from streams.health import web_app
@@ -108,9 +108,7 @@ class BridgeService:
             loop.add_signal_handler(sig, self._stop.set)
         schema = load_schema(self.config.schema)
         self.code = load_or_create(self.config.state_dir)
-        runner = web.AppRunner(self.web)
-        await runner.setup()
-        await web.TCPSite(runner, self.settings.web_host, self.settings.web_port).start()
+        runner = await tls.serve(self.web, self.settings, SPEC.name)
         try:
             await self._connect()
         except (OSError, asyncio.TimeoutError, KafkaError) as exc:
@@ -141,7 +139,9 @@ class BridgeService:
         self.watch.on_change.append(self._on_latch)
         self.watch.run_in_background()
         self._settle_phase()
-        self.feed = FeedClient(self.config.feed_url, self._on_state, self._on_down, ServiceToken(self.settings))
+        own_tls = self.web.get(tls.TLS)
+        self.feed = FeedClient(self.config.feed_url, self._on_state, self._on_down, ServiceToken(self.settings),
+                               ssl=own_tls.client if own_tls else None)
         tasks = [asyncio.ensure_future(self.feed.run()), asyncio.ensure_future(self._watch_backend()),
                  asyncio.ensure_future(self._beat())]
         await self._stop.wait()

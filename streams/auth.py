@@ -43,6 +43,8 @@ import aiohttp
 import jwt
 from aiohttp import web
 
+from streams.tls import refusal_for
+
 log = logging.getLogger(__name__)
 
 #: The claim carrying the caller's role (set by the issuer's role template).
@@ -387,6 +389,12 @@ def bearer_token(request: web.BaseRequest) -> str | None:
 async def middleware(request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]) -> web.StreamResponse:
     """Let a request through only with what its route declares; refuse it otherwise."""
     match = request.match_info
+    browser = request.method in ("GET", "HEAD") and bearer_token(request) is None and (
+        SESSION_COOKIE in request.cookies or "ticket" in request.query)
+    refused = refusal_for(request, browser)
+    if refused is not None:
+        log.info("refused %s %s: %s", request.method, request.path, refused[1])
+        return refusal(*refused)
     if match.http_exception is not None:  # no such route, or method: aiohttp's own 404/405
         return await handler(request)
     need = need_for(access_of(match.handler), request.method)

@@ -25,7 +25,7 @@ from aiohttp import web
 from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError
 
-from streams import exitcodes, kafka_clients, tracing
+from streams import exitcodes, kafka_clients, tls, tracing
 from streams.alarm_client import AlarmClient
 from streams.exception_reports import forward_from_edge
 from streams.health import web_app
@@ -145,9 +145,7 @@ class EdgeService:
             log.error("%s: broker %s unreachable at start-up: %s", self.spec.name, self.settings.broker_bootstrap, exc)
             await self._close()
             return exitcodes.DEPENDENCY_MISSING
-        runner = web.AppRunner(self.web)
-        await runner.setup()
-        await web.TCPSite(runner, self.settings.web_host, self.settings.web_port).start()
+        runner = await tls.serve(self.web, self.settings, self.spec.name)
         assert self.watch is not None and self.alarms is not None
         assert self.producer is not None
         forward_from_edge(self.spec.name, self.settings.service_identity, self.producer)

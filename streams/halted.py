@@ -13,9 +13,7 @@ import asyncio
 import logging
 import signal
 
-from aiohttp import web
-
-from streams import exitcodes
+from streams import exitcodes, tls
 from streams.health import web_app
 from streams.latch import LatchView
 from streams.lifecycle import ServiceSpec, ServiceStatus
@@ -45,9 +43,7 @@ async def _serve(spec: ServiceSpec, settings: Settings, fetch_wait_ms: int) -> i
     watch.run_in_background()
     status = ServiceStatus()
     status.halt(service, watch.latch.reason or "latched at start")
-    runner = web.AppRunner(web_app(spec, lambda: status))
-    await runner.setup()
-    await web.TCPSite(runner, settings.web_host, settings.web_port).start()
+    runner = await tls.serve(web_app(spec, lambda: status), settings, service)
     log.critical("%s came up halted: %s; waiting for an operator reset", service, watch.latch.reason)
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):

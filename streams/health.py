@@ -29,7 +29,8 @@ def health_handlers(spec: ServiceSpec, status: Callable[[], ServiceStatus]) -> d
 
     @open_route
     async def healthz(request: web.Request) -> web.Response:
-        return web.json_response({"service": spec.name, "alive": True, "pid": os.getpid()})
+        # The phase lets a plain-HTTP caller (a Kubernetes init container) wait for a stage without a certificate.
+        return web.json_response({"service": spec.name, "alive": True, "pid": os.getpid(), "phase": status().phase.value})
 
     @open_route
     async def readyz(request: web.Request) -> web.Response:

@@ -80,7 +80,30 @@ class Settings:
     auth_audience: str = "heater"
     #: Where finished spans go (streams.tracing): ``file`` (RUN_DIR/traces), ``otlp`` or ``none``.
     trace_exporter: str = "file"
+    #: mTLS on the API port (streams.tls): ``on``, or ``off`` (the local profile only, for a
+    #: service run without a Vault to issue its certificate; production refuses it).
+    tls: str = "on"
+    #: The service's certificate, key and trusted CA (``tls.crt``, ``tls.key``, ``ca.crt``: a
+    #: cert-manager Secret's mount in production). Empty: ``RUN_DIR/secrets/tls/SERVICE``.
+    tls_dir: Path | None = None
+    #: Revoked certificates (a PEM CRL) and how often it is fetched again. Empty under the local
+    #: profile: its Vault's PKI (``VAULT/v1/pki_int/crl/pem``); empty in production: none.
+    tls_crl_url: str = ""
+    tls_crl_refresh_s: float = 5.0
+    #: A plain-HTTP port serving only ``/healthz``, ``/readyz`` and ``/metrics`` (probes, Prometheus); 0: none.
+    probe_port: int = 0
     extra: Mapping[str, str] = field(default_factory=dict)
+
+    def tls_dir_for(self, service: str) -> Path:
+        """Where ``service``'s certificate files are (streams.tls)."""
+        return self.tls_dir or self.run_dir / "secrets" / "tls" / service
+
+    @property
+    def crl_url(self) -> str:
+        """Where revoked certificates are published ("" for none)."""
+        if self.tls_crl_url or self.profile != "local":
+            return self.tls_crl_url
+        return f"{self.vault_addr.rstrip('/')}/v1/pki_int/crl/pem"
 
     @property
     def token_issuer(self) -> str:
@@ -125,10 +148,12 @@ class Settings:
         trace_exporter = env.get("HEATER_TRACE_EXPORTER", base.trace_exporter)
         if trace_exporter not in TRACE_EXPORTERS:
             raise SettingsError(f"HEATER_TRACE_EXPORTER={trace_exporter!r}: expected one of {', '.join(TRACE_EXPORTERS)}")
-        try:
-            web_port = int(env.get("HEATER_WEB_PORT", base.web_port))
-        except ValueError as exc:
-            raise SettingsError(f"HEATER_WEB_PORT must be an integer: {exc}") from None
+        web_port = _number(env, "HEATER_WEB_PORT", base.web_port, int)
+        tls = env.get("HEATER_TLS", base.tls)
+        if tls not in ("on", "off"):
+            raise SettingsError(f"HEATER_TLS={tls!r}: expected on or off")
+        if tls == "off" and profile != "local":
+            raise SettingsError("HEATER_TLS=off is refused under the production profile: every API needs mTLS there")
         return replace(
             base,
             broker_url=env.get("HEATER_BROKER_URL", base.broker_url),
@@ -157,11 +182,23 @@ class Settings:
             auth_issuer=env.get("HEATER_AUTH_ISSUER", ""),
             auth_audience=env.get("HEATER_AUTH_AUDIENCE", base.auth_audience),
             trace_exporter=trace_exporter,
+            tls=tls,
+            tls_dir=_path(env.get("HEATER_TLS_DIR")),
+            tls_crl_url=env.get("HEATER_TLS_CRL_URL", ""),
+            tls_crl_refresh_s=_number(env, "HEATER_TLS_CRL_REFRESH_S", base.tls_crl_refresh_s, float),
+            probe_port=_number(env, "HEATER_PROBE_PORT", base.probe_port, int),
         )
 
 
 def _path(value: str | None) -> Path | None:
     return Path(value) if value else None
+
+
+def _number(env: Mapping[str, str], name: str, default: Any, kind: type) -> Any:
+    try:
+        return kind(env.get(name, default))
+    except ValueError as exc:
+        raise SettingsError(f"{name} must be a number: {exc}") from None
 
 
 def faust_options(settings: Settings, service: str, *, fast_path: bool = False) -> dict[str, Any]:

@@ -16,13 +16,16 @@ from __future__ import annotations
 
 from typing import Any, Callable, ClassVar, Mapping
 
+import aiohttp
 from faust.web import base
 from faust.web.drivers import DRIVERS
 from faust.web.drivers.aiohttp import Web as AiohttpWeb
 
-from streams import auth
+from streams import auth, tls
 
 SCHEME = "heater"
+#: A service's Faust app id is ``heater-NAME`` (streams.app); its certificate is NAME's.
+APP_PREFIX = "heater-"
 FAUST_TABLES = "faust.web.apps.tables.blueprint"
 TABLES = "streams.table_views:blueprint"
 #: Roles of the views of Faust's own blueprints (the platform's views declare their own): the
@@ -46,6 +49,19 @@ class Web(AiohttpWeb):
     def __init__(self, app: Any, **kwargs: Any) -> None:
         super().__init__(app, **kwargs)
         auth.install(self.web_app)
+
+    async def start_server(self) -> None:
+        """The API port with mTLS and the plain probe port; table requests routed to another worker present
+        this service's certificate."""
+        from streams.settings import Settings
+
+        settings = Settings.from_env()
+        own = tls.ServiceTLS.from_settings(settings, self.app.conf.id.removeprefix(APP_PREFIX))
+        tls.install(self.web_app, own)
+        if own is not None:
+            self.app.http_client = aiohttp.ClientSession(connector=aiohttp.TCPConnector(ssl=own.client))
+        await self._runner.setup()
+        await tls.start_sites(self._runner, settings, own)
 
     def route(self, pattern: str, handler: Callable, cors_options: Any = None) -> None:
         role = faust_view_role(pattern)

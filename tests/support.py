@@ -13,6 +13,7 @@ from typing import Any, Callable
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
+from heater.probes import post_json
 from heater.runtime.services import ServiceProcess
 
 __all__ = ["ServiceProcess", "produce", "consume_until", "run", "wait_for", "metric", "post_json", "try_get"]
@@ -96,7 +97,7 @@ def metric(proc: ServiceProcess, name: str, **labels: str) -> float:
     """Current value of one Prometheus sample of a service (0 when not exported yet)."""
     import urllib.request
 
-    text = urllib.request.urlopen(proc.url + "/metrics", timeout=2).read().decode()
+    text = urllib.request.urlopen(proc.probe_url + "/metrics", timeout=2).read().decode()
     want = ",".join(f'{k}="{v}"' for k, v in sorted(labels.items()))
     for line in text.splitlines():
         if line.startswith(name + "{") and line.split("{", 1)[1].split("}", 1)[0] == want:
@@ -105,27 +106,12 @@ def metric(proc: ServiceProcess, name: str, **labels: str) -> float:
 
 
 def metric_sum(url: str, name: str) -> float:
-    """Sum of every sample of one metric family a service at ``url`` exports, whatever its labels."""
+    """Sum of every sample of one metric family a service exports (``url``: its probe port), whatever its labels."""
     import urllib.request
 
     text = urllib.request.urlopen(url + "/metrics", timeout=5).read().decode()
     return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
                if line.startswith((name + "{", name + " ")))
-
-
-def post_json(url: str, body: dict[str, Any], timeout: float = 5.0, token: str | None = None) -> tuple[int, Any]:
-    """POST a JSON body (with a bearer ``token`` when given); return (status, JSON answer) also for 4xx/5xx answers."""
-    import json
-    import urllib.error
-    import urllib.request
-
-    headers = {"Content-Type": "application/json", **({"Authorization": f"Bearer {token}"} if token else {})}
-    request = urllib.request.Request(url, data=json.dumps(body).encode(), headers=headers)
-    try:
-        with urllib.request.urlopen(request, timeout=timeout) as response:
-            return response.status, json.loads(response.read() or b"{}")
-    except urllib.error.HTTPError as err:
-        return err.code, json.loads(err.read() or b"{}")
 
 
 def try_get(url: str, token: str | None = None) -> tuple[int, Any] | None:

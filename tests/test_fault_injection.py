@@ -18,8 +18,6 @@ import signal
 import subprocess
 import sys
 import time
-import urllib.error
-import urllib.request
 import uuid
 from pathlib import Path
 from typing import Any, Iterator
@@ -48,7 +46,7 @@ from tests.platform_view import (
 )
 from tests.homekit.home_app import HomeApp
 from tests.prometheus_server import check_config, ensure_installed, running_prometheus
-from tests.support import consume_until, metric_sum, produce, run, wait_for
+from tests.support import consume_until, metric_sum, post_json, produce, run, wait_for
 
 log = logging.getLogger(__name__)
 
@@ -331,7 +329,7 @@ def test_garbage_flood_during_heating_is_counted_and_heating_completes(platform:
     layout = platform.layout
     fresh_tank(layout)
     can_pid = platform.supervisor.info("can")["pid"]
-    bad_before = metric_sum(layout.web_url("can"), "heater_can_bad_frames_total")
+    bad_before = metric_sum(layout.probe_url("can"), "heater_can_bad_frames_total")
     job = Job(layout, 26.0)
     try:
         heating(layout, job)
@@ -340,7 +338,7 @@ def test_garbage_flood_during_heating_is_counted_and_heating_completes(platform:
     finally:
         job.stop()
         sim.clear(layout.ports["simulator"])
-    bad = metric_sum(layout.web_url("can"), "heater_can_bad_frames_total") - bad_before
+    bad = metric_sum(layout.probe_url("can"), "heater_can_bad_frames_total") - bad_before
     assert bad > 100, "the garbage was seen and counted"
     assert platform.supervisor.info("can")["pid"] == can_pid, "the CAN adapter did not crash"
     assert relays(layout)["gas_valve_open"] is False
@@ -602,7 +600,7 @@ def test_after_fatal_nothing_resumes_until_the_verified_operator_reset(platform:
 def decided(layout: Layout, service: str) -> float:
     """How many input records a stream service has decided since it started (0 while it does not answer)."""
     try:
-        return metric_sum(layout.web_url(service), "heater_messages_processed_total")
+        return metric_sum(layout.probe_url(service), "heater_messages_processed_total")
     except OSError:
         return 0.0
 
@@ -621,14 +619,7 @@ def deciding_again(layout: Layout, service: str, since: float) -> float:
 def post_config(layout: Layout, limits: dict[str, Any], by: str = "alice") -> tuple[int, dict[str, Any]]:
     """A config change by ``by``, logged in as admin (`heater login --role admin --user NAME`): recorded as theirs."""
     credentials.login(layout.run_dir, Role.ADMIN, by)
-    request = urllib.request.Request(layout.web_url("config") + "/config", method="POST",
-                                     data=json.dumps({"limits": limits}).encode(),
-                                     headers={"Content-Type": "application/json", "Authorization": f"Bearer {login_token()}"})
-    try:
-        with urllib.request.urlopen(request, timeout=10) as answer:
-            return answer.status, json.loads(answer.read())
-    except urllib.error.HTTPError as refused:
-        return refused.code, json.loads(refused.read())
+    return post_json(layout.web_url("config") + "/config", {"limits": limits}, timeout=10, token=login_token())
 
 
 def bank_limit(layout: Layout, name: str) -> float:

@@ -34,6 +34,7 @@ from streams.heating.controller import HeatingController, HeatingRun
 from streams.heating.launch import LocalLauncher
 from streams.platform_watch import PlatformWatch
 from streams.records import HeatingJobState
+from streams.tls import client_context_for
 from tests import browser
 from tests.platform_view import fresh_tank, http_json, login_token, relays, running_platform
 from tests.png import read_png
@@ -114,7 +115,7 @@ STATEFUL_SERVICES = ("registry", "exceptions", "alarms", "bank", "disaster")
 
 def get_text(url: str, accept: str) -> tuple[int, str, str]:
     request = urllib.request.Request(url, headers={"Accept": accept, "Authorization": f"Bearer {login_token()}"})
-    with urllib.request.urlopen(request, timeout=5) as response:
+    with urllib.request.urlopen(request, timeout=5, context=client_context_for(url)) as response:
         return response.status, response.headers.get("Content-Type", ""), response.read().decode()
 
 

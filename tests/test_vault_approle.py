@@ -25,6 +25,7 @@ from streams.allowlist import read_allowlist
 from streams.settings import Settings
 from streams.vault import RESET_SIGNING_KEY, vault_client
 from streams.vault_policies import GRANTS, SERVICE_GRANTS
+from heater.probes import http_json
 from tests.support import ServiceProcess, metric, wait_for
 
 PAYLOAD = base64.b64encode(b"reset record").decode()
@@ -169,7 +170,7 @@ def test_no_secret_in_a_service_log(own_broker: EmbeddedBroker, run_dir: Path) -
             presented = [registry.token("admin"), registry.token("viewer", name="vic")]
             forged = presented[0][:-6] + "AAAAAA"
             for token in presented + [forged]:
-                requests.get(registry.url + "/registry", headers={"Authorization": f"Bearer {token}"}, timeout=5)
+                http_json(registry.url + "/registry", timeout=5, token=token)
             time.sleep(12)  # past a refresh of the allowed list (every 10 s), with the first token expired
             assert metric(registry, "heater_dependency_down", dependency="vault") == 0
         finally:

@@ -11,7 +11,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from heater.probes import http_json
-from heater.runtime.processes import free_port
+from heater.runtime.processes import free_ports
+from streams.tls import use_identity
 
 if TYPE_CHECKING:
     from heater.runtime.vault import EmbeddedVault
@@ -26,7 +27,7 @@ class ServiceProcess:
         service its own AppRole there (never the root token, which only :meth:`token` uses, as the administrator)."""
         self.name = name
         self.vault = vault
-        self.port = free_port()
+        self.port, self.probe_port = free_ports(2)
         self.run_dir = run_dir
         self.log_path = run_dir / "logs" / f"{name}-{self.port}.log"
         self.env = {
@@ -35,15 +36,26 @@ class ServiceProcess:
             "HEATER_BROKER_URL": broker_url,
             "HEATER_RUN_DIR": str(run_dir),
             "HEATER_WEB_PORT": str(self.port),
-            **(vault.service_env(name) if vault is not None else {}),
+            "HEATER_PROBE_PORT": str(self.probe_port),
+            # Without a Vault nobody issues the service a certificate: plain HTTP, which only the local profile allows.
+            **(vault.service_env(name) if vault is not None else {"HEATER_TLS": "off"}),
             **(extra_env or {}),
         }
+        if vault is not None:
+            use_identity([self.port], vault.cli_tls_dir)
         self.proc: subprocess.Popen[bytes] | None = None
         self._tokens: dict[tuple[str, str], tuple[str, float]] = {}
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        """The API: HTTPS with the harness's client certificate from the service's Vault (plain without one)."""
+        scheme = "https" if self.env.get("HEATER_TLS", "on") == "on" else "http"
+        return f"{scheme}://127.0.0.1:{self.port}"
+
+    @property
+    def probe_url(self) -> str:
+        """The plain port serving only ``/healthz``, ``/readyz`` and ``/metrics``."""
+        return f"http://127.0.0.1:{self.probe_port}"
 
     def start(self) -> "ServiceProcess":
         self.log_path.parent.mkdir(parents=True, exist_ok=True)

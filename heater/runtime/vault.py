@@ -20,6 +20,7 @@ from typing import Callable, Mapping
 import hvac
 
 from heater.catalogue import platform_services
+from heater.runtime.pki import CLI_SUBJECT, issue_all, provision_pki, tls_dir
 from heater.runtime.processes import ChildProcess, free_port, wait_until
 from streams.allowlist import write_allowlist
 from streams.vault import API_TOKEN_KEY, APPROLE_MOUNT, IDENTITY_TOKEN_ROLE, api_token_role, ensure_entity
@@ -81,7 +82,8 @@ def vault_ready(addr: str, token: str) -> bool:
 def provision(addr: str, token: str, secrets_dir: Path) -> None:
     """What the platform needs from Vault (idempotent): a transit key to sign operator
     resets, the list of services allowed on the platform (each under its own name), the
-    identity provider of API tokens, and each service's AppRole (credentials in ``secrets_dir``)."""
+    identity provider of API tokens, each service's AppRole (credentials in ``secrets_dir``), and
+    the platform's CA with a certificate for every service and the CLI (:mod:`heater.runtime.pki`)."""
     vault = client(addr, token, timeout=5.0)
     mounts = vault.sys.list_mounted_secrets_engines().get("data", {})
     if "transit/" not in mounts:
@@ -90,6 +92,8 @@ def provision(addr: str, token: str, secrets_dir: Path) -> None:
     write_allowlist(vault, {name: name for name in platform_services()})
     provision_identity(vault, addr)
     provision_services(vault, secrets_dir)
+    provision_pki(vault, addr)
+    issue_all(vault, secrets_dir)
 
 
 #: A service's Vault token lives this long; the service logs in again after two thirds of it.
@@ -203,7 +207,13 @@ class EmbeddedVault:
 
     def service_env(self, service: str) -> dict[str, str]:
         """What a service started against this Vault is given: its address and the service's own AppRole."""
-        return {"HEATER_VAULT_ADDR": self.addr, **approle_env(self.secrets_dir, service)}
+        return {"HEATER_VAULT_ADDR": self.addr, **approle_env(self.secrets_dir, service),
+                "HEATER_TLS_DIR": str(tls_dir(self.secrets_dir, service))}
+
+    @property
+    def cli_tls_dir(self) -> Path:
+        """The operator CLI's client certificate from this Vault's CA (the test harness calls APIs with it)."""
+        return tls_dir(self.secrets_dir, CLI_SUBJECT)
 
     def admin(self) -> hvac.Client:
         """A client with the root token: for whoever stands in for the platform's administrator (tests, benches)."""

@@ -50,7 +50,10 @@ class Launcher(Protocol):
 async def launcher_for(settings: Settings, log_dir: Path | None = None) -> Launcher:
     """Child processes under the local profile; Kubernetes Jobs in production, where a pod starts no job itself."""
     if settings.profile == "local":
-        return LocalLauncher(env={"HEATER_COMPONENT": "heating-job"}, log_dir=log_dir)
+        # The job's own certificate sits beside the bridge's (``secrets/tls/NAME``); it has no probe port.
+        job_tls = settings.tls_dir_for("homekit").parent / "heating-job"
+        return LocalLauncher(env={"HEATER_COMPONENT": "heating-job", "HEATER_TLS_DIR": str(job_tls),
+                                  "HEATER_PROBE_PORT": "0"}, log_dir=log_dir)
     from streams.heating.k8s import production_launcher
 
     return await production_launcher(settings)

@@ -234,7 +234,7 @@ def test_commands_drive_the_relays_confirmed_by_readback(
     feeder.command("cutoff")
     wait_relays(ops_sim, False, False, False)
     assert metric(adapter, "heater_i2c_commands_total", action="valve", result="applied") == 1
-    assert metric_sum(adapter.url, "heater_i2c_kicks_total") > 10
+    assert metric_sum(adapter.probe_url, "heater_i2c_kicks_total") > 10
 
 
 def test_a_commands_trace_continues_to_its_relay_write(adapter: Adapter, feeder: Feeder, ops_sim: SimProcess) -> None:
@@ -355,7 +355,7 @@ def test_i2c_errors_raise_an_alarm_and_never_leave_unconfirmed_outputs(
     state = ops_sim.state()["pico"]
     assert state["relays"] == {"power_on": False, "gas_valve_open": False, "spark_on": False}
     assert not state["watchdog"]["expired"], "faults cleared once the relays were confirmed safe"
-    assert metric_sum(adapter.url, "heater_i2c_errors_total") > 0, "the failed transactions are counted"
+    assert metric_sum(adapter.probe_url, "heater_i2c_errors_total") > 0, "the failed transactions are counted"
     feeder.command("power")
     wait_relays(ops_sim, True, False, False)
 

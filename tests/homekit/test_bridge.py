@@ -86,7 +86,7 @@ async def test_bridge_serves_health_and_pairing_info(bridge: BridgeProcess) -> N
     assert (bridge.state_dir / "setup.json").stat().st_mode & 0o077 == 0
     import urllib.request
 
-    metrics = urllib.request.urlopen(bridge.url + "/metrics", timeout=2).read().decode()
+    metrics = urllib.request.urlopen(bridge.probe_url + "/metrics", timeout=2).read().decode()
     assert "heater_homekit_feed_connected 1.0" in metrics
 
 

@@ -274,6 +274,11 @@ def client_context_for(url: str) -> ssl.SSLContext | None:
     stamp = files.stamp()
     kept = _CONTEXTS.get(directory)
     if kept is None or kept[0] != stamp:
-        kept = (stamp, files.client_context())
+        try:
+            kept = (stamp, files.client_context())
+        except TLSMaterialError:
+            if kept is None:
+                raise
+            return kept[1]  # caught between a renewed key and its certificate: the last pair still works
         _CONTEXTS[directory] = kept
     return kept[1]

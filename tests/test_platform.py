@@ -14,6 +14,7 @@ import json
 import os
 import re
 import signal
+import ssl
 import subprocess
 import sys
 import urllib.parse
@@ -23,6 +24,7 @@ from pathlib import Path
 from heater import credentials
 from heater.probes import http_json
 from heater.rundir import Layout
+from heater.runtime.pki import CLI_SUBJECT, tls_dir, tls_subjects
 from heater.runtime.vault import approle_files
 from streams.vault_policies import SERVICE_GRANTS
 from tests.platform_view import SERVICES
@@ -83,8 +85,12 @@ def test_up_status_and_clean_stop(tmp_path: Path) -> None:
         assert heater(run_dir, "status").returncode == 1
         assert_no_secret_logged(run_dir, out, secrets)
     finally:
-        if up.poll() is None:
-            up.kill()
+        if up.poll() is None:  # stop the platform it started, not only the command
+            up.send_signal(signal.SIGINT)
+            try:
+                up.wait(60)
+            except subprocess.TimeoutExpired:
+                up.kill()
 
 
 def use_the_api(run_dir: Path) -> dict[str, str]:
@@ -107,7 +113,10 @@ def use_the_api(run_dir: Path) -> dict[str, str]:
     url = link.stdout.strip().splitlines()[-1]
     ticket = urllib.parse.parse_qs(urllib.parse.urlsplit(url).query)["ticket"][0]
     jar = http.cookiejar.CookieJar()
-    browser = urllib.request.build_opener(urllib.request.HTTPCookieProcessor(jar))
+    # A browser trusts the platform CA and presents no client certificate: its session is enough for the page.
+    trusting = ssl.create_default_context(cafile=str(tls_dir(layout.secrets_dir, CLI_SUBJECT) / "ca.crt"))
+    browser = urllib.request.build_opener(urllib.request.HTTPSHandler(context=trusting),
+                                          urllib.request.HTTPCookieProcessor(jar))
     with browser.open(url, timeout=10) as page:  # the ticket for a cookie, then the page with it
         assert page.status == 200 and "Heater platform" in page.read().decode()
     (session,) = [c.value for c in jar if c.name == "heater_session"]
@@ -121,6 +130,9 @@ def vault_credentials(run_dir: Path) -> dict[str, str]:
     for name in SERVICE_GRANTS:
         for path in approle_files(layout.secrets_dir, name):
             found[f"{path.name} of {name}"] = path.read_text().strip()
+    for subject in tls_subjects():
+        key = (tls_dir(layout.secrets_dir, subject) / "tls.key").read_text().splitlines()
+        found[f"private key of {subject}"] = max(key, key=len)  # a line of the key itself, not its PEM frame
     return found
 
 

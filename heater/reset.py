@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Any
 
 from heater import credentials
 from heater.catalogue import COMPONENTS

@@ -21,7 +21,6 @@ import logging
 import signal
 from typing import Awaitable, Callable
 
-from aiohttp import web
 from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError
 

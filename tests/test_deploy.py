@@ -25,8 +25,8 @@ import yaml
 
 from deploy.gen import heating, vault
 from deploy.gen.__main__ import stale
-from deploy.gen.render import render as render_now
 from deploy.gen.common import PROBE_PORT, WEB_PORT
+from deploy.gen.render import render as render_now
 from deploy.gen.services import earlier
 from heater import catalogue
 from homekit.config import BridgeSettings
@@ -224,9 +224,9 @@ def test_platform_certificates_are_client_certificates_and_short_lived(rendered:
     certs = [c for c in of(rendered[target], "Certificate") if not c["spec"].get("isCA") and c["metadata"]["name"] != "vault"]
     assert {"operator", HEATING_JOB} <= {c["metadata"]["name"] for c in certs}
     for cert in certs:
-        spec = cert["spec"]
-        assert "client auth" in spec["usages"], cert["metadata"]["name"]
-        assert hours(spec["duration"]) <= 24 and 0 < hours(spec["renewBefore"]) <= hours(spec["duration"]) / 2, cert["metadata"]["name"]
+        name, spec = cert["metadata"]["name"], cert["spec"]
+        assert "client auth" in spec["usages"], name
+        assert hours(spec["duration"]) <= 24 and 0 < hours(spec["renewBefore"]) <= hours(spec["duration"]) / 2, name
         assert spec["privateKey"]["rotationPolicy"] == "Always"  # a new key at every renewal
 
 
@@ -446,7 +446,8 @@ def test_stages_start_in_the_seeds_order(rendered: dict[str, list[Doc]], target:
         if not before:
             assert "wait-for-stage" not in inits
             continue
-        waited = [re.fullmatch(rf"http://([a-z0-9-]+)\.heater\.svc:{PROBE_PORT}/healthz", url) for url in inits["wait-for-stage"]["args"]]
+        probe_url = rf"http://([a-z0-9-]+)\.heater\.svc:{PROBE_PORT}/healthz"
+        waited = [re.fullmatch(probe_url, url) for url in inits["wait-for-stage"]["args"]]
         assert all(waited), f"{component.name} waits on the plain probe port (/status needs a certificate and a token)"
         assert [m.group(1) for m in waited] == before, component.name
 
@@ -510,6 +511,8 @@ def test_network_policies_follow_the_communication_matrix(rendered: dict[str, li
         assert prometheus == [{PROBE_PORT}], f"Prometheus scrapes {name} on the probe port, and only there"
         egress_ports = {p["port"] for r in policies[name]["spec"]["egress"] for p in r.get("ports", [])}
         assert 9093 in egress_ports and (8200 in egress_ports) == (name in vault.SERVICE_GRANTS)
+        # Only the bridge calls another service's API (AlarmsServer's feed); the rest wait on probe ports.
+        assert (WEB_PORT in egress_ports) == (name == "homekit"), name
     [kafka] = of(docs, "Kafka")
     peers = kafka["spec"]["kafka"]["listeners"][0]["networkPolicyPeers"]
     assert {"podSelector": {"matchLabels": {"app.kubernetes.io/part-of": "heater"}}} in peers
@@ -523,7 +526,8 @@ def test_service_monitor_scrapes_every_service(rendered: dict[str, list[Doc]], t
     scraped = {n for n, s in by_name(docs, "Service").items() if wanted.items() <= s["metadata"]["labels"].items()}
     assert scraped == set(by_name(docs, "Deployment"))
     # Prometheus has no client certificate: it scrapes the plain probe port, never the API port.
-    assert [(e["port"], e.get("scheme", "http"), e["path"]) for e in monitor["spec"]["endpoints"]] == [("probe", "http", "/metrics")]
+    endpoints = [(e["port"], e.get("scheme", "http"), e["path"]) for e in monitor["spec"]["endpoints"]]
+    assert endpoints == [("probe", "http", "/metrics")]
     for name in scraped:
         [port] = [p for p in by_name(docs, "Service")[name]["spec"]["ports"] if p["name"] == "probe"]
         assert port["targetPort"] == "probe", name

@@ -25,12 +25,13 @@ import yaml
 
 from deploy.gen import heating, vault
 from deploy.gen.__main__ import stale
+from deploy.gen.common import PROBE_PORT, WEB_PORT
 from deploy.gen.render import render as render_now
 from deploy.gen.services import earlier
 from heater import catalogue
 from homekit.config import BridgeSettings
 from streams import topics, topology
-from streams.heating.k8s import JobTemplate
+from streams.heating.k8s import CONTAINER as HEATING_JOB, TLS_DIR, JobTemplate
 from streams.settings import Settings
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -98,16 +99,29 @@ NODE_ADDRESS, POD_NAME = "192.0.2.7", "homekit-7d9c5-x2k4q"
 FIELDS = {"status.hostIP": NODE_ADDRESS, "metadata.name": POD_NAME}
 
 
-def worker_env(docs: list[Doc], deployment: str) -> dict[str, str]:
-    """The worker's environment as the kubelet builds it: its ConfigMaps, then ``env`` (Downward API from FIELDS)."""
-    [worker] = by_name(docs, "Deployment")[deployment]["spec"]["template"]["spec"]["containers"]
+def container_env(docs: list[Doc], container: Doc) -> dict[str, str]:
+    """A container's environment as the kubelet builds it: its ConfigMaps, then ``env`` (Downward API from FIELDS)."""
     config_maps = by_name(docs, "ConfigMap")
     env: dict[str, str] = {}
-    for source in worker.get("envFrom", []):
+    for source in container.get("envFrom", []):
         env.update(config_maps[source["configMapRef"]["name"]]["data"])
-    for var in worker.get("env", []):
+    for var in container.get("env", []):
         env[var["name"]] = var["value"] if "value" in var else FIELDS[var["valueFrom"]["fieldRef"]["fieldPath"]]
     return env
+
+
+def worker_env(docs: list[Doc], deployment: str) -> dict[str, str]:
+    """The environment of a Deployment's worker container."""
+    [worker] = by_name(docs, "Deployment")[deployment]["spec"]["template"]["spec"]["containers"]
+    return container_env(docs, worker)
+
+
+def platform_containers(docs: list[Doc]) -> Iterator[tuple[str, Doc, Doc]]:
+    """(owner, pod spec, container) for every service's worker and the heating job: the processes that serve an API."""
+    for owner, spec in pod_specs(docs):
+        for container in spec["containers"]:
+            if container["name"] in ("worker", HEATING_JOB):
+                yield owner, spec, container
 
 
 def pod_specs(docs: list[Doc]) -> Iterator[tuple[str, Doc]]:
@@ -195,6 +209,64 @@ def test_every_service_account_has_a_kafka_user_and_a_certificate(rendered: dict
     assert all(c["spec"]["issuerRef"]["name"] in issuers for c in certs.values())
 
 
+def hours(duration: str) -> float:
+    """A cert-manager duration (Go's ``time.ParseDuration``: h, m, s) in hours."""
+    parts = re.fullmatch(r"(?:(\d+)h)?(?:(\d+)m)?(?:(\d+)s)?", duration)
+    assert parts and duration, duration
+    h, m, sec = (int(x or 0) for x in parts.groups())
+    return h + m / 60 + sec / 3600
+
+
+@pytest.mark.parametrize("target", TARGETS)
+def test_platform_certificates_are_client_certificates_and_short_lived(rendered: dict[str, list[Doc]], target: str) -> None:
+    """Every certificate but the CA's and Vault's (a server only) identifies a client; with no CRL from cert-manager's
+    CA issuer, a stolen key is usable until its certificate expires: at most a day, renewed well before."""
+    certs = [c for c in of(rendered[target], "Certificate") if not c["spec"].get("isCA") and c["metadata"]["name"] != "vault"]
+    assert {"operator", HEATING_JOB} <= {c["metadata"]["name"] for c in certs}
+    for cert in certs:
+        name, spec = cert["metadata"]["name"], cert["spec"]
+        assert "client auth" in spec["usages"], name
+        assert hours(spec["duration"]) <= 24 and 0 < hours(spec["renewBefore"]) <= hours(spec["duration"]) / 2, name
+        assert spec["privateKey"]["rotationPolicy"] == "Always"  # a new key at every renewal
+
+
+URL = re.compile(r"\b(?P<scheme>[a-z]+)://(?P<host>[a-z0-9.-]+)(?::(?P<port>\d+))?(?P<path>/[^\s\"']*)?")
+
+
+def strings(value: Any) -> Iterator[str]:
+    """Every string inside a manifest object."""
+    if isinstance(value, str):
+        yield value
+    elif isinstance(value, dict):
+        for item in value.values():
+            yield from strings(item)
+    elif isinstance(value, list):
+        for item in value:
+            yield from strings(item)
+
+
+@pytest.mark.parametrize("target", TARGETS)
+def test_services_call_each_other_over_mtls_only(rendered: dict[str, list[Doc]], target: str) -> None:
+    """A URL to a platform service is https/wss on its API port, to a name its certificate covers; plain http only
+    to its probe port's health and metrics paths. Vault and Kafka are not platform services (their own TLS)."""
+    docs = rendered[target]
+    services, certs = by_name(docs, "Service"), by_name(docs, "Certificate")
+    found: dict[str, int] = defaultdict(int)
+    for url in (m for doc in docs for text in strings(doc) for m in URL.finditer(text)):
+        service = url["host"].split(".")[0]
+        if service not in by_name(docs, "Deployment"):
+            continue
+        ports = {p["name"]: p["port"] for p in services[service]["spec"]["ports"]}
+        port = int(url["port"] or 0)
+        if url["scheme"] in ("http", "ws"):
+            assert (port, url["path"]) in {(ports["probe"], p) for p in ("/healthz", "/readyz", "/metrics")}, url[0]
+        else:
+            assert url["scheme"] in ("https", "wss") and port == ports["https"], url[0]
+            assert url["host"] in certs[service]["spec"]["dnsNames"], f"{url[0]}: {service}'s certificate does not name it"
+        found[url["scheme"]] += 1
+    assert found["wss"] and found["http"], "the bridge's feed and the start order's waits are in the manifests"
+
+
 @pytest.mark.parametrize("target", TARGETS)
 def test_every_topic_of_the_code_has_a_kafka_topic_and_nothing_else_does(rendered: dict[str, list[Doc]], target: str) -> None:
     declared = {t["spec"]["topicName"]: t["spec"] for t in of(rendered[target], "KafkaTopic")}
@@ -230,19 +302,57 @@ def test_kafka_users_may_use_exactly_their_topics(rendered: dict[str, list[Doc]]
 
 
 @pytest.mark.parametrize("target", TARGETS)
-def test_probes_use_the_health_endpoints_on_exposed_ports(rendered: dict[str, list[Doc]], target: str) -> None:
+def test_probes_use_the_health_endpoints_on_the_plain_probe_port(rendered: dict[str, list[Doc]], target: str) -> None:
+    """The kubelet has no client certificate: a probe on the API port would fail the TLS handshake and kill the pod."""
     for name, d in by_name(rendered[target], "Deployment").items():
         [worker] = d["spec"]["template"]["spec"]["containers"]
         ports = {p["name"]: p["containerPort"] for p in worker["ports"]}
         for probe in ("startupProbe", "livenessProbe", "readinessProbe"):
-            assert worker[probe]["httpGet"]["port"] in ports, (name, probe)
+            assert worker[probe]["httpGet"]["port"] == "probe", (name, probe)
+            assert worker[probe]["httpGet"].get("scheme", "HTTP") == "HTTP", (name, probe)
         # A halted service answers /healthz (alive) and 503 on /readyz: liveness must not look at readiness.
         assert worker["livenessProbe"]["httpGet"]["path"] == "/healthz"
         assert worker["startupProbe"]["httpGet"]["path"] == "/healthz"
         assert worker["readinessProbe"]["httpGet"]["path"] == "/readyz"
-        env = {e["name"]: e.get("value") for e in worker["env"]}
-        settings = by_name(rendered[target], "ConfigMap")["heater-settings"]["data"]
-        assert int(env.get("HEATER_WEB_PORT", settings["HEATER_WEB_PORT"])) == ports["http"]
+        assert ports["probe"] != ports["https"], name
+
+
+@pytest.mark.parametrize("target", TARGETS)
+def test_every_process_binds_the_ports_its_pod_declares(rendered: dict[str, list[Doc]], target: str) -> None:
+    """Every service and the heating job declare the API port and the probe port they bind (their environment):
+    the probes, the Services and the host-network port check all read the declared ones."""
+    docs = rendered[target]
+    seen = set()
+    for owner, _, container in platform_containers(docs):
+        env = container_env(docs, container)
+        ports = {p["name"]: p["containerPort"] for p in container.get("ports", [])}
+        assert "probe" in ports, f"{owner} declares no probe port"
+        assert (ports["https"], ports["probe"]) == (int(env["HEATER_WEB_PORT"]), int(env["HEATER_PROBE_PORT"])), owner
+        seen.add(owner)
+    assert seen == set(by_name(docs, "Deployment")) | set(by_name(docs, "CronJob"))
+
+
+@pytest.mark.parametrize("target", TARGETS)
+def test_every_process_serves_its_api_with_its_own_certificate(rendered: dict[str, list[Doc]], target: str) -> None:
+    """mTLS is on for every service and the heating job, and each finds its own cert-manager Secret at HEATER_TLS_DIR."""
+    docs = rendered[target]
+    for owner, spec, container in platform_containers(docs):
+        env = container_env(docs, container)
+        assert env.get("HEATER_TLS") == "on", owner
+        assert env["HEATER_TLS_DIR"] == TLS_DIR
+        volumes = {v["name"]: v for v in spec["volumes"]}
+        [mount] = [m for m in container["volumeMounts"] if m["mountPath"] == env["HEATER_TLS_DIR"]]
+        assert volumes[mount["name"]]["secret"]["secretName"] == f"{spec['serviceAccountName']}-tls", owner
+
+
+@pytest.mark.parametrize("target", TARGETS)
+def test_tls_is_off_nowhere(rendered: dict[str, list[Doc]], target: str) -> None:
+    """The production profile refuses HEATER_TLS=off: no ConfigMap and no container may set it, nor any other value."""
+    docs = rendered[target]
+    values = [cm["data"]["HEATER_TLS"] for cm in of(docs, "ConfigMap") if "HEATER_TLS" in cm.get("data", {})]
+    values += [var["value"] for _, spec in pod_specs(docs) for c in spec["containers"] + spec.get("initContainers", [])
+               for var in c.get("env", []) if var["name"] == "HEATER_TLS"]
+    assert values and set(values) == {"on"}
 
 
 @pytest.mark.parametrize("target", TARGETS)
@@ -268,7 +378,7 @@ def test_the_bridge_starts_from_the_environment_its_manifest_gives(rendered: dic
     assert settings.profile == "production" and settings.pod_name == POD_NAME  # production_launcher reads its image
     spec = by_name(docs, "Deployment")["homekit"]["spec"]["template"]["spec"]
     ports = {p["name"]: p["containerPort"] for p in spec["containers"][0]["ports"]}
-    assert (ports["hap"], ports["http"]) == (bridge.port, settings.web_port)
+    assert (ports["hap"], ports["https"]) == (bridge.port, settings.web_port)
     if spec.get("hostNetwork"):  # the Pi: announced on the LAN, at the node's address
         assert (bridge.mdns, bridge.advertised_address) == ("all", NODE_ADDRESS)
     else:  # a pod address no phone reaches: nothing announced
@@ -336,8 +446,10 @@ def test_stages_start_in_the_seeds_order(rendered: dict[str, list[Doc]], target:
         if not before:
             assert "wait-for-stage" not in inits
             continue
-        waited = [re.match(r"http://([a-z0-9-]+)\.", url).group(1) for url in inits["wait-for-stage"]["args"]]
-        assert waited == before, component.name
+        probe_url = rf"http://([a-z0-9-]+)\.heater\.svc:{PROBE_PORT}/healthz"
+        waited = [re.fullmatch(probe_url, url) for url in inits["wait-for-stage"]["args"]]
+        assert all(waited), f"{component.name} waits on the plain probe port (/status needs a certificate and a token)"
+        assert [m.group(1) for m in waited] == before, component.name
 
 
 @pytest.mark.parametrize("target", TARGETS)
@@ -381,17 +493,26 @@ def test_network_policies_follow_the_communication_matrix(rendered: dict[str, li
                     return True
         return False
 
-    assert allowed_from(policies["alarms"], "homekit", 8080), "the HomeKit bridge reaches AlarmsServer's feed"
-    assert not allowed_from(policies["i2c"], "bank", 8080)  # same stage: no reason to talk
+    assert allowed_from(policies["alarms"], "homekit", WEB_PORT), "the HomeKit bridge reaches AlarmsServer's feed"
+    assert not allowed_from(policies["i2c"], "bank", WEB_PORT)  # same stage: no reason to talk
+    assert not allowed_from(policies["i2c"], "bank", PROBE_PORT)
+    assert not allowed_from(policies["alarms"], "bank", WEB_PORT), "the start order needs only the probe port"
+    deployments = by_name(docs, "Deployment")
+    for component in catalogue.COMPONENTS:
+        for before in earlier(component) if component.name in deployments else []:
+            assert allowed_from(policies[before.name], component.name, PROBE_PORT), (component.name, "waits for", before.name)
     for name in vault.SERVICE_GRANTS:
         assert allowed_from(policies["vault"], name, 8200)
     assert not allowed_from(policies["vault"], "bank", 8200)
     for name in by_name(docs, "Deployment"):
         rules = policies[name]["spec"]["ingress"]
-        assert any(p.get("namespaceSelector", {}).get("matchLabels", {}).get("kubernetes.io/metadata.name") == "monitoring"
-                   for r in rules for p in r.get("from", [])), f"Prometheus scrapes {name}"
+        prometheus = [{p["port"] for p in r["ports"]} for r in rules for p in r.get("from", [])
+                      if p.get("namespaceSelector", {}).get("matchLabels", {}).get("kubernetes.io/metadata.name") == "monitoring"]
+        assert prometheus == [{PROBE_PORT}], f"Prometheus scrapes {name} on the probe port, and only there"
         egress_ports = {p["port"] for r in policies[name]["spec"]["egress"] for p in r.get("ports", [])}
         assert 9093 in egress_ports and (8200 in egress_ports) == (name in vault.SERVICE_GRANTS)
+        # Only the bridge calls another service's API (AlarmsServer's feed); the rest wait on probe ports.
+        assert (WEB_PORT in egress_ports) == (name == "homekit"), name
     [kafka] = of(docs, "Kafka")
     peers = kafka["spec"]["kafka"]["listeners"][0]["networkPolicyPeers"]
     assert {"podSelector": {"matchLabels": {"app.kubernetes.io/part-of": "heater"}}} in peers
@@ -402,10 +523,14 @@ def test_service_monitor_scrapes_every_service(rendered: dict[str, list[Doc]], t
     docs = rendered[target]
     [monitor] = of(docs, "ServiceMonitor")
     wanted = monitor["spec"]["selector"]["matchLabels"]
-    port = monitor["spec"]["endpoints"][0]["port"]
     scraped = {n for n, s in by_name(docs, "Service").items() if wanted.items() <= s["metadata"]["labels"].items()}
     assert scraped == set(by_name(docs, "Deployment"))
-    assert all(port in [p["name"] for p in by_name(docs, "Service")[n]["spec"]["ports"]] for n in scraped)
+    # Prometheus has no client certificate: it scrapes the plain probe port, never the API port.
+    endpoints = [(e["port"], e.get("scheme", "http"), e["path"]) for e in monitor["spec"]["endpoints"]]
+    assert endpoints == [("probe", "http", "/metrics")]
+    for name in scraped:
+        [port] = [p for p in by_name(docs, "Service")[name]["spec"]["ports"] if p["name"] == "probe"]
+        assert port["targetPort"] == "probe", name
 
 
 @pytest.mark.parametrize("target", TARGETS)

@@ -23,7 +23,10 @@ from aiohttp import web
 from kubernetes.aio import client as k8s
 
 from streams.heating.controller import HeatingController, HeatingRefused, mount
-from streams.heating.k8s import JobTemplate, KubernetesLauncher, job_manifest, job_name, production_launcher
+from streams.heating.k8s import (
+    PROBE_PORT, TLS_DIR, WEB_PORT, JobTemplate, KubernetesLauncher, job_manifest, job_name, production_launcher,
+    production_template,
+)
 from streams.heating.launch import LaunchError, LocalLauncher, launcher_for
 from streams.latch import LatchView
 from streams.records import Alarm
@@ -85,6 +88,18 @@ def test_job_is_never_retried_and_runs_the_job_module() -> None:
     ]
     assert container["image"] == TEMPLATE.image
     assert manifest["metadata"]["name"] == "heating-abc123"
+
+
+def test_production_job_serves_its_api_with_its_own_certificate() -> None:
+    """The job's API needs mTLS: its cert-manager Secret at TLS_DIR, and the plain probe port declared beside it."""
+    manifest = job_manifest("abc123", 45.0, production_template("registry.local/heater:1.0", NAMESPACE))
+    kubernetes_validate.validate(manifest, "1.30", strict=True)
+    pod = manifest["spec"]["template"]["spec"]
+    [container] = pod["containers"]
+    [mount] = [m for m in container["volumeMounts"] if m["mountPath"] == TLS_DIR]
+    [volume] = [v for v in pod["volumes"] if v["name"] == mount["name"]]
+    assert volume["secret"]["secretName"] == "heating-job-tls" and mount["readOnly"] is True
+    assert {p["name"]: p["containerPort"] for p in container["ports"]} == {"https": WEB_PORT, "probe": PROBE_PORT}
 
 
 # -- the controller through the real client --------------------------------------------

@@ -7,7 +7,11 @@ from typing import Any
 import yaml
 
 from heater import catalogue
-from streams.heating.k8s import KAFKA_CA_DIR, KAFKA_CLUSTER, KAFKA_USER_DIR, WORKER_CONTAINER
+# The heating Job is built at run time from streams.heating.k8s, so the directories and ports every pod
+# shares are defined there, once.
+from streams.heating.k8s import (
+    KAFKA_CA_DIR, KAFKA_CLUSTER, KAFKA_USER_DIR, PROBE_PORT, TLS_DIR, WEB_PORT, WORKER_CONTAINER,
+)
 from streams.settings import Settings
 
 NAMESPACE = Settings().namespace
@@ -24,13 +28,15 @@ VAULT_IMAGE = "hashicorp/vault:1.18.3"
 KAFKA_BOOTSTRAP = f"{KAFKA_CLUSTER}-kafka-bootstrap.{NAMESPACE}.svc:9093"
 KAFKA_TLS_PORT = 9093
 VAULT_PORT = 8200
-WEB_PORT = 8080
 HAP_PORT = 51826
 """HomeKit Accessory Protocol port of the bridge."""
 CA_ISSUER = "heater-ca"
+CERT_DURATION = "24h"
+"""No CRL: a certificate stays valid until it expires, so its lifetime bounds a stolen key's use."""
+CERT_RENEW_BEFORE = "8h"
+"""Renewed 16 h after issue: eight hours to notice and fix a failed renewal before the certificate expires."""
 
 RUN_DIR = "/var/lib/heater"
-TLS_DIR = "/etc/heater/tls"
 CONFIG_DIR = "/etc/heater/config"
 VAULT_TOKEN_DIR = "/vault/token"
 

@@ -21,6 +21,7 @@ def render() -> dict[str, str]:
         "kafka-users.yaml": dump(kafka.user_documents(), "streams/topology.py"),
         "settings.yaml": dump([settings.config_map()], "streams/settings.py"),
         "heating-job.yaml": dump(heating.documents(), "streams/heating/k8s.py"),
+        "operator-certificate.yaml": dump([services.operator_certificate()], "deploy/gen/services.py"),
         "vault-network-policy.yaml": dump([vault.vault_network_policy()], "deploy/gen/vault.py"),
         "vault-setup.sh": vault.setup_script({name: services.identity(name) for name in topology.BY_NAME}),
         "heater-config.json": json.dumps(document_of(HeaterLimits()), indent=2) + "\n",

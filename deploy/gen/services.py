@@ -11,17 +11,18 @@ from typing import Any
 
 from deploy.gen import vault
 from deploy.gen.common import (
-    CA_ISSUER, CONFIG_DIR, HAP_PORT, IMAGE, KAFKA_CA_DIR, KAFKA_CLUSTER, KAFKA_USER_DIR,
-    NAME_LABEL, NAMESPACE, PART_OF, PART_OF_LABEL, PROMETHEUS_NAMESPACE, RUN_DIR, STAGE_LABEL, TLS_DIR, VAULT_PORT,
-    VAULT_IMAGE, VAULT_TOKEN_DIR, WAIT_IMAGE, WEB_PORT, WORKER_CONTAINER, dns_egress, kafka_egress, labels, meta,
-    services,
+    CA_ISSUER, CERT_DURATION, CERT_RENEW_BEFORE, CONFIG_DIR, HAP_PORT, IMAGE, KAFKA_CA_DIR, KAFKA_CLUSTER,
+    KAFKA_USER_DIR, NAME_LABEL, NAMESPACE, PART_OF, PART_OF_LABEL, PROBE_PORT, PROMETHEUS_NAMESPACE, RUN_DIR,
+    STAGE_LABEL, TLS_DIR, VAULT_PORT, VAULT_IMAGE, VAULT_TOKEN_DIR, WAIT_IMAGE, WEB_PORT, WORKER_CONTAINER,
+    dns_egress, kafka_egress, labels, meta, services,
 )
 from heater import catalogue
 from streams import topology
 
 USER_ID = 10001
 HEALTHZ, READYZ = "/healthz", "/readyz"
-#: Readiness of a previous stage, as its ``/status`` says it: ready, or halted by the FATAL latch (see README).
+#: Readiness of a previous stage, as the phase in its ``/healthz`` says it: ready, or halted by the FATAL latch
+#: (see README). Read on the plain probe port: the API port needs a client certificate and a token.
 WAIT_SCRIPT = (
     'for url in "$@"; do\n'
     '  until wget -q -T 2 -O - "$url" 2>/dev/null | grep -Eq \'"phase": "(ready|halted)"\'; do\n'
@@ -54,9 +55,12 @@ EXTRA_ENV: dict[str, dict[str, str]] = {
         "HEATER_HOMEKIT_ADDRESS": "0.0.0.0",
         "HEATER_HOMEKIT_PORT": str(HAP_PORT),
         "HEATER_HOMEKIT_MDNS": "off",
-        "HEATER_HOMEKIT_FEED_URL": f"ws://alarms.{NAMESPACE}.svc:{WEB_PORT}/homekit/feed",
+        "HEATER_HOMEKIT_FEED_URL": f"wss://alarms.{NAMESPACE}.svc:{WEB_PORT}/homekit/feed",
     },
 }
+#: Who calls whose API (mTLS, on the API port), server → callers: the bridge reads AlarmsServer's feed.
+#: Nothing else crosses between services over HTTP; the start order reads the probe port.
+API_CALLERS: dict[str, list[str]] = {"alarms": ["homekit"]}
 
 
 def identity(name: str) -> str:
@@ -92,8 +96,13 @@ def service_account(name: str) -> dict[str, Any]:
             "automountServiceAccountToken": automount}
 
 
+def api_callees(name: str) -> list[str]:
+    """The services whose API ``name`` calls."""
+    return sorted(server for server, callers in API_CALLERS.items() if name in callers)
+
+
 def certificate(name: str) -> dict[str, Any]:
-    """mTLS for the service's HTTP API and its client identity, from the platform CA."""
+    """mTLS for the service's HTTP API and its client identity, from the platform CA; a new key at each renewal."""
     return {
         "apiVersion": "cert-manager.io/v1",
         "kind": "Certificate",
@@ -102,13 +111,25 @@ def certificate(name: str) -> dict[str, Any]:
             "secretName": f"{name}-tls",
             "commonName": name,
             "dnsNames": [name, f"{name}.{NAMESPACE}.svc", f"{name}.{NAMESPACE}.svc.cluster.local"],
-            "duration": "2160h",
-            "renewBefore": "720h",
+            "duration": CERT_DURATION,
+            "renewBefore": CERT_RENEW_BEFORE,
             "privateKey": {"algorithm": "ECDSA", "size": 256, "rotationPolicy": "Always"},
             "usages": ["digital signature", "key encipherment", "server auth", "client auth"],
             "issuerRef": {"name": CA_ISSUER, "kind": "Issuer", "group": "cert-manager.io"},
         },
     }
+
+
+OPERATOR = "operator"
+
+
+def operator_certificate() -> dict[str, Any]:
+    """The operator's client certificate (CN=operator) for calling the APIs through a port-forward; no server use."""
+    cert = certificate(OPERATOR)
+    spec = cert["spec"]
+    del spec["dnsNames"]
+    spec["usages"] = ["digital signature", "client auth"]
+    return cert
 
 
 def data_claim(name: str) -> dict[str, Any]:
@@ -122,7 +143,9 @@ def data_claim(name: str) -> dict[str, Any]:
 
 
 def ports(name: str) -> list[dict[str, Any]]:
-    out = [{"name": "http", "containerPort": WEB_PORT, "protocol": "TCP"}]
+    """The API (HTTPS, client certificate required) and the plain probe port (health, readiness, metrics only)."""
+    out = [{"name": "https", "containerPort": WEB_PORT, "protocol": "TCP"},
+           {"name": "probe", "containerPort": PROBE_PORT, "protocol": "TCP"}]
     if name == "homekit":
         out.append({"name": "hap", "containerPort": HAP_PORT, "protocol": "TCP"})
     return out
@@ -144,9 +167,12 @@ def service(name: str) -> dict[str, Any]:
 
 
 def probes() -> dict[str, Any]:
-    """Liveness on /healthz only: a halted service is alive (200) and never killed; /readyz is 503 while halted."""
+    """Liveness on /healthz only: a halted service is alive (200) and never killed; /readyz is 503 while halted.
+
+    On the plain probe port: the kubelet has no client certificate for the API port.
+    """
     def get(path: str) -> dict[str, Any]:
-        return {"path": path, "port": "http"}
+        return {"path": path, "port": "probe"}
 
     return {
         "startupProbe": {"httpGet": get(HEALTHZ), "periodSeconds": 2, "timeoutSeconds": 2, "failureThreshold": 90},
@@ -203,7 +229,7 @@ def init_containers(component: catalogue.Component) -> list[dict[str, Any]]:
             "name": "wait-for-stage",
             "image": WAIT_IMAGE,
             "command": ["sh", "-c", WAIT_SCRIPT, "wait-for-stage"],
-            "args": [f"http://{c.name}.{NAMESPACE}.svc:{WEB_PORT}/status" for c in before],
+            "args": [f"http://{c.name}.{NAMESPACE}.svc:{PROBE_PORT}/healthz" for c in before],
             "resources": {"requests": {"cpu": "5m", "memory": "8Mi"}, "limits": {"memory": "16Mi"}},
             "securityContext": _restricted(),
         })
@@ -284,16 +310,19 @@ def disruption_budget(name: str) -> dict[str, Any]:
 
 
 def network_policy(component: catalogue.Component) -> dict[str, Any]:
-    """Ingress: Prometheus, later stages reading /status, the bridge's feed, the phone on HAP. Egress: DNS, Kafka, Vault, API."""
+    """Ingress: Prometheus and later stages' start-up wait on the probe port, API callers on the API port, the phone
+    on HAP. Egress: DNS, Kafka, Vault, earlier stages' probe port, the APIs it calls, the API server."""
     name = component.name
     ingress: list[dict[str, Any]] = [{
         "from": [{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": PROMETHEUS_NAMESPACE}},
                   "podSelector": {"matchLabels": {NAME_LABEL: "prometheus"}}}],
-        "ports": [_port(WEB_PORT)],
+        "ports": [_port(PROBE_PORT)],
     }]
     readers = [c.name for c in later(component)]
     if readers:
-        ingress.append({"from": [_pods(readers)], "ports": [_port(WEB_PORT)]})
+        ingress.append({"from": [_pods(readers)], "ports": [_port(PROBE_PORT)]})
+    if name in API_CALLERS:
+        ingress.append({"from": [_pods(API_CALLERS[name])], "ports": [_port(WEB_PORT)]})
     if name == "homekit":
         ingress.append({"ports": [_port(HAP_PORT)]})  # the iPhone, from the LAN
     egress: list[dict[str, Any]] = [dns_egress(), kafka_egress()]
@@ -301,7 +330,9 @@ def network_policy(component: catalogue.Component) -> dict[str, Any]:
         egress.append({"to": [{"podSelector": {"matchLabels": {NAME_LABEL: "vault"}}}], "ports": [_port(VAULT_PORT)]})
     upstream = [c.name for c in earlier(component)]
     if upstream:
-        egress.append({"to": [_pods(upstream)], "ports": [_port(WEB_PORT)]})
+        egress.append({"to": [_pods(upstream)], "ports": [_port(PROBE_PORT)]})
+    if api_callees(name):
+        egress.append({"to": [_pods(api_callees(name))], "ports": [_port(WEB_PORT)]})
     if name in API_RULES:
         egress.append({"ports": [_port(443), _port(6443)]})  # the API server (its address is the cluster's)
     return {

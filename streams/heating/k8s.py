@@ -44,6 +44,12 @@ WORKER_CONTAINER = "worker"
 KAFKA_CLUSTER = "heater-kafka"
 KAFKA_USER_DIR = "/etc/heater/kafka-user"
 KAFKA_CA_DIR = "/etc/heater/kafka-ca"
+#: Where production pods find their own certificate (cert-manager's Secret NAME-tls: tls.crt, tls.key, ca.crt).
+TLS_DIR = "/etc/heater/tls"
+#: The ports every production pod serves (the heater-settings ConfigMap sets them): the API, with mTLS,
+#: and the plain-HTTP port that serves only /healthz, /readyz and /metrics.
+WEB_PORT = 8080
+PROBE_PORT = 9090
 
 
 @dataclass(frozen=True)
@@ -61,17 +67,21 @@ class JobTemplate:
     cpu: str = "100m"
     memory: str = "128Mi"
     #: Secrets mounted read-only, secret name → path: the job's Kafka client certificate and
-    #: the cluster's CA (the production profile connects with TLS client authentication).
+    #: the cluster's CA (the production profile connects with TLS client authentication), and
+    #: its own certificate for its API (mTLS).
     secrets: dict[str, str] = field(default_factory=dict)
+    #: Container ports the job serves, name → number (declared, so they show in the pod spec).
+    ports: dict[str, int] = field(default_factory=dict)
 
 
 def production_template(image: str, namespace: str) -> JobTemplate:
-    """The production heating Job: its own Kafka user and identity, the cluster CA (the CronJob's too)."""
+    """The production heating Job: its own Kafka user, identity and certificate, the cluster CA (the CronJob's too)."""
     return JobTemplate(
         image=image, namespace=namespace,
         env={"HEATER_SERVICE_IDENTITY": f"CN={CONTAINER}", "HEATER_BROKER_SSL_CERTFILE": f"{KAFKA_USER_DIR}/user.crt",
              "HEATER_BROKER_SSL_KEYFILE": f"{KAFKA_USER_DIR}/user.key"},
-        secrets={CONTAINER: KAFKA_USER_DIR, f"{KAFKA_CLUSTER}-cluster-ca-cert": KAFKA_CA_DIR},
+        secrets={CONTAINER: KAFKA_USER_DIR, f"{KAFKA_CLUSTER}-cluster-ca-cert": KAFKA_CA_DIR, f"{CONTAINER}-tls": TLS_DIR},
+        ports={"https": WEB_PORT, "probe": PROBE_PORT},
     )
 
 
@@ -92,6 +102,8 @@ def build_job(job_id: str, target_c: float, template: JobTemplate) -> k8s.V1Job:
         command=list(template.command),
         args=job_args(job_id, target_c),
         env=[k8s.V1EnvVar(name=k, value=v) for k, v in sorted(template.env.items())] or None,
+        ports=[k8s.V1ContainerPort(name=name, container_port=number, protocol="TCP")
+               for name, number in sorted(template.ports.items())] or None,
         env_from=[k8s.V1EnvFromSource(config_map_ref=k8s.V1ConfigMapEnvSource(name=n)) for n in template.env_config_maps] or None,
         resources=k8s.V1ResourceRequirements(
             requests={"cpu": template.cpu, "memory": template.memory}, limits={"memory": template.memory}

@@ -59,7 +59,8 @@ class BridgeProcess(ServiceProcess):
 
 @pytest.fixture(scope="module")
 def bridge(hk_broker: EmbeddedBroker, alarms: ServiceProcess, hk_dir: Path, vault: EmbeddedVault) -> Iterator[BridgeProcess]:
-    process = BridgeProcess(hk_broker.url, hk_dir / "bridge", f"ws://127.0.0.1:{alarms.port}{FEED_PATH}", vault).start()
+    feed = alarms.url.replace("http", "ws", 1) + FEED_PATH  # wss: the API with mTLS
+    process = BridgeProcess(hk_broker.url, hk_dir / "bridge", feed, vault).start()
     process.wait_ready(60)
     yield process
     process.stop()

@@ -29,7 +29,6 @@ import sys
 import tempfile
 import threading
 import time
-import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -43,7 +42,7 @@ from adapters.can import frames  # noqa: E402
 from bench.procstats import cpu_seconds  # noqa: E402
 from bench.stats import percentile  # noqa: E402
 from heater.runtime.broker import EmbeddedBroker  # noqa: E402
-from heater.runtime.processes import free_port  # noqa: E402
+from heater.runtime.services import ServiceProcess  # noqa: E402
 from heater.runtime.vault import EmbeddedVault  # noqa: E402
 from simulator import client  # noqa: E402
 
@@ -76,50 +75,15 @@ def start_simulator(run_dir: Path) -> tuple[subprocess.Popen[bytes], dict[str, A
         time.sleep(0.05)
 
 
-def start_adapter(run_dir: Path, broker: EmbeddedBroker, channel: str, vault: EmbeddedVault) -> tuple[subprocess.Popen[bytes], str]:
-    """The adapter, verifying API tokens against ``vault``'s keys (its ``/can`` view takes the viewer role)."""
-    port = free_port()
-    env = {
-        **os.environ,
-        **vault.service_env("can"),
-        "PYTHONPATH": str(ROOT),
-        "HEATER_PROFILE": "local",
-        "HEATER_BROKER_URL": broker.url,
-        "HEATER_RUN_DIR": str(run_dir),
-        "HEATER_WEB_PORT": str(port),
-        "HEATER_CAN_INTERFACE": "remote",
-        "HEATER_CAN_CHANNEL": channel,
-    }
-    log = open(run_dir / "can-adapter.log", "wb")
-    proc = subprocess.Popen([sys.executable, "-m", "adapters.can"], cwd=ROOT, env=env, stdout=log,
-                            stderr=subprocess.STDOUT, start_new_session=True)
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + START_TIMEOUT_S
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise SystemExit(f"adapter exited with {proc.returncode}; see {run_dir / 'can-adapter.log'}")
-        try:
-            with urllib.request.urlopen(url + "/readyz", timeout=1) as response:
-                if response.status == 200:
-                    return proc, url
-        except OSError:
-            pass
-        time.sleep(0.1)
-    proc.kill()
-    raise SystemExit(f"adapter not ready in {START_TIMEOUT_S} s; see {run_dir / 'can-adapter.log'}")
-
-
-def viewer_token(vault: EmbeddedVault) -> str:
-    """An API token with the viewer role, issued by ``vault`` to the entity ``bench``."""
-    from streams.vault import issue_api_token
-
-    return issue_api_token(vault.admin(), "bench", "viewer")
-
-
-def get_json(url: str, token: str) -> dict[str, Any]:
-    request = urllib.request.Request(url, headers={"Authorization": f"Bearer {token}"})
-    with urllib.request.urlopen(request, timeout=2) as response:
-        return json.loads(response.read())
+def start_adapter(run_dir: Path, broker: EmbeddedBroker, channel: str, vault: EmbeddedVault) -> ServiceProcess:
+    """The adapter as the platform runs it, with its certificate and AppRole from ``vault`` (``/can`` takes the viewer role)."""
+    adapter = ServiceProcess("can", broker.url, run_dir, {"HEATER_CAN_INTERFACE": "remote", "HEATER_CAN_CHANNEL": channel},
+                             vault=vault).start()
+    try:
+        adapter.wait_ready(START_TIMEOUT_S)
+    except (RuntimeError, TimeoutError) as exc:
+        raise SystemExit(f"CAN adapter did not start: {exc}") from None
+    return adapter
 
 
 class SendTimes:
@@ -240,23 +204,24 @@ def run(count: int, rate: float, send_times: str = "bus") -> dict[str, Any]:
         with EmbeddedBroker(root / "broker") as broker, EmbeddedVault(root / "vault") as vault:
             progress("starting simulator")
             sim, info = start_simulator(root / "sim")
-            adapter: subprocess.Popen[bytes] | None = None
+            adapter: ServiceProcess | None = None
             listener: SendTimes | None = None
             try:
                 progress("starting CAN adapter")
                 started = time.monotonic()
-                adapter, url = start_adapter(root, broker, info["can_channel"], vault)
+                adapter = start_adapter(root, broker, info["can_channel"], vault)
                 progress(f"adapter ready in {time.monotonic() - started:.2f} s")
                 listener = SendTimes(info["can_channel"]) if send_times == "bus" else None
                 time.sleep(0.3)
                 progress(f"burst: {count} frames at {rate:.0f} frames/s on sensor {SENSOR}")
-                cpu_before = cpu_seconds([adapter.pid]), cpu_seconds([sim.pid])
+                assert adapter.proc is not None
+                cpu_before = cpu_seconds([adapter.proc.pid]), cpu_seconds([sim.pid])
                 load_before = os.getloadavg()[0]
                 record = client.burst(int(info["control_port"]), count=count, rate=rate, sensor=SENSOR)
                 expected = {(record["first_sequence"] + i) % frames.SEQUENCE_MODULO for i in range(count)}
                 cap = time.monotonic() + 10 * count / rate + 2 * DRAIN_TIMEOUT_S
                 seen = asyncio.run(consume(broker.bootstrap, expected, int(info["control_port"]), cap))
-                adapter_cpu = cpu_seconds([adapter.pid]) - cpu_before[0]
+                adapter_cpu = cpu_seconds([adapter.proc.pid]) - cpu_before[0]
                 sim_cpu = cpu_seconds([sim.pid]) - cpu_before[1]
                 final = burst_state(int(info["control_port"]))
                 time.sleep(0.2)
@@ -265,17 +230,13 @@ def run(count: int, rate: float, send_times: str = "bus") -> dict[str, Any]:
                     sent_at = listener.by_sequence()
                 else:
                     sent_at = scheduled_send_times(final, count, rate)
-                view = get_json(url + "/can", viewer_token(vault))
-                still_running = adapter.poll() is None
+                view = adapter.get("/can")[1]
+                still_running = adapter.proc.poll() is None
             finally:
                 if listener is not None:
                     listener.close()
-                if adapter is not None and adapter.poll() is None:
-                    os.killpg(adapter.pid, signal.SIGTERM)
-                    try:
-                        adapter.wait(15)
-                    except subprocess.TimeoutExpired:
-                        os.killpg(adapter.pid, signal.SIGKILL)
+                if adapter is not None:
+                    adapter.stop()
                 sim.send_signal(signal.SIGTERM)
                 try:
                     sim.wait(10)

@@ -10,6 +10,10 @@ with :func:`streams.auth.requires` on the function or class given to ``app.page`
 driver carries it onto the handler it registers. Faust's own ``/router`` views (which worker
 owns a key; the table views route requests themselves, forwarding the caller's token) take
 the viewer role, declared here where the platform mounts them.
+
+The server itself is :mod:`streams.tls`'s: the API port with mTLS and the plain probe port,
+the same as every other kind of service; Faust's HTTP client (which forwards a table request
+to the worker that owns the key) presents the service's own certificate.
 """
 
 from __future__ import annotations

@@ -194,6 +194,9 @@ def install(app: web.Application, tls: ServiceTLS | None) -> None:
     app[TLS] = tls
 
     async def keep_fresh(app: web.Application) -> Any:
+        if app.get(TLS) is not tls:  # served again without it
+            yield
+            return
         await tls.refresh_crl()
         task = asyncio.ensure_future(tls.run())
         yield

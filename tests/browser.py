@@ -2,16 +2,11 @@
 
 from __future__ import annotations
 
-import logging
-import os
-import shutil
 import subprocess
-import time
 from pathlib import Path
 
-import pytest
+from tests import debian
 
-log = logging.getLogger(__name__)
 
 #: Chromium's own start-up and one page load stay far below this on the 2-core test machine (~2 s measured).
 RUN_TIMEOUT_S = 60
@@ -19,22 +14,7 @@ RUN_TIMEOUT_S = 60
 
 def chromium() -> str:
     """The Chromium binary; installed with apt-get (as root, no terminal) when missing, else the test fails."""
-    found = shutil.which("chromium")
-    if found:
-        return found
-    if os.geteuid() != 0 or not shutil.which("apt-get"):
-        pytest.fail("chromium is not installed and cannot be installed here (needs root and apt-get)")
-    started = time.monotonic()
-    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-    install = ["apt-get", "install", "-y", "--no-install-recommends", "chromium"]
-    done = subprocess.run(install, env=env, capture_output=True, text=True, timeout=900)
-    if done.returncode != 0:  # a stale package list: update it once and try again
-        subprocess.run(["apt-get", "update"], env=env, capture_output=True, timeout=600)
-        done = subprocess.run(install, env=env, capture_output=True, text=True, timeout=900)
-    if done.returncode != 0:
-        pytest.fail(f"chromium could not be installed: {done.stderr[-500:]}")
-    log.warning("chromium installed from Debian's packages in %.1f s", time.monotonic() - started)
-    return shutil.which("chromium") or "chromium"
+    return debian.required("chromium", "chromium")
 
 
 def _run(*args: str) -> subprocess.CompletedProcess[str]:

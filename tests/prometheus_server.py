@@ -1,18 +1,14 @@
 """Debian's Prometheus for the tests: installed with apt when absent, run by hand on 127.0.0.1.
 
 There is no systemd here, and the tests want their own instance anyway: one per test, its
-own port and storage in the test's directory, stopped at the end. The install is idempotent
-(nothing happens when both ``prometheus`` and ``promtool`` are on the PATH), quiet, never
-asks a question, and says clearly why when apt fails.
+own port and storage in the test's directory, stopped at the end. The install is
+:mod:`tests.debian`'s.
 """
 
 from __future__ import annotations
 
 import json
-import os
-import shutil
 import subprocess
-import time
 import urllib.parse
 import urllib.request
 from contextlib import contextmanager
@@ -20,49 +16,17 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from heater.runtime.processes import ChildProcess, free_port, wait_until
+from tests import debian
 
 PACKAGE = "prometheus"
-#: apt waits this long for another apt to release its lock (several test runs may install at once).
-APT_LOCK_WAIT_S = 300
-APT_TIMEOUT_S = 900
 
-
-class PrometheusUnavailable(RuntimeError):
-    """Prometheus is not installed and could not be installed; the message says why."""
-
-
-def installed() -> bool:
-    return shutil.which("prometheus") is not None and shutil.which("promtool") is not None
-
-
-def _apt(*args: str) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive", "APT_LISTCHANGES_FRONTEND": "none"}
-    argv = ["apt-get", "-q", "-o", f"DPkg::Lock::Timeout={APT_LOCK_WAIT_S}", *args]
-    return subprocess.run(argv, env=env, stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=APT_TIMEOUT_S)
+#: Prometheus is not installed and could not be installed; the message says why.
+PrometheusUnavailable = debian.PackageUnavailable
 
 
 def ensure_installed() -> float:
-    """Install Debian's ``prometheus`` when absent; the seconds it took (0.0 when it was there).
-
-    Raises :class:`PrometheusUnavailable` when it is absent and apt cannot install it (not
-    root, no apt, no network), with apt's own last lines.
-    """
-    if installed():
-        return 0.0
-    if shutil.which("apt-get") is None or os.geteuid() != 0:
-        raise PrometheusUnavailable("prometheus is not installed, and installing it needs apt-get as root")
-    began = time.monotonic()
-    install = ("install", "-y", "--no-install-recommends", PACKAGE)
-    result = _apt(*install)
-    if result.returncode != 0:  # no or stale package lists (a fresh container): fetch them once, then again
-        updated = _apt("update")
-        result = _apt(*install) if updated.returncode == 0 else updated
-    if result.returncode != 0 or not installed():
-        output = (result.stdout + result.stderr).strip().splitlines()[-15:]
-        raise PrometheusUnavailable(
-            f"`apt-get install {PACKAGE}` failed (exit {result.returncode}):\n" + "\n".join(output)
-        )
-    return time.monotonic() - began
+    """Install Debian's ``prometheus`` when absent; the seconds it took (0.0 when it was there)."""
+    return debian.ensure(PACKAGE, "prometheus", "promtool")
 
 
 def check_config(path: Path) -> subprocess.CompletedProcess[str]:

@@ -29,6 +29,7 @@ import datetime
 import importlib
 import re
 import ssl
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from types import SimpleNamespace
@@ -110,12 +111,17 @@ class _NoWatch:
 
 
 @pytest.fixture(scope="module")
-def apps(tmp_path_factory: pytest.TempPathFactory) -> dict[str, web.Application]:
+def apps(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, web.Application]]:
     built = {name: faust_app(name) for name in sorted(SERVICE_MODULES)}
     built.update(edge_apps(tmp_path_factory.mktemp("matrix")))
     for app in built.values():
         tokens.authorize(app)
-    return built
+    yield built
+    # The Faust apps are the service modules' own, shared with later tests in this process that serve them plain.
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)  # the matrix started (froze) them
+        for app in built.values():
+            app.pop(tls.TLS, None)
 
 
 @dataclass

@@ -63,7 +63,7 @@ def server(own_broker: EmbeddedBroker, vault: EmbeddedVault, run_dir: Path) -> I
 def run_edge_probe(name: str, broker: EmbeddedBroker, run_dir: Path, identity: str | None = None) -> int:
     """Run the probe as its own process, as a supervisor would; return its exit code."""
     env = {**os.environ, "HEATER_PROFILE": "local", "HEATER_BROKER_URL": broker.url, "HEATER_RUN_DIR": str(run_dir),
-           "HEATER_WEB_PORT": str(free_port())}
+           "HEATER_WEB_PORT": str(free_port()), "HEATER_TLS": "off"}  # a probe without Vault: no certificate to serve
     if identity is not None:
         env["HEATER_SERVICE_IDENTITY"] = identity
     log_path = run_dir / "logs" / f"probe-{name}.log"

@@ -4,7 +4,6 @@ a long log's tail stays readable, and a producer the gate cannot read sends fetc
 from __future__ import annotations
 
 import asyncio
-import shutil
 import socket
 import struct
 import subprocess
@@ -12,12 +11,12 @@ import time
 import uuid
 from pathlib import Path
 
-import pytest
 from aiokafka import TopicPartition
 
 from heater.runtime.broker import EmbeddedBroker
 from streams import kafka_clients
 from streams.topics import TopicSpec
+from tests import debian
 
 
 def fresh_topic(broker: EmbeddedBroker) -> str:
@@ -109,9 +108,7 @@ def test_the_tail_of_a_partition_of_20000_batches_stays_readable(broker: Embedde
 
 
 def test_records_from_a_librdkafka_producer_come_back_too(broker: EmbeddedBroker) -> None:
-    kcat = shutil.which("kcat")
-    if kcat is None:
-        pytest.fail("kcat is not installed (Debian package kcat)")
+    kcat = debian.required("kcat", "kcat")
     topic = fresh_topic(broker)
     asyncio.run(_produce(broker.bootstrap, topic, [b"before"]))
     subprocess.run([kcat, "-b", broker.bootstrap, "-P", "-t", topic, "-p", "0"], input=b"from kcat\n",

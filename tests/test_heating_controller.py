@@ -33,7 +33,9 @@ pytestmark = pytest.mark.timeout(120)
 
 
 def job_env(broker: EmbeddedBroker, run_dir: Path) -> dict[str, str]:
-    return {"HEATER_PROFILE": "local", "HEATER_BROKER_URL": broker.url, "HEATER_RUN_DIR": str(run_dir)}
+    """Jobs here run without Vault, so without a certificate; the platform's jobs serve mTLS (test_heating_e2e)."""
+    return {"HEATER_PROFILE": "local", "HEATER_BROKER_URL": broker.url, "HEATER_RUN_DIR": str(run_dir),
+            "HEATER_TLS": "off"}
 
 
 @pytest_asyncio.fixture(loop_scope="function")

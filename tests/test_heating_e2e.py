@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import shutil
 import subprocess
 import time
 import urllib.parse
@@ -35,7 +34,7 @@ from streams.heating.launch import LocalLauncher
 from streams.platform_watch import PlatformWatch
 from streams.records import HeatingJobState
 from streams.tls import client_context_for
-from tests import browser
+from tests import browser, debian
 from tests.platform_view import fresh_tank, http_json, login_token, relays, running_platform
 from tests.png import read_png
 from tests.support import consume_until, wait_for
@@ -149,9 +148,7 @@ def test_every_changelog_table_of_every_service_is_inspectable(platform: Platfor
 
 def test_kcat_reads_the_local_broker(platform: Platform) -> None:
     """Debian's kcat (librdkafka) against the embedded broker, as the README shows it."""
-    kcat = shutil.which("kcat")
-    if kcat is None:
-        pytest.fail("kcat is not installed (Debian package kcat)")
+    kcat = debian.required("kcat", "kcat")
     listing = subprocess.run([kcat, "-b", platform.layout.broker_bootstrap, "-L", "-m", "5"], capture_output=True,
                              text=True, timeout=30)
     assert listing.returncode == 0 and 'topic "sensorData"' in listing.stdout, listing.stderr

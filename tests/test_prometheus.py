@@ -105,7 +105,7 @@ def test_the_scrape_config_targets_every_service_on_loopback(tmp_path: Path) -> 
     [job] = document["scrape_configs"]
     assert job["honor_labels"] is True
     targets = {g["labels"]["service"]: g["targets"] for g in job["static_configs"]}
-    assert targets == {c.name: [f"127.0.0.1:{layout.ports[c.name]}"] for c in COMPONENTS if c.has_web}
+    assert targets == {c.name: [f"127.0.0.1:{layout.ports[c.name + '-probe']}"] for c in COMPONENTS if c.has_web}
 
 
 def test_promtool_accepts_the_generated_config(tmp_path: Path) -> None:

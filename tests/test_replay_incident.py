@@ -117,6 +117,12 @@ def identity(alarm: dict[str, Any]) -> dict[str, Any]:
     return {k: alarm[k] for k in same} | {"measured": alarm["message"].rsplit(" (", 1)[0]}
 
 
+def job_env(alarms: ServiceProcess, vault: EmbeddedVault) -> dict[str, str]:
+    """As the controller's LocalLauncher launches a job: the platform's settings, the job's own identity, no fixed ports."""
+    return {**alarms.env, **vault.service_env("heating-job"), "HEATER_COMPONENT": "heating-job",
+            "HEATER_WEB_PORT": "0", "HEATER_PROBE_PORT": "0"}
+
+
 def heating(simulator: SimProcess, job: subprocess.Popen[bytes], job_log: Path) -> bool:
     """Whether the burner burns with the valve open; fails if the job ended before."""
     if job.poll() is not None:
@@ -150,11 +156,10 @@ def record_incident(root: Path, vault: EmbeddedVault) -> Incident:
 
             job_id = f"incident-{uuid.uuid4().hex[:8]}"
             job_log = run_dir / "logs" / f"heating-job-{job_id}.log"
-            # launched as the controller's LocalLauncher launches it: a service's environment, an ephemeral web port
             started_at = time.time()
             with open(job_log, "ab") as out:
                 job = subprocess.Popen([sys.executable, "-m", JOB_MODULE, *job_args(job_id, 40.0)],
-                                       env={**alarms.env, "HEATER_WEB_PORT": "0"}, stdout=out, stderr=subprocess.STDOUT,
+                                       env=job_env(alarms, vault), stdout=out, stderr=subprocess.STDOUT,
                                        start_new_session=True)
             wait_for(lambda: heating(simulator, job, job_log), 30, 0.05, "burner lit with the valve open")
             for sensor in range(len(WATER_SENSORS)):

@@ -20,8 +20,9 @@ from heater.catalogue import COMPONENTS, Component, stages
 from heater.probes import HALTED, READY, probe
 from heater.rundir import Layout
 from heater.runtime.processes import ChildProcess, StartupTimeout, wait_until
-from heater.runtime.vault import new_token, provision, without_vault_credentials, write_token
+from heater.runtime.vault import new_token, without_vault_credentials, write_token
 from heater.supervision import Supervisor, write_config
+from heater.vault_keeper import VaultKeeper
 from streams.config_file import write_default
 
 log = logging.getLogger(__name__)
@@ -39,6 +40,7 @@ class Platform:
         self.supervisord: ChildProcess | None = None
         self.supervisor = Supervisor(self.layout)
         self.timings: dict[str, float] = {}
+        self.vault_keeper = VaultKeeper(self.layout)
 
     def start(self, timeout: float = 60.0) -> float:
         """Start everything; return the seconds until every component was ready."""
@@ -81,10 +83,13 @@ class Platform:
 
     def _after_ready(self, component: Component) -> None:
         if component.name == "vault":
-            provision(self.layout.vault_addr, self.layout.vault_token_file.read_text().strip(), self.layout.secrets_dir)
+            if not self.vault_keeper.check(self.supervisor):
+                raise StartupTimeout("vault answered once, then not: not provisioned; see its log")
+            self.vault_keeper.start()
 
     def stop(self) -> None:
         """Stop components in reverse start order (a stage's together), then supervisord."""
+        self.vault_keeper.stop()
         if self.supervisord is None:
             return
         if self.supervisor.running():

@@ -40,6 +40,7 @@ from streams.heating.launch import JOB_MODULE, job_args
 from streams.heartbeats import beat
 from streams.lifecycle import Phase
 from streams.records import Alarm, RelayCommand
+from streams.tls import client_context_for
 from streams.auth import Role
 from tests.platform_view import (
     SERVICES, all_ready, fresh_tank, fresh_temperature, http_json, latched, login_token, pico, ready, relays, running_platform, view,
@@ -447,6 +448,41 @@ def test_kill_9_of_every_other_service_restores_its_tables_and_loses_no_alarm(pl
     finally:
         job.stop()
     log.warning("kill -9 and restart (ready again): %s", {k: round(v, 2) for k, v in restarts.items()})
+
+
+def served_serial(layout: Layout, name: str) -> int:
+    """The serial of the certificate a service's API presents now (to the CLI's own certificate)."""
+    import ssl
+    import socket
+
+    context = client_context_for(layout.web_url(name))
+    assert context is not None
+    with socket.create_connection(("127.0.0.1", layout.ports[name]), timeout=5) as raw, \
+            context.wrap_socket(raw, server_hostname="127.0.0.1") as tls_socket:
+        peer = tls_socket.getpeercert()
+    assert isinstance(tls_socket, ssl.SSLSocket) and peer
+    return int(peer["serialNumber"], 16)
+
+
+def test_kill_9_of_vault_is_provisioned_again_and_every_service_carries_on(platform: Platform) -> None:
+    """16: Vault restarted empty is provisioned again; every service loads its new certificate and logs in again."""
+    layout = platform.layout
+    serials = {name: served_serial(layout, name) for name in SERVICES}
+    pid = platform.supervisor.info("vault")["pid"]
+    killed_at = kill_9(platform, "vault")
+    wait_for(lambda: platform.vault_keeper.provisioned_pid not in (None, pid), 60, 0.1, "Vault restarted and provisioned")
+    provisioned_s = time.monotonic() - killed_at
+    wait_for(lambda: all(served_serial(layout, n) != serials[n] for n in SERVICES), 10, 0.2,
+             "every service serves its new certificate")
+    credentials.login(layout.run_dir, Role.ADMIN, "platform-tests")  # the old Vault's tokens died with it
+    wait_for(lambda: all((view(layout.web_url(n) + "/status") or (0,))[0] == 200 for n in SERVICES), 30, 0.2,
+             "every service honours a login from the new Vault")
+    all_ready(layout)
+    # The services' own Vault use: AlarmsServer signs an operator's reset with the new transit key.
+    cut_s, occurrences = overheat_until_cut(layout)
+    operator_reset(platform)
+    assert not latched(layout) and occurrences
+    log.warning("Vault kill -9: provisioned again after %.2f s; FATAL cut after it in %.3f s", provisioned_s, cut_s)
 
 
 def overheat_until_cut(layout: Layout) -> tuple[float, set[str]]:

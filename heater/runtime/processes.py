@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -23,15 +24,43 @@ def free_port() -> int:
     return free_ports(1)[0]
 
 
-def free_ports(count: int) -> list[int]:
-    """``count`` different free ports: all bound at once, so the kernel cannot hand one out twice."""
-    sockets = [socket.socket(socket.AF_INET, socket.SOCK_STREAM) for _ in range(count)]
+#: Listening ports are drawn from here: below the kernel's range for outgoing connections.
+LISTEN_PORTS_FROM = 20000
+_EPHEMERAL_RANGE = Path("/proc/sys/net/ipv4/ip_local_port_range")
+
+
+def _listen_port_range() -> range:
+    """Ports no outgoing connection is given: a port chosen here now is still free when its server binds it.
+
+    The kernel hands every outgoing connection (a client's, the broker's, Faust's) a port from
+    its ephemeral range; a listening port chosen from that range can be taken by one in the
+    moment between choosing it and binding it. Outside Linux: the whole unprivileged range.
+    """
     try:
-        for sock in sockets:
-            sock.bind(("127.0.0.1", 0))
-        return [sock.getsockname()[1] for sock in sockets]
+        low = int(_EPHEMERAL_RANGE.read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return range(LISTEN_PORTS_FROM, 65536)
+    return range(LISTEN_PORTS_FROM, low) if low - LISTEN_PORTS_FROM >= 1000 else range(1024, low)
+
+
+def free_ports(count: int) -> list[int]:
+    """``count`` different free ports, outside the range outgoing connections use, all bound at once."""
+    candidates = _listen_port_range()
+    chosen: list[socket.socket] = []
+    try:
+        for port in random.sample(candidates, min(len(candidates), count * 20)):
+            sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                sock.close()
+                continue
+            chosen.append(sock)
+            if len(chosen) == count:
+                return [sock.getsockname()[1] for sock in chosen]
+        raise OSError(f"no {count} free ports in {candidates.start}-{candidates.stop - 1} on 127.0.0.1")
     finally:
-        for sock in sockets:
+        for sock in chosen:
             sock.close()
 
 

@@ -18,6 +18,7 @@ only the paths where Vault credentials can be found.
 from __future__ import annotations
 
 import os
+import socket
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Mapping
@@ -25,6 +26,9 @@ from typing import Any, Mapping
 PROFILES = ("local", "production")
 #: Span exporters (streams.tracing): a JSON-lines file per service, an OTLP collector, or none.
 TRACE_EXPORTERS = ("file", "otlp", "none")
+
+#: Bind addresses that listen everywhere and name no host another worker could call.
+WILDCARD_HOSTS = frozenset({"", "0.0.0.0", "::"})
 
 #: Fetch waits (ms) for the local profile: the FATAL path is latency-critical, the rest is not.
 FAST_FETCH_WAIT_MS = 10
@@ -214,6 +218,7 @@ def faust_options(settings: Settings, service: str, *, fast_path: bool = False) 
         "web_bind": settings.web_host,
         "web_host": settings.web_host,
         "web_port": settings.web_port,
+        "canonical_url": canonical_url(settings),
         "topic_allow_declare": True,
         "topic_disable_leader": True,
         "producer_linger": 0.002,
@@ -241,6 +246,22 @@ def faust_options(settings: Settings, service: str, *, fast_path: bool = False) 
     else:
         options.update(production_security(settings))
     return options
+
+
+def canonical_url(settings: Settings) -> str:
+    """This worker's API as the other workers of its service call it: ``https`` unless ``HEATER_TLS=off``.
+
+    Faust's assignor tells every worker of a group each one's canonical URL, and its router
+    forwards a table-key request to the URL of the worker that owns the key (``/router/``
+    names it). Left to Faust, every worker came out as ``http://HOSTNAME:6066`` whatever its
+    web port: two workers on one host claimed one URL, the assignor's map kept one of them,
+    and a key had no owner (503 from either). And the API port serves HTTPS only
+    (:mod:`streams.tls`). A wildcard bind address (production's ``0.0.0.0``) names no one:
+    the host's name stands for it there, as in Faust's default.
+    """
+    scheme = "http" if settings.tls == "off" else "https"
+    host = settings.web_host if settings.web_host not in WILDCARD_HOSTS else socket.gethostname()
+    return f"{scheme}://{host}:{settings.web_port}"
 
 
 def _with_query(url: str, **params: Any) -> str:

@@ -12,13 +12,15 @@ Tables are read through :func:`streams.consistency.on_partition_zero`: the servi
 tables have one partition, and a read outside an agent's event must say which one.
 Every view takes the viewer role (:mod:`streams.auth`). A key another worker owns is fetched
 from it with the caller's own request headers (Faust's routing), so its token is checked again
-there: no worker-to-worker exemption is needed.
+there: no worker-to-worker exemption is needed. The worker that serves a key logs who asked
+and which client certificate the request came with (a forward: the service's own).
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
+import logging
 from typing import Any, Iterable, Mapping, cast
 from urllib.parse import quote
 
@@ -29,8 +31,11 @@ from faust.utils import json as faust_json
 from faust.web.apps import tables as faust_tables
 
 from streams import html_page
-from streams.auth import Role, requires
+from streams.auth import Role, principal, requires
 from streams.consistency import on_partition_zero
+from streams.tls import peer_subject
+
+log = logging.getLogger(__name__)
 
 blueprint = web.Blueprint("tables")
 
@@ -156,5 +161,8 @@ class TableKeyDetail(TableView, faust_tables.TableKeyDetail):
             table = self.get_table_or_404(name)
             with on_partition_zero():
                 value = self.get_table_value_or_404(table, key)
+            caller = principal(request)
+            log.info("table %s key %s served to %s (%s), client certificate %s", name, key, caller.name,
+                     caller.role.label, peer_subject(request))
             payload = {"table": name, "key": key, "value": value}
             return self.respond(request, f"table {name}: {key}", payload, {"table": f"/table/{name}/"})

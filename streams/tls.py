@@ -225,6 +225,15 @@ def refusal_for(request: web.BaseRequest, browser: bool) -> tuple[int, str] | No
     return None
 
 
+def peer_subject(request: web.BaseRequest) -> str:
+    """The caller's client certificate as ``CN=name`` (``none`` without one), for a log line."""
+    peer = request.transport.get_extra_info("peercert") if request.transport is not None else None
+    if not peer:
+        return "none"
+    names = [value for rdn in peer.get("subject", ()) for key, value in rdn if key == "commonName"]
+    return f"CN={names[0]}" if names else "CN=?"
+
+
 def sites(runner: web.BaseRunner, settings: Any, tls: ServiceTLS | None) -> list[web.TCPSite]:
     """The API site (HTTPS when ``tls``) and, when a probe port is set, the plain probe site."""
     out = [web.TCPSite(runner, settings.web_host, settings.web_port, ssl_context=tls.server if tls else None)]

@@ -31,6 +31,12 @@ TIMEOUT_S = 3.0
 APPROLE_MOUNT = "approle"
 
 
+def approle_files(secrets_dir: Path, service: str) -> tuple[Path, Path]:
+    """Where ``service``'s role_id and secret_id are kept (the SecretsRotator replaces the secret_id there)."""
+    base = secrets_dir / "approle" / service
+    return base / "role-id", base / "secret-id"
+
+
 class VaultUnavailable(RuntimeError):
     """Vault is missing, unreachable or refuses us; the message says which and where."""
 

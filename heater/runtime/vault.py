@@ -23,7 +23,8 @@ from heater.catalogue import platform_services
 from heater.runtime.pki import CLI_SUBJECT, issue_all, provision_pki, tls_dir
 from heater.runtime.processes import ChildProcess, free_port, wait_until
 from streams.allowlist import write_allowlist
-from streams.vault import API_TOKEN_KEY, APPROLE_MOUNT, IDENTITY_TOKEN_ROLE, api_token_role, ensure_entity
+from streams.vault import (API_TOKEN_KEY, APPROLE_MOUNT, IDENTITY_TOKEN_ROLE, api_token_role, approle_files,
+                           ensure_entity)
 from streams.vault_policies import SERVICE_GRANTS, policy, policy_name
 
 log = logging.getLogger(__name__)
@@ -103,12 +104,6 @@ SERVICE_TOKEN_TTL = "1h"
 def service_entity(service: str) -> str:
     """The Vault entity a service's AppRole logs in as: the ``name`` in its API tokens."""
     return f"svc-{service}"
-
-
-def approle_files(secrets_dir: Path, service: str) -> tuple[Path, Path]:
-    """Where ``service``'s role_id and secret_id are kept."""
-    base = secrets_dir / "approle" / service
-    return base / "role-id", base / "secret-id"
 
 
 def approle_env(secrets_dir: Path, service: str) -> dict[str, str]:

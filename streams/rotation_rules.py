@@ -47,6 +47,11 @@ class Item:
                 "due_in_s": round(self.renew_at(renew_before) - now, 1)}
 
 
+def rotated_every(period_s: float, renew_before: float) -> float:
+    """How often a key with rotation period ``period_s`` is in fact rotated."""
+    return period_s * (1.0 - renew_before)
+
+
 def due(items: Iterable[Item], now: float, renew_before: float) -> list[Item]:
     """The items to renew now, the soonest to expire first."""
     return sorted((i for i in items if now >= i.renew_at(renew_before)), key=lambda i: i.expires_at)

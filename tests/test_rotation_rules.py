@@ -96,3 +96,8 @@ def test_the_rotator_settings() -> None:
     assert (settings.rotator_interval_s, settings.rotator_renew_before) == (2.0, 0.5)
     assert str(settings.secrets_dir) == "/r/secrets"
     assert str(Settings.from_env({"HEATER_ROTATOR_SECRETS_DIR": "/s"}).secrets_dir) == "/s"
+
+
+def test_a_key_is_rotated_once_its_renew_before_is_reached() -> None:
+    assert rules.rotated_every(24.0, 0.5) == 12.0
+    assert rules.rotated_every(7 * 24 * HOUR, 1 / 3) == pytest.approx(112 * HOUR)

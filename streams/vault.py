@@ -164,6 +164,9 @@ def _b64(payload: bytes) -> str:
 #: The signing key of API tokens, the OIDC role per platform role, and the token role that
 #: binds a Vault token to a named entity (see ``heater.runtime.vault.provision_identity``).
 API_TOKEN_KEY = "heater-api"
+#: How the signing key is made: Vault rotates it itself every day at the latest (the SecretsRotator
+#: sooner), and a rotated key still verifies the tokens it signed for two days (longer than any lives).
+API_TOKEN_KEY_OPTIONS = {"algorithm": "RS256", "rotation_period": "24h", "verification_ttl": "48h"}
 API_TOKEN_ROLE_PREFIX = "heater-"
 IDENTITY_TOKEN_ROLE = "heater-identity"
 

@@ -54,8 +54,14 @@ def policy_name(service: str) -> str:
     return f"heater-{service}"
 
 
-def policy(service: str) -> str:
-    """The HCL of ``service``'s policy."""
+#: Where production grants less: certificates are cert-manager's and services log in with their
+#: Kubernetes service account, so the rotator there rotates the two keys only.
+PRODUCTION_GRANTS: dict[str, tuple[str, ...]] = {"secrets": ROTATOR_KEY_GRANTS}
+
+
+def policy(service: str, production: bool = False) -> str:
+    """The HCL of ``service``'s policy (``production``: as the production setup writes it)."""
+    grants = PRODUCTION_GRANTS.get(service, SERVICE_GRANTS[service]) if production else SERVICE_GRANTS[service]
     lines = [f'path "{GRANTS[g][0]}" {{ capabilities = {list(GRANTS[g][1])!r} }}'.replace("'", '"')
-             for g in SERVICE_GRANTS[service]]
+             for g in grants]
     return "\n".join(lines) + "\n"

@@ -37,6 +37,7 @@ METRIC_MODULES = (
     "adapters.can.metrics",
     "adapters.i2c.metrics",
     "homekit.metrics",
+    "streams.secrets_rotator",
 )
 DECLARATION = re.compile(r"\b(?:Counter|Gauge|Histogram|Summary)\(\s*\"heater_|MetricFamily\(")
 #: Series Prometheus adds itself.

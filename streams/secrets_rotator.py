@@ -197,7 +197,7 @@ class SecretsRotator:
                     continue
                 result.renewed.append(subject)
                 ROTATIONS.labels(kind, "renewed").inc()
-                log.info("renewed %s (it expired in %.0f s)", subject, item.expires_at - self.clock())
+                log.info("renewed %s, %.0f s before it expired", subject, item.expires_at - self.clock())
         if self.local:
             self._destroy_stale_secret_ids(result)
         return result

@@ -51,6 +51,8 @@ COMPONENTS: tuple[Component, ...] = (
     Component("vault", STAGE_INFRA, "infra", ("runtime", "vault"), "OpenBao dev server"),
     Component("simulator", STAGE_HARDWARE, "hardware", ("runtime", "simulator"), "simulated heater, CAN bus and Pico"),
     Component("config", STAGE_CONFIGURATION, "service", ("worker", "config"), "ConfigurationServer", control=True),
+    Component("secrets", STAGE_SECRETS, "service", ("worker", "secrets"),
+              "SecretsRotator: certificates, AppRole secret_ids, signing keys before expiry"),
     Component("registry", STAGE_REGISTRY, "service", ("worker", "registry"), "StateRegistry: heartbeats, discovery, allowed services"),
     Component("exceptions", STAGE_REGISTRY, "service", ("worker", "exceptions"), "ExceptionsServer"),
     Component("alarms", STAGE_ALARMS, "service", ("worker", "alarms"), "AlarmsServer"),

@@ -147,6 +147,7 @@ ADAPTERS: dict[str, str] = {
     "can": "adapters.can.service",
     "i2c": "adapters.i2c.service",
     "homekit": "homekit.service",
+    "secrets": "streams.secrets_rotator",
 }
 
 

@@ -12,6 +12,9 @@ and nothing else. This module gives each the same lifecycle as a Faust service:
 * started while latched: run the adapter's ``halted`` body if it has one (the I2C
   adapter must still verify operator resets), else do nothing; serve health as
   not ready; exit ``RELEASED`` once the latch is released.
+
+A display service on this runtime (the SecretsRotator) neither halts nor stops on a FATAL:
+the platform's certificates and credentials must stay valid while an operator resets it.
 """
 
 from __future__ import annotations
@@ -31,7 +34,7 @@ from streams.health import web_app
 from streams.heartbeats import beat_forever
 from streams.latch import LatchView
 from streams.metrics import MESSAGES_SENT, REFUSALS
-from streams.lifecycle import Phase, ServiceSpec, ServiceStatus
+from streams.lifecycle import Phase, ServiceKind, ServiceSpec, ServiceStatus
 from streams.platform_watch import PlatformWatch
 from streams.resilience import VAULT, Dependency
 from streams.settings import DEFAULT_FETCH_WAIT_MS, FAST_FETCH_WAIT_MS, Settings
@@ -148,13 +151,15 @@ class EdgeService:
         assert self.watch is not None and self.alarms is not None
         assert self.producer is not None
         forward_from_edge(self.spec.name, self.settings.service_identity, self.producer)
-        latched_at_start = self.watch.latch.latched
+        control = self.spec.kind is ServiceKind.CONTROL
+        latched_at_start = control and self.watch.latch.latched
         if latched_at_start:
             self.status.halt(self.spec.name, self.watch.latch.reason)
             self.watch.on_change.append(self._on_release)
             task = asyncio.ensure_future(halted(self) if halted else asyncio.Event().wait())
         else:
-            self.watch.on_change.append(self._on_latch)
+            if control:
+                self.watch.on_change.append(self._on_latch)
             await self.alarms.clear_own_on_startup()
             task = asyncio.ensure_future(body(self))
         self.watch.run_in_background()

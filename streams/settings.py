@@ -96,11 +96,30 @@ class Settings:
     tls_crl_refresh_s: float = 5.0
     #: A plain-HTTP port serving only ``/healthz``, ``/readyz`` and ``/metrics`` (probes, Prometheus); 0: none.
     probe_port: int = 0
+    #: The SecretsRotator (streams.secrets_rotator): how often it looks, and when it renews — once no
+    #: more than this fraction of a certificate's, secret_id's or key's lifetime is left.
+    rotator_interval_s: float = 60.0
+    rotator_renew_before: float = 1 / 3
+    #: Lifetime of the certificates and AppRole secret_ids it issues, and the rotation period of the
+    #: API-token signing key and the transit key.
+    rotator_cert_ttl_s: float = 24 * 3600.0
+    rotator_secret_id_ttl_s: float = 24 * 3600.0
+    rotator_key_period_s: float = 7 * 24 * 3600.0
+    #: How long a replaced secret_id still logs in (a service may have read it just before the swap).
+    rotator_grace_s: float = 300.0
+    #: Where the certificates (``tls/NAME``) and AppRole credentials (``approle/NAME``) it renews are.
+    #: Empty: ``RUN_DIR/secrets``. Production has neither (cert-manager, Kubernetes auth).
+    rotator_secrets_dir: Path | None = None
     extra: Mapping[str, str] = field(default_factory=dict)
 
     def tls_dir_for(self, service: str) -> Path:
         """Where ``service``'s certificate files are (streams.tls)."""
         return self.tls_dir or self.run_dir / "secrets" / "tls" / service
+
+    @property
+    def secrets_dir(self) -> Path:
+        """Where the local platform keeps every service's certificate and AppRole files (the rotator renews them)."""
+        return self.rotator_secrets_dir or self.run_dir / "secrets"
 
     @property
     def crl_url(self) -> str:
@@ -191,6 +210,13 @@ class Settings:
             tls_crl_url=env.get("HEATER_TLS_CRL_URL", ""),
             tls_crl_refresh_s=_number(env, "HEATER_TLS_CRL_REFRESH_S", base.tls_crl_refresh_s, float),
             probe_port=_number(env, "HEATER_PROBE_PORT", base.probe_port, int),
+            rotator_interval_s=_number(env, "HEATER_ROTATOR_INTERVAL_S", base.rotator_interval_s, float),
+            rotator_renew_before=_fraction(env, "HEATER_ROTATOR_RENEW_BEFORE", base.rotator_renew_before),
+            rotator_cert_ttl_s=_number(env, "HEATER_ROTATOR_CERT_TTL_S", base.rotator_cert_ttl_s, float),
+            rotator_secret_id_ttl_s=_number(env, "HEATER_ROTATOR_SECRET_ID_TTL_S", base.rotator_secret_id_ttl_s, float),
+            rotator_key_period_s=_number(env, "HEATER_ROTATOR_KEY_PERIOD_S", base.rotator_key_period_s, float),
+            rotator_grace_s=_number(env, "HEATER_ROTATOR_GRACE_S", base.rotator_grace_s, float),
+            rotator_secrets_dir=_path(env.get("HEATER_ROTATOR_SECRETS_DIR")),
         )
 
 
@@ -203,6 +229,13 @@ def _number(env: Mapping[str, str], name: str, default: Any, kind: type) -> Any:
         return kind(env.get(name, default))
     except ValueError as exc:
         raise SettingsError(f"{name} must be a number: {exc}") from None
+
+
+def _fraction(env: Mapping[str, str], name: str, default: float) -> float:
+    value = _number(env, name, default, float)
+    if not 0.0 < value < 1.0:
+        raise SettingsError(f"{name}={value}: expected a fraction of a lifetime, between 0 and 1 (exclusive)")
+    return value
 
 
 def faust_options(settings: Settings, service: str, *, fast_path: bool = False) -> dict[str, Any]:

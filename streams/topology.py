@@ -95,6 +95,8 @@ SERVICES: tuple[ServiceTopics, ...] = (
         faust=True,
     ),
     ServiceTopics("can", produces=(t.SENSOR_DATA.name,)),
+    # The SecretsRotator sends only what every service sends (alarms, heartbeats, reports).
+    ServiceTopics("secrets"),
     ServiceTopics(
         "i2c",
         produces=(t.RELAY_STATE.name,),

@@ -31,6 +31,12 @@ TIMEOUT_S = 3.0
 APPROLE_MOUNT = "approle"
 
 
+def approle_files(secrets_dir: Path, service: str) -> tuple[Path, Path]:
+    """Where ``service``'s role_id and secret_id are kept (the SecretsRotator replaces the secret_id there)."""
+    base = secrets_dir / "approle" / service
+    return base / "role-id", base / "secret-id"
+
+
 class VaultUnavailable(RuntimeError):
     """Vault is missing, unreachable or refuses us; the message says which and where."""
 
@@ -158,6 +164,9 @@ def _b64(payload: bytes) -> str:
 #: The signing key of API tokens, the OIDC role per platform role, and the token role that
 #: binds a Vault token to a named entity (see ``heater.runtime.vault.provision_identity``).
 API_TOKEN_KEY = "heater-api"
+#: How the signing key is made: Vault rotates it itself every day at the latest (the SecretsRotator
+#: sooner), and a rotated key still verifies the tokens it signed for two days (longer than any lives).
+API_TOKEN_KEY_OPTIONS = {"algorithm": "RS256", "rotation_period": "24h", "verification_ttl": "48h"}
 API_TOKEN_ROLE_PREFIX = "heater-"
 IDENTITY_TOKEN_ROLE = "heater-identity"
 

@@ -74,6 +74,8 @@ def edge_apps(tmp: Path) -> dict[str, web.Application]:
     from streams.heating.job import HeatingJob
     from streams.heating.machine import HeatingMachine
     from streams.lifecycle import ServiceStatus
+    from streams.secrets_rotator import SPEC as SECRETS_SPEC
+    from streams.secrets_rotator import SecretsRotator
 
     settings = Settings.from_env({"HEATER_RUN_DIR": str(tmp)})
     can = CanAdapter(EdgeService(CAN_SPEC, settings), bus=None)
@@ -85,11 +87,13 @@ def edge_apps(tmp: Path) -> dict[str, web.Application]:
     job.install()
     bridge = BridgeService(settings, BridgeSettings.from_env({"HEATER_RUN_DIR": str(tmp), "HEATER_HOMEKIT_PORT": "1",
                                                                "HEATER_HOMEKIT_FEED_URL": "ws://127.0.0.1:1/homekit/feed"}))
+    rotator = SecretsRotator(EdgeService(SECRETS_SPEC, settings), client=None)  # type: ignore[arg-type]
+    rotator.install()
     halted = web_app(CAN_SPEC, ServiceStatus)  # a control service that came up halted (streams.halted)
     controller_app = web_app(CAN_SPEC, ServiceStatus)
     mount(controller_app, HeatingController(_NoLauncher(), _NoWatch()))
     return {"can": can.service.web, "i2c": i2c.service.web, "heating-job": job.service.web, "homekit": bridge.web,
-            "halted": halted, "heating-controller": controller_app}
+            "secrets": rotator.service.web, "halted": halted, "heating-controller": controller_app}
 
 
 class _NoLauncher:

@@ -17,7 +17,7 @@ from prometheus_client.metrics_core import Metric
 from adapters.can.metrics import CanStats, StatsCollector
 from heater import prometheus
 from heater.catalogue import COMPONENTS
-from heater.rundir import Layout
+from heater.rundir import Layout, probe_port_name
 from tests.prometheus_server import PrometheusUnavailable, check_config, ensure_installed
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -37,6 +37,7 @@ METRIC_MODULES = (
     "adapters.can.metrics",
     "adapters.i2c.metrics",
     "homekit.metrics",
+    "streams.secrets_rotator",
 )
 DECLARATION = re.compile(r"\b(?:Counter|Gauge|Histogram|Summary)\(\s*\"heater_|MetricFamily\(")
 #: Series Prometheus adds itself.
@@ -105,7 +106,7 @@ def test_the_scrape_config_targets_every_service_on_loopback(tmp_path: Path) -> 
     [job] = document["scrape_configs"]
     assert job["honor_labels"] is True
     targets = {g["labels"]["service"]: g["targets"] for g in job["static_configs"]}
-    assert targets == {c.name: [f"127.0.0.1:{layout.ports[c.name + '-probe']}"] for c in COMPONENTS if c.has_web}
+    assert targets == {c.name: [f"127.0.0.1:{layout.ports[probe_port_name(c.name)]}"] for c in COMPONENTS if c.has_web}
 
 
 def test_promtool_accepts_the_generated_config(tmp_path: Path) -> None:

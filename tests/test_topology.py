@@ -32,6 +32,7 @@ SOURCES: dict[str, tuple[str, ...]] = {
     "can": ("adapters/can/service.py",),
     "i2c": ("adapters/i2c/service.py", "adapters/i2c/resets.py"),
     "homekit": ("homekit/service.py", "streams/heating/controller.py"),
+    "secrets": ("streams/secrets_rotator.py",),
     "heating-job": ("streams/heating/job.py",),
 }
 

@@ -47,7 +47,25 @@ GRANTED: dict[str, Callable[[hvac.Client, EmbeddedVault], Any]] = {
     "reset-verify": lambda c, v: c.secrets.transit.verify_signed_data(
         name=RESET_SIGNING_KEY, hash_input=PAYLOAD, signature=signature(v)),
     "api-token-viewer": lambda c, v: c.read("identity/oidc/token/heater-viewer"),
+    # The SecretsRotator's: each done on something of its own, or harmlessly (a rotated key still verifies).
+    "certificates-issue": lambda c, v: c.write("pki_int/issue/heater-cli", common_name="heater-cli", ttl="1m"),
+    "secret-ids-new": lambda c, v: c.list("auth/approle/role/registry/secret-id"),
+    "secret-ids-lookup": lambda c, v: c.write("auth/approle/role/registry/secret-id/lookup",
+                                              secret_id=approle_files(v.secrets_dir, "registry")[1].read_text()),
+    "secret-ids-by-accessor": lambda c, v: c.write("auth/approle/role/registry/secret-id-accessor/lookup",
+                                                   secret_id_accessor=throwaway_secret_id(v)),
+    "secret-ids-destroy": lambda c, v: c.write("auth/approle/role/registry/secret-id-accessor/destroy",
+                                               secret_id_accessor=throwaway_secret_id(v)),
+    "api-token-key-read": lambda c, v: c.read("identity/oidc/key/heater-api"),
+    "api-token-key-rotate": lambda c, v: c.write("identity/oidc/key/heater-api/rotate", verification_ttl="48h"),
+    "reset-key-read": lambda c, v: c.read(f"transit/keys/{RESET_SIGNING_KEY}"),
+    "reset-key-rotate": lambda c, v: c.write(f"transit/keys/{RESET_SIGNING_KEY}/rotate"),
 }
+
+
+def throwaway_secret_id(vault: EmbeddedVault) -> str:
+    """The accessor of a new secret_id of the registry's role that nobody uses."""
+    return vault.admin().write("auth/approle/role/registry/secret-id", ttl="1m")["data"]["secret_id_accessor"]
 
 #: What no service may do.
 NEVER: dict[str, Callable[[hvac.Client], Any]] = {

@@ -23,7 +23,8 @@ from heater.catalogue import platform_services
 from heater.runtime.pki import CLI_SUBJECT, issue_all, provision_pki, tls_dir
 from heater.runtime.processes import ChildProcess, free_port, wait_until
 from streams.allowlist import write_allowlist
-from streams.vault import API_TOKEN_KEY, APPROLE_MOUNT, IDENTITY_TOKEN_ROLE, api_token_role, ensure_entity
+from streams.vault import (API_TOKEN_KEY, API_TOKEN_KEY_OPTIONS, APPROLE_MOUNT, IDENTITY_TOKEN_ROLE, api_token_role, approle_files,
+                           ensure_entity)
 from streams.vault_policies import SERVICE_GRANTS, policy, policy_name
 
 log = logging.getLogger(__name__)
@@ -105,12 +106,6 @@ def service_entity(service: str) -> str:
     return f"svc-{service}"
 
 
-def approle_files(secrets_dir: Path, service: str) -> tuple[Path, Path]:
-    """Where ``service``'s role_id and secret_id are kept."""
-    base = secrets_dir / "approle" / service
-    return base / "role-id", base / "secret-id"
-
-
 def approle_env(secrets_dir: Path, service: str) -> dict[str, str]:
     """The settings that hand ``service`` its AppRole credentials; none for a service without a Vault policy."""
     if service not in SERVICE_GRANTS:
@@ -168,8 +163,7 @@ def provision_identity(vault: hvac.Client, addr: str, audience: str = "heater") 
     published at ``.../.well-known/keys``.
     """
     vault.write("identity/oidc/config", issuer=addr)
-    vault.write(f"identity/oidc/key/{API_TOKEN_KEY}", algorithm="RS256", allowed_client_ids=audience,
-                rotation_period="24h", verification_ttl="48h")
+    vault.write(f"identity/oidc/key/{API_TOKEN_KEY}", allowed_client_ids=audience, **API_TOKEN_KEY_OPTIONS)
     for role, ttl in API_TOKEN_TTL.items():
         template = '{"heater_role": "%s", "name": {{identity.entity.name}}}' % role
         vault.write(f"identity/oidc/role/{api_token_role(role)}", key=API_TOKEN_KEY, client_id=audience,

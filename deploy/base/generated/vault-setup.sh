@@ -7,6 +7,7 @@ vault write auth/kubernetes/config kubernetes_host="https://${KUBERNETES_SERVICE
 vault secrets list | grep -q '^secret/' || vault secrets enable -path=secret kv-v2
 vault secrets list | grep -q '^transit/' || vault secrets enable transit
 vault write -f transit/keys/operator-reset type=ed25519
+vault write identity/oidc/key/heater-api allowed_client_ids=heater algorithm=RS256 rotation_period=24h verification_ttl=48h
 vault policy write heater-registry - <<'HCL'
 path "secret/data/heater/services" { capabilities = ["read"] }
 HCL
@@ -28,4 +29,11 @@ vault policy write heater-homekit - <<'HCL'
 path "identity/oidc/token/heater-viewer" { capabilities = ["read"] }
 HCL
 vault write auth/kubernetes/role/homekit bound_service_account_names=homekit bound_service_account_namespaces=heater token_policies=heater-homekit token_ttl=1h token_max_ttl=24h
-vault kv put secret/heater/services config=CN=config registry=CN=registry exceptions=CN=exceptions alarms=CN=alarms can=CN=can i2c=CN=i2c bank=CN=bank disaster=CN=disaster homekit=CN=homekit heating-job=CN=heating-job
+vault policy write heater-secrets - <<'HCL'
+path "identity/oidc/key/heater-api" { capabilities = ["read"] }
+path "identity/oidc/key/heater-api/rotate" { capabilities = ["update"] }
+path "transit/keys/operator-reset" { capabilities = ["read"] }
+path "transit/keys/operator-reset/rotate" { capabilities = ["update"] }
+HCL
+vault write auth/kubernetes/role/secrets bound_service_account_names=secrets bound_service_account_namespaces=heater token_policies=heater-secrets token_ttl=1h token_max_ttl=24h
+vault kv put secret/heater/services config=CN=config registry=CN=registry exceptions=CN=exceptions alarms=CN=alarms can=CN=can secrets=CN=secrets i2c=CN=i2c bank=CN=bank disaster=CN=disaster homekit=CN=homekit heating-job=CN=heating-job

@@ -43,7 +43,11 @@ def login_token() -> str | None:
     return credentials.bearer_or_none(_STARTED[-1]) if _STARTED else None
 
 
-def http_json(url: str, timeout: float = 1.0) -> tuple[int, dict[str, Any]]:
+#: A view a test reads must answer; on a loaded 2-core machine a TLS handshake with a busy service can take seconds.
+VIEW_TIMEOUT_S = 10.0
+
+
+def http_json(url: str, timeout: float = VIEW_TIMEOUT_S) -> tuple[int, dict[str, Any]]:
     """GET a view of the platform :func:`running_platform` started, with its saved login."""
     return _http_json(url, timeout=timeout, token=login_token())
 

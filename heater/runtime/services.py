@@ -18,6 +18,11 @@ if TYPE_CHECKING:
     from heater.runtime.vault import EmbeddedVault
 
 
+#: A view read through :meth:`ServiceProcess.get` must answer: a service replaying its tables under load can
+#: take seconds over a TLS handshake and a large page.
+VIEW_TIMEOUT_S = 10.0
+
+
 class ServiceProcess:
     """One platform service as a real process (`python -m heater worker NAME`)."""
 
@@ -70,7 +75,7 @@ class ServiceProcess:
 
     def get(self, path: str) -> tuple[int, Any]:
         """GET one of the service's views with an admin token from its Vault (none without one)."""
-        return http_json(self.url + path, token=self.token())
+        return http_json(self.url + path, timeout=VIEW_TIMEOUT_S, token=self.token())
 
     def token(self, role: str = "admin", name: str = "harness") -> str | None:
         """An API token with ``role`` for the entity ``name``, from the service's Vault (None without one).

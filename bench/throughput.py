@@ -97,6 +97,29 @@ class Sampler:
         return {name: cpu_seconds([pid]) for name, pid in self.pids.items()}
 
 
+def start_py_spy(args: argparse.Namespace, pid: int) -> subprocess.Popen[bytes] | None:
+    """py-spy sampling the bank while the burst runs (``--py-spy FILE``: collapsed stacks)."""
+    if not args.py_spy:
+        return None
+    spy = Path(sys.executable).with_name("py-spy")
+    return subprocess.Popen([str(spy), "record", "-p", str(pid), "-f", "raw", "-o", str(args.py_spy), "-r", "200",
+                             "-d", str(int(args.duration)), "--nonblocking"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
+def finish_py_spy(spy: subprocess.Popen[bytes] | None, args: argparse.Namespace) -> dict[str, float] | None:
+    if spy is None:
+        return None
+    try:
+        spy.wait(30)
+    except subprocess.TimeoutExpired:
+        spy.send_signal(signal.SIGINT)
+        spy.wait(10)
+    from bench.profile_share import shares
+
+    return shares(Path(args.py_spy)) if Path(args.py_spy).exists() else None
+
+
 def latencies(samples: list[tuple[float, int, float]], base: float) -> tuple[list[float], int]:
     """Per sample: seconds until the bank's position reached that sample's end offset; and how many never did."""
     out, censored, j = [], 0, 0
@@ -129,6 +152,7 @@ async def measure(args: argparse.Namespace, sampler: Sampler, control_port: int)
         cpu0, t0 = sampler.cpu(), time.monotonic()
         count = int(args.rate * args.duration)
         progress(f"burst: {count} frames at {args.rate:.0f} frames/s for {args.duration:.0f} s")
+        spy = start_py_spy(args, sampler.pids["bank"])
         await asyncio.to_thread(client.burst, control_port, count, args.rate, 0)
         _, end0, decided0 = await sampler.sample()
         burst_over_at: float | None = None
@@ -150,6 +174,7 @@ async def measure(args: argparse.Namespace, sampler: Sampler, control_port: int)
         cpu1, t1 = sampler.cpu(), time.monotonic()
         effects = await asyncio.to_thread(metric_sum, sampler.bank, EFFECTS) - effects0
         final = await asyncio.to_thread(burst_state, control_port)
+        profile = await asyncio.to_thread(finish_py_spy, spy, args)
     finally:
         await sampler.stop()
     samples = sampler.samples
@@ -180,6 +205,7 @@ async def measure(args: argparse.Namespace, sampler: Sampler, control_port: int)
         "rss_mb": {name: round(v, 1) for name, v in sampler.rss.items()},
         "bank_cpu_ms_per_event": round(1000 * (cpu1["bank"] - cpu0["bank"]) / max(1.0, samples[-1][2] - samples[0][2]), 3),
         "effects": int(effects),
+        **({"bank_profile_pct": profile} if profile else {}),
         "sent": final["sent"],
         "suppressed": final["suppressed"],
         "rate": args.rate,
@@ -227,6 +253,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rate", type=float, default=9_000.0, help="frames per second (default 9,000)")
     parser.add_argument("--duration", type=float, default=60.0, help="seconds of sending (default 60)")
     parser.add_argument("--drain-s", type=float, default=10.0, help="how long to keep sampling after the burst (default 10)")
+    parser.add_argument("--py-spy", type=Path, default=None, metavar="FILE",
+                        help="profile the bank with py-spy during the burst (collapsed stacks to FILE, shares in the JSON)")
     parser.add_argument("--sample-s", type=float, default=0.25, help="sampling period (default 0.25 s)")
     args = parser.parse_args(argv)
     result = run(args)

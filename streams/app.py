@@ -141,8 +141,9 @@ class HeaterService:
         the batch. ``within_s`` bounds the delay a batch adds to any record — a FATAL
         reading included — so keep it to a few milliseconds.
 
-        No span is opened here: the agent opens one for a record whose handling sends
-        something (:func:`streams.tracing.consumed`), so that record's trace goes on.
+        One span per batch (:func:`streams.tracing.batch_span`), a trace of its own; the
+        agent opens a record's own span (:func:`streams.tracing.consumed`) for a record
+        whose handling sends something, so that record's trace goes on.
         """
         max_records = max_records or BATCH_MAX_RECORDS
         within = BATCH_WITHIN_S if within_s is None else within_s
@@ -162,9 +163,10 @@ class HeaterService:
                 continue
             topic = batch[0][1].topic
             metrics.MESSAGES_PROCESSED.labels(self.spec.name, topic).inc(len(batch))
-            metrics.BATCH_SIZE.labels(self.spec.name, topic).observe(len(batch))
+            metrics.BATCHES.labels(self.spec.name, topic).inc()
             started = time.perf_counter()
-            yield batch  # the agent handles the whole batch before the next is taken
+            with tracing.batch_span(self.tracer, batch[0][1], batch[-1][1], len(batch)):
+                yield batch  # the agent handles the whole batch before the next is taken
             per_record = (time.perf_counter() - started) / len(batch)
             metrics.HANDLE_SECONDS.labels(self.spec.name, topic).observe(per_record)
 

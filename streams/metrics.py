@@ -33,9 +33,10 @@ MESSAGES_REJECTED = Counter(
 )
 SERVICE_READY = Gauge("heater_service_ready", "1 when the service reports ready", ["service"])
 SERVICE_HALTED = Gauge("heater_service_halted", "1 when the service is halted by the FATAL latch", ["service"])
-BATCH_SIZE = Histogram(
-    "heater_batch_records", "Records per batch an agent handled at once (HeaterService.record_batches)",
-    ["service", "topic"], buckets=(1, 2, 5, 10, 20, 50, 100, 200, 500, 1000),
+BATCHES = Counter(
+    "heater_batches_total",
+    "Batches an agent handled (HeaterService.record_batches); records per batch = messages processed / batches",
+    ["service", "topic"],
 )
 HANDLE_SECONDS = Histogram(
     "heater_processing_seconds",

@@ -70,15 +70,15 @@ def test_alarms_are_exact_at_a_low_rate_and_in_a_burst(dedicated: tuple[Embedded
         send_paced(broker, slow, LOW_RATE_PER_S)
         wait_for(lambda: processed_through(bank) >= slow[-1].received_at, timeout=60, interval=0.2, what="slow part decided")
         wait_for_history(got, history_of(Bank(config).feed(slow)), 30, "history after the low-rate part", lambda key: "")
-        batches_slow = metric(bank, "heater_batch_records_count", service="bank", topic="sensorData")
+        batches_slow = metric(bank, "heater_batches_total", service="bank", topic="sensorData")
 
         run(produce(broker.bootstrap, "sensorData", [r.dumps() for r in burst]))
         wait_for(lambda: processed_through(bank) >= burst[-1].received_at, timeout=90, interval=0.2, what="burst decided")
         wait_for_history(got, history_of(effects), 45, "history equals the pure rules", lambda key: "")
         wait_for(lambda: bank.get("/bank")[1]["pending"] == [], timeout=10, what="outbox settled")
 
-        batches = metric(bank, "heater_batch_records_count", service="bank", topic="sensorData")
-        records = metric(bank, "heater_batch_records_sum", service="bank", topic="sensorData")
+        batches = metric(bank, "heater_batches_total", service="bank", topic="sensorData")
+        records = metric(bank, "heater_messages_processed_total", service="bank", topic="sensorData")
         assert records == len(readings)
         assert batches - batches_slow < len(burst) / 2, "the burst was decided in batches"
         assert metric_sum(bank.probe_url, "heater_bank_duplicates_total") == 0

@@ -5,8 +5,11 @@ a clock, and Faust tables can only be written from a stream, so a timer publishe
 (``now``) on the bank's own ``bankTicks`` topic and a second agent applies them; one lock
 keeps the two agents' steps from interleaving.
 
-Exactly-once effects without Kafka transactions: every reading and tick is one step of
-the service's ledger (:mod:`streams.consistency`): the state row, closed windows, the
+Readings are decided in batches (what arrived within a few milliseconds), a batch one
+step up to and including a reading that raises or clears an alarm, which ends its step.
+
+Exactly-once effects without Kafka transactions: every batch and tick is one step of
+the service's ledger (:mod:`streams.consistency`): the state rows, closed windows, the
 input position and the alarms the step raises or clears are committed together, and a
 step's alarms are confirmed by the broker before the next step sends any. After kill -9
 the worker resumes its input where the state ends, completes a half-written step and

@@ -19,6 +19,7 @@ from opentelemetry.trace import Tracer
 
 from streams import auth, metrics, topics, tracing
 from streams.alarm_client import AlarmClient
+from streams.batching import take_batches
 from streams.codec import DecodeError, decode
 from streams.config_rules import ConfigBook
 from streams.consistency import Ledger, on_partition_zero
@@ -135,8 +136,9 @@ class HeaterService:
     ) -> AsyncIterator[list[tuple[HeaterRecord, Any]]]:
         """:meth:`records` in batches: lists of (record, message), in delivery order, never empty.
 
-        A batch is what arrived within ``within_s`` (at most ``max_records``): at a low
-        rate one record after at most ``within_s``, in a backlog many at once, which
+        A batch is what arrived within ``within_s`` of its first record (at most
+        ``max_records``; :func:`streams.batching.take_batches`): at a low rate one record
+        after at most ``within_s``, in a backlog many at once, which
         shares the per-record costs (the ledger's step, the lock, the state write) over
         the batch. ``within_s`` bounds the delay a batch adds to any record — a FATAL
         reading included — so keep it to a few milliseconds.
@@ -147,7 +149,7 @@ class HeaterService:
         """
         max_records = max_records or BATCH_MAX_RECORDS
         within = BATCH_WITHIN_S if within_s is None else within_s
-        async for events in stream.take_events(max_records, within=within):
+        async for events in take_batches(stream, max_records, within):
             batch: list[tuple[HeaterRecord, Any]] = []
             for event in events:
                 message = event.message

@@ -44,6 +44,8 @@ StartupCheck = Callable[[], Awaitable[None]]
 #: Decides, per raw message, whether it is new input (see :meth:`HeaterService.records`).
 Admit = Callable[[Any], Awaitable[bool]]
 #: :meth:`HeaterService.record_batches`: records per batch at most, and the longest a batch waits for more.
+#: Measured (bench/bank_throughput.py): 2 ms gives 0.15 ms of bank CPU per reading, 0 (no wait: what is
+#: already queued) 0.28 ms; the alarm hop's p50 is 1-3 ms longer than without batching.
 BATCH_MAX_RECORDS = 500
 BATCH_WITHIN_S = 0.002
 

@@ -59,8 +59,12 @@ async def take_batches(stream: StreamT, max_: int, within: float) -> AsyncGenera
     try:
         while not s.should_stop:
             await s.wait_for_stopped(nonempty)
-            if not full.is_set():
+            if full.is_set():
+                pass
+            elif within > 0:
                 await s.wait_for_stopped(full, timeout=within)
+            else:  # one turn of the loop: the drainer adds what is already queued, nothing waits for more
+                await asyncio.sleep(0)
             if not events:
                 nonempty.clear()
                 continue

@@ -19,6 +19,7 @@ from opentelemetry.trace import Tracer
 
 from streams import auth, metrics, topics, tracing
 from streams.alarm_client import AlarmClient
+from streams.batching import take_batches
 from streams.codec import DecodeError, decode
 from streams.config_rules import ConfigBook
 from streams.consistency import Ledger, on_partition_zero
@@ -42,6 +43,11 @@ log = logging.getLogger(__name__)
 StartupCheck = Callable[[], Awaitable[None]]
 #: Decides, per raw message, whether it is new input (see :meth:`HeaterService.records`).
 Admit = Callable[[Any], Awaitable[bool]]
+#: :meth:`HeaterService.record_batches`: records per batch at most, and the longest a batch waits for more.
+#: Measured (bench/bank_throughput.py): 2 ms gives 0.15 ms of bank CPU per reading, 0 (no wait: what is
+#: already queued) 0.28 ms; the alarm hop's p50 is 1-3 ms longer than without batching.
+BATCH_MAX_RECORDS = 500
+BATCH_WITHIN_S = 0.002
 
 
 class HeaterService:
@@ -125,6 +131,48 @@ class HeaterService:
             with tracing.consumed(self.tracer, message, **tracing.attributes_of(record)):
                 yield record  # the agent handles it before asking for the next one
             metrics.HANDLE_SECONDS.labels(self.spec.name, message.topic).observe(time.perf_counter() - started)
+
+    async def record_batches(
+        self, stream: faust.StreamT, record_type: type[HeaterRecord] | None = None, admit: Admit | None = None,
+        max_records: int | None = None, within_s: float | None = None,
+    ) -> AsyncIterator[list[tuple[HeaterRecord, Any]]]:
+        """:meth:`records` in batches: lists of (record, message), in delivery order, never empty.
+
+        A batch is what arrived within ``within_s`` of its first record (at most
+        ``max_records``; :func:`streams.batching.take_batches`): at a low rate one record
+        after at most ``within_s``, in a backlog many at once, which
+        shares the per-record costs (the ledger's step, the lock, the state write) over
+        the batch. ``within_s`` bounds the delay a batch adds to any record — a FATAL
+        reading included — so keep it to a few milliseconds.
+
+        One span per batch (:func:`streams.tracing.batch_span`), a trace of its own; the
+        agent opens a record's own span (:func:`streams.tracing.consumed`) for a record
+        whose handling sends something, so that record's trace goes on.
+        """
+        max_records = max_records or BATCH_MAX_RECORDS
+        within = BATCH_WITHIN_S if within_s is None else within_s
+        async for events in take_batches(stream, max_records, within):
+            batch: list[tuple[HeaterRecord, Any]] = []
+            for event in events:
+                message = event.message
+                if admit is not None and not await admit(message):
+                    continue
+                try:
+                    record = decode(event.value, record_type or RECORD_FOR_TOPIC[message.topic])
+                except DecodeError as exc:
+                    await self.dead_letter(message.topic, message.partition, message.offset, event.value, exc)
+                    continue
+                batch.append((record, message))
+            if not batch:
+                continue
+            topic = batch[0][1].topic
+            metrics.MESSAGES_PROCESSED.labels(self.spec.name, topic).inc(len(batch))
+            metrics.BATCHES.labels(self.spec.name, topic).inc()
+            started = time.perf_counter()
+            with tracing.batch_span(self.tracer, batch[0][1], batch[-1][1], len(batch)):
+                yield batch  # the agent handles the whole batch before the next is taken
+            per_record = (time.perf_counter() - started) / len(batch)
+            metrics.HANDLE_SECONDS.labels(self.spec.name, topic).observe(per_record)
 
     async def dead_letter(
         self, topic: str, partition: int, offset: int, payload: bytes | None, error: DecodeError

@@ -220,25 +220,23 @@ class BankRules:
         if previous is not None and reading.received_at <= previous.received_at:
             return Step(duplicate=True)
         quality = self._quality(previous, reading)
+        value = float(reading.value)
+        window, closed = self._window(previous, reading.sensor, value, reading.received_at, quality)
         state = SensorState(
-            sensor=reading.sensor,
-            kind=reading.kind,
-            value=float(reading.value),
-            received_at=reading.received_at,
-            quality=quality,
-            unit=str(getattr(reading, "unit", "")),
-            sequence=int(getattr(reading, "sequence", 0)),
+            reading.sensor, reading.kind, value, reading.received_at, quality,
+            str(getattr(reading, "unit", "")), int(getattr(reading, "sequence", 0)), window,
         )
-        state, closed = self._window(previous, state)
         changes = _Changes(view.conditions)
         at = reading.received_at
         changes.want(STALE, reading.sensor, "WARNING", False, at, "")
-        changes.want(
-            IMPLAUSIBLE, reading.sensor, "WARNING", quality is Quality.IMPLAUSIBLE, at,
-            f"{reading.sensor}: implausible reading {reading.value:g}",
-            {"sensor": reading.sensor, "value": f"{reading.value:g}"}
-            | ({"previous": f"{previous.value:g}"} if previous is not None else {}),
-        )
+        implausible = quality is Quality.IMPLAUSIBLE
+        if changes.is_active(IMPLAUSIBLE, reading.sensor) != implausible:  # messages only for a transition
+            changes.want(
+                IMPLAUSIBLE, reading.sensor, "WARNING", implausible, at,
+                f"{reading.sensor}: implausible reading {reading.value:g}",
+                {"sensor": reading.sensor, "value": f"{reading.value:g}"}
+                | ({"previous": f"{previous.value:g}"} if previous is not None else {}),
+            )
         if quality is Quality.FRESH and reading.kind == "temperature":
             self._overtemp(changes, state, view, position)
         if reading.sensor in self.config.water_sensors and quality is Quality.FRESH:
@@ -269,6 +267,8 @@ class BankRules:
                 # those the reset covered, not from the backlog the operator had already seen.
                 held = fatal and current is not None and still_covered(current.covered, position)
                 desired = state.value >= limit and not held
+            if active == desired:
+                continue  # no transition: nothing to write or send (the messages are for effects only)
             message = f"{state.sensor} at {state.value:.1f} °C (limit {limit:g} °C)"
             details = {"sensor": state.sensor, "value": f"{state.value:g}", "limit": f"{limit:g}"}
             changes.want(code, state.sensor, severity, desired, state.received_at, message, details)
@@ -291,21 +291,24 @@ class BankRules:
             desired = spread > limit - self.config.disagreement_hysteresis_c
         else:
             desired = spread > limit
+        if (current is not None and current.active) == desired:
+            return
         message = f"water sensors disagree by {spread:.1f} °C (limit {limit:g} °C)"
         details = {s: f"{v:g}" for s, v in sorted(values.items())} | {"spread": f"{spread:.2f}"}
         changes.want(DISAGREEMENT, WATER_GROUP, "CRITICAL", desired, at, message, details)
 
-    def _window(self, previous: SensorState | None, state: SensorState) -> tuple[SensorState, dict[str, WindowStats]]:
-        """Carry the open window into the new state; a window the reading leaves behind is closed."""
+    def _window(
+        self, previous: SensorState | None, sensor: str, value: float, at: float, quality: Quality
+    ) -> tuple[WindowStats | None, dict[str, WindowStats]]:
+        """The new state's open window; a window the reading leaves behind is closed."""
         window = previous.window if previous is not None else None
         closed: dict[str, WindowStats] = {}
-        start = window_start(state.received_at, self.config.window_s)
-        if window is not None and window.start != start:
+        if window is not None and window.start != window_start(at, self.config.window_s):
             closed[window_key(window.sensor, window.start)] = window
             window = None
-        if state.quality is Quality.FRESH:
-            window = add_sample(window, state, self.config.window_s) or window
-        return replace(state, window=window), closed
+        if quality is Quality.FRESH:
+            window = add_value(window, sensor, value, at, self.config.window_s) or window
+        return window, closed
 
     # -- timer ------------------------------------------------------------------------
 
@@ -345,6 +348,10 @@ class _Changes:
     def current(self, code: str, subject: str) -> Condition | None:
         key = condition_key(code, subject)
         return self.conditions.get(key) or self._base.get(key)
+
+    def is_active(self, code: str, subject: str) -> bool:
+        current = self.current(code, subject)
+        return current is not None and current.active
 
     def end_by_reset(self, condition: Condition, covered: Mapping[str, int]) -> Condition:
         """An operator reset released this FATAL condition's occurrence: a transition with no effect to send.
@@ -387,18 +394,20 @@ class _Changes:
 
 def add_sample(stats: WindowStats | None, state: SensorState, window_s: float) -> WindowStats | None:
     """``stats`` with one more sample; None when the sample was already counted (a replay)."""
-    if stats is not None and state.received_at <= stats.last_at:
-        return None
+    return add_value(stats, state.sensor, state.value, state.received_at, window_s)
+
+
+def add_value(stats: WindowStats | None, sensor: str, value: float, at: float, window_s: float) -> WindowStats | None:
+    """``stats`` with one more value received ``at``; None when it was already counted (a replay)."""
     if stats is None:
-        start = window_start(state.received_at, window_s)
-        return WindowStats(state.sensor, start, start + window_s, 1, state.value, state.value, state.value, state.received_at)
-    return replace(
-        stats,
-        count=stats.count + 1,
-        minimum=min(stats.minimum, state.value),
-        maximum=max(stats.maximum, state.value),
-        total=stats.total + state.value,
-        last_at=state.received_at,
+        start = window_start(at, window_s)
+        return WindowStats(sensor, start, start + window_s, 1, value, value, value, at)
+    if at <= stats.last_at:
+        return None
+    return WindowStats(
+        sensor, stats.start, stats.end, stats.count + 1,
+        min(stats.minimum, value), max(stats.maximum, value),
+        stats.total + value, at,
     )
 
 

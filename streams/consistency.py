@@ -507,7 +507,7 @@ class Ledger:
     # -- steps ---------------------------------------------------------------------
 
     @contextlib.asynccontextmanager
-    async def step(self) -> AsyncIterator[Step]:
+    async def step(self, covers_event: bool = True) -> AsyncIterator[Step]:
         """One input's writes and effects, committed as a unit on leaving the block.
 
         Must run inside the agent's stream iteration (the message is the current event's).
@@ -521,12 +521,16 @@ class Ledger:
         an effect commits at once, with the run before it, so an alarm waits for nothing;
         a run that is not continued is committed by the settler within ``GROUP_MAX_AGE_S``.
         Until committed, a run is decided again after a crash, identically.
+
+        ``covers_event=False``: the step covers no input by itself; the caller covers each
+        message it decides with :meth:`Step.cover` (a batch of inputs, in their order).
         """
-        event = current_event()
+        event = current_event() if covers_event else None
         message = event.message if event is not None else None
         async with self._lock:
             step, self._open = self._open or Step(self), None
-            step.cover(message)
+            if covers_event:
+                step.cover(message)
             self.current = step
             try:
                 yield step

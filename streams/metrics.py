@@ -33,6 +33,11 @@ MESSAGES_REJECTED = Counter(
 )
 SERVICE_READY = Gauge("heater_service_ready", "1 when the service reports ready", ["service"])
 SERVICE_HALTED = Gauge("heater_service_halted", "1 when the service is halted by the FATAL latch", ["service"])
+BATCHES = Counter(
+    "heater_batches_total",
+    "Batches an agent handled (HeaterService.record_batches); records per batch = messages processed / batches",
+    ["service", "topic"],
+)
 HANDLE_SECONDS = Histogram(
     "heater_processing_seconds",
     "Time an agent spent on one decoded record (from its delivery to the agent asking for the next)",

@@ -253,6 +253,24 @@ def consumed(tracer: Tracer, message: Any, name: str | None = None, **attributes
 
 
 @contextlib.contextmanager
+def batch_span(tracer: Tracer, first: Any, last: Any, count: int) -> Iterator[Span]:
+    """A CONSUMER span for handling a batch of consumed messages, ``first`` to ``last``; a new trace.
+
+    The messages' own contexts are not read (that per-message cost is what batching saves);
+    a message whose handling sends something gets its own :func:`consumed` span inside.
+    """
+    if first.topic not in TRACED_TOPICS:
+        yield trace.INVALID_SPAN
+        return
+    with tracer.start_as_current_span(
+        f"{first.topic} process batch", context=otel_context.Context(), kind=SpanKind.CONSUMER,
+        attributes={**message_attributes(first), "messaging.batch.message_count": count,
+                    "heater.last_offset": getattr(last, "offset", -1)},
+    ) as span:
+        yield span
+
+
+@contextlib.contextmanager
 def sending(tracer: Tracer, topic: str, **attributes: Any) -> Iterator[Headers]:
     """Headers for a record sent on ``topic``: a PRODUCER span's on traced topics, else the current context's."""
     if topic not in TRACED_TOPICS:

@@ -5,8 +5,11 @@ a clock, and Faust tables can only be written from a stream, so a timer publishe
 (``now``) on the bank's own ``bankTicks`` topic and a second agent applies them; one lock
 keeps the two agents' steps from interleaving.
 
-Exactly-once effects without Kafka transactions: every reading and tick is one step of
-the service's ledger (:mod:`streams.consistency`): the state row, closed windows, the
+Readings are decided in batches (what arrived within a few milliseconds), a batch one
+step up to and including a reading that raises or clears an alarm, which ends its step.
+
+Exactly-once effects without Kafka transactions: every batch and tick is one step of
+the service's ledger (:mod:`streams.consistency`): the state rows, closed windows, the
 input position and the alarms the step raises or clears are committed together, and a
 step's alarms are confirmed by the broker before the next step sends any. After kill -9
 the worker resumes its input where the state ends, completes a half-written step and
@@ -30,7 +33,7 @@ import faust
 from faust.types import TP
 from prometheus_client import Counter
 
-from streams import topics
+from streams import topics, tracing
 from streams.auth import Role, requires
 from streams.alarm_client import AlarmClient
 from streams.app import HeaterService, ServiceKind, ServiceSpec
@@ -166,7 +169,7 @@ async def until_started() -> bool:
 
 
 async def decide(step: Step, result: BankStep) -> None:
-    """Write a rules step's state and owe its alarms, all in one ledger step."""
+    """Take a rules step's state and owe its alarms in the ledger step; :meth:`BankState.save` writes the rows."""
     if result.duplicate:
         DUPLICATES.inc()
         return
@@ -175,7 +178,6 @@ async def decide(step: Step, result: BankStep) -> None:
         expire_windows(stats.sensor, stats.start)
     if result.sensors or result.conditions:
         state.apply(result)
-        state.save(state_table)
     assert service.alarms is not None
     client = step.alarms(service.alarms)
     for effect in result.effects:
@@ -192,12 +194,29 @@ def expire_windows(sensor: str, newest_start: float) -> None:
 
 @app.agent(readings)
 async def handle_readings(stream: faust.StreamT) -> None:
-    async for record in service.records(stream, admit=ledger.admit):
+    """Readings in batches (what arrived within a few ms): one ledger step and one state write per batch.
+
+    A reading whose decision sends an alarm ends its step there: the step commits, and
+    its alarms go out, before the next reading of the batch is decided — an alarm waits
+    for no reading behind it. That reading's span continues its trace (the CAN adapter's).
+    """
+    async for batch in service.record_batches(stream, admit=ledger.admit):
         if not await until_started():
             continue
-        assert isinstance(record, SensorReading)
-        async with ledger.step() as step:
-            await decide(step, rules.on_reading(current_view(), record, step.position))
+        done = 0
+        while done < len(batch):
+            async with ledger.step(covers_event=False) as step:
+                for record, message in batch[done:]:
+                    assert isinstance(record, SensorReading)
+                    done += 1
+                    step.cover(message)
+                    result = rules.on_reading(current_view(), record, step.position)
+                    if result.effects:
+                        with tracing.consumed(service.tracer, message, **tracing.attributes_of(record)):
+                            await decide(step, result)
+                        break
+                    await decide(step, result)
+                state.save(state_table)
 
 
 @app.agent(ticks)
@@ -219,6 +238,7 @@ async def handle_ticks(stream: faust.StreamT) -> None:
             continue  # readings are waiting: a sensor that looks silent is only behind them
         async with ledger.step() as step:
             await decide(step, rules.on_tick(current_view(), record.now))
+            state.save(state_table)
 
 
 @app.timer(interval=TICK_INTERVAL_S)

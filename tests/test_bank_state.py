@@ -17,7 +17,7 @@ from typing import Any
 from streams.bank_rules import OVERTEMP, Bank, BankConfig, BankRules, Condition, Quality, Reading, SensorState
 from streams.bank_rules import WindowStats
 from streams.heater_config import WATER_SENSORS, HeaterLimits
-from streams.tables.bank import CONDITION_PREFIX, SENSOR_PREFIX, STATE_KEY, BankState, sensor_row
+from streams.tables.bank import CONDITION_PREFIX, SENSOR_PREFIX, STATE_KEY, BankState
 
 LIMITS = HeaterLimits()
 

@@ -118,12 +118,8 @@ class HeaterService:
         """
         async for event in stream.events():
             message = event.message
-            if admit is not None and not await admit(message):
-                continue
-            try:
-                record = decode(event.value, record_type or RECORD_FOR_TOPIC[message.topic])
-            except DecodeError as exc:
-                await self.dead_letter(message.topic, message.partition, message.offset, event.value, exc)
+            record = await self._admitted(event, record_type, admit)
+            if record is None:
                 continue
             metrics.MESSAGES_PROCESSED.labels(self.spec.name, message.topic).inc()
             started = time.perf_counter()
@@ -131,6 +127,18 @@ class HeaterService:
             with tracing.consumed(self.tracer, message, **tracing.attributes_of(record)):
                 yield record  # the agent handles it before asking for the next one
             metrics.HANDLE_SECONDS.labels(self.spec.name, message.topic).observe(time.perf_counter() - started)
+
+    async def _admitted(self, event: Any, record_type: type[HeaterRecord] | None, admit: Admit | None
+                        ) -> HeaterRecord | None:
+        """The event's record; None when ``admit`` passes over it or it does not decode (then dead-lettered)."""
+        message = event.message
+        if admit is not None and not await admit(message):
+            return None
+        try:
+            return decode(event.value, record_type or RECORD_FOR_TOPIC[message.topic])
+        except DecodeError as exc:
+            await self.dead_letter(message.topic, message.partition, message.offset, event.value, exc)
+            return None
 
     async def record_batches(
         self, stream: faust.StreamT, record_type: type[HeaterRecord] | None = None, admit: Admit | None = None,
@@ -154,15 +162,9 @@ class HeaterService:
         async for events in take_batches(stream, max_records, within):
             batch: list[tuple[HeaterRecord, Any]] = []
             for event in events:
-                message = event.message
-                if admit is not None and not await admit(message):
-                    continue
-                try:
-                    record = decode(event.value, record_type or RECORD_FOR_TOPIC[message.topic])
-                except DecodeError as exc:
-                    await self.dead_letter(message.topic, message.partition, message.offset, event.value, exc)
-                    continue
-                batch.append((record, message))
+                record = await self._admitted(event, record_type, admit)
+                if record is not None:
+                    batch.append((record, event.message))
             if not batch:
                 continue
             topic = batch[0][1].topic

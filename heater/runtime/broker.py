@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ctypes
 import json
 import logging
 import signal
@@ -21,7 +20,7 @@ from typing import Any, Iterable
 
 from heater.runtime.gate import Gate
 from heater.runtime.log_mirror import LogMirror
-from heater.runtime.processes import ChildProcess, free_port, port_open, wait_until
+from heater.runtime.processes import ChildProcess, die_with_parent, free_port, port_open, wait_until
 from streams.topics import ALL_TOPICS, TopicSpec
 
 log = logging.getLogger(__name__)
@@ -97,12 +96,6 @@ async def _create_topics(bootstrap: str, specs: list[TopicSpec]) -> list[str]:
         await admin.close()
 
 
-def _die_with_parent() -> None:
-    """In the child before exec: the kernel kills it when its parent dies (even by SIGKILL)."""
-    PR_SET_PDEATHSIG = 1
-    ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
-
-
 def run_broker(port: int, specs: Iterable[TopicSpec] = ALL_TOPICS, ready_timeout: float = 30.0,
                topics_file: Path | None = None, mirror: bool = True) -> int:
     """The broker as one supervised program: the binary behind a gate that opens once its topics exist.
@@ -128,7 +121,7 @@ added seconds to every stop.
     with every batch a partition holds).
     """
     internal = free_port()
-    child = subprocess.Popen(broker_command(internal, advertised_port=port), preexec_fn=_die_with_parent)
+    child = subprocess.Popen(broker_command(internal, advertised_port=port), preexec_fn=die_with_parent)
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda _s, _f: child.kill())
     try:

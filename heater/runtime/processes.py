@@ -64,6 +64,19 @@ def free_ports(count: int) -> list[int]:
             sock.close()
 
 
+def die_with_parent() -> None:
+    """In a child before exec (``preexec_fn``): the kernel kills it when its parent dies, even by SIGKILL.
+
+    For a server run behind a wrapper process (the broker's gate, Vault's log filter): a
+    wrapper killed alone would leave the server holding its port, and the wrapper's restart
+    could not bind it.
+    """
+    import ctypes
+
+    PR_SET_PDEATHSIG = 1
+    ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+
+
 def port_open(port: int, host: str = "127.0.0.1", timeout: float = 0.2) -> bool:
     try:
         with socket.create_connection((host, port), timeout=timeout):

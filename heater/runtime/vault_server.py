@@ -4,7 +4,8 @@ Dev mode prints both in its start banner. The platform keeps the root token in a
 and has no use for the unseal key (in memory, never sealed), so neither belongs in the log
 that supervisord or a test collects. ``python -m heater.runtime.vault_server BINARY ARGS...``
 runs the server and passes its output on line by line; a stop signal goes on to the server,
-and this process ends with the server's exit code.
+this process ends with the server's exit code, and the server
+dies with this process, even when it is killed with SIGKILL.
 """
 
 from __future__ import annotations
@@ -15,6 +16,8 @@ import subprocess
 import sys
 from types import FrameType
 from typing import Sequence
+
+from heater.runtime.processes import die_with_parent
 
 #: Banner lines whose value is a credential.
 HIDDEN = ("Root Token:", "Unseal Key:")
@@ -34,7 +37,7 @@ def redact(line: str, secrets: Sequence[str]) -> str:
 
 def main(argv: Sequence[str]) -> int:
     server = subprocess.Popen(list(argv), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                              text=True, errors="replace", bufsize=1)
+                              text=True, errors="replace", bufsize=1, preexec_fn=die_with_parent)
 
     def forward(signum: int, frame: FrameType | None) -> None:
         if server.poll() is None:

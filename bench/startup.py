@@ -24,13 +24,15 @@ from bench.procstats import cpu_by_process, rss_mb, tree_pids  # noqa: E402
 from heater.platform import Platform  # noqa: E402
 from heater.runtime.broker import EmbeddedBroker  # noqa: E402
 from heater.runtime.services import ServiceProcess  # noqa: E402
+from heater.runtime.vault import EmbeddedVault  # noqa: E402
 
 RUNS = 3
 
 
-def worker_ready_s(broker: EmbeddedBroker, run_dir: Path, profile: str) -> float:
+def worker_ready_s(broker: EmbeddedBroker, vault: EmbeddedVault, run_dir: Path, profile: str) -> float:
+    """AlarmsServer from start to ready, with its certificate and AppRole as on the platform."""
     url = broker.url if profile == "local" else f"kafka://{broker.bootstrap}"
-    service = ServiceProcess("alarms", url, run_dir, extra_env={"HEATER_PROFILE": profile})
+    service = ServiceProcess("alarms", url, run_dir, extra_env={"HEATER_PROFILE": profile}, vault=vault)
     started = time.monotonic()
     service.start()
     try:
@@ -43,12 +45,13 @@ def worker_ready_s(broker: EmbeddedBroker, run_dir: Path, profile: str) -> float
 def main() -> None:
     with tempfile.TemporaryDirectory(prefix="bench-startup-") as tmp:
         root = Path(tmp)
-        with EmbeddedBroker(root / "broker") as broker:
-            local = [worker_ready_s(broker, root / f"local{i}", "local") for i in range(RUNS)]
-            print(f"worker ready, local profile: {', '.join(f'{s:.2f}' for s in local)} s", flush=True)
-        with EmbeddedBroker(root / "broker-defaults") as broker:
-            defaults = worker_ready_s(broker, root / "defaults", "production")
-            print(f"worker ready, Faust defaults: {defaults:.2f} s", flush=True)
+        with EmbeddedVault(root / "vault") as vault:
+            with EmbeddedBroker(root / "broker") as broker:
+                local = [worker_ready_s(broker, vault, root / f"local{i}", "local") for i in range(RUNS)]
+                print(f"worker ready, local profile: {', '.join(f'{s:.2f}' for s in local)} s", flush=True)
+            with EmbeddedBroker(root / "broker-defaults") as broker:
+                defaults = worker_ready_s(broker, vault, root / "defaults", "production")
+                print(f"worker ready, Faust defaults: {defaults:.2f} s", flush=True)
 
         platform = Platform(root / "platform")
         try:

@@ -14,8 +14,6 @@ from __future__ import annotations
 
 import logging
 import threading
-from typing import Callable
-
 from heater.catalogue import BY_NAME
 from heater.probes import READY, probe
 from heater.rundir import Layout
@@ -31,11 +29,9 @@ CHECK_INTERVAL_S = 1.0
 class VaultKeeper:
     """A thread that provisions Vault once per Vault process (the pid supervisord reports)."""
 
-    def __init__(self, layout: Layout, provision_vault: Callable[[], None] | None = None) -> None:
+    def __init__(self, layout: Layout) -> None:
         self.layout = layout
-        self.provision_vault = provision_vault or self._provision
         self.provisioned_pid: int | None = None
-        self.provisions = 0
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -49,12 +45,11 @@ class VaultKeeper:
             return False
         if probe(self.layout, BY_NAME["vault"]).state != READY:
             return False
-        self.provision_vault()
+        self._provision()
         if self.provisioned_pid is not None:
             log.warning("Vault restarted (pid %s, was %s) and came back empty: provisioned again", pid,
                         self.provisioned_pid)
         self.provisioned_pid = pid
-        self.provisions += 1
         return True
 
     def start(self) -> None:

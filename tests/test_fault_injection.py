@@ -15,6 +15,8 @@ import json
 import logging
 import os
 import signal
+import socket
+import ssl
 import subprocess
 import sys
 import time
@@ -452,9 +454,6 @@ def test_kill_9_of_every_other_service_restores_its_tables_and_loses_no_alarm(pl
 
 def served_serial(layout: Layout, name: str) -> int | None:
     """The serial of the certificate a service's API presents now, checked against the CLI's CA (None: not trusted)."""
-    import socket
-    import ssl
-
     context = client_context_for(layout.web_url(name))
     assert context is not None
     try:

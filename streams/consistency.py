@@ -65,6 +65,13 @@ CHECKPOINT_EVERY_S = 1.0
 #: Messages fetched before the consumer was sent to the state's position are passed over
 #: for this long before it is sent there again.
 REPOSITION_PATIENCE_S = 2.0
+#: A message at most this far behind the state is passed over without moving the consumer.
+#: Such messages were fetched before the consumer was last moved, or are on their way to
+#: the agent while the consumer already reads beyond them: sending it to the state's
+#: position would move it *back*, and it would fetch again what it had already delivered
+#: (measured after a restart: every reading delivered twice, each duplicate moving the
+#: consumer back again, for a second or more). Reading on passes them sooner.
+SKIP_WITHOUT_SEEKING = 1000
 #: How often owed effects are checked for confirmation when no new step comes.
 SETTLE_EVERY_S = 0.2
 #: A grouping ledger commits a run of inputs that owe nothing once this many are grouped ...
@@ -464,6 +471,10 @@ class Ledger:
             return True
         if verdict == Verdict.HELD:
             SKIPPED.labels(self.service).inc()
+            if expected - message.offset <= SKIP_WITHOUT_SEEKING:  # type: ignore[operator]
+                log.debug("%s: %s at offset %d, behind the state (next %d): passed over",
+                          self.service, key, message.offset, expected)
+                return False
         moved = self._moved_at.get(key)
         if moved is None or time.monotonic() - moved > REPOSITION_PATIENCE_S:
             await self._move(message, key, expected)  # type: ignore[arg-type]

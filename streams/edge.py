@@ -37,7 +37,7 @@ from streams.metrics import MESSAGES_SENT, REFUSALS
 from streams.lifecycle import Phase, ServiceKind, ServiceSpec, ServiceStatus
 from streams.platform_watch import PlatformWatch
 from streams.resilience import VAULT, Dependency
-from streams.settings import DEFAULT_FETCH_WAIT_MS, FAST_FETCH_WAIT_MS, Settings
+from streams.settings import FETCH_WAIT_MS, Settings
 
 log = logging.getLogger(__name__)
 
@@ -189,8 +189,7 @@ class EdgeService:
         self.producer = kafka_clients.producer(bootstrap, settings=self.settings, linger_ms=self.linger_ms,
                                                request_timeout_ms=10_000)
         await asyncio.wait_for(self.producer.start(), 15)
-        fetch_wait = FAST_FETCH_WAIT_MS if self.spec.fast_path else DEFAULT_FETCH_WAIT_MS
-        self.watch = PlatformWatch(bootstrap, self.spec.name, fetch_wait)
+        self.watch = PlatformWatch(bootstrap, self.spec.name, FETCH_WAIT_MS)
         await self.watch.start()
         self.alarms = AlarmClient(self.spec.name, self._send_and_wait, self.watch)
 

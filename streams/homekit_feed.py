@@ -32,7 +32,7 @@ from streams.auth import Role, principal, requires
 from streams.codec import DecodeError, decode
 from streams.readers import follower, open_reader, poll
 from streams.records import HeatingJobState, PlatformLatch, RelayState, SensorReading
-from streams.settings import DEFAULT_FETCH_WAIT_MS, Settings
+from streams.settings import FETCH_WAIT_MS, Settings
 from streams.table_mirror import TableMirror, follow
 from streams.tables.exceptions import SenderStats, totals
 
@@ -142,8 +142,8 @@ class HomeKitFeed:
         """Open the reader (live data from the end; the last heating state from the compacted log) and push on change."""
         bootstrap = Settings.from_env().broker_bootstrap
         live = await open_reader(bootstrap, [topics.SENSOR_DATA.name, topics.RELAY_STATE.name, *self.extra_topics],
-                                 fetch_wait_ms=DEFAULT_FETCH_WAIT_MS, from_end=True)
-        jobs = await open_reader(bootstrap, [topics.HEATING_STATE.name], fetch_wait_ms=DEFAULT_FETCH_WAIT_MS,
+                                 fetch_wait_ms=FETCH_WAIT_MS, from_end=True)
+        jobs = await open_reader(bootstrap, [topics.HEATING_STATE.name], fetch_wait_ms=FETCH_WAIT_MS,
                                  from_end=False)
         self._tasks = [asyncio.ensure_future(self._follow(live)), asyncio.ensure_future(self._follow(jobs)),
                        asyncio.ensure_future(self._watch_tables()), asyncio.ensure_future(self._push()),
@@ -154,7 +154,7 @@ class HomeKitFeed:
         broker = follower("homekit feed")
         try:
             while True:
-                batches = await poll(reader, DEFAULT_FETCH_WAIT_MS * 2, broker)
+                batches = await poll(reader, FETCH_WAIT_MS * 2, broker)
                 for tp, messages in batches.items():
                     for message in messages:
                         for observe in self.observers:

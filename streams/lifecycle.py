@@ -29,15 +29,10 @@ class Phase(str, enum.Enum):
 
 @dataclass(frozen=True)
 class ServiceSpec:
-    """What a service is: its name, its kind, and whether it sits on the FATAL path."""
+    """What a service is: its name and its kind."""
 
     name: str
     kind: ServiceKind
-    fast_path: bool = False
-    """Its consumers poll with the short fetch wait: they sit on the path from a dangerous
-    reading to the power cut-off, or (AlarmsServer) must keep up with many small batches —
-    the embedded broker answers about one batch per partition per fetch. Polling costs CPU,
-    so the rest use the ordinary wait."""
     description: str = ""
 
 

@@ -14,7 +14,8 @@ from aiokafka.errors import KafkaError
 from faust.streams import _current_event
 from faust.types import TP
 
-from streams.consistency import GROUP_MAX_AGE_S, GROUP_MAX_INPUTS, Effect, Ledger, LedgerRow, Verdict, Write, judge, restart_position, same_log
+from streams.consistency import (GROUP_MAX_AGE_S, GROUP_MAX_INPUTS, SKIP_WITHOUT_SEEKING, Effect, Ledger, LedgerRow, Verdict,
+                                 Write, judge, restart_position, same_log)
 
 
 @pytest.mark.parametrize(
@@ -257,6 +258,41 @@ def test_a_row_records_only_its_own_input_position() -> None:
         return LedgerRow.from_row(app.tables["svc-ledger"]["ledger"]).positions
 
     assert asyncio.run(scenario()) == {"bankTicks:0": 8}, "reading 100 is not held by the state yet"
+
+
+def test_a_redelivered_message_is_passed_over_without_moving_the_consumer_back() -> None:
+    """Moving the consumer to the state's position for a message it already delivered would
+    move it behind what is on its way to the agent: each duplicate would bring another."""
+
+    async def scenario() -> tuple[list[bool], list[tuple[Any, int]]]:
+        app = FakeApp()
+        ledger, _ = fresh(app)
+        await ledger.recover()
+        verdicts = [await ledger.admit(_Msg("sensorData", offset)) for offset in (100, 101, 101, 100, 102)]
+        return verdicts, app.consumer.seeks
+
+    verdicts, seeks = asyncio.run(scenario())
+    assert verdicts == [True, True, False, False, True]
+    assert seeks == []
+
+
+def test_a_consumer_far_behind_the_state_is_sent_there_once_and_one_ahead_is_rewound() -> None:
+    async def scenario() -> list[tuple[Any, int]]:
+        app = FakeApp()
+        ledger, _ = fresh(app)
+        await ledger.recover()
+        far = SKIP_WITHOUT_SEEKING + 5000
+        assert await ledger.admit(_Msg("sensorData", far))
+        assert not await ledger.admit(_Msg("sensorData", 3))  # far behind: moved forward
+        assert not await ledger.admit(_Msg("sensorData", 4))  # still fetched before the move: patience
+        other, _ = fresh(FakeApp())
+        await other.recover()
+        assert await other.admit(_Msg("sensorData", 7))
+        assert not await other.admit(_Msg("sensorData", 9))  # ahead: input 8 missed, rewound
+        return app.consumer.seeks + other.app.consumer.seeks
+
+    far = SKIP_WITHOUT_SEEKING + 5000
+    assert asyncio.run(scenario()) == [(TP("sensorData", 0), far + 1), (TP("sensorData", 0), 8)]
 
 
 def test_positions_in_a_log_that_started_over_resume_at_its_start() -> None:

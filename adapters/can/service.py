@@ -48,7 +48,7 @@ from streams.settings import Settings
 log = logging.getLogger(__name__)
 
 SPEC = ServiceSpec(
-    "can", ServiceKind.CONTROL, fast_path=True, description="CAN adapter: sensor frames to sensorData, bus health alarms"
+    "can", ServiceKind.CONTROL, description="CAN adapter: sensor frames to sensorData, bus health alarms"
 )
 
 HEALTH_PERIOD_S = 0.1

@@ -48,13 +48,13 @@ from streams.latch import LatchView
 from streams.lifecycle import ServiceKind, ServiceSpec
 from streams.heartbeats import watching_through
 from streams.records import Heartbeat, RelayCommand, RelayState, SensorReading, Severity
-from streams.settings import FAST_FETCH_WAIT_MS, Settings
+from streams.settings import FETCH_WAIT_MS, Settings
 from streams.readers import open_reader
 
 log = logging.getLogger(__name__)
 
 SPEC = ServiceSpec(
-    "i2c", ServiceKind.CONTROL, fast_path=True, description="I2C relay adapter: Pico relay board, watchdog, trip"
+    "i2c", ServiceKind.CONTROL, description="I2C relay adapter: Pico relay board, watchdog, trip"
 )
 
 KICK_PERIOD_S = 0.1
@@ -204,7 +204,7 @@ class RelayAdapter:
         """Commands, readings and heartbeats from *now*: a command issued while we were down is never run."""
         return await open_reader(
             self.settings.broker_bootstrap, (topics.I2C_HEATING.name, topics.SENSOR_DATA.name, topics.HEARTBEATS.name),
-            fetch_wait_ms=FAST_FETCH_WAIT_MS, from_end=True,
+            fetch_wait_ms=FETCH_WAIT_MS, from_end=True,
         )
 
     async def _consume(self, consumer: AIOKafkaConsumer) -> None:

@@ -43,7 +43,7 @@ from streams.vault import TransitSigner, vault_client
 
 log = logging.getLogger(__name__)
 
-SPEC = ServiceSpec("alarms", ServiceKind.DISPLAY, fast_path=True, description="alarm lifecycle and FATAL latch")
+SPEC = ServiceSpec("alarms", ServiceKind.DISPLAY, description="alarm lifecycle and FATAL latch")
 service = HeaterService(SPEC)
 app = service.app
 

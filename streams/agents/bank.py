@@ -47,7 +47,7 @@ from streams.tables import bank as tables
 
 log = logging.getLogger(__name__)
 
-SPEC = ServiceSpec("bank", ServiceKind.CONTROL, fast_path=True, description="sensor bank: quality, over-temperature, stats")
+SPEC = ServiceSpec("bank", ServiceKind.CONTROL, description="sensor bank: quality, over-temperature, stats")
 #: The bank's own tick topic (only this service writes and reads it).
 TICKS = topics.BANK_TICKS
 #: Tumbling windows kept per sensor (one hour of one-minute windows).

@@ -41,7 +41,7 @@ from streams.tables.disaster import DisasterTables
 log = logging.getLogger(__name__)
 
 SPEC = ServiceSpec(
-    DETECTOR, ServiceKind.CONTROL, fast_path=True,
+    DETECTOR, ServiceKind.CONTROL,
     description="disaster detector: over-limit, too-fast rise, heat with the valve closed, sensor disagreement",
 )
 service = HeaterService(SPEC)

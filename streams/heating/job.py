@@ -38,13 +38,13 @@ from streams.heating.machine import HeatingMachine
 from streams.latch import LatchView
 from streams.lifecycle import ServiceKind, ServiceSpec
 from streams.records import HeatingJobState, RelayCommand, RelayState, SensorReading
-from streams.settings import FAST_FETCH_WAIT_MS, Settings
+from streams.settings import FETCH_WAIT_MS, Settings
 from streams.readers import open_reader
 
 log = logging.getLogger(__name__)
 
 SPEC = ServiceSpec(
-    "heating-job", ServiceKind.CONTROL, fast_path=True, description="one heating cycle: ignition, then follow the water to a target"
+    "heating-job", ServiceKind.CONTROL, description="one heating cycle: ignition, then follow the water to a target"
 )
 
 TICK_MS = 50
@@ -268,7 +268,7 @@ class HeatingJob:
         """Readings and relay states from *now*: old data never drive the burner."""
         return await open_reader(
             self.service.settings.broker_bootstrap, (topics.SENSOR_DATA.name, topics.RELAY_STATE.name),
-            fetch_wait_ms=FAST_FETCH_WAIT_MS, from_end=True,
+            fetch_wait_ms=FETCH_WAIT_MS, from_end=True,
         )
 
     @requires(Role.VIEWER)

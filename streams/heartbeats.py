@@ -26,9 +26,14 @@ from streams.records import Heartbeat
 
 log = logging.getLogger(__name__)
 
-BEAT_PERIOD_S = 0.5
+#: How often a service beats: well inside StateRegistry's ``missing_after_s`` (20 s).
+BEAT_PERIOD_S = 2.0
 #: The service whose beats the valve lease requires.
 DETECTOR = "disaster"
+#: How often DisasterDetector beats: the valve's lease runs on how current its beats say it is.
+DETECTOR_BEAT_PERIOD_S = 0.5
+#: How often a service looks at its phase: a change is beaten at once, not a period later.
+PHASE_CHECK_S = 0.5
 
 Send = Callable[[str, bytes, bytes], Awaitable[object]]
 
@@ -73,11 +78,26 @@ async def send_beat(send: Send, record: Heartbeat) -> None:
 async def beat_forever(
     send: Send, service: str, phase: Callable[[], Phase], watched_through: Callable[[], float], identity: str | None = None
 ) -> None:
-    """Beat every :data:`BEAT_PERIOD_S` until cancelled (a stopping service falls silent)."""
+    """Beat every :func:`beat_period` and at once when the phase changes, until cancelled.
+
+    A stopping service falls silent. Every beat is a message that every follower of
+    ``heartbeats`` decodes; beating no more often than needed is most of what an idle
+    platform's registry does.
+    """
+    period = beat_period(service)
+    last_phase: Phase | None = None
+    last_sent = 0.0
     while True:
-        if phase() is not Phase.STOPPING:
-            await send_beat(send, beat(service, phase(), watched_through(), time.time(), identity))
-        await asyncio.sleep(BEAT_PERIOD_S)
+        now_phase = phase()
+        if now_phase is not Phase.STOPPING and (now_phase is not last_phase or time.monotonic() - last_sent >= period):
+            last_phase, last_sent = now_phase, time.monotonic()
+            await send_beat(send, beat(service, now_phase, watched_through(), time.time(), identity))
+        await asyncio.sleep(min(period, PHASE_CHECK_S))
 
 
-__all__ = ["BEAT_PERIOD_S", "DETECTOR", "VERSION", "beat", "beat_forever", "instance_name", "send_beat", "watching_through"]
+def beat_period(service: str) -> float:
+    return DETECTOR_BEAT_PERIOD_S if service == DETECTOR else BEAT_PERIOD_S
+
+
+__all__ = ["BEAT_PERIOD_S", "DETECTOR", "DETECTOR_BEAT_PERIOD_S", "VERSION", "beat", "beat_forever", "beat_period",
+           "instance_name", "send_beat", "watching_through"]

@@ -27,6 +27,10 @@ class Component:
     description: str = ""
     control: bool = False
     """A control service: on FATAL it exits with the stay-down code (rule 2)."""
+    niceness: int = 0
+    """Added to the process's nice value when it starts: services off the path from a reading
+    to the power cut-off yield the CPU to those on it. A FATAL wakes every service at once
+    (each follows the alarms), and on two cores the I2C adapter's trip waited behind them."""
 
     @property
     def has_web(self) -> bool:
@@ -45,22 +49,27 @@ STAGE_REGISTRY = 4
 STAGE_ALARMS = 5
 STAGE_EDGE_AND_LOGIC = 6
 STAGE_BRIDGE = 7
+#: The nice value of services off the FATAL path (see :attr:`Component.niceness`).
+OFF_FATAL_PATH = 10
 
 COMPONENTS: tuple[Component, ...] = (
     Component("broker", STAGE_INFRA, "infra", ("runtime", "broker"), "Kafka-protocol broker (memory storage)"),
     Component("vault", STAGE_INFRA, "infra", ("runtime", "vault"), "OpenBao dev server"),
     Component("simulator", STAGE_HARDWARE, "hardware", ("runtime", "simulator"), "simulated heater, CAN bus and Pico"),
-    Component("config", STAGE_CONFIGURATION, "service", ("worker", "config"), "ConfigurationServer", control=True),
+    Component("config", STAGE_CONFIGURATION, "service", ("worker", "config"), "ConfigurationServer", control=True,
+              niceness=OFF_FATAL_PATH),
     Component("secrets", STAGE_SECRETS, "service", ("worker", "secrets"),
-              "SecretsRotator: certificates, AppRole secret_ids, signing keys before expiry"),
-    Component("registry", STAGE_REGISTRY, "service", ("worker", "registry"), "StateRegistry: heartbeats, discovery, allowed services"),
-    Component("exceptions", STAGE_REGISTRY, "service", ("worker", "exceptions"), "ExceptionsServer"),
-    Component("alarms", STAGE_ALARMS, "service", ("worker", "alarms"), "AlarmsServer"),
+              "SecretsRotator: certificates, AppRole secret_ids, signing keys before expiry", niceness=OFF_FATAL_PATH),
+    Component("registry", STAGE_REGISTRY, "service", ("worker", "registry"), "StateRegistry: heartbeats, discovery, allowed services",
+              niceness=OFF_FATAL_PATH),
+    Component("exceptions", STAGE_REGISTRY, "service", ("worker", "exceptions"), "ExceptionsServer", niceness=OFF_FATAL_PATH),
+    Component("alarms", STAGE_ALARMS, "service", ("worker", "alarms"), "AlarmsServer", niceness=OFF_FATAL_PATH),
     Component("can", STAGE_EDGE_AND_LOGIC, "service", ("worker", "can"), "CAN adapter: sensor frames to sensorData", control=True),
     Component("i2c", STAGE_EDGE_AND_LOGIC, "service", ("worker", "i2c"), "I2C adapter: relays on the Pico", control=True),
     Component("bank", STAGE_EDGE_AND_LOGIC, "service", ("worker", "bank"), "BankManager: the sensor bank", control=True),
     Component("disaster", STAGE_EDGE_AND_LOGIC, "service", ("worker", "disaster"), "DisasterDetector", control=True),
-    Component("homekit", STAGE_BRIDGE, "service", ("worker", "homekit"), "HomeKit bridge (HAP on the homekit-hap port)"),
+    Component("homekit", STAGE_BRIDGE, "service", ("worker", "homekit"), "HomeKit bridge (HAP on the homekit-hap port)",
+              niceness=OFF_FATAL_PATH),
 )
 
 BY_NAME: dict[str, Component] = {c.name: c for c in COMPONENTS}

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from pathlib import Path
 
@@ -153,7 +154,11 @@ ADAPTERS: dict[str, str] = {
 
 def run_worker(name: str) -> int:
     """One service or adapter by name, as the process manager or Kubernetes runs it."""
+    from heater.catalogue import BY_NAME
     from streams import exitcodes, tracing
+
+    if name in BY_NAME and BY_NAME[name].niceness:
+        os.nice(BY_NAME[name].niceness)
 
     try:  # before the service's module is imported: a tracing setting that cannot work is a clear error
         tracing.tracer(name)

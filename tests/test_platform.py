@@ -74,6 +74,7 @@ def test_up_status_and_clean_stop(tmp_path: Path) -> None:
         assert human.returncode == 0 and "READY" in human.stdout
         secrets = {**use_the_api(run_dir), **vault_credentials(run_dir)}
         assert_services_hold_no_root_token(run_dir, {c["name"]: c["pid"] for c in names.values()})
+        assert_fatal_path_goes_first({c["name"]: c["pid"] for c in names.values()})
 
         supervisord_pid = int((run_dir / "supervisord.pid").read_text())
         up.send_signal(signal.SIGINT)
@@ -91,6 +92,22 @@ def test_up_status_and_clean_stop(tmp_path: Path) -> None:
                 up.wait(60)
             except subprocess.TimeoutExpired:
                 up.kill()
+
+
+def nice_value(pid: int) -> int:
+    """The process's nice value (field 19 of ``/proc/PID/stat``, after the command's parentheses)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    return int(fields[16])
+
+
+def assert_fatal_path_goes_first(pids: dict[str, int]) -> None:
+    """Services off the path from a reading to the power cut-off yield the CPU to those on it."""
+    nice = {name: nice_value(pid) for name, pid in pids.items()}
+    on_path = {name: nice[name] for name in ("broker", "simulator", "can", "bank", "disaster", "i2c")}
+    off_path = {name: nice[name] for name in ("config", "secrets", "registry", "exceptions", "alarms", "homekit")}
+    base = nice_value(os.getpid())
+    assert set(on_path.values()) == {base}, f"the FATAL path runs at the platform's own priority: {nice}"
+    assert all(value > base for value in off_path.values()), f"services off the FATAL path yield to it: {nice}"
 
 
 def use_the_api(run_dir: Path) -> dict[str, str]:

@@ -22,6 +22,7 @@ import logging
 import os
 import select
 import socket
+import threading
 from urllib.parse import urlparse
 
 from smbus2 import SMBus
@@ -57,6 +58,9 @@ class SimulatedSMBus(SMBus):
         self.timeout = timeout
         self._sock: socket.socket | None = None
         self._rfile = None
+        #: One transaction at a time, from any thread, as the kernel's I2C adapter lock does
+        #: on a real bus (the FATAL trip is written from the event loop's thread).
+        self._transaction = threading.Lock()
 
     def read_byte_data(self, i2c_addr: int, register: int, force: bool | None = None) -> int:
         reply = self._transact(f"R {i2c_addr:02x} {register:02x}")
@@ -77,6 +81,10 @@ class SimulatedSMBus(SMBus):
         super().close()
 
     def _transact(self, request: str) -> str:
+        with self._transaction:
+            return self._transact_alone(request)
+
+    def _transact_alone(self, request: str) -> str:
         try:
             sock = self._connection()
             sock.sendall(request.encode("ascii") + b"\n")

@@ -32,6 +32,7 @@ from aiohttp import web as aiohttp_web
 from streams import auth, topics
 from streams.auth import TICKET, Role, requires
 from streams.codec import DecodeError, decode
+from streams.heartbeats import BEAT_PERIOD_S
 from streams.homekit_feed import HomeKitFeed, alarm_rows, latch_row
 from streams.records import Heartbeat, SensorReading
 from streams.water_history import HOUR_S, Point, WaterHistory
@@ -41,8 +42,8 @@ BODY_PATH = "/dashboard/body"
 LINK_PATH = "/dashboard/link"
 OPEN_PATH = "/dashboard/open"
 REFRESH_S = 2.0
-#: A service whose last beat is older than this shows as silent (beats come every 0.5 s).
-SILENT_AFTER_S = 5.0
+#: A service whose last beat is older than this shows as silent: three beats missed.
+SILENT_AFTER_S = 3 * BEAT_PERIOD_S
 PLOT_COLOUR = "#d62728"
 PLOT_WIDTH, PLOT_HEIGHT, PLOT_MARGIN = 720, 240, 40
 

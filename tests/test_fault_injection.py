@@ -19,6 +19,7 @@ import socket
 import ssl
 import subprocess
 import sys
+import threading
 import time
 import uuid
 from pathlib import Path
@@ -536,23 +537,47 @@ def fresh_tank_after_fatal(layout: Layout) -> None:
     sim.clear(port)
 
 
+#: The runaway of case 1: the water rises this fast (°C a second), from the fresh tank to
+#: below the job's target, far below every limit BankManager has.
+RUNAWAY_C_PER_S = 10.0
+RUNAWAY_TOP_C = 38.0
+
+
+def run_away(port: int, from_c: float, stop: threading.Event) -> None:
+    """Raise the water ``RUNAWAY_C_PER_S`` from ``from_c`` in 0.1 s steps until ``stop`` or ``RUNAWAY_TOP_C``."""
+    water = from_c
+    while not stop.is_set() and water < RUNAWAY_TOP_C:
+        water = min(RUNAWAY_TOP_C, water + RUNAWAY_C_PER_S / 10)
+        sim.set_temperature(port, water)
+        stop.wait(0.1)
+
+
 def test_runaway_during_heating_is_a_disaster_and_cuts_the_power(platform: Platform) -> None:
-    """1: mid-heating the water sensors report a temperature past the disaster limit:
-    DisasterDetected for this job, FATAL, power cut, latched."""
+    """1: mid-heating the water runs away, rising far faster than it can heat: DisasterDetected
+    for this job, FATAL, power cut, latched.
+
+    The rise stays below every over-temperature limit: a reading past the disaster limit is
+    past BankManager's FATAL limit too, and whichever of the two decided it first would halt
+    the other — the detector, halted, reports no disaster.
+    """
     layout = platform.layout
     fresh_tank(layout)
     port = layout.ports["simulator"]
+    assert RUNAWAY_TOP_C < min(LIMITS.warning_c, LIMITS.fatal_c, LIMITS.disaster_c)
     job = Job(layout, 40.0)
+    stop = threading.Event()
     try:
         heating(layout, job)
         fault_at = time.monotonic()
-        for sensor in range(3):
-            sim.inject(port, "overtemp", sensor=sensor, value=LIMITS.disaster_c + 3)
+        rising = threading.Thread(target=run_away, args=(port, 20.0, stop), daemon=True)
+        rising.start()
 
         def disasters(messages: list) -> list:
             return [json.loads(m.value) for m in messages if m.value and job.run.job_id.encode() in m.value]
 
         (event, *_) = disasters(run(consume_until(layout.broker_bootstrap, "DisasterDetected", lambda ms: bool(disasters(ms)), timeout=30)))
+        stop.set()
+        assert event["rule"] == "too-fast-rise", event
         cut_s = until_relay_off(layout, "power_on", fault_at, 10)
         state = wait_for(lambda: (lambda p: p if p["trip_latched"] else None)(pico(layout)), what="Pico tripped")
         assert state["relays"] == SAFE
@@ -560,9 +585,10 @@ def test_runaway_during_heating_is_a_disaster_and_cuts_the_power(platform: Platf
         job.wait()  # "target reached" (the reading is past any target) or FATAL: either way it ends
         assert not sim.get_state(port)["heater"]["flame"]
     finally:
+        stop.set()
         job.stop()
         fresh_tank_after_fatal(layout)
-    log.warning("runaway during heating: DisasterDetected (%s), power cut %.3f s after the injection", event["rule"], cut_s)
+    log.warning("runaway during heating: DisasterDetected (%s), power cut %.3f s after the rise began", event["rule"], cut_s)
     operator_reset(platform)
 
 

@@ -8,9 +8,10 @@ once the batch is handled), but it sleeps until the first event of a batch arriv
 only then waits at most ``within`` for the batch to fill: no wake-ups while idle, and no
 event delayed by more than ``within``.
 
-It waits only while events keep coming: when the batch before held more than one event,
-or this one's first event came within ``within`` of that batch's end. An event that
-arrives alone after a pause (a FATAL reading on a quiet bus) is handed over at once.
+It waits only while events keep coming: when this batch's first event came within
+``within`` of the end of the batch before (under load the next event is already queued
+when a batch ends). An event that arrives after a pause (a FATAL reading on a quiet bus)
+is handed over at once.
 """
 
 from __future__ import annotations
@@ -32,8 +33,7 @@ async def take_batches(stream: StreamT, max_: int, within: float) -> AsyncGenera
     consumed = asyncio.Event()
     consuming: asyncio.Future[None] | None = None
     enable_acks = s.enable_acks
-    flowing = False  # the last batch held several events, or ended moments before the next began
-    last_end = 0.0
+    last_end = float("-inf")
 
     async def add_to_buffer(value: Any) -> Any:
         nonlocal consuming
@@ -65,7 +65,7 @@ async def take_batches(stream: StreamT, max_: int, within: float) -> AsyncGenera
     try:
         while not s.should_stop:
             await s.wait_for_stopped(nonempty)
-            flowing = flowing or s.loop.time() - last_end < within
+            flowing = s.loop.time() - last_end < within
             if full.is_set():
                 pass
             elif within > 0 and flowing:
@@ -86,7 +86,7 @@ async def take_batches(stream: StreamT, max_: int, within: float) -> AsyncGenera
                 full.clear()
                 notify(consuming)
                 consumed.set()
-                flowing, last_end = len(batch) > 1, s.loop.time()
+                last_end = s.loop.time()
     finally:
         s.enable_acks = enable_acks
         s._processors.remove(add_to_buffer)

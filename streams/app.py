@@ -93,7 +93,7 @@ class HeaterService:
     def use_ledger(self, group_inputs: bool = False) -> Ledger:
         """Make this a stateful service: its tables, input position and effects go through one ledger.
 
-        ``group_inputs``: commit a backlog's inputs that owe nothing in runs (see
+        ``group_inputs``: commit inputs that owe nothing in runs (see
         :meth:`streams.consistency.Ledger.step`); for services that follow ``sensorData``.
         """
         settings = Settings.from_env()

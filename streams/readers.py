@@ -24,6 +24,13 @@ log = logging.getLogger(__name__)
 REALIGN_EVERY_S = 1.0
 #: How long stopping a reader may wait for the broker.
 STOP_TIMEOUT_S = 3.0
+#: A reader that only feeds a display (the Home app, the dashboard) takes what arrived
+#: within this wait in one answer: the display shows at most one state per quarter second,
+#: and a fetch answered as each reading arrived woke the broker's gate and the reading
+#: process 40 times a second per reader for nothing.
+DISPLAY_FETCH_WAIT_MS = 250
+#: ... unless this much is waiting (a backlog is read at full speed).
+DISPLAY_FETCH_MIN_BYTES = 1 << 20
 
 
 class Reader(AIOKafkaConsumer):
@@ -79,9 +86,14 @@ class Reader(AIOKafkaConsumer):
 
 
 async def open_reader(
-    bootstrap: str, topic_names: Iterable[str], *, fetch_wait_ms: int, from_end: bool, timeout: float = 15.0
+    bootstrap: str, topic_names: Iterable[str], *, fetch_wait_ms: int, from_end: bool, timeout: float = 15.0,
+    fetch_min_bytes: int = 1,
 ) -> AIOKafkaConsumer:
-    """A started consumer assigned every partition of ``topic_names``, positioned as asked."""
+    """A started consumer assigned every partition of ``topic_names``, positioned as asked.
+
+    A fetch is answered once ``fetch_min_bytes`` are there or ``fetch_wait_ms`` is over:
+    the default answers each record as it arrives.
+    """
     settings = Settings.from_env()
     consumer = kafka_clients.consumer(
         bootstrap,
@@ -90,6 +102,7 @@ async def open_reader(
         group_id=None,
         enable_auto_commit=False,
         fetch_max_wait_ms=fetch_wait_ms,
+        fetch_min_bytes=fetch_min_bytes,
         request_timeout_ms=int(timeout * 1000),
     )
     await asyncio.wait_for(consumer.start(), timeout)

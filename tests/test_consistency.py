@@ -355,15 +355,21 @@ async def grouped_readings(app: FakeApp, ledger: Ledger, data: Any, offsets: ran
                     await step.owe("createAlarm", b"svc/hot", str(offset).encode())
 
 
-def test_a_grouping_ledger_commits_a_run_of_inputs_as_one_row_once_no_input_waits() -> None:
-    async def scenario() -> FakeApp:
+def test_a_grouping_ledger_commits_a_quiet_run_of_inputs_as_one_row() -> None:
+    """No input waits behind the third (a quiet bus): still one row for the three, not one each."""
+
+    async def scenario() -> tuple[list[LedgerRow], FakeApp]:
         app = FakeApp()
         ledger, data = fresh(app, group_inputs=True)
         await ledger.recover()
         await grouped_readings(app, ledger, data, range(0, 3), highwater=3)
-        return app
+        early = ledger_rows(app)
+        await asyncio.sleep(GROUP_MAX_AGE_S)
+        await ledger.commit_open()
+        return early, app
 
-    app = asyncio.run(scenario())
+    early, app = asyncio.run(scenario())
+    assert early == [], "a run younger than the group's age stays open"
     [row] = ledger_rows(app)
     assert row.positions == {"sensorData:0": 3}
     assert [(w.key, w.data) for w in row.writes] == [("sensor", 2), ("seen-0", True), ("seen-1", True), ("seen-2", True)]

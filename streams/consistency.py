@@ -520,7 +520,7 @@ class Ledger:
     # -- steps ---------------------------------------------------------------------
 
     @contextlib.asynccontextmanager
-    async def step(self, covers_event: bool = True) -> AsyncIterator[Step]:
+    async def step(self, covers_event: bool = True, partition: str | None = None) -> AsyncIterator[Step]:
         """One input's writes and effects, committed as a unit on leaving the block.
 
         Must run inside the agent's stream iteration (the message is the current event's).
@@ -534,14 +534,22 @@ class Ledger:
         through a backlog (after a restart) at the rate it arrives, and follow a quiet bus
         without a write per reading. A step that owes an effect commits at once, with the
         run before it, so an alarm waits for nothing. Until committed, a run is decided
-        again after a crash, identically.
+        again after a crash, identically. A run holds the inputs of one partition: an input
+        of another partition commits it first. Replayed after a crash, a run's inputs come
+        in the order they were decided; inputs of several partitions could come interleaved
+        otherwise (a heating job's start before the readings that preceded it).
 
         ``covers_event=False``: the step covers no input by itself; the caller covers each
-        message it decides with :meth:`Step.cover` (a batch of inputs, in their order).
+        message it decides with :meth:`Step.cover` (a batch of inputs, in their order), all
+        of ``partition`` ("topic:partition").
         """
         event = current_event() if covers_event else None
         message = event.message if event is not None else None
+        where = tp_key(message.topic, message.partition) if message is not None else partition
         async with self._lock:
+            if self._open is not None and where is not None and set(self._open.positions) - {where}:
+                ended, self._open = self._open, None
+                await self._commit(ended)
             step, self._open = self._open or Step(self), None
             if covers_event:
                 step.cover(message)

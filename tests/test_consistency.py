@@ -426,6 +426,35 @@ def test_a_run_no_input_continues_is_committed_by_the_settler() -> None:
     assert [row.positions for row in late] == [{"sensorData:0": 5}]
 
 
+def test_an_input_of_another_partition_commits_the_run_before_it_is_decided() -> None:
+    """Replayed after a crash, a run must come in the order it was decided: it holds one partition."""
+
+    async def scenario() -> list[LedgerRow]:
+        app = FakeApp()
+        ledger, data = fresh(app, group_inputs=True)
+        await ledger.recover()
+        await grouped_readings(app, ledger, data, range(0, 3), highwater=3)
+        job = _Msg("heatingJobState", 7)
+        assert await ledger.admit(job)
+        with handling(job):
+            async with ledger.step():
+                assert [row.positions for row in ledger_rows(app)] == [{"sensorData:0": 3}], \
+                    "the readings' run is committed before the job is decided"
+                data["job"] = "r9"
+        # A batch step names its partition: the job's run is committed before the readings.
+        async with ledger.step(covers_event=False, partition="sensorData:0") as step:
+            rows = ledger_rows(app)
+            message = _Msg("sensorData", 3)
+            assert await ledger.admit(message)
+            step.cover(message)
+            data["sensor"] = 3
+        return rows
+
+    rows = asyncio.run(scenario())
+    assert [row.positions for row in rows] == [{"sensorData:0": 3}, {"sensorData:0": 3, "heatingJobState:0": 8}]
+    assert [(w.key, w.data) for w in rows[1].writes] == [("job", "r9")]
+
+
 def test_a_grouped_run_ends_at_its_size_limit() -> None:
     async def scenario() -> list[LedgerRow]:
         app = FakeApp()

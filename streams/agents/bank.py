@@ -39,7 +39,7 @@ from streams.alarm_client import AlarmClient
 from streams.app import HeaterService, ServiceKind, ServiceSpec
 from streams.bank_rules import BankConfig, BankRules, BankView, Effect, window_start
 from streams.bank_rules import Step as BankStep
-from streams.consistency import Step
+from streams.consistency import Step, tp_key
 from streams.heater_config import HeaterLimits
 from streams.lifecycle import Phase
 from streams.records import HeaterRecord, SensorReading
@@ -57,6 +57,7 @@ WINDOWS_KEPT = 60
 TICK_REPLAY_S = 10.0
 #: The reading partition whose backlog holds staleness back.
 SENSOR_TP = TP(topics.SENSOR_DATA.name, 0)
+SENSOR_KEY = tp_key(SENSOR_TP.topic, SENSOR_TP.partition)
 
 EFFECTS = Counter("heater_bank_effects_total", "Alarm raises/clears the bank sent", ["kind"])
 DUPLICATES = Counter("heater_bank_duplicates_total", "Readings skipped as already applied (replays) or out of order")
@@ -205,7 +206,7 @@ async def handle_readings(stream: faust.StreamT) -> None:
             continue
         done = 0
         while done < len(batch):
-            async with ledger.step(covers_event=False) as step:
+            async with ledger.step(covers_event=False, partition=SENSOR_KEY) as step:
                 for record, message in batch[done:]:
                     assert isinstance(record, SensorReading)
                     done += 1

@@ -218,7 +218,9 @@ def test_after_kill_9_the_restarted_detector_knows_the_job_and_still_detects(tmp
 
         second = start_detector(broker, tmp_path / "second", vault)  # an empty data directory: tables from their changelogs
         try:
-            restored = wait_for(lambda: (lambda b: b if b["job"] else None)(view(second)), what="job restored")
+            # The readings come back from the changelogs, or (a run the kill left uncommitted) decided again.
+            restored = wait_for(lambda: (lambda b: b if b["job"] and len(b["windows"]) == len(SENSORS) else None)(view(second)),
+                                what="job and readings restored")
             assert restored["watching"] is True and restored["episode"] == f"job-{job}"
             assert restored["windows"]["water.0"]["last_c"] == 50.0
             send(broker, "sensorData", readings([91.0] * 5, start=now + 2.1))

@@ -358,6 +358,11 @@ class Ledger:
         self.recovered = asyncio.Event()
         self._lock = asyncio.Lock()
         self._expected: dict[str, int] = {}
+        #: Where input starts on a partition the row names no position for: None (the group's
+        #: offsets) for a state without history; 0 for one with history, which decided nothing
+        #: of that partition yet (a run a crash left uncommitted may have been counted in the
+        #: group's offsets: its inputs must be decided again).
+        self._unnamed_from: int | None = None
         self._moved_at: dict[str, float] = {}
         self._futures: list[tuple[Effect, Any]] = []
         self._row_written_at = 0.0
@@ -409,6 +414,7 @@ class Ledger:
         for write in self.row.writes:
             self._apply(write)
         self._expected = dict(self.row.positions)
+        self._unnamed_from = 0 if self.row.seq > 0 else None
         self._log = self.row.log
         if self._identity is not None:
             current = await self._identity.verified()
@@ -423,7 +429,8 @@ class Ledger:
         await self.seek_to_positions()
         log.info("%s ledger: step %d recovered (%d write(s) re-applied, %d effect(s) %s); input resumes at %s",
                  self.service, self.row.seq, len(self.row.writes), len(self.row.effects),
-                 "already settled" if self.row.settled else "sent again", self._expected or "the group's offsets")
+                 "already settled" if self.row.settled else "sent again",
+                 f"{self._expected}, other partitions {'from their start' if self.row.seq else 'at the group offsets'}")
         self.recovered.set()
 
     async def seek_to_positions(self) -> None:
@@ -465,7 +472,7 @@ class Ledger:
         if self._identity is not None and self._identity.current != self._log:
             await self.follow_restarted_logs(wait=True)
         key = tp_key(message.topic, message.partition)
-        expected = self._expected.get(key)
+        expected = self._expected.get(key, self._unnamed_from)
         verdict = judge(expected, message.offset)
         if verdict == Verdict.ADMIT:
             self._expected[key] = message.offset + 1

@@ -455,6 +455,31 @@ def test_an_input_of_another_partition_commits_the_run_before_it_is_decided() ->
     assert [(w.key, w.data) for w in rows[1].writes] == [("job", "r9")]
 
 
+def test_a_partition_the_row_does_not_name_is_read_from_its_start_once_the_state_has_history() -> None:
+    """A kill -9 left the readings' run uncommitted, but Faust had committed the group's offset past it."""
+
+    async def scenario() -> tuple[list[bool], list[Any], bool]:
+        app = FakeApp()
+        ledger, data = fresh(app, group_inputs=True)
+        await ledger.recover()
+        job = _Msg("heatingJobState", 7)
+        assert await ledger.admit(job)
+        with handling(job):
+            async with ledger.step():
+                data["job"] = "r9"
+        await grouped_readings(app, ledger, data, range(0, 3), highwater=3)  # the run the kill loses
+        restarted, _ = fresh(app, group_inputs=True)
+        await restarted.recover()
+        verdicts = [await restarted.admit(_Msg("sensorData", 3)), await restarted.admit(_Msg("sensorData", 0))]
+        newcomer, _ = fresh(FakeApp(), group_inputs=True)
+        await newcomer.recover()
+        return verdicts, app.consumer.seeks, await newcomer.admit(_Msg("sensorData", 3))
+
+    verdicts, seeks, newcomer_admits = asyncio.run(scenario())
+    assert verdicts == [False, True] and seeks == [(TP("sensorData", 0), 0)], "rewound to the start, then decided again"
+    assert newcomer_admits, "a state without history starts where the group's offsets are"
+
+
 def test_a_grouped_run_ends_at_its_size_limit() -> None:
     async def scenario() -> list[LedgerRow]:
         app = FakeApp()

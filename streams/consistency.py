@@ -434,8 +434,17 @@ class Ledger:
         self.recovered.set()
 
     async def seek_to_positions(self) -> None:
-        """Send each input partition the state has read to where the state ends (or where the log restarted)."""
+        """Send each input partition the state has read to where the state ends (or where the log restarted).
+
+        A state with history sends the input partitions its row does not name to their
+        start (:attr:`_unnamed_from`).
+        """
         consumer = self.app.consumer
+        if self._unnamed_from is not None:
+            changelogs = self.app.tables.changelog_topics
+            for tp in consumer.assignment():
+                if tp.topic not in changelogs:
+                    self._expected.setdefault(tp_key(tp.topic, tp.partition), self._unnamed_from)
         for key, expected in list(self._expected.items()):
             topic, _, partition = key.rpartition(":")
             tp = TP(topic, int(partition))

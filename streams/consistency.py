@@ -565,7 +565,7 @@ class Ledger:
         async with self._lock:
             if self._open is not None and where is not None and set(self._open.positions) - {where}:
                 ended, self._open = self._open, None
-                await self._commit(ended)
+                await self._commit(ended, checkpoint=True)
             step, self._open = self._open or Step(self), None
             if covers_event:
                 step.cover(message)
@@ -594,11 +594,16 @@ class Ledger:
             if step is not None:
                 await self._commit(step)
 
-    async def _commit(self, step: Step) -> None:
+    async def _commit(self, step: Step, checkpoint: bool = False) -> None:
+        """Write the step's row; one that changes nothing only now and then, or when ``checkpoint``.
+
+        A run ended by another partition's input is a checkpoint even if it changed nothing:
+        replayed after that input, its inputs would no longer be decided in their order.
+        """
         # Only this step's own inputs move: another agent's message may be admitted and
         # waiting for the lock, and the row must not claim the state holds it.
         positions = dict(self.row.positions) | step.positions
-        if not step.changes and time.monotonic() - self._row_written_at < CHECKPOINT_EVERY_S:
+        if not step.changes and not checkpoint and time.monotonic() - self._row_written_at < CHECKPOINT_EVERY_S:
             return  # a replay of it is a no-op too; the position is recorded with the next change
         await self._settle()
         writes = step.writes

@@ -463,6 +463,30 @@ def test_an_input_of_another_partition_commits_the_run_before_it_is_decided() ->
     assert [(w.key, w.data) for w in rows[1].writes] == [("job", "r9")]
 
 
+def test_a_run_that_changed_nothing_is_still_recorded_when_another_partition_ends_it() -> None:
+    async def scenario() -> list[LedgerRow]:
+        app = FakeApp()
+        ledger, data = fresh(app, group_inputs=True)
+        await ledger.recover()
+        await grouped_readings(app, ledger, data, range(0, 1), highwater=1)
+        await asyncio.sleep(GROUP_MAX_AGE_S)
+        await ledger.commit_open()  # the last row: a reading that changed something
+        for offset in (1, 2):  # readings that change nothing, within a second of that row
+            message = _Msg("sensorData", offset)
+            assert await ledger.admit(message)
+            with handling(message):
+                async with ledger.step():
+                    pass
+        job = _Msg("heatingJobState", 7)
+        assert await ledger.admit(job)
+        with handling(job):
+            async with ledger.step():
+                pass
+        return ledger_rows(app)
+
+    assert [row.positions for row in asyncio.run(scenario())] == [{"sensorData:0": 1}, {"sensorData:0": 3}]
+
+
 def test_a_partition_the_row_does_not_name_is_read_from_its_start_once_the_state_has_history() -> None:
     """A kill -9 left the readings' run uncommitted, but Faust had committed the group's offset past it."""
 

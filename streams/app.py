@@ -90,15 +90,17 @@ class HeaterService:
         for key, value in faust_options(settings, self.spec.name).items():
             setattr(conf, key, value)
 
-    def use_ledger(self, group_inputs: bool = False) -> Ledger:
+    def use_ledger(self, group_inputs: bool = False, quiet_runs: bool = False) -> Ledger:
         """Make this a stateful service: its tables, input position and effects go through one ledger.
 
-        ``group_inputs``: commit inputs that owe nothing in runs (see
-        :meth:`streams.consistency.Ledger.step`); for services that follow ``sensorData``.
+        ``group_inputs``: commit a backlog's inputs that owe nothing in runs, and with
+        ``quiet_runs`` a quiet input's too (see :meth:`streams.consistency.Ledger.step`);
+        for services that follow ``sensorData``.
         """
         settings = Settings.from_env()
         identity = LogIdentity(settings.broker_bootstrap) if settings.profile == "local" else None
-        self.ledger = Ledger(self.app, self.spec.name, log_identity=identity, group_inputs=group_inputs)
+        self.ledger = Ledger(self.app, self.spec.name, log_identity=identity, group_inputs=group_inputs,
+                             quiet_runs=quiet_runs)
         return self.ledger
 
     def raw_topic(self, *specs: topics.TopicSpec) -> faust.TopicT:

@@ -77,8 +77,9 @@ SETTLE_EVERY_S = 0.2
 #: A grouping ledger commits a run of inputs that owe nothing once this many are grouped ...
 GROUP_MAX_INPUTS = 500
 #: ... or once the oldest of them waited this long, whichever comes first. Readings arrive
-#: 40 a second when all is quiet: committed one by one, each cost a ledger row, a state row
-#: and a produce request (a quarter of the bank's CPU, and as much again in the broker).
+#: 40 a second when all is quiet: committed one by one (without ``quiet_runs``), each cost
+#: a ledger row, a state row and a produce request (a quarter of the bank's CPU, and as
+#: much again in the broker).
 GROUP_MAX_AGE_S = 0.2
 
 SKIPPED = Counter("heater_ledger_skipped_total", "Input messages passed over as already held by the state", ["service"])
@@ -345,10 +346,11 @@ class Ledger:
     """A service's row of state position and owed effects, and the gate on its input."""
 
     def __init__(self, app: faust.App, service: str, *, log_identity: LogIdentity | None = None,
-                 group_inputs: bool = False) -> None:
+                 group_inputs: bool = False, quiet_runs: bool = False) -> None:
         self.app = app
         self.service = service
         self.group_inputs = group_inputs
+        self.quiet_runs = quiet_runs
         self.table = app.Table(f"{service}{LEDGER_SUFFIX}", key_type=str, value_type=None, partitions=1,
                                help="state position and owed effects (streams.consistency)")
         self._tables: dict[str, faust.Table] = {}
@@ -543,17 +545,24 @@ class Ledger:
         An exception inside the block commits nothing: the service fails, and the input
         is decided again after the restart.
 
-        A grouping ledger (``group_inputs``) keeps a step that owes nothing open, and the
-        next input continues it: one row and one write per key for the whole run instead
-        of one per input, up to ``GROUP_MAX_INPUTS`` inputs or ``GROUP_MAX_AGE_S`` (a run no
-        input continues is committed by the settler). That is what lets a service work
-        through a backlog (after a restart) at the rate it arrives, and follow a quiet bus
-        without a write per reading. A step that owes an effect commits at once, with the
-        run before it, so an alarm waits for nothing. Until committed, a run is decided
-        again after a crash, identically. A run holds the inputs of one partition: an input
-        of another partition commits it first. Replayed after a crash, a run's inputs come
-        in the order they were decided; inputs of several partitions could come interleaved
-        otherwise (a heating job's start before the readings that preceded it).
+        A grouping ledger (``group_inputs``) keeps a step that owes nothing open while more
+        input waits on the broker, and the next input continues it: one row and one write
+        per key for the whole run instead of one per input, up to ``GROUP_MAX_INPUTS``
+        inputs or ``GROUP_MAX_AGE_S`` (a run no input continues is committed by the
+        settler). That is what lets a service work through a backlog (after a restart) at
+        the rate it arrives. With ``quiet_runs`` the run stays open with no input waiting
+        too, so a quiet bus costs no write per reading. A step that owes an effect commits
+        at once, with the run before it, so an alarm waits for nothing. Until committed, a
+        run is decided again after a crash. A run holds the inputs of one partition: an
+        input of another partition commits it first, so a replay decides the run's inputs
+        in the order they were decided.
+
+        A replay also meets input of other partitions that came after the run, and may
+        decide some of it before the run's inputs: ``quiet_runs`` is only for a service
+        whose decisions do not depend on that order (the bank: one reading partition, and
+        ticks judged only when no reading waits). DisasterDetector's do (a heating job's
+        start and the readings after it): it commits as soon as no input of the partition
+        waits, as before.
 
         ``covers_event=False``: the step covers no input by itself; the caller covers each
         message it decides with :meth:`Step.cover` (a batch of inputs, in their order), all
@@ -583,7 +592,8 @@ class Ledger:
         """Whether the next input may continue ``step`` instead of it being committed now."""
         message = step.message
         return (self.group_inputs and not step.effects and message is not None
-                and step.inputs < GROUP_MAX_INPUTS and time.monotonic() - step.opened_at < GROUP_MAX_AGE_S)
+                and step.inputs < GROUP_MAX_INPUTS and time.monotonic() - step.opened_at < GROUP_MAX_AGE_S
+                and (self.quiet_runs or self.backlog(message.tp) > 0))
 
     async def commit_open(self) -> None:
         """Commit a grouped run that no input continued (the settler calls this)."""

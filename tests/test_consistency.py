@@ -145,8 +145,10 @@ class FakeApp:
         return future
 
 
-def fresh(app: FakeApp, identity: FakeIdentity | None = None, group_inputs: bool = False) -> tuple[Ledger, Any]:
-    ledger = Ledger(app, "svc", log_identity=identity, group_inputs=group_inputs)  # type: ignore[arg-type]
+def fresh(app: FakeApp, identity: FakeIdentity | None = None, group_inputs: bool = False,
+          quiet_runs: bool = False) -> tuple[Ledger, Any]:
+    ledger = Ledger(app, "svc", log_identity=identity, group_inputs=group_inputs,  # type: ignore[arg-type]
+                    quiet_runs=quiet_runs)
     data = ledger.tracked(app.Table("data"))  # type: ignore[arg-type]
     return ledger, data
 
@@ -363,12 +365,23 @@ async def grouped_readings(app: FakeApp, ledger: Ledger, data: Any, offsets: ran
                     await step.owe("createAlarm", b"svc/hot", str(offset).encode())
 
 
+def test_without_quiet_runs_a_run_is_committed_once_no_input_waits() -> None:
+    async def scenario() -> list[LedgerRow]:
+        app = FakeApp()
+        ledger, data = fresh(app, group_inputs=True)
+        await ledger.recover()
+        await grouped_readings(app, ledger, data, range(0, 3), highwater=3)
+        return ledger_rows(app)
+
+    assert [row.positions for row in asyncio.run(scenario())] == [{"sensorData:0": 3}]
+
+
 def test_a_grouping_ledger_commits_a_quiet_run_of_inputs_as_one_row() -> None:
-    """No input waits behind the third (a quiet bus): still one row for the three, not one each."""
+    """With quiet runs, no input waits behind the third (a quiet bus): still one row for the three, not one each."""
 
     async def scenario() -> tuple[list[LedgerRow], FakeApp]:
         app = FakeApp()
-        ledger, data = fresh(app, group_inputs=True)
+        ledger, data = fresh(app, group_inputs=True, quiet_runs=True)
         await ledger.recover()
         await grouped_readings(app, ledger, data, range(0, 3), highwater=3)
         early = ledger_rows(app)
@@ -439,7 +452,7 @@ def test_an_input_of_another_partition_commits_the_run_before_it_is_decided() ->
 
     async def scenario() -> list[LedgerRow]:
         app = FakeApp()
-        ledger, data = fresh(app, group_inputs=True)
+        ledger, data = fresh(app, group_inputs=True, quiet_runs=True)
         await ledger.recover()
         await grouped_readings(app, ledger, data, range(0, 3), highwater=3)
         job = _Msg("heatingJobState", 7)
@@ -466,7 +479,7 @@ def test_an_input_of_another_partition_commits_the_run_before_it_is_decided() ->
 def test_a_run_that_changed_nothing_is_still_recorded_when_another_partition_ends_it() -> None:
     async def scenario() -> list[LedgerRow]:
         app = FakeApp()
-        ledger, data = fresh(app, group_inputs=True)
+        ledger, data = fresh(app, group_inputs=True, quiet_runs=True)
         await ledger.recover()
         await grouped_readings(app, ledger, data, range(0, 1), highwater=1)
         await asyncio.sleep(GROUP_MAX_AGE_S)
@@ -492,7 +505,7 @@ def test_a_partition_the_row_does_not_name_is_read_from_its_start_once_the_state
 
     async def scenario() -> tuple[list[bool], list[Any], bool]:
         app = FakeApp()
-        ledger, data = fresh(app, group_inputs=True)
+        ledger, data = fresh(app, group_inputs=True, quiet_runs=True)
         await ledger.recover()
         job = _Msg("heatingJobState", 7)
         assert await ledger.admit(job)
@@ -501,10 +514,10 @@ def test_a_partition_the_row_does_not_name_is_read_from_its_start_once_the_state
                 data["job"] = "r9"
         await grouped_readings(app, ledger, data, range(0, 3), highwater=3)  # the run the kill loses
         app.consumer.assigned = {TP("sensorData", 0), TP("heatingJobState", 0), TP("svc-ledger-changelog", 0)}
-        restarted, _ = fresh(app, group_inputs=True)
+        restarted, _ = fresh(app, group_inputs=True, quiet_runs=True)
         await restarted.recover()  # nothing new comes after the group's offset: the move happens here
         verdicts = [await restarted.admit(_Msg("sensorData", 0))]
-        newcomer, _ = fresh(FakeApp(), group_inputs=True)
+        newcomer, _ = fresh(FakeApp(), group_inputs=True, quiet_runs=True)
         await newcomer.recover()
         return verdicts, app.consumer.seeks[-2:], await newcomer.admit(_Msg("sensorData", 3))
 

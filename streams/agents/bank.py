@@ -117,7 +117,8 @@ def use_limits(new: HeaterLimits) -> None:
     """A configuration version came into force: the next reading is judged against it."""
     rules.config = replace(rules.config, limits=new)
 
-ledger = service.use_ledger(group_inputs=True)
+#: Quiet runs: the readings come on one partition, and ticks are judged only when no reading waits.
+ledger = service.use_ledger(group_inputs=True, quiet_runs=True)
 state_table = ledger.tracked(tables.state_table(app))
 windows = ledger.tracked(tables.windows_table(app))
 #: The decision state in memory; loaded once the ledger has recovered, written through on every step.

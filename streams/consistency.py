@@ -432,7 +432,8 @@ class Ledger:
         log.info("%s ledger: step %d recovered (%d write(s) re-applied, %d effect(s) %s); input resumes at %s",
                  self.service, self.row.seq, len(self.row.writes), len(self.row.effects),
                  "already settled" if self.row.settled else "sent again",
-                 f"{self._expected}, other partitions {'from their start' if self.row.seq else 'at the group offsets'}")
+                 f"{self._expected}, other partitions "
+                 f"{'from their start' if self._unnamed_from is not None else 'at the group offsets'}")
         self.recovered.set()
 
     async def seek_to_positions(self) -> None:

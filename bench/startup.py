@@ -4,7 +4,9 @@
   Faust's defaults (the production profile, plain ``kafka://``) on the same broker;
 * the whole platform (`heater up`'s start sequence): start → every component ready,
   then resident memory and idle CPU of every process (broker and Vault included), and
-  the time its stop takes.
+  the time its stop takes;
+* on that platform, every service killed with SIGKILL in turn: the kill → the restarted
+  process answers ready (supervisord restarts it, as Kubernetes would).
 
 Ends with one JSON line. Run: ``python bench/startup.py``.
 """
@@ -12,6 +14,8 @@ Ends with one JSON line. Run: ``python bench/startup.py``.
 from __future__ import annotations
 
 import json
+import os
+import signal
 import statistics
 import sys
 import tempfile
@@ -21,12 +25,16 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.procstats import cpu_by_process, rss_mb, tree_pids  # noqa: E402
+from heater.catalogue import COMPONENTS, Component  # noqa: E402
 from heater.platform import Platform  # noqa: E402
+from heater.probes import READY, probe  # noqa: E402
 from heater.runtime.broker import EmbeddedBroker  # noqa: E402
 from heater.runtime.services import ServiceProcess  # noqa: E402
 from heater.runtime.vault import EmbeddedVault  # noqa: E402
 
 RUNS = 3
+#: Longest a killed service may take to answer ready again before the bench gives up on it.
+KILL_READY_TIMEOUT_S = 60.0
 
 
 def worker_ready_s(broker: EmbeddedBroker, vault: EmbeddedVault, run_dir: Path, profile: str) -> float:
@@ -40,6 +48,19 @@ def worker_ready_s(broker: EmbeddedBroker, vault: EmbeddedVault, run_dir: Path, 
         return time.monotonic() - started
     finally:
         service.stop()
+
+
+def kill9_ready_s(platform: Platform, component: Component) -> float:
+    """SIGKILL the service; seconds until a new process of it answers ready."""
+    killed = platform.supervisor.info(component.name)["pid"]
+    started = time.monotonic()
+    os.kill(killed, signal.SIGKILL)
+    while time.monotonic() - started < KILL_READY_TIMEOUT_S:
+        pid = platform.supervisor.info(component.name)["pid"]
+        if pid not in (0, killed) and probe(platform.layout, component).state == READY:
+            return time.monotonic() - started
+        time.sleep(0.02)
+    raise TimeoutError(f"{component.name} not ready {KILL_READY_TIMEOUT_S:.0f} s after kill -9")
 
 
 def main() -> None:
@@ -66,6 +87,11 @@ def main() -> None:
             for label, pct in by_process:
                 if pct >= 0.5:
                     print(f"  {pct:5.1f} %  {label}", flush=True)
+            after_kill: dict[str, float] = {}
+            for component in (c for c in COMPONENTS if c.has_web):
+                after_kill[component.name] = round(kill9_ready_s(platform, component), 2)
+                print(f"kill -9 {component.name}: ready again in {after_kill[component.name]:.2f} s", flush=True)
+                time.sleep(2)  # the next kill on a platform at rest
         finally:
             stopping = time.monotonic()
             platform.stop()
@@ -81,6 +107,8 @@ def main() -> None:
                 "rss_mb": round(memory, 1),
                 "idle_cpu_pct": round(cpu, 1),
                 "processes": len(pids),
+                "kill9_ready_s": after_kill,
+                "kill9_ready_max_s": max(after_kill.values()),
                 "baseline": {"worker_ready_s": round(defaults, 3), "profile": "Faust defaults (kafka://)"},
             }
         )

@@ -9,7 +9,7 @@ way down), shows the FATAL occurrences that latch and the Pico's trip count, ask
 AlarmsServer for a signed one-time reset naming exactly those (refused if the latch
 changed in between: the operator looks again), waits until the latch is released, then
 starts again the control services that stayed down (exit code 3). Services that came up
-halted restart by themselves once they see the release.
+halted start by themselves once they see the release.
 """
 
 from __future__ import annotations
@@ -102,7 +102,7 @@ def restart_stayed_down(layout: Layout, supervisor: Supervisor, deadline: float)
     code, and late in that shutdown its web server is already closed while the process
     still runs; a reset released meanwhile must still start it, or it stays down for good.
     So the wait lasts while any control service runs without being ready — halted, or
-    answering nothing — not only while one shows halted. (One that came up halted restarts
+    answering nothing — not only while one shows halted. (One that came up halted starts
     by itself on the release and becomes ready.)
     """
     restarted: list[str] = []

@@ -16,7 +16,8 @@ NOT_RESTARTED = (DONE, STAY_DOWN)
 """Codes after which a long-running service is not restarted."""
 
 RELEASED = 75
-"""A service that came up halted saw the operator reset: restart it normally.
+"""An edge adapter that came up halted saw the operator reset: restart it normally.
+(A stream service that came up halted starts in the same process instead.)
 
 Not in the table of expected codes on purpose: the process manager (or Kubernetes)
 treats it as a crash and restarts the process, which then starts unhalted."""

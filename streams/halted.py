@@ -3,8 +3,8 @@
 Kubernetes Deployments always restart pods, so "no auto-restart after FATAL" holds by
 coming up halted: no Faust app, no consumer group, no commands — only liveness,
 readiness (503, with the reason), status and metrics, and a watch on the latch. When
-the operator reset releases the latch the process exits with ``RELEASED`` so that the
-process manager starts it afresh.
+the operator reset releases the latch this returns ``RELEASED``, and the worker starts the
+service in the same process (:func:`streams.worker.run`).
 """
 
 from __future__ import annotations
@@ -57,6 +57,6 @@ async def _serve(spec: ServiceSpec, settings: Settings, fetch_wait_ms: int) -> i
     await runner.cleanup()
     await watch.stop()
     if released.is_set() and not stop.is_set():
-        log.warning("%s: latch released by %s; restarting", service, watch.latch.released_by)
+        log.warning("%s: latch released by %s; starting", service, watch.latch.released_by)
         return exitcodes.RELEASED
     return exitcodes.DONE

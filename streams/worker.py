@@ -9,6 +9,7 @@ import os
 import signal
 import sys
 import threading
+import time
 from pathlib import Path
 
 import faust
@@ -135,7 +136,15 @@ def run(name: str, loglevel: str = "info") -> int:
             log.error("%s: cannot read the platform latch from %s: %s", name, settings.broker_bootstrap, exc)
             return exitcodes.DEPENDENCY_MISSING
         if latched:
-            return run_halted(service.spec, settings)
+            code = run_halted(service.spec, settings)
+            if code != exitcodes.RELEASED:
+                return code
+            # Released: start here and now. The halted process acted on nothing and holds
+            # no state, so this is the fresh start a new process would make, without a new
+            # interpreter's imports, and without a restart that Kubernetes would delay by
+            # its back-off after the stay-down exit.
+            asyncio.set_event_loop(asyncio.new_event_loop())  # asyncio.run closed its own; Faust needs one
+            service.status.started_at = time.time()
     service.on_stay_down = lambda: request_exit(service, exitcodes.STAY_DOWN)
     Path(service.app.conf.datadir).mkdir(parents=True, exist_ok=True)
     prerestore_sync(service.app)  # tables rebuilt in bulk: Faust's own recovery applies ~3k records/s

@@ -6,8 +6,10 @@ Runs on its own broker: the latch is platform-wide and would halt other tests' s
 from __future__ import annotations
 
 import json
+import logging
 import time
 import uuid
+from pathlib import Path
 from typing import Iterator
 
 import pytest
@@ -15,7 +17,9 @@ import pytest
 from heater.runtime.broker import EmbeddedBroker
 from heater.runtime.vault import EmbeddedVault
 from streams.records import Alarm, AlarmClear, OperatorReset
-from tests.support import ServiceProcess, consume_until, post_json, produce, run, wait_for
+from tests.support import ServiceProcess, consume_until, post_json, produce, run, try_get, wait_for
+
+log = logging.getLogger(__name__)
 
 
 @pytest.fixture(scope="module")
@@ -136,3 +140,28 @@ def test_reset_endpoint_refuses_bad_requests(alarms: ServiceProcess) -> None:
     assert post_json(alarms.url + "/reset", {"occurrences": "all"}, token=alice)[0] == 400
     assert post_json(alarms.url + "/reset", {"occurrences": [], "trip_count": True}, token=alice)[0] == 400
     assert post_json(alarms.url + "/reset", {"occurrences": []}, token=alice)[0] == 409, "nothing to reset"
+
+
+def test_a_service_that_came_up_halted_starts_in_the_same_process_on_the_reset(
+        fatal_broker: EmbeddedBroker, alarms: ServiceProcess, vault: EmbeddedVault, tmp_path: Path) -> None:
+    """Under Kubernetes a pod restarted after FATAL comes up halted; the reset must not wait
+    for another container start (and the restart back-off) before it is working again."""
+    tag = uuid.uuid4().hex[:8]
+    fatal = Alarm(alarm_id=f"test/fatal-{tag}", source="test", code=f"fatal-{tag}", severity="FATAL",
+                  message="injected", raised_at=time.time())
+    run(produce(fatal_broker.bootstrap, "createAlarm", [fatal.dumps()], key=fatal.alarm_id.encode()))
+    wait_for(lambda: latch(alarms).get("latched"), what="latched")
+    bank = ServiceProcess("bank", fatal_broker.url, tmp_path / "bank", vault=vault).start()
+    try:
+        status = wait_for(lambda: try_get(bank.probe_url + "/readyz"), timeout=30, what="the bank answers")
+        assert status[0] == 503 and status[1]["phase"] == "halted"
+        released_at = time.monotonic()
+        code, issued = reset_as_shown(alarms, "alice")
+        assert code == 202 and issued["occurrences"] == [fatal.occurrence_id], issued
+        wait_for(lambda: (try_get(bank.probe_url + "/readyz") or (0,))[0] == 200 or bank.proc.poll() is not None,
+                 timeout=30, what="the bank ready or gone")
+        assert bank.proc.poll() is None, f"the halted bank exited on the reset:\n{bank.tail()}"
+        assert bank.get("/bank")[0] == 200
+        log.warning("halted bank: reset issued → ready in the same process in %.2f s", time.monotonic() - released_at)
+    finally:
+        bank.stop()

@@ -8,13 +8,14 @@ resetting it in place between them, the way an operator would:
   Pico.  With the power relay energised (an ``I2CHeating`` power-on command, confirmed at
   the Pico) and DisasterDetector not watching (it would rightly call the bench's jump of
   the water a disaster during its grace after a valve closure — the I2C adapter's first
-  readback at start-up is one), the water is brought just under the limit (``fatal_c - 1``) so the bank
-  believes the readings, then one sensor is made to read ``fatal_c + 1``: a plausible
+  readback at start-up is one), one sensor is made to read just under the limit
+  (``fatal_c - 0.5``) until the bank believes it and DisasterDetector's window no longer
+  holds the jump, then ``fatal_c + 0.5``: a plausible
   crossing (a step of more than ``implausible_jump_c`` would be disbelieved for one
   reading, which adds one sensor period).  Latency = the simulator's send time of the
   first frame carrying that value (``can.water_temp[sensor].since``) → the Pico's
   ``power_cut_at``; both are the simulator process's ``time.time()``.  After the trip:
-  clear the fault, water back to ambient, wait for the control services to exit
+  clear the fault (the sensor reads the water again), wait for the control services to exit
   (stay-down), ``heater reset``, wait until every control service is ready and the Pico
   released.
 * **Watchdog path** — with the power relay energised and the I2C adapter kicking, the
@@ -69,6 +70,7 @@ from heater.runtime.processes import StartupTimeout  # noqa: E402
 from heater.supervision import Supervisor  # noqa: E402
 from simulator import client as sim  # noqa: E402
 from streams.auth import Role  # noqa: E402
+from streams.disaster_rules import RuleLimits  # noqa: E402
 from streams.heater_config import WATER_SENSORS, HeaterLimits  # noqa: E402
 from streams.records import RelayCommand  # noqa: E402
 
@@ -240,10 +242,13 @@ class Bench:
         self.root = root
         self.log = log
         self.limits = limits
-        self.pre_c = limits.fatal_c - 1.0
-        self.over_c = limits.fatal_c + 1.0
+        self.pre_c = limits.fatal_c - 0.5
+        self.over_c = limits.fatal_c + 0.5
         if self.over_c - self.pre_c + 1.0 > limits.implausible_jump_c:
             raise SystemExit("implausible_jump_c too small for a plausible crossing of fatal_c")
+        self.disaster_rules = RuleLimits.from_heater(limits)
+        if self.over_c - self.pre_c >= self.disaster_rules.rise_while_closed_c:
+            raise SystemExit("rise_while_closed_c too small: DisasterDetector would call the crossing a disaster")
         self.platform: Platform | None = None
         self.wire: Wire | None = None
         self.frozen_pid: int | None = None
@@ -390,12 +395,18 @@ class Bench:
         waited = time.monotonic()
         wait_for(lambda: not self.disaster_watching(), DISASTER_TIMEOUT_S, "DisasterDetector not watching", interval=0.2)
         waited = time.monotonic() - waited
+        # The sensor, not the water, reads just under the limit: it holds that value while the
+        # bank comes to believe it, where the water would cool by a degree or two (a rise
+        # once the bench heats it back). After the trip DisasterDetector watches again (the
+        # grace after the cut-off's valve closure), and when the reset restarts it, it
+        # decides the readings it left on halting: the jump must by then be older than its
+        # whole window, or those readings show the jump as a rise with the valve closed.
         set_at = time.time()
-        sim.set_temperature(port, self.pre_c)
+        sim.inject(port, "overtemp", sensor=sensor, value=self.pre_c)
         self.power_on()
         wait_for(lambda: self.bank_believes(sensor, set_at), BANK_TIMEOUT_S, f"bank believes water.{sensor} near the limit",
                  interval=0.1)
-        sim.set_temperature(port, self.pre_c)  # undo the cooling since; the crossing stays plausible
+        time.sleep(max(0.0, set_at + self.disaster_rules.history_s - time.time()))
         injected_at = time.time()
         sim.inject(port, "overtemp", sensor=sensor, value=self.over_c)
         try:
@@ -456,11 +467,10 @@ class Bench:
         }
 
     def reset_in_place(self) -> dict[str, float]:
-        """Fault cleared, water back, stay-down exits, operator reset, control services ready, Pico released."""
+        """Fault cleared, stay-down exits, operator reset, control services ready, Pico released."""
         started = time.monotonic()
         port = self.sim_port
-        sim.clear(port)
-        sim.set_temperature(port, self.limits.fatal_c - 60.0)
+        sim.clear(port)  # the sensor reads the water again: ambient, as it never heated
         supervisor = Supervisor(self.layout)
         for name in CONTROL:  # `heater reset` restarts only what has already exited
             wait_for(lambda n=name: supervisor.info(n)["statename"] == "EXITED", EXIT_TIMEOUT_S, f"{name} stayed down",
@@ -603,7 +613,6 @@ class Bench:
             except OSError as exc:
                 held = f"bank not answering: {exc}"
             sim.clear(self.sim_port)
-            sim.set_temperature(self.sim_port, self.limits.fatal_c - 60.0)
             raise RuntimeError(f"FATAL on water.{sensor}: NO TRIP within {TRIP_TIMEOUT_S:.0f} s ({held})")
         self.fatal.append(trial)
         self.record({"round": round_no + 1, "watchdog": dog, "fatal": trial, "platform": self.platforms})

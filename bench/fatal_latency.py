@@ -690,8 +690,8 @@ class Bench:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--trials", type=int, default=200, help="rounds: one FATAL and one watchdog trial each (default 200)")
-    parser.add_argument("--budget-s", type=float, default=1650.0,
-                        help="start no new round after this many seconds (default 1650: the whole run fits in 30 min)")
+    parser.add_argument("--budget-s", type=float, default=2250.0,
+                        help="start no new round after this many seconds (default 2250: the whole run fits in 40 min)")
     parser.add_argument("--run-dir", type=Path, default=None,
                         help="keep the platforms' run directories (logs) and every trial (trials.jsonl) here")
     args = parser.parse_args(argv)

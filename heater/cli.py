@@ -172,11 +172,7 @@ def run_worker(name: str) -> int:
     if name in ADAPTERS:
         import importlib
 
-        from streams.lifecycle import freeze_imported_objects
-
-        adapter = importlib.import_module(ADAPTERS[name])
-        freeze_imported_objects()
-        return adapter.main()
+        return importlib.import_module(ADAPTERS[name]).main()
     from streams import worker
 
     return worker.run(name)

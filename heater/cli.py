@@ -172,7 +172,11 @@ def run_worker(name: str) -> int:
     if name in ADAPTERS:
         import importlib
 
-        return importlib.import_module(ADAPTERS[name]).main()
+        from streams.lifecycle import freeze_imported_objects
+
+        adapter = importlib.import_module(ADAPTERS[name])
+        freeze_imported_objects()
+        return adapter.main()
     from streams import worker
 
     return worker.run(name)

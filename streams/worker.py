@@ -18,6 +18,7 @@ from aiokafka.errors import KafkaError
 from streams import exitcodes
 from streams.app import HeaterService, ServiceKind
 from streams.halted import run_halted
+from streams.lifecycle import freeze_imported_objects
 from streams.platform_watch import PlatformWatch
 from streams.settings import Settings
 from streams.tables.bulk_restore import prerestore_sync
@@ -126,6 +127,7 @@ def latched_at_start(service: HeaterService, settings: Settings) -> bool:
 def run(name: str, loglevel: str = "info") -> int:
     """Run the named service until it stops; return its exit code."""
     service = load_service(name)
+    freeze_imported_objects()
     settings = Settings.from_env()
     if service.spec.kind is ServiceKind.CONTROL:
         try:

@@ -265,18 +265,28 @@ async def prerestore(app: faust.App, bootstrap: str | List[str], *, threshold: i
     local_profile = conf.broker[0].scheme == TANSU_SCHEME
     try:
         cluster = await consumer._client.fetch_all_metadata()
-        trust_local = await _local_is_newest(consumer, cluster, stores, local_profile)
+        topics = {name: table.changelog_topic.get_topic_name() for name, (table, _) in stores.items()}
+        partitions = {name: [TopicPartition(topic, p) for p in sorted(cluster.partitions_for_topic(topic) or ())]
+                      for name, topic in topics.items()}
+        # Every changelog's end in one go: on the local broker each end is confirmed by a
+        # fetch that waits on a quiet log, and table by table those waits added up.
+        every_tp = [tp for tps in partitions.values() for tp in tps]
+        all_ends = await _end_offsets(consumer, every_tp, local_profile) if every_tp else {}
+        all_firsts = await consumer.beginning_offsets(every_tp) if every_tp else {}
+        trust_local = await _local_is_newest(consumer, stores, partitions, all_ends)
         for name, (table, store) in stores.items():
-            topic = table.changelog_topic.get_topic_name()
-            tps = [TopicPartition(topic, p) for p in sorted(cluster.partitions_for_topic(topic) or ())]
-            if not tps:
+            topic, tps = topics[name], partitions[name]
+            if tps:
+                ends = {tp: all_ends[tp] for tp in tps}
+                firsts = {tp: all_firsts[tp] for tp in tps}
+            else:
                 local = _local_partitions(store, table.partitions or conf.topic_partitions)
                 if not local:
                     continue  # no changelog and no local data: nothing to restore
                 await _ensure_changelog(app, bootstrap, table, topic)
                 tps = [TopicPartition(topic, p) for p in local]
-            ends = await _end_offsets(consumer, tps, local_profile)
-            firsts = await consumer.beginning_offsets(tps)
+                ends = await _end_offsets(consumer, tps, local_profile)
+                firsts = await consumer.beginning_offsets(tps)
             starts: Dict[TopicPartition, int] = {}
             for tp in tps:
                 local = store.partition_path(tp.partition).exists()
@@ -312,7 +322,8 @@ async def _end_offsets(consumer: aiokafka.AIOKafkaConsumer, tps: List[TopicParti
     return await true_end_offsets(consumer, ends) if local_profile else dict(ends)
 
 
-async def _local_is_newest(consumer: aiokafka.AIOKafkaConsumer, cluster: Any, stores: Dict[str, Any], local_profile: bool) -> bool:
+async def _local_is_newest(consumer: aiokafka.AIOKafkaConsumer, stores: Dict[str, Any],
+                           partitions: Dict[str, List[TopicPartition]], ends: Dict[TopicPartition, int]) -> bool:
     """True when the service's local ledger row is at least as new as its changelog's."""
     for name, (table, store) in stores.items():
         if not name.endswith(LEDGER_SUFFIX):
@@ -320,12 +331,10 @@ async def _local_is_newest(consumer: aiokafka.AIOKafkaConsumer, cluster: Any, st
         local_seq = _local_ledger_seq(store)
         if local_seq < 0:
             return False
-        topic = table.changelog_topic.get_topic_name()
-        if not cluster.partitions_for_topic(topic):
+        if not partitions[name]:
             return True  # the broker lost the changelog: the local store is all there is
-        tp = TopicPartition(topic, 0)
-        end = (await _end_offsets(consumer, [tp], local_profile))[tp]
-        remote_seq = await _changelog_ledger_seq(consumer, tp, end)
+        tp = TopicPartition(table.changelog_topic.get_topic_name(), 0)
+        remote_seq = await _changelog_ledger_seq(consumer, tp, ends[tp])
         consumer.unsubscribe()
         if local_seq < remote_seq:
             logger.warning("%s: the local ledger (step %d) is older than the changelog's (step %d): "

@@ -52,7 +52,7 @@ FatalHook = Callable[[LatchView], Awaitable[None]]
 class EdgeService:
     """Lifecycle and plumbing shared by the CAN and I2C adapters."""
 
-    def __init__(self, spec: ServiceSpec, settings: Settings | None = None, linger_ms: int = 2) -> None:
+    def __init__(self, spec: ServiceSpec, settings: Settings | None = None, linger_ms: int = 0) -> None:
         self.spec = spec
         self.settings = settings or Settings.from_env()
         self.status = ServiceStatus()
@@ -73,7 +73,7 @@ class EdgeService:
     # -- plumbing for adapters -----------------------------------------------------
 
     async def send(self, topic: str, key: bytes, value: bytes) -> None:
-        """Queue one message (batched with a linger of a few ms; awaited only for buffer space).
+        """Queue one message (sent at once, or with the next request if one is on its way; awaited only for buffer space).
 
         On a traced topic the send is a span of its own (a heating job's command starts its
         trace here), and the message carries its ``traceparent``. The broker's answer arrives

@@ -258,7 +258,11 @@ def faust_options(settings: Settings, service: str) -> dict[str, Any]:
         "canonical_url": canonical_url(settings),
         "topic_allow_declare": True,
         "topic_disable_leader": True,
-        "producer_linger": 0.002,
+        # No linger: aiokafka keeps one request in flight per broker and sends what queued
+        # meanwhile in the next, so batches form under load by themselves. A linger only
+        # held every alarm and changelog row back (measured: FATAL → cut p50 18 → 13 ms,
+        # and the bank decides more readings a second, not fewer).
+        "producer_linger": 0.0,
         "table_cleanup_interval": 30.0,
         # A changelog row the broker refuses is sent again, or the service crashes (never dropped).
         "Table": "streams.delivery:ReliableTable",

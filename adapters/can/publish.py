@@ -3,9 +3,10 @@
 ``producer.send`` costs about 30 µs per message (metadata check, partitioning, a
 future per message); at 9,000 frames/s that alone is a third of a core.  Appending to a
 ``BatchBuilder`` costs about 6 µs, so the frames the reader delivered together go to
-Kafka as one batch per partition.  Batches still wait the producer's linger (a few ms)
-and no longer: nothing is held back for size.  Partitions follow the key exactly as
-``send`` would place them (the default partitioner), so one sensor stays in order.
+Kafka as one batch per partition.  Nothing is held back, for size or time: the producer
+has no linger, and what arrives while one request is on its way goes out in the next.
+Partitions follow the key exactly as ``send`` would place them (the default
+partitioner), so one sensor stays in order.
 """
 
 from __future__ import annotations

@@ -6,8 +6,9 @@ beyond decoding and bus health:
 * a reader thread (:mod:`adapters.can.bus`) receives every frame and stamps its
   reception time; the loop decodes it (:mod:`adapters.can.translate`) and produces one
   ``SensorReading`` per valid frame, keyed by sensor; what arrived together goes out as
-  one producer batch (:mod:`adapters.can.publish`) after the producer's linger of a few
-  ms and no longer, so readings that will lead to a FATAL are never held back;
+  one producer batch (:mod:`adapters.can.publish`) at once (no linger: what arrives while
+  a request is on its way goes out together in the next), so readings that will lead to a
+  FATAL are never held back;
 * bad input — unknown ids, wrong lengths, out-of-range values, remote and error frames —
   is counted by reason, logged at a limited rate and skipped; valid frames keep flowing;
 * every 100 ms :mod:`adapters.can.health` says which conditions hold (bus-off, silence,

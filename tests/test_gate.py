@@ -1,5 +1,6 @@
 """The broker's gate on the real broker: fetches answered from its copy are the broker's records,
-a long log's tail stays readable, and a producer the gate cannot read sends fetches to the broker."""
+a long log's tail stays readable, offset queries agree with the logs, and a producer the gate
+cannot read sends fetches to the broker."""
 
 from __future__ import annotations
 
@@ -151,6 +152,28 @@ def test_records_of_a_producer_gone_before_its_answer_are_served_at_once(tmp_pat
         assert [value for _, _, value, _ in got] == [b"last words", b"next"]
         assert time.monotonic() - started < 2.0, "readers waited for a gap to close"
         assert "go to the broker" not in (tmp_path / "logs" / "broker.log").read_text()
+
+
+def test_offset_queries_the_copy_answers_and_those_it_passes_on_agree_with_the_logs(broker: EmbeddedBroker) -> None:
+    """Ends and starts of partitions written through the gate come from its copy; a partition
+    it has not seen, in the same request, from the broker; the client gets one answer."""
+    written, empty = fresh_topic(broker), fresh_topic(broker)
+
+    async def offsets() -> tuple[dict[TopicPartition, int], dict[TopicPartition, int]]:
+        consumer = kafka_clients.consumer(broker.bootstrap, enable_auto_commit=False)
+        await consumer.start()
+        try:
+            tps = [TopicPartition(written, 0), TopicPartition(empty, 0)]
+            return await consumer.end_offsets(tps), await consumer.beginning_offsets(tps)
+        finally:
+            await consumer.stop()
+
+    asyncio.run(_produce(broker.bootstrap, written, [b"a", b"b", b"c"]))
+    assert asyncio.run(offsets()) == ({TopicPartition(written, 0): 3, TopicPartition(empty, 0): 0},
+                                      {TopicPartition(written, 0): 0, TopicPartition(empty, 0): 0})
+    asyncio.run(_produce(broker.bootstrap, written, [b"d", b"e"]))
+    asyncio.run(_produce(broker.bootstrap, empty, [b"first"]))
+    assert asyncio.run(offsets())[0] == {TopicPartition(written, 0): 5, TopicPartition(empty, 0): 1}
 
 
 async def _produce(bootstrap: str, topic: str, values: list[bytes], acks: int | str = "all") -> None:

@@ -166,3 +166,42 @@ def test_fetch_requests_read_as_aiokafka_writes_them(version: int) -> None:
     fetch = wire.read_fetch(wire.request_header(frame), frame)
     assert fetch.partitions == (wire.WantedPartition("t", 2, 17, 4096),)
     assert (fetch.max_wait_ms, fetch.min_bytes, fetch.sessionless) == (10, 1, True)
+
+
+def asked(timestamp: int, topic: str = "t", partition: int = 0) -> wire.AskedOffset:
+    return wire.AskedOffset(topic, partition, timestamp)
+
+
+def test_offset_queries_get_the_copy_s_end_and_start_and_only_what_it_knows() -> None:
+    mirror = LogMirror()
+    mirror.acknowledged("t", 0, 0, batch(b"a", b"b"))
+    mirror.acknowledged("t", 0, 2, batch(b"c"))
+    mirror.acknowledged("t", 1, 5, batch(b"after a gap"))  # offsets 0..4 not acknowledged yet
+    questions = [asked(wire.LATEST), asked(wire.EARLIEST), asked(1_700_000_000_000), asked(wire.LATEST, partition=1),
+                 asked(wire.LATEST, topic="never-written")]
+    assert mirror.offsets(questions) == {asked(wire.LATEST): 3, asked(wire.EARLIEST): 0}
+    mirror.acknowledged("t", 1, 0, batch(b"0", b"1", b"2", b"3", b"4"))
+    assert mirror.offsets([asked(wire.LATEST, partition=1)]) == {asked(wire.LATEST, partition=1): 6}
+    mirror.give_up("test")
+    assert mirror.offsets([asked(wire.LATEST)]) == {}
+
+
+@pytest.mark.parametrize("version", list(wire.LIST_OFFSETS_VERSIONS))
+def test_offset_queries_split_and_answers_merge_as_aiokafka_reads_them(version: int) -> None:
+    from aiokafka.protocol.offset import OffsetRequest
+
+    isolation = 1 if version >= 2 else 0  # read_committed needs v2
+    request = OffsetRequest(-1, isolation, [("t", [(0, wire.LATEST), (1, wire.EARLIEST)]), ("u", [(0, wire.LATEST)])])
+    struct_type = wire._LIST_OFFSETS_REQUESTS[version]
+    header = struct_type.API_KEY.to_bytes(2, "big") + version.to_bytes(2, "big") + (5).to_bytes(4, "big")
+    frame = header + (3).to_bytes(2, "big") + b"cli" + request.build(struct_type).encode()
+    parsed = wire.read_list_offsets(wire.request_header(frame), frame)
+    assert parsed.partitions == (asked(wire.LATEST), asked(wire.EARLIEST, partition=1), asked(wire.LATEST, topic="u"))
+    rest = wire.list_offsets_request(frame, wire.request_header(frame), parsed, parsed.partitions[2:])
+    assert rest[:14] == frame[:14], "the same header, so the same correlation id"
+    assert wire.read_list_offsets(wire.request_header(rest), rest).partitions == (asked(wire.LATEST, topic="u"),)
+    assert wire.read_list_offsets(wire.request_header(rest), rest).isolation_level == isolation
+    found = [wire.FoundOffset("t", 0, wire.NO_ERROR, -1, 7), wire.FoundOffset("u", 0, 3, -1, -1)]
+    answer = wire.list_offsets_answer(version, 5, found, throttle_ms=2 if version >= 2 else 0)
+    assert wire.response_correlation_id(answer) == 5
+    assert wire.read_list_offsets_answer(version, answer) == (2 if version >= 2 else 0, found)

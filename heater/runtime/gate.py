@@ -6,7 +6,9 @@ order the requests came, as Kafka requires. Two things happen on the way
 
 - Produce requests and their answers feed the gate's copy of the logs;
 - a Fetch the copy can answer is answered by the gate, at once if data is there, else when
-  data arrives or the client's fetch wait is over — never by the broker's listing.
+  data arrives or the client's fetch wait is over — never by the broker's listing;
+- a ListOffsets asking for ends and starts the copy knows is answered by the gate; the
+  broker answers the rest of it.
 
 The first answer of a librdkafka connection is made readable to it
 (:mod:`heater.runtime.api_versions`). A frame that does not read closes the connection;
@@ -20,13 +22,14 @@ import collections
 import logging
 import struct
 from dataclasses import dataclass
-from typing import Awaitable, Callable
+from typing import Awaitable, Callable, TypeVar
 
 from heater.runtime import kafka_wire as wire
 from heater.runtime.api_versions import is_flexible_api_versions, strip_tagged_fields
 from heater.runtime.log_mirror import LogMirror
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 #: Largest frame a client may send (the broker's own limit is about this).
 MAX_FRAME_BYTES = 100 * 1024 * 1024
@@ -126,6 +129,8 @@ class GateSession:
                 return self._forward(frame, correlation_id)  # the broker says what is wrong with it
             if fetch.sessionless and self.mirror.can_serve(fetch.partitions):
                 return asyncio.ensure_future(self._serve(fetch, correlation_id, frame))
+        elif api_key == wire.LIST_OFFSETS and api_version in wire.LIST_OFFSETS_VERSIONS:
+            return self._list_offsets(frame, correlation_id)
         elif api_key == wire.PRODUCE:
             return self._produce(frame, api_version, correlation_id)
         elif api_key == wire.DELETE_TOPICS:
@@ -161,6 +166,33 @@ class GateSession:
 
         return self._forward(frame, correlation_id, keep)
 
+    def _list_offsets(self, frame: bytes, correlation_id: int) -> Awaitable[bytes | None]:
+        """What the copy knows from it, the rest from the broker, in one answer."""
+        mirror = self.mirror
+        assert mirror is not None
+        try:
+            header = wire.request_header(frame)
+            request = wire.read_list_offsets(header, frame)
+        except wire.WireError:
+            return self._forward(frame, correlation_id)  # the broker says what is wrong with it
+        known = mirror.offsets(request.partitions)
+        if not known:
+            return self._forward(frame, correlation_id)
+        ours = [wire.FoundOffset(q.topic, q.partition, wire.NO_ERROR, -1, offset) for q, offset in known.items()]
+        rest = [question for question in request.partitions if question not in known]
+        if not rest:
+            return _ready(framed(wire.list_offsets_answer(request.version, correlation_id, ours)))
+
+        def merge(answer: bytes) -> bytes:
+            try:
+                throttle_ms, theirs = wire.read_list_offsets_answer(request.version, answer)
+            except wire.WireError as exc:
+                log.warning("a ListOffsets answer the gate cannot read (%s): passed on as it came", exc)
+                return answer
+            return wire.list_offsets_answer(request.version, correlation_id, theirs + ours, throttle_ms)
+
+        return self._forward(wire.list_offsets_request(frame, header, request, rest), correlation_id, merge)
+
     def _deleting(self, frame: bytes) -> None:
         assert self.mirror is not None
         try:
@@ -178,9 +210,7 @@ class GateSession:
     def _send_only(self, frame: bytes) -> asyncio.Future[None]:
         """A request the broker does not answer (Produce with acks=0): nothing goes back."""
         self.broker_writer.write(framed(frame))
-        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        done.set_result(None)
-        return done
+        return _ready(None)
 
     async def _serve(self, fetch: wire.Fetch, correlation_id: int, frame: bytes) -> bytes:
         mirror = self.mirror
@@ -225,6 +255,13 @@ class GateSession:
                     await self.client_writer.drain()
         except ConnectionError:
             pass  # the client went away
+
+
+def _ready(reply: T) -> asyncio.Future[T]:
+    """A reply known at once, in the queue of replies like any other."""
+    done: asyncio.Future[T] = asyncio.get_running_loop().create_future()
+    done.set_result(reply)
+    return done
 
 
 def _acks(frame: bytes) -> int | None:

@@ -1,8 +1,8 @@
 """The few Kafka wire formats the local broker's gate reads and writes.
 
-The gate (:mod:`heater.runtime.gate`) looks into three kinds of request — Produce, to keep
-its copy of every log; Fetch, to answer from that copy; DeleteTopics, to forget a log — and
-into Produce answers, for the offsets the broker gave. Only the non-flexible versions that
+The gate (:mod:`heater.runtime.gate`) looks into four kinds of request — Produce, to keep
+its copy of every log; Fetch and ListOffsets, to answer from that copy; DeleteTopics, to
+forget a log — and into Produce answers, for the offsets the broker gave. Only the non-flexible versions that
 aiokafka (and so Faust) speaks are read; anything else is passed through untouched, and a
 Produce the gate cannot read makes it stop answering fetches (see :mod:`heater.runtime.log_mirror`).
 The request and answer layouts are aiokafka's own protocol classes.
@@ -13,28 +13,37 @@ from __future__ import annotations
 import struct
 from dataclasses import dataclass
 from io import BytesIO
-from typing import Iterator
+from typing import Iterable, Iterator
 
 from aiokafka.protocol import admin as _admin
 from aiokafka.protocol import fetch as _fetch
+from aiokafka.protocol import offset as _offset
 from aiokafka.protocol import produce as _produce
 
 PRODUCE = 0
 FETCH = 1
+LIST_OFFSETS = 2
 DELETE_TOPICS = 20
 
 #: Versions read here: the non-flexible ones (flexible headers carry tagged fields).
 PRODUCE_VERSIONS = range(3, 9)
 FETCH_VERSIONS = range(4, 12)
 DELETE_TOPICS_VERSIONS = range(0, 4)
+#: v0 asks for a list of offsets per partition, a different layout; aiokafka speaks v1-v3.
+LIST_OFFSETS_VERSIONS = range(1, 4)
 
 _PRODUCE_REQUESTS = {v: getattr(_produce, f"ProduceRequest_v{v}") for v in PRODUCE_VERSIONS}
 _PRODUCE_RESPONSES = {v: getattr(_produce, f"ProduceResponse_v{v}") for v in PRODUCE_VERSIONS}
 _FETCH_REQUESTS = {v: getattr(_fetch, f"FetchRequest_v{v}") for v in FETCH_VERSIONS}
 _FETCH_RESPONSES = {v: getattr(_fetch, f"FetchResponse_v{v}") for v in FETCH_VERSIONS}
 _DELETE_TOPICS_REQUESTS = {v: getattr(_admin, f"DeleteTopicsRequest_v{v}") for v in DELETE_TOPICS_VERSIONS}
+_LIST_OFFSETS_REQUESTS = {v: getattr(_offset, f"OffsetRequest_v{v}") for v in LIST_OFFSETS_VERSIONS}
+_LIST_OFFSETS_RESPONSES = {v: getattr(_offset, f"OffsetResponse_v{v}") for v in LIST_OFFSETS_VERSIONS}
 
 NO_ERROR = 0
+#: ListOffsets' timestamps that ask for the log's end and its start.
+LATEST = -1
+EARLIEST = -2
 #: A record batch's fixed header: base offset (8), length (4), leader epoch (4), magic (1),
 #: crc (4), attributes (2), last offset delta (4).
 _BATCH_HEADER = struct.Struct(">qiibIhi")
@@ -178,6 +187,73 @@ def fetch_answer(version: int, correlation_id: int, served: list[Served]) -> byt
         head += [NO_ERROR, 0]  # error, session id
     body = struct.pack(">i", correlation_id) + response_type(*head, topics).encode()
     return struct.pack(">i", len(body)) + body
+
+
+@dataclass(frozen=True)
+class AskedOffset:
+    """One partition of a ListOffsets request: its offset at ``timestamp`` (or LATEST, EARLIEST)."""
+
+    topic: str
+    partition: int
+    timestamp: int
+
+
+@dataclass(frozen=True)
+class ListOffsets:
+    version: int
+    replica_id: int
+    isolation_level: int  # read (v2+) and written back as it came; v1 has none
+    partitions: tuple[AskedOffset, ...]
+
+
+@dataclass(frozen=True)
+class FoundOffset:
+    """One partition of a ListOffsets answer."""
+
+    topic: str
+    partition: int
+    error_code: int
+    timestamp: int
+    offset: int
+
+
+def read_list_offsets(header: RequestHeader, frame: bytes) -> ListOffsets:
+    request_type = _LIST_OFFSETS_REQUESTS.get(header.api_version)
+    if request_type is None:
+        raise WireError(f"ListOffsets v{header.api_version} is not read here")
+    request = _decode(request_type, frame, header.body_at)
+    isolation_level = request.isolation_level if header.api_version >= 2 else 0
+    asked = tuple(AskedOffset(topic, partition, timestamp) for topic, entries in request.topics
+                  for partition, timestamp in entries)
+    return ListOffsets(header.api_version, request.replica_id, isolation_level, asked)
+
+
+def list_offsets_request(frame: bytes, header: RequestHeader, request: ListOffsets,
+                         partitions: Iterable[AskedOffset]) -> bytes:
+    """``frame`` asking for ``partitions`` only (same header, so the same correlation id)."""
+    by_topic: dict[str, list[tuple[int, int]]] = {}
+    for asked in partitions:
+        by_topic.setdefault(asked.topic, []).append((asked.partition, asked.timestamp))
+    head: list[object] = [request.replica_id]
+    if request.version >= 2:
+        head.append(request.isolation_level)
+    return frame[:header.body_at] + _LIST_OFFSETS_REQUESTS[request.version](*head, list(by_topic.items())).encode()
+
+
+def read_list_offsets_answer(version: int, frame: bytes) -> tuple[int, list[FoundOffset]]:
+    """The throttle time (0 before v2) and the partitions of a ListOffsets answer (no length prefix)."""
+    answer = _decode(_LIST_OFFSETS_RESPONSES[version], frame, 4)
+    throttle = answer.throttle_time_ms if version >= 2 else 0
+    return throttle, [FoundOffset(topic, *entry) for topic, entries in answer.topics for entry in entries]
+
+
+def list_offsets_answer(version: int, correlation_id: int, found: Iterable[FoundOffset], throttle_ms: int = 0) -> bytes:
+    """A ListOffsets answer body (no length prefix) in ``version``'s layout."""
+    by_topic: dict[str, list[tuple[int, int, int, int]]] = {}
+    for entry in found:
+        by_topic.setdefault(entry.topic, []).append((entry.partition, entry.error_code, entry.timestamp, entry.offset))
+    head: list[object] = [throttle_ms] if version >= 2 else []
+    return struct.pack(">i", correlation_id) + _LIST_OFFSETS_RESPONSES[version](*head, list(by_topic.items())).encode()
 
 
 def read_deleted_topics(header: RequestHeader, frame: bytes) -> list[str]:

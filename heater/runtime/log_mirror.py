@@ -1,4 +1,4 @@
-"""The gate's copy of the local broker's logs, from which it answers fetches.
+"""The gate's copy of the local broker's logs, from which it answers fetches and offset queries.
 
 Why: the broker's memory storage keeps each record batch as an object of its own and lists
 every object of a partition on each fetch that returns data (measured: ~1 µs per batch per
@@ -29,7 +29,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Iterable
 
-from heater.runtime.kafka_wire import BatchHeader, Served, WantedPartition, batches, with_base_offset
+from heater.runtime.kafka_wire import EARLIEST, LATEST, AskedOffset, BatchHeader, Served, WantedPartition, batches, with_base_offset
 
 log = logging.getLogger(__name__)
 
@@ -192,6 +192,32 @@ class LogMirror:
             served.append(Served(want.topic, want.partition, high, records))
             total += len(records)
         return served, total
+
+    def offsets(self, asked: Iterable[AskedOffset]) -> dict[AskedOffset, int]:
+        """The ends (LATEST) and starts (EARLIEST) the copy knows for certain, of those asked.
+
+        Why: the broker's memory storage answers ListOffsets in time proportional to the
+        partition's length (measured on ``sensorData``: 1.2 ms empty, 23 ms at 20,000
+        records, 58 ms at 60,000), and every start of a service asks many times, so starts
+        grew slower the longer the platform ran.
+
+        A partition the copy holds had records acknowledged since the broker started, so it
+        exists; with no batch waiting behind a gap, its end is the copy's end. The memory
+        store keeps every record, so a log starts at 0 (as fetch answers say). A time, a
+        partition the copy has not seen (it may not exist) or one given up: the broker answers.
+        """
+        if self.given_up:
+            return {}
+        known: dict[AskedOffset, int] = {}
+        for question in asked:
+            log_ = self.partitions.get((question.topic, question.partition))
+            if log_ is None or log_.waiting:
+                continue
+            if question.timestamp == LATEST:
+                known[question] = log_.high
+            elif question.timestamp == EARLIEST:
+                known[question] = 0
+        return known
 
     async def wait_for_growth(self, wanted: Iterable[WantedPartition], timeout: float) -> None:
         """Return when any of ``wanted`` grows (or leaves the copy), or after ``timeout``."""

@@ -8,7 +8,10 @@ to Faust:
 * ``ListOffsets(latest)`` answers the base offset of the last record *batch*
   plus one instead of the high watermark.  Faust's table recovery reads the
   changelog up to that offset, so it stops early and misses keys (or raises
-  ``ConsistencyError`` when a persisted offset lies beyond it).
+  ``ConsistencyError`` when a persisted offset lies beyond it).  The broker's
+  gate answers it correctly for every log its copy holds
+  (:mod:`heater.runtime.log_mirror`); the tail probe here stays for the rest,
+  and then finds the end in one read.
 
 An app opts in through its broker URL, e.g.
 ``broker="tansu://127.0.0.1:9092?fetch_wait_ms=10"``, after :func:`register`

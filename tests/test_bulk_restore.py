@@ -1,7 +1,8 @@
 """Integration tests for ``streams.tables.bulk_restore`` on the session broker.
 
-Changelogs are written with normal producer batching (5 ms linger), so the
-broker's raw end offsets fall short and the ``tansu://`` correction matters.
+Changelogs are written with normal producer batching (5 ms linger), in batches
+of many records, as the services write them (the broker's own short end offsets
+for such logs, and their correction, are in ``tests/test_transport.py``).
 A worker subprocess then starts Faust on the data directory and reports its
 table and how many changelog records Faust's own recovery had to replay.
 """

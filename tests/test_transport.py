@@ -1,10 +1,13 @@
 """Integration tests for the Tansu transport (``streams.transport``) on a real broker.
 
 The broker's ``ListOffsets(latest)`` answers the base offset of the last batch
-plus one, so these tests produce with normal batching (5 ms linger) to make
-the raw end offset fall short, then check that the transport corrects it,
-that a Faust table rebuilt from an empty data directory holds every key, and
-that the fetch wait set on the broker URL reaches the aiokafka consumer.
+plus one. The gate answers it right for every log its copy holds, so these tests
+run the broker without the copy, as it answers where the gate stands aside
+(``tests/test_gate.py`` shows the gate's answers). They produce with normal
+batching (5 ms linger) to make the raw end offset fall short, then check that the
+transport corrects it, that a Faust table rebuilt from an empty data directory
+holds every key, and that the fetch wait set on the broker URL reaches the
+aiokafka consumer.
 """
 
 from __future__ import annotations
@@ -16,13 +19,14 @@ import subprocess
 import sys
 import uuid
 from pathlib import Path
-from typing import Any, Dict
+from typing import Any, Dict, Iterator
 
 import faust
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
+from heater.runtime.broker import EmbeddedBroker
 from streams.transport import DEFAULT_FETCH_WAIT_MS, register, true_end_offsets
 
 REPO = Path(__file__).resolve().parents[1]
@@ -56,6 +60,13 @@ async def check() -> None:
 
 app.main()
 """
+
+
+@pytest.fixture(scope="module")
+def bare_broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedBroker]:
+    """The broker binary answering every request itself (the gate keeps no copy)."""
+    with EmbeddedBroker(tmp_path_factory.mktemp("bare-broker"), mirror=False) as running:
+        yield running
 
 
 async def fill(bootstrap: str, topic: str, n: int, partitions: int = 1) -> Dict[int, int]:
@@ -102,10 +113,10 @@ def run_worker(broker_url: str, app_id: str, tmp_path: Path) -> Dict[str, Any]:
     return json.loads(result.read_text())
 
 
-async def test_corrected_end_offsets_count_every_record(broker: Any) -> None:
+async def test_corrected_end_offsets_count_every_record(bare_broker: EmbeddedBroker) -> None:
     topic = f"offsets-{uuid.uuid4().hex[:8]}"
-    counts = await fill(broker.bootstrap, topic, 5_000, partitions=2)
-    consumer = AIOKafkaConsumer(bootstrap_servers=broker.bootstrap)
+    counts = await fill(bare_broker.bootstrap, topic, 5_000, partitions=2)
+    consumer = AIOKafkaConsumer(bootstrap_servers=bare_broker.bootstrap)
     await consumer.start()
     try:
         tps = [TopicPartition(topic, p) for p in counts]
@@ -117,19 +128,19 @@ async def test_corrected_end_offsets_count_every_record(broker: Any) -> None:
     assert {tp.partition: end for tp, end in corrected.items()} == counts
 
 
-async def test_table_recovers_every_key(broker: Any, tmp_path: Path) -> None:
+async def test_table_recovers_every_key(bare_broker: EmbeddedBroker, tmp_path: Path) -> None:
     app_id = f"recover-{uuid.uuid4().hex[:8]}"
-    await fill(broker.bootstrap, f"{app_id}-kv-changelog", RECOVERY_KEYS)
-    url = f"tansu://{broker.bootstrap}?fetch_wait_ms=10"
+    await fill(bare_broker.bootstrap, f"{app_id}-kv-changelog", RECOVERY_KEYS)
+    url = f"tansu://{bare_broker.bootstrap}?fetch_wait_ms=10"
     result = await asyncio.to_thread(run_worker, url, app_id, tmp_path)
     assert result == {"missing": 0, "fetch_wait_ms": 10}
 
 
-async def test_plain_kafka_transport_misses_keys(broker: Any, tmp_path: Path) -> None:
+async def test_plain_kafka_transport_misses_keys(bare_broker: EmbeddedBroker, tmp_path: Path) -> None:
     """Control: without the correction the same recovery stops early."""
     app_id = f"plain-{uuid.uuid4().hex[:8]}"
-    await fill(broker.bootstrap, f"{app_id}-kv-changelog", RECOVERY_KEYS)
-    result = await asyncio.to_thread(run_worker, f"kafka://{broker.bootstrap}", app_id, tmp_path)
+    await fill(bare_broker.bootstrap, f"{app_id}-kv-changelog", RECOVERY_KEYS)
+    result = await asyncio.to_thread(run_worker, f"kafka://{bare_broker.bootstrap}", app_id, tmp_path)
     assert result["missing"] > 0
 
 

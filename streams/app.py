@@ -34,7 +34,7 @@ from streams.log_identity import LogIdentity
 from streams.platform_watch import PlatformWatch
 from streams.records import RECORD_FOR_TOPIC, HeaterRecord
 from streams.resilience import VAULT, Dependency
-from streams.settings import FETCH_WAIT_MS, Settings, faust_options
+from streams.settings import Settings, faust_options
 from streams.transport import register as register_transport
 from streams.web_driver import register as register_web_driver
 
@@ -209,7 +209,7 @@ class HeaterService:
     async def start_platform_watch(self) -> None:
         """Follow the FATAL latch and the alarm book; then the alarm client can work."""
         settings = Settings.from_env()
-        self.watch = PlatformWatch(settings.broker_bootstrap, self.spec.name, FETCH_WAIT_MS)
+        self.watch = PlatformWatch(settings.broker_bootstrap, self.spec.name)
         await self.watch.start()
         self.alarms = AlarmClient(self.spec.name, self._send_raw, self.watch)
         self.watch.on_change.append(self._on_latch_change)

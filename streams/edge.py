@@ -37,7 +37,7 @@ from streams.metrics import MESSAGES_SENT, REFUSALS
 from streams.lifecycle import Phase, ServiceKind, ServiceSpec, ServiceStatus
 from streams.platform_watch import PlatformWatch
 from streams.resilience import VAULT, Dependency
-from streams.settings import FETCH_WAIT_MS, Settings
+from streams.settings import WATCH_FETCH_WAIT_MS, Settings
 
 log = logging.getLogger(__name__)
 
@@ -52,7 +52,8 @@ FatalHook = Callable[[LatchView], Awaitable[None]]
 class EdgeService:
     """Lifecycle and plumbing shared by the CAN and I2C adapters."""
 
-    def __init__(self, spec: ServiceSpec, settings: Settings | None = None, linger_ms: int = 0) -> None:
+    def __init__(self, spec: ServiceSpec, settings: Settings | None = None, linger_ms: int = 0,
+                 watch_fetch_wait_ms: int = WATCH_FETCH_WAIT_MS) -> None:
         self.spec = spec
         self.settings = settings or Settings.from_env()
         self.status = ServiceStatus()
@@ -61,6 +62,8 @@ class EdgeService:
         #: This service's spans (:mod:`streams.tracing`); a tracing setting that cannot work stops it here.
         self.tracer = tracing.tracer(spec.name, self.settings)
         self.linger_ms = linger_ms
+        #: The platform watch's fetch wait: short only where the FATAL trip follows the watch.
+        self.watch_fetch_wait_ms = watch_fetch_wait_ms
         self.producer: AIOKafkaProducer | None = None
         self.watch: PlatformWatch | None = None
         self.alarms: AlarmClient | None = None
@@ -189,7 +192,7 @@ class EdgeService:
         self.producer = kafka_clients.producer(bootstrap, settings=self.settings, linger_ms=self.linger_ms,
                                                request_timeout_ms=10_000)
         await asyncio.wait_for(self.producer.start(), 15)
-        self.watch = PlatformWatch(bootstrap, self.spec.name, FETCH_WAIT_MS)
+        self.watch = PlatformWatch(bootstrap, self.spec.name, self.watch_fetch_wait_ms)
         await self.watch.start()
         self.alarms = AlarmClient(self.spec.name, self._send_and_wait, self.watch)
 

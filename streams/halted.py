@@ -23,14 +23,14 @@ from streams.settings import Settings
 log = logging.getLogger(__name__)
 
 
-def run_halted(spec: ServiceSpec, settings: Settings, watch_fetch_wait_ms: int = 100) -> int:
+def run_halted(spec: ServiceSpec, settings: Settings) -> int:
     """Serve health while halted; return ``RELEASED`` after a reset, ``DONE`` on SIGTERM."""
-    return asyncio.run(_serve(spec, settings, watch_fetch_wait_ms))
+    return asyncio.run(_serve(spec, settings))
 
 
-async def _serve(spec: ServiceSpec, settings: Settings, fetch_wait_ms: int) -> int:
+async def _serve(spec: ServiceSpec, settings: Settings) -> int:
     service = spec.name
-    watch = PlatformWatch(settings.broker_bootstrap, service, fetch_wait_ms)
+    watch = PlatformWatch(settings.broker_bootstrap, service)
     await watch.start()
     released = asyncio.Event()
     stop = asyncio.Event()

@@ -20,13 +20,14 @@ from typing import Awaitable, Callable
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
-from streams import kafka_clients, metrics, topics, tracing
+from streams import metrics, topics, tracing
 from streams.alarm_book import AlarmBook
 from streams.codec import DecodeError, decode
 from streams.config_rules import ConfigBook
 from streams.latch import LatchView
 from streams.records import RECORD_FOR_TOPIC, Alarm, AlarmClear, PlatformLatch
-from streams.readers import follower, open_reader
+from streams.readers import follower, open_reader_at_ends
+from streams.settings import WATCH_FETCH_WAIT_MS
 
 log = logging.getLogger(__name__)
 
@@ -40,7 +41,7 @@ UNREADABLE_TAIL_S = 2.0
 class PlatformWatch:
     """The alarm book and FATAL latch, followed live."""
 
-    def __init__(self, bootstrap: str, service: str, fetch_wait_ms: int = 100) -> None:
+    def __init__(self, bootstrap: str, service: str, fetch_wait_ms: int = WATCH_FETCH_WAIT_MS) -> None:
         self.bootstrap = bootstrap
         self.service = service
         self.fetch_wait_ms = fetch_wait_ms
@@ -57,10 +58,8 @@ class PlatformWatch:
 
     async def start(self, timeout: float = 15.0) -> None:
         """Connect and read everything up to the current end, so decisions start informed."""
-        consumer = await open_reader(self.bootstrap, WATCHED, fetch_wait_ms=self.fetch_wait_ms, from_end=False, timeout=timeout)
-        self._consumer = consumer
-        partitions = list(consumer.assignment())
-        ends = await kafka_clients.log_ends(consumer, partitions)
+        self._consumer, ends = await open_reader_at_ends(self.bootstrap, WATCHED, fetch_wait_ms=self.fetch_wait_ms,
+                                                         from_end=False, timeout=timeout, follow=True)
         await asyncio.wait_for(self._catch_up(ends), timeout)
 
     async def _catch_up(self, ends: dict[TopicPartition, int]) -> None:

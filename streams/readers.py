@@ -94,6 +94,22 @@ async def open_reader(
     A fetch is answered once ``fetch_min_bytes`` are there or ``fetch_wait_ms`` is over:
     the default answers each record as it arrives.
     """
+    consumer, _ = await open_reader_at_ends(bootstrap, topic_names, fetch_wait_ms=fetch_wait_ms, from_end=from_end,
+                                            timeout=timeout, fetch_min_bytes=fetch_min_bytes)
+    return consumer
+
+
+async def open_reader_at_ends(
+    bootstrap: str, topic_names: Iterable[str], *, fetch_wait_ms: int, from_end: bool, timeout: float = 15.0,
+    fetch_min_bytes: int = 1, follow: bool = False,
+) -> tuple[AIOKafkaConsumer, dict[TopicPartition, int]]:
+    """:func:`open_reader`, and where each partition's log ended as it opened (``follow`` as in
+    :func:`streams.kafka_clients.log_ends`).
+
+    The ends are asked before the reader is assigned anything. Once it is, its fetch waits at
+    the broker for data, and the broker answers a connection's requests in the order they
+    came: a question asked behind that fetch on a quiet log waits out ``fetch_wait_ms``.
+    """
     settings = Settings.from_env()
     consumer = kafka_clients.consumer(
         bootstrap,
@@ -109,14 +125,14 @@ async def open_reader(
     partitions = [
         TopicPartition(topic, p) for topic in topic_names for p in (consumer.partitions_for_topic(topic) or {0})
     ]
+    ends = await kafka_clients.log_ends(consumer, partitions, follow=follow, settings=settings)
     consumer.assign(partitions)
     if from_end:
-        ends = await kafka_clients.log_ends(consumer, partitions, follow=False, settings=settings)
         for tp in partitions:
             consumer.seek(tp, ends.get(tp, 0))
     else:
         await consumer.seek_to_beginning(*partitions)
-    return consumer
+    return consumer, ends
 
 
 def follower(what: str) -> Dependency:

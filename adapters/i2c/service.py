@@ -655,7 +655,7 @@ def main() -> int:
     except (OSError, ValueError) as exc:
         log.error("i2c: cannot open the I2C bus %r: %s", settings.i2c_bus, exc)
         return exitcodes.DEPENDENCY_MISSING
-    service = EdgeService(SPEC, settings)
+    service = EdgeService(SPEC, settings, watch_fetch_wait_ms=FETCH_WAIT_MS)  # its watch trips the Pico on FATAL
     adapter = RelayAdapter(service, board)
     adapter.install()
     try:

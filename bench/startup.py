@@ -8,11 +8,13 @@
 * on that platform, every service killed with SIGKILL in turn: the kill → the restarted
   process answers ready (supervisord restarts it, as Kubernetes would).
 
-Ends with one JSON line. Run: ``python bench/startup.py``.
+Ends with one JSON line. Run: ``python bench/startup.py [--run-dir DIR]``.
 """
 
 from __future__ import annotations
 
+import argparse
+import contextlib
 import json
 import os
 import signal
@@ -63,9 +65,17 @@ def kill9_ready_s(platform: Platform, component: Component) -> float:
     raise TimeoutError(f"{component.name} not ready {KILL_READY_TIMEOUT_S:.0f} s after kill -9")
 
 
-def main() -> None:
-    with tempfile.TemporaryDirectory(prefix="bench-startup-") as tmp:
-        root = Path(tmp)
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--run-dir", type=Path, default=None,
+                        help="keep the brokers', Vault's and the platform's run directories (logs) here")
+    args = parser.parse_args(argv)
+    with contextlib.ExitStack() as stack:
+        if args.run_dir is not None:
+            root = args.run_dir.resolve()
+            root.mkdir(parents=True, exist_ok=True)
+        else:
+            root = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="bench-startup-")))
         with EmbeddedVault(root / "vault") as vault:
             with EmbeddedBroker(root / "broker") as broker:
                 local = [worker_ready_s(broker, vault, root / f"local{i}", "local") for i in range(RUNS)]

@@ -55,7 +55,6 @@ import os
 import signal
 import statistics
 import sys
-import tempfile
 import time
 import uuid
 from pathlib import Path
@@ -66,6 +65,7 @@ sys.path.insert(0, str(ROOT))
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer  # noqa: E402
 
+from bench.rundir import run_root  # noqa: E402
 from bench.stats import percentile  # noqa: E402
 from heater import credentials, reset  # noqa: E402
 from heater.catalogue import COMPONENTS  # noqa: E402
@@ -764,11 +764,7 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, on_term)
     limits = HeaterLimits.from_env()
     with contextlib.ExitStack() as stack:
-        if args.run_dir is not None:
-            root = args.run_dir.resolve()
-            root.mkdir(parents=True, exist_ok=True)
-        else:
-            root = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="bench-fatal-")))
+        root = run_root(stack, args.run_dir, "bench-fatal-")
         bench = Bench(root, limits, log=root / "trials.jsonl" if args.run_dir is not None else None, bus_rate=args.bus_rate)
         load_before = os.getloadavg()[0]
         error: str | None = None

@@ -20,13 +20,13 @@ import os
 import signal
 import statistics
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.procstats import cpu_by_process, rss_mb, tree_pids  # noqa: E402
+from bench.rundir import run_root  # noqa: E402
 from heater.catalogue import COMPONENTS, Component  # noqa: E402
 from heater.platform import Platform  # noqa: E402
 from heater.probes import READY, probe  # noqa: E402
@@ -71,11 +71,7 @@ def main(argv: list[str] | None = None) -> None:
                         help="keep the brokers', Vault's and the platform's run directories (logs) here")
     args = parser.parse_args(argv)
     with contextlib.ExitStack() as stack:
-        if args.run_dir is not None:
-            root = args.run_dir.resolve()
-            root.mkdir(parents=True, exist_ok=True)
-        else:
-            root = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="bench-startup-")))
+        root = run_root(stack, args.run_dir, "bench-startup-")
         with EmbeddedVault(root / "vault") as vault:
             with EmbeddedBroker(root / "broker") as broker:
                 local = [worker_ready_s(broker, vault, root / f"local{i}", "local") for i in range(RUNS)]

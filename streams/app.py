@@ -60,6 +60,9 @@ class HeaterService:
         self.status = ServiceStatus()
         self._checks: list[StartupCheck] = []
         self.watch: PlatformWatch | None = None
+        #: A watch this process read the history with before the worker started (stopped);
+        #: the service's own watch goes on from it.
+        self.watch_read: PlatformWatch | None = None
         self.alarms: AlarmClient | None = None
         #: Vault at run time: every call through timeout, backoff and breaker, with its outage alarm.
         self.vault = Dependency(VAULT, lambda: self.alarms)
@@ -209,7 +212,8 @@ class HeaterService:
     async def start_platform_watch(self) -> None:
         """Follow the FATAL latch and the alarm book; then the alarm client can work."""
         settings = Settings.from_env()
-        self.watch = PlatformWatch(settings.broker_bootstrap, self.spec.name)
+        self.watch = PlatformWatch(settings.broker_bootstrap, self.spec.name, resume=self.watch_read)
+        self.watch_read = None
         await self.watch.start()
         self.alarms = AlarmClient(self.spec.name, self._send_raw, self.watch)
         self.watch.on_change.append(self._on_latch_change)

@@ -23,14 +23,14 @@ from streams.settings import Settings
 log = logging.getLogger(__name__)
 
 
-def run_halted(spec: ServiceSpec, settings: Settings) -> int:
-    """Serve health while halted; return ``RELEASED`` after a reset, ``DONE`` on SIGTERM."""
-    return asyncio.run(_serve(spec, settings))
+def run_halted(spec: ServiceSpec, settings: Settings, watch: PlatformWatch) -> int:
+    """Serve health while halted, following the latch with ``watch`` (started and stopped here);
+    return ``RELEASED`` after a reset, ``DONE`` on SIGTERM."""
+    return asyncio.run(_serve(spec, settings, watch))
 
 
-async def _serve(spec: ServiceSpec, settings: Settings) -> int:
+async def _serve(spec: ServiceSpec, settings: Settings, watch: PlatformWatch) -> int:
     service = spec.name
-    watch = PlatformWatch(settings.broker_bootstrap, service)
     await watch.start()
     released = asyncio.Event()
     stop = asyncio.Event()

@@ -41,7 +41,8 @@ UNREADABLE_TAIL_S = 2.0
 class PlatformWatch:
     """The alarm book and FATAL latch, followed live."""
 
-    def __init__(self, bootstrap: str, service: str, fetch_wait_ms: int = WATCH_FETCH_WAIT_MS) -> None:
+    def __init__(self, bootstrap: str, service: str, fetch_wait_ms: int = WATCH_FETCH_WAIT_MS,
+                 resume: PlatformWatch | None = None) -> None:
         self.bootstrap = bootstrap
         self.service = service
         self.fetch_wait_ms = fetch_wait_ms
@@ -55,11 +56,32 @@ class PlatformWatch:
         self._consumer: AIOKafkaConsumer | None = None
         self._broker = follower("platform watch")
         self._task: asyncio.Task[None] | None = None
+        #: Where the state stands: the offset after the last record applied, per partition
+        #: read from. A watch that ``resume``s this one (stopped) reads on from there.
+        self.positions: dict[TopicPartition, int] = {}
+        self._resume = resume
 
     async def start(self, timeout: float = 15.0) -> None:
-        """Connect and read everything up to the current end, so decisions start informed."""
-        self._consumer, ends = await open_reader_at_ends(self.bootstrap, WATCHED, fetch_wait_ms=self.fetch_wait_ms,
-                                                         from_end=False, timeout=timeout, follow=True)
+        """Connect and read everything up to the current end, so decisions start informed.
+
+        A process reads the history once: a watch that resumes one this process stopped (the
+        latch check before the worker starts, the halted wait) takes over its state and reads
+        on from its positions. Each start read the whole alarm history twice or three times,
+        and it grows with every FATAL and reset. Where a log no longer reaches a position (the
+        local broker started over in between), the history is read from the beginning.
+        """
+        resume = self._resume if self._resume is not None and self._resume.positions else None
+        self._consumer, ends = await open_reader_at_ends(
+            self.bootstrap, WATCHED, fetch_wait_ms=self.fetch_wait_ms, from_end=False, timeout=timeout, follow=True,
+            start_at=resume.positions if resume is not None else None)
+        if resume is not None:
+            if all(tp in ends and offset <= ends[tp] for tp, offset in resume.positions.items()):
+                self.book, self.latch, self.config = resume.book, resume.latch, resume.config
+                self._config_changed = resume._config_changed  # not yet told to anyone
+                self.positions = dict(resume.positions)
+            else:
+                await self._consumer.seek_to_beginning(*self._consumer.assignment())
+        self._resume = None
         await asyncio.wait_for(self._catch_up(ends), timeout)
 
     async def _catch_up(self, ends: dict[TopicPartition, int]) -> None:
@@ -110,6 +132,7 @@ class PlatformWatch:
             for message in messages:
                 before = self.latch.latched
                 self._apply(tp.topic, message.key, message.value)
+                self.positions[tp] = message.offset + 1
                 if self.latch.latched != before and changed_by is None:
                     changed_by = message
         metrics.LATCHED.labels(self.service).set(int(self.latch.latched))

@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from typing import Any, Iterable
+from typing import Any, Iterable, Mapping
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
@@ -101,10 +101,11 @@ async def open_reader(
 
 async def open_reader_at_ends(
     bootstrap: str, topic_names: Iterable[str], *, fetch_wait_ms: int, from_end: bool, timeout: float = 15.0,
-    fetch_min_bytes: int = 1, follow: bool = False,
+    fetch_min_bytes: int = 1, follow: bool = False, start_at: Mapping[TopicPartition, int] | None = None,
 ) -> tuple[AIOKafkaConsumer, dict[TopicPartition, int]]:
     """:func:`open_reader`, and where each partition's log ended as it opened (``follow`` as in
-    :func:`streams.kafka_clients.log_ends`).
+    :func:`streams.kafka_clients.log_ends`). A partition in ``start_at`` is read from there
+    instead, if its log reaches that far.
 
     The ends are asked before the reader is assigned anything. Once it is, its fetch waits at
     the broker for data, and the broker answers a connection's requests in the order they
@@ -127,11 +128,15 @@ async def open_reader_at_ends(
     ]
     ends = await kafka_clients.log_ends(consumer, partitions, follow=follow, settings=settings)
     consumer.assign(partitions)
+    placed = {tp: offset for tp, offset in (start_at or {}).items() if tp in ends and offset <= ends[tp]}
+    for tp, offset in placed.items():
+        consumer.seek(tp, offset)
+    rest = [tp for tp in partitions if tp not in placed]
     if from_end:
-        for tp in partitions:
+        for tp in rest:
             consumer.seek(tp, ends.get(tp, 0))
-    else:
-        await consumer.seek_to_beginning(*partitions)
+    elif rest:
+        await consumer.seek_to_beginning(*rest)
     return consumer, ends
 
 

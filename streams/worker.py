@@ -108,20 +108,24 @@ def request_exit(service: HeaterService, code: int) -> None:
     os.kill(os.getpid(), signal.SIGTERM)
 
 
-def latched_at_start(service: HeaterService, settings: Settings) -> bool:
-    """Read the latch before anything starts, so a control service never acts while latched."""
+def watch_at_start(service: HeaterService, settings: Settings) -> PlatformWatch:
+    """Read the latch before anything starts, so a control service never acts while latched.
 
-    async def look() -> bool:
+    The watch comes back stopped: what it read (the latch, and where it read to) is where
+    the process's next watch goes on from.
+    """
+
+    async def look() -> PlatformWatch:
         watch = PlatformWatch(settings.broker_bootstrap, service.spec.name)
         try:
             await watch.start()
-            return watch.latch.latched
+            return watch
         finally:
             await watch.stop()
 
-    latched = asyncio.run(look())
+    watch = asyncio.run(look())
     asyncio.set_event_loop(asyncio.new_event_loop())  # asyncio.run closed its own; Faust needs one
-    return latched
+    return watch
 
 
 def run(name: str, loglevel: str = "info") -> int:
@@ -131,12 +135,13 @@ def run(name: str, loglevel: str = "info") -> int:
     settings = Settings.from_env()
     if service.spec.kind is ServiceKind.CONTROL:
         try:
-            latched = latched_at_start(service, settings)
+            watch = watch_at_start(service, settings)
         except (OSError, asyncio.TimeoutError, KafkaError) as exc:
             log.error("%s: cannot read the platform latch from %s: %s", name, settings.broker_bootstrap, exc)
             return exitcodes.DEPENDENCY_MISSING
-        if latched:
-            code = run_halted(service.spec, settings)
+        if watch.latch.latched:
+            watch = PlatformWatch(settings.broker_bootstrap, name, resume=watch)
+            code = run_halted(service.spec, settings, watch)
             if code != exitcodes.RELEASED:
                 return code
             # Released: start here and now. The halted process acted on nothing and holds
@@ -145,6 +150,7 @@ def run(name: str, loglevel: str = "info") -> int:
             # its back-off after the stay-down exit.
             asyncio.set_event_loop(asyncio.new_event_loop())  # asyncio.run closed its own; Faust needs one
             service.status.started_at = time.time()
+        service.watch_read = watch
     service.on_stay_down = lambda: request_exit(service, exitcodes.STAY_DOWN)
     Path(service.app.conf.datadir).mkdir(parents=True, exist_ok=True)
     prerestore_sync(service.app)  # tables rebuilt in bulk: Faust's own recovery applies ~3k records/s

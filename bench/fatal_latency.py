@@ -86,6 +86,10 @@ TRIP_TIMEOUT_S = 30.0  # a bank that lags after its restart has been seen to tak
 EXIT_TIMEOUT_S = 60.0
 READY_TIMEOUT_S = 90.0
 STEP_TIMEOUT_S = 15.0
+#: An operator reset AlarmsServer refuses (the latch not shown yet, or changed since) is tried again this often,
+#: this long apart.
+RESET_ATTEMPTS = 10
+RESET_LOOK_AGAIN_S = 0.5
 RECORDS_TIMEOUT_S = 5.0
 DISASTER_TIMEOUT_S = 30.0
 BANK_TIMEOUT_S = 60.0  # after a restart the bank can lag the readings by many seconds
@@ -520,8 +524,23 @@ class Bench:
         return {"total_s": done - started, "exit_s": exited - started, "reset_s": released - exited, "ready_s": done - released}
 
     def operator_reset(self, supervisor: Supervisor) -> None:
-        """``heater reset``; if one of its 1-s polls times out after the reset was issued, finish its steps here."""
-        out = io.StringIO()
+        """``heater reset``, looking again as an operator would while AlarmsServer refuses it (409).
+
+        On a loaded machine AlarmsServer may show the latch after the Pico tripped, or a
+        further FATAL may change it between the look and the reset. If one of the reset's
+        1-s polls times out after the reset was issued, its steps are finished here.
+        """
+        for attempt in range(1, RESET_ATTEMPTS + 1):
+            out = io.StringIO()
+            if self.try_reset(supervisor, out):
+                return
+            if "reset refused (409)" not in out.getvalue() or attempt == RESET_ATTEMPTS:
+                raise RuntimeError(f"operator reset failed: {out.getvalue().strip()}")
+            progress(f"reset refused, looking again ({out.getvalue().strip().splitlines()[-1]})")
+            time.sleep(RESET_LOOK_AGAIN_S)
+
+    def try_reset(self, supervisor: Supervisor, out: io.StringIO) -> bool:
+        """One ``heater reset``: True once the latch is released and the services restarted."""
         try:
             with contextlib.redirect_stdout(out):
                 code = reset.main(self.layout.run_dir, "bench")
@@ -536,9 +555,8 @@ class Bench:
                 info = supervisor.info(name)
                 if info["statename"] == "EXITED" and info["exitstatus"] == 3:
                     supervisor.start(name)
-            return
-        if code != 0:
-            raise RuntimeError(f"operator reset failed ({code}): {out.getvalue().strip()}")
+            return True
+        return code == 0
 
     # -- watchdog path ---------------------------------------------------------------
 

@@ -26,7 +26,7 @@ from streams.codec import DecodeError, decode
 from streams.config_rules import ConfigBook
 from streams.latch import LatchView
 from streams.records import RECORD_FOR_TOPIC, Alarm, AlarmClear, PlatformLatch
-from streams.readers import follower, open_reader_at_ends
+from streams.readers import follower, open_reader_at_ends, reaches
 from streams.settings import WATCH_FETCH_WAIT_MS
 
 log = logging.getLogger(__name__)
@@ -74,13 +74,10 @@ class PlatformWatch:
         self._consumer, ends = await open_reader_at_ends(
             self.bootstrap, WATCHED, fetch_wait_ms=self.fetch_wait_ms, from_end=False, timeout=timeout, follow=True,
             start_at=resume.positions if resume is not None else None)
-        if resume is not None:
-            if all(tp in ends and offset <= ends[tp] for tp, offset in resume.positions.items()):
-                self.book, self.latch, self.config = resume.book, resume.latch, resume.config
-                self._config_changed = resume._config_changed  # not yet told to anyone
-                self.positions = dict(resume.positions)
-            else:
-                await self._consumer.seek_to_beginning(*self._consumer.assignment())
+        if resume is not None and reaches(ends, resume.positions):
+            self.book, self.latch, self.config = resume.book, resume.latch, resume.config
+            self._config_changed = resume._config_changed  # not yet told to anyone
+            self.positions = dict(resume.positions)
         self._resume = None
         await asyncio.wait_for(self._catch_up(ends), timeout)
 

@@ -104,8 +104,9 @@ async def open_reader_at_ends(
     fetch_min_bytes: int = 1, follow: bool = False, start_at: Mapping[TopicPartition, int] | None = None,
 ) -> tuple[AIOKafkaConsumer, dict[TopicPartition, int]]:
     """:func:`open_reader`, and where each partition's log ended as it opened (``follow`` as in
-    :func:`streams.kafka_clients.log_ends`). A partition in ``start_at`` is read from there
-    instead, if its log reaches that far.
+    :func:`streams.kafka_clients.log_ends`). With ``start_at``, every partition is read from
+    there instead, if the logs reach all those positions (:func:`reaches`); if one does not,
+    none is (the logs started over: what was read from them before no longer holds).
 
     The ends are asked before the reader is assigned anything. Once it is, its fetch waits at
     the broker for data, and the broker answers a connection's requests in the order they
@@ -128,7 +129,7 @@ async def open_reader_at_ends(
     ]
     ends = await kafka_clients.log_ends(consumer, partitions, follow=follow, settings=settings)
     consumer.assign(partitions)
-    placed = {tp: offset for tp, offset in (start_at or {}).items() if tp in ends and offset <= ends[tp]}
+    placed = dict(start_at) if start_at and reaches(ends, start_at) else {}
     for tp, offset in placed.items():
         consumer.seek(tp, offset)
     rest = [tp for tp in partitions if tp not in placed]
@@ -138,6 +139,11 @@ async def open_reader_at_ends(
     elif rest:
         await consumer.seek_to_beginning(*rest)
     return consumer, ends
+
+
+def reaches(ends: Mapping[TopicPartition, int], positions: Mapping[TopicPartition, int]) -> bool:
+    """Whether logs ending at ``ends`` still hold every one of ``positions``."""
+    return all(tp in ends and offset <= ends[tp] for tp, offset in positions.items())
 
 
 def follower(what: str) -> Dependency:

@@ -15,8 +15,9 @@ to Faust:
 
 An app opts in through its broker URL, e.g.
 ``broker="tansu://127.0.0.1:9092?fetch_wait_ms=10"``, after :func:`register`
-has been called.  Production keeps the plain ``kafka://`` transport, so none
-of this code runs against a real Kafka cluster.
+has been called.  Production keeps ``kafka://``: Faust's aiokafka transport, whose
+consumer differs only in its drain loop (:mod:`streams.drain`, both profiles), so
+none of the work-arounds runs against a real Kafka cluster.
 """
 
 from __future__ import annotations
@@ -36,6 +37,8 @@ from faust.transport.drivers import aiokafka as faust_aiokafka
 from faust.types import TP
 from yarl import URL
 
+from streams.drain import EagerDrain
+
 __all__ = [
     "DEFAULT_FETCH_WAIT_MS",
     "SCHEME",
@@ -49,6 +52,8 @@ logger = logging.getLogger(__name__)
 
 #: URL scheme under which :func:`register` installs the transport.
 SCHEME = "tansu"
+#: The production profile's scheme: Faust's own transport, with the eager drain.
+KAFKA_SCHEME = "kafka"
 #: Fetch wait used when the broker URL does not set ``fetch_wait_ms``.
 DEFAULT_FETCH_WAIT_MS = 100
 #: Bytes asked for per partition while probing the log tail.  One producer
@@ -185,22 +190,33 @@ class ConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
         return await true_end_offsets(self._ensure_consumer(), reported)
 
 
-class Consumer(faust_aiokafka.Consumer):
-    """Faust consumer that runs :class:`ConsumerThread`."""
+class KafkaConsumer(EagerDrain, faust_aiokafka.Consumer):
+    """Faust's aiokafka consumer with the eager drain (:mod:`streams.drain`): the production profile's."""
+
+
+class KafkaTransport(faust_aiokafka.Transport):
+    """Faust's aiokafka transport with :class:`KafkaConsumer`; producer unchanged."""
+
+    Consumer = KafkaConsumer
+
+
+class Consumer(KafkaConsumer):
+    """The production consumer, running :class:`ConsumerThread`."""
 
     def _new_consumer_thread(self) -> ConsumerThread:
         return ConsumerThread(self, loop=self.loop, beacon=self.beacon)
 
 
-class Transport(faust_aiokafka.Transport):
-    """aiokafka transport with the Tansu work-arounds; producer unchanged."""
+class Transport(KafkaTransport):
+    """The production transport with the Tansu work-arounds."""
 
     Consumer = Consumer
 
 
 def register(scheme: str = SCHEME) -> None:
-    """Make ``<scheme>://`` broker URLs select :class:`Transport`.
+    """Make ``<scheme>://`` broker URLs select :class:`Transport`, and ``kafka://`` :class:`KafkaTransport`.
 
     Idempotent; call it before the App's transport is first used.
     """
     TRANSPORTS[scheme] = f"{__name__}:Transport"
+    TRANSPORTS[KAFKA_SCHEME] = f"{__name__}:KafkaTransport"

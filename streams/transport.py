@@ -25,7 +25,8 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import defaultdict
-from typing import Dict, List, Mapping, Tuple
+from pathlib import Path
+from typing import Dict, List, Mapping, Set, Tuple
 
 import aiokafka
 from aiokafka import TopicPartition
@@ -37,6 +38,7 @@ from faust.transport.drivers import aiokafka as faust_aiokafka
 from faust.types import TP
 from yarl import URL
 
+from streams import group_member
 from streams.drain import EagerDrain
 
 __all__ = [
@@ -162,7 +164,24 @@ async def true_end_offsets(
     return ends
 
 
-class ConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
+class KafkaConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
+    """Faust's consumer thread, whose worker takes its dead predecessor out of the group (:mod:`streams.group_member`)."""
+
+    async def on_start(self) -> None:
+        """Start the consumer, then leave in the predecessor's name: it joins once Faust subscribes, after this."""
+        await super().on_start()
+        if not self.app.client_only:
+            consumer = self._ensure_consumer()
+            await group_member.leave_for_predecessor(consumer._client, consumer._group_id, Path(self.app.conf.datadir))
+
+    async def on_partitions_assigned(self, assigned: Set[TP], generation_id: int = 0) -> None:
+        consumer = self._ensure_consumer()
+        if consumer._group_id is not None and consumer._coordinator is not None:
+            group_member.record(Path(self.app.conf.datadir), consumer._group_id, consumer._coordinator.member_id)
+        await super().on_partitions_assigned(assigned, generation_id)
+
+
+class ConsumerThread(KafkaConsumerThread):
     """Consumer thread with a configurable fetch wait and true end offsets."""
 
     def _create_consumer(
@@ -191,7 +210,11 @@ class ConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
 
 
 class KafkaConsumer(EagerDrain, faust_aiokafka.Consumer):
-    """Faust's aiokafka consumer with the eager drain (:mod:`streams.drain`): the production profile's."""
+    """Faust's aiokafka consumer with the eager drain (:mod:`streams.drain`) and
+    :class:`KafkaConsumerThread`: the production profile's."""
+
+    def _new_consumer_thread(self) -> KafkaConsumerThread:
+        return KafkaConsumerThread(self, loop=self.loop, beacon=self.beacon)
 
 
 class KafkaTransport(faust_aiokafka.Transport):

@@ -12,11 +12,22 @@ import time
 from typing import Any, Callable
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
 from heater.probes import post_json
 from heater.runtime.services import ServiceProcess
 
 __all__ = ["ServiceProcess", "produce", "consume_until", "run", "wait_for", "metric", "post_json", "try_get"]
+
+
+async def create_topic(bootstrap: str, topic: str) -> None:
+    """A topic of one partition."""
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        await admin.create_topics([NewTopic(topic, num_partitions=1, replication_factor=1)])
+    finally:
+        await admin.close()
 
 
 async def produce(bootstrap: str, topic: str, values: list[bytes], key: bytes | None = None) -> None:

@@ -30,7 +30,7 @@ from prometheus_client import REGISTRY
 
 from heater.runtime.broker import EmbeddedBroker
 from streams.delivery import DeliveryFailed, deliver
-from tests.support import consume_until, run, wait_for
+from tests.support import consume_until, create_topic, run, wait_for
 
 REPO = Path(__file__).resolve().parents[1]
 GHOST_KEY = b"__ghost__"
@@ -227,15 +227,6 @@ async def produce_json(bootstrap: str, topic: str, records: list[tuple[str, int]
         await producer.flush()
     finally:
         await producer.stop()
-
-
-async def create_topic(bootstrap: str, topic: str) -> None:
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
-    await admin.start()
-    try:
-        await admin.create_topics([NewTopic(topic, num_partitions=1, replication_factor=1)])
-    finally:
-        await admin.close()
 
 
 def test_reliable_table_resends_refused_changelog_rows(broker: EmbeddedBroker, run_dir: Path) -> None:

@@ -17,12 +17,11 @@ from pathlib import Path
 
 import faust
 import pytest
-from aiokafka import AIOKafkaProducer
-from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
 from heater.runtime.broker import EmbeddedBroker
 from streams import transport
 from streams.drain import EagerDrain, run_eagerly
+from tests.support import create_topic, produce
 
 REPO = Path(__file__).resolve().parents[1]
 MESSAGES = 300
@@ -136,20 +135,8 @@ async def test_every_message_arrives_once_in_order_when_the_stream_buffer_is_ful
     broker: EmbeddedBroker, tmp_path: Path
 ) -> None:
     topic = f"drain-{uuid.uuid4().hex[:8]}"
-    admin = AIOKafkaAdminClient(bootstrap_servers=broker.bootstrap)
-    await admin.start()
-    try:
-        await admin.create_topics([NewTopic(topic, 1, 1)])
-    finally:
-        await admin.close()
-    producer = AIOKafkaProducer(bootstrap_servers=broker.bootstrap, linger_ms=5)
-    await producer.start()
-    try:
-        for i in range(MESSAGES):
-            await producer.send(topic, value=str(i).encode())
-        await producer.flush()
-    finally:
-        await producer.stop()
+    await create_topic(broker.bootstrap, topic)
+    await produce(broker.bootstrap, topic, [str(i).encode() for i in range(MESSAGES)])
 
     script, result = tmp_path / "worker.py", tmp_path / "result.json"
     script.write_text(WORKER)

@@ -16,7 +16,8 @@ to Faust:
 An app opts in through its broker URL, e.g.
 ``broker="tansu://127.0.0.1:9092?fetch_wait_ms=10"``, after :func:`register`
 has been called.  Production keeps ``kafka://``: Faust's aiokafka transport, whose
-consumer differs only in its drain loop (:mod:`streams.drain`, both profiles), so
+consumer differs only in its drain loop (:mod:`streams.drain`) and in leaving the group
+in a dead predecessor's name (:mod:`streams.group_member`), both in both profiles, so
 none of the work-arounds runs against a real Kafka cluster.
 """
 

@@ -3,9 +3,9 @@
 Starts the local platform once (``heater up``'s start sequence) and runs trials on it,
 resetting it in place between them, the way an operator would:
 
-* **FATAL path** — simulator sensors → CAN → CAN adapter → ``sensorData`` → BankManager
-  (over ``HeaterLimits.fatal_c``) → FATAL alarm on ``createAlarm`` → I2C adapter trips the
-  Pico.  With the power relay energised (an ``I2CHeating`` power-on command, confirmed at
+* **FATAL path** — simulator sensors → CAN → CAN adapter → FATAL alarm on ``createAlarm``
+  (over ``HeaterLimits.fatal_c``: the adapter's own limit check, and BankManager's from
+  ``sensorData``, whichever comes first) → I2C adapter trips the Pico.  With the power relay energised (an ``I2CHeating`` power-on command, confirmed at
   the Pico) and DisasterDetector not watching (it would rightly call the bench's jump of
   the water a disaster during its grace after a valve closure — the I2C adapter's first
   readback at start-up is one), one sensor is made to read just under the limit
@@ -25,8 +25,10 @@ resetting it in place between them, the way an operator would:
 
 Rounds alternate one watchdog trial and one FATAL trial.  Per-hop times of the FATAL
 path come from the records: the ``sensorData`` record of the first over-temperature
-frame (``received_at``, the adapter's clock; its Kafka timestamp) and the bank's FATAL
-alarm (its Kafka timestamp); every process runs on this machine's clock.
+frame (``received_at``, the adapter's clock; its Kafka timestamp) and the first FATAL
+over-temperature alarm (its Kafka timestamp; ``first_alarm`` counts whose it was); every
+process runs on this machine's clock. ``bank_hops`` follow the reading through the bank
+(``sensorData`` → the bank's FATAL) where the bank raised one before it stopped.
 
 The FATAL trials rotate over the water sensors. The operator reset ends BankManager's
 FATAL over-temperature condition, so a sensor that tripped trips again after it; should
@@ -48,6 +50,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import collections
 import contextlib
 import io
 import json
@@ -105,9 +108,22 @@ BUS_QUIET_TIMEOUT_S = 30.0
 #: The goal: FATAL → cut p99, over every trial and over the first and the last ``TREND_TRIALS``.
 TARGET_P99_MS = 25.0
 TREND_TRIALS = 50
-HOPS = ("bus_to_adapter", "adapter_to_sensordata", "sensordata_to_alarm", "alarm_to_cut")
+HOPS = ("bus_to_adapter", "adapter_to_alarm", "alarm_to_cut")
+#: The reading's way through BankManager (the second channel), where the bank's FATAL came at all.
+BANK_HOPS = ("adapter_to_sensordata", "sensordata_to_bank_alarm")
+#: FATAL over-temperature alarms, by the service that raised them.
+FATAL_OVERTEMP = (b"can/overtemp-fatal/", b"bank/overtemp-fatal/")
 
 T = TypeVar("T")
+
+
+def hop_percentiles(hops: list[dict[str, Any]], names: tuple[str, ...], q: float) -> dict[str, float | None]:
+    """The ``q``-th percentile of each hop in ms, over the trials that have it."""
+    out: dict[str, float | None] = {}
+    for name in names:
+        values = [x[name] for x in hops if x[name] is not None]
+        out[name] = round(percentile(values, q) * 1000, 2) if values else None
+    return out
 
 
 def progress(text: str) -> None:
@@ -236,7 +252,7 @@ class Wire:
             if value.get("kind") == "temperature" and value.get("value", 0.0) >= self.keep_above_c:
                 key = (value["sensor"], int(value["sequence"]))
                 self.readings[key] = (float(value["received_at"]), record.timestamp / 1000.0)
-        elif (record.key or b"").startswith(b"bank/overtemp-fatal/") and value.get("severity") == "FATAL":
+        elif (record.key or b"").startswith(FATAL_OVERTEMP) and value.get("severity") == "FATAL":
             self.alarms.append((value["alarm_id"], float(value["raised_at"]), record.timestamp / 1000.0))
 
     def close(self) -> None:
@@ -477,31 +493,33 @@ class Bench:
                          BUS_QUIET_TIMEOUT_S, "the burst over", interval=0.1)
         return int(burst["sent"])
 
-    def hops(self, trial: dict[str, Any]) -> dict[str, float] | None:
+    def hops(self, trial: dict[str, Any]) -> dict[str, Any] | None:
         """Split one FATAL latency at the records' timestamps (seconds), if they were found."""
         assert self.wire is not None
         wire = self.wire
         name = WATER_SENSORS[trial["sensor"]]
-        alarm_id = f"bank/overtemp-fatal/{name}"
 
         def reading() -> tuple[float, float] | None:
             found = wire.readings.get((name, trial["sequence"]))
             return found if found and found[0] >= trial["first_frame_at"] - 1.0 else None
 
-        def alarm_ts() -> float | None:
-            stamps = [ts for aid, raised, ts in wire.alarms if aid == alarm_id and raised >= trial["first_frame_at"] - 0.001]
-            return min(stamps) if stamps else None
+        def alarms() -> list[tuple[float, str]]:
+            return sorted((ts, aid.split("/", 1)[0]) for aid, raised, ts in wire.alarms
+                          if aid.endswith(f"/overtemp-fatal/{name}") and raised >= trial["first_frame_at"] - 0.001)
 
-        if not wire.collect(lambda: reading() is not None and alarm_ts() is not None, RECORDS_TIMEOUT_S):
+        if not wire.collect(lambda: reading() is not None and bool(alarms()), RECORDS_TIMEOUT_S):
             return None
         received_at, sensor_ts = reading()  # type: ignore[misc]
-        alarm_at = alarm_ts()
-        assert alarm_at is not None
+        found = alarms()
+        alarm_at, first = found[0]
+        bank_at = next((ts for ts, source in found if source == "bank"), None)
         return {
             "bus_to_adapter": received_at - trial["first_frame_at"],
-            "adapter_to_sensordata": sensor_ts - received_at,
-            "sensordata_to_alarm": alarm_at - sensor_ts,
+            "adapter_to_alarm": alarm_at - received_at,
             "alarm_to_cut": trial["cut_at"] - alarm_at,
+            "adapter_to_sensordata": sensor_ts - received_at,
+            "sensordata_to_bank_alarm": None if bank_at is None else bank_at - sensor_ts,
+            "first_alarm": first,
         }
 
     def reset_in_place(self) -> dict[str, float]:
@@ -669,7 +687,8 @@ class Bench:
         self.fatal.append(trial)
         self.record({"round": round_no + 1, "watchdog": dog, "fatal": trial, "platform": self.platforms})
         hops = trial["hops"]
-        hop_text = (" [" + ", ".join(f"{h} {hops[h] * 1000:.1f}" for h in HOPS) + "]") if hops else ""
+        hop_text = (" [" + ", ".join(f"{h} {hops[h] * 1000:.1f}" for h in HOPS + BANK_HOPS if hops[h] is not None)
+                    + f", first alarm: {hops['first_alarm']}]") if hops else ""
         # A reset is pointless when the bank would still hold every sensor afterwards (should it ever again).
         exhausted = bool(self.held_after_reset) and self.tripped >= set(SENSORS)
         next_round = round_no + 1 < trials and time.monotonic() - began <= budget_s
@@ -730,9 +749,13 @@ class Bench:
             "target_p99_ms": TARGET_P99_MS,
             "target_met": fatal["p99_ms"] <= TARGET_P99_MS,
             "trend": self.trend(),
-            "hops_p50_ms": {h: round(statistics.median(x[h] for x in hops) * 1000, 2) if hops else None for h in HOPS},
-            "hops_p99_ms": {h: round(percentile([x[h] for x in hops], 99) * 1000, 2) if hops else None for h in HOPS},
+            "hops_p50_ms": hop_percentiles(hops, HOPS, 50),
+            "hops_p99_ms": hop_percentiles(hops, HOPS, 99),
             "hop_samples": len(hops),
+            "first_alarm": dict(collections.Counter(x["first_alarm"] for x in hops)),
+            "bank_hops_p50_ms": hop_percentiles(hops, BANK_HOPS, 50),
+            "bank_hops_p99_ms": hop_percentiles(hops, BANK_HOPS, 99),
+            "bank_alarms": sum(x["sensordata_to_bank_alarm"] is not None for x in hops),
             "trip_path": paths,
             "by_previous_restart": by_after,
             "missed": self.missed,

@@ -21,7 +21,6 @@ from streams import auth, metrics, topics, tracing
 from streams.alarm_client import AlarmClient
 from streams.batching import take_batches
 from streams.codec import DecodeError, decode
-from streams.config_rules import ConfigBook
 from streams.consistency import Ledger, on_partition_zero
 from streams.delivery import deliver
 from streams.exception_reports import forward_from_faust
@@ -241,21 +240,12 @@ class HeaterService:
         await beat_forever(send, self.spec.name, lambda: self.status.phase, lambda: self.watched_through(), identity)
 
     async def follow_limits(self, apply: Callable[[HeaterLimits], None], default: HeaterLimits) -> None:
-        """Apply the limits in force now, then each new configuration version as it is published (hot reload).
+        """Apply the limits in force now, then each new version as it is published (:meth:`PlatformWatch.follow_limits`).
 
-        ``default`` (the environment's) holds until ConfigurationServer has published a version.
         Call it from a startup check: the platform watch has read the ``config`` topic by then.
         """
         assert self.watch is not None, "follow_limits before the platform watch started"
-
-        async def on_config(book: ConfigBook) -> None:
-            apply(book.limits(default))
-            metrics.CONFIG_VERSION.labels(self.spec.name).set(book.version)
-            if book.version:
-                log.warning("%s: configuration version %d in force", self.spec.name, book.version)
-
-        self.watch.on_config.append(on_config)
-        await on_config(self.watch.config)
+        await self.watch.follow_limits(apply, default)
 
     async def _on_latch_change(self, latch: LatchView) -> None:
         """Rule 2: on FATAL, control services stop and stay down; display services go read-only."""

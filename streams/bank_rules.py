@@ -27,6 +27,11 @@ Why the rules have the shape they have:
   start a FATAL again — they are replayed after every restart — and a FATAL condition
   they started ends with it, silently (the reset already ended the alarm). The first
   reading after the reset that is still over the limit raises FATAL again.
+* **The CAN adapter checks the FATAL limit too** (:mod:`streams.fatal_limit`), on the same
+  readings by the same rule. Its FATAL latches the platform, and the bank stops deciding,
+  often before it has decided the readings over the limit. A reset that released the
+  limiter's FATAL covers the readings up to it, as a reset of the bank's own does: those
+  cannot start a FATAL, and the first reading past them that is still over the limit does.
 """
 
 from __future__ import annotations
@@ -37,8 +42,9 @@ from dataclasses import dataclass, field, replace
 from typing import Callable, Iterable, Mapping, MutableMapping, Protocol
 
 from streams.heater_config import FLAME_SENSOR, WATER_SENSORS, HeaterLimits
+from streams.fatal_limit import LIMITER_PREFIX, fresh
 from streams.ids import alarm_id_for, occurrence_key
-from streams.latch import still_covered
+from streams.latch import merged_cover, still_covered
 
 SOURCE = "bank"
 
@@ -182,12 +188,15 @@ class BankView:
     """The state the rules read; any mappings (dicts in tests, tables in the agent).
 
     ``release``: for a FATAL occurrence, the input positions the operator reset that
-    released it covers, or None while none has (:mod:`streams.latch`).
+    released it covers, or None while none has (:mod:`streams.latch`). ``limiter_cover``:
+    the input positions covered by the resets that released a FATAL of the CAN adapter's
+    limiter (:mod:`streams.fatal_limit`), None while none has.
     """
 
     sensors: Mapping[str, SensorState]
     conditions: Mapping[str, Condition]
     release: Callable[[str], Mapping[str, int] | None] = lambda _key: None
+    limiter_cover: Callable[[], Mapping[str, int] | None] = lambda: None
 
     def release_of(self, condition: Condition) -> Mapping[str, int] | None:
         """What the reset that released this condition's FATAL occurrence covers; None if none did."""
@@ -246,10 +255,10 @@ class BankRules:
     def _quality(self, previous: SensorState | None, reading: ReadingLike) -> Quality:
         if reading.kind == "flame":
             return Quality.FRESH if reading.value in (0.0, 1.0) else Quality.IMPLAUSIBLE
-        if previous is None or reading.received_at - previous.received_at > self.config.limits.stale_after_s:
-            return Quality.FRESH  # nothing recent to compare with: a jump over a gap is not evidence
-        jump = abs(reading.value - previous.value)
-        return Quality.IMPLAUSIBLE if jump > self.config.limits.implausible_jump_c else Quality.FRESH
+        last = None if previous is None else (previous.value, previous.received_at)
+        # The CAN adapter's FATAL limiter believes a reading by the same rule (streams.fatal_limit).
+        believed = fresh(last, float(reading.value), reading.received_at, self.config.limits)
+        return Quality.FRESH if believed else Quality.IMPLAUSIBLE
 
     def _overtemp(self, changes: "_Changes", state: SensorState, view: BankView, position: tuple[str, int] | None) -> None:
         for severity, limit in self.config.levels:
@@ -265,8 +274,13 @@ class BankRules:
             else:
                 # A released FATAL still over the limit is a new occurrence — from readings past
                 # those the reset covered, not from the backlog the operator had already seen.
-                held = fatal and current is not None and still_covered(current.covered, position)
-                desired = state.value >= limit and not held
+                over = state.value >= limit
+                held = fatal and over and (
+                    (current is not None and still_covered(current.covered, position))
+                    # Nor from readings a reset of the CAN adapter's limiter covered: that FATAL stopped
+                    # the adapter, and this service, before either decided the rest of the overheat.
+                    or still_covered(view.limiter_cover(), position))
+                desired = over and not held
             if active == desired:
                 continue  # no transition: nothing to write or send (the messages are for effects only)
             message = f"{state.sensor} at {state.value:.1f} °C (limit {limit:g} °C)"
@@ -435,7 +449,8 @@ class Bank:
 
     @property
     def view(self) -> BankView:
-        return BankView(self.sensors, self.conditions, self.released.get)
+        return BankView(self.sensors, self.conditions, self.released.get,
+                        lambda: merged_cover(p for k, p in self.released.items() if k.startswith(LIMITER_PREFIX)))
 
     def stats(self) -> dict[str, WindowStats]:
         """Every window, closed and open, by :func:`window_key`."""

@@ -43,6 +43,8 @@ log = logging.getLogger(__name__)
 
 #: Resends of a refused message before the service stops, and the first pause (doubling).
 RESEND_ATTEMPTS = 5
+#: aiokafka's default batch limit per partition (16 KiB): plenty for commands and alarms.
+PRODUCER_BATCH_BYTES = 16 * 1024
 RESEND_BACKOFF_S = 0.05
 
 Body = Callable[["EdgeService"], Awaitable[None]]
@@ -52,7 +54,7 @@ FatalHook = Callable[[LatchView], Awaitable[None]]
 class EdgeService:
     """Lifecycle and plumbing shared by the CAN and I2C adapters."""
 
-    def __init__(self, spec: ServiceSpec, settings: Settings | None = None, linger_ms: int = 0,
+    def __init__(self, spec: ServiceSpec, settings: Settings | None = None, max_batch_bytes: int = PRODUCER_BATCH_BYTES,
                  watch_fetch_wait_ms: int = WATCH_FETCH_WAIT_MS) -> None:
         self.spec = spec
         self.settings = settings or Settings.from_env()
@@ -61,7 +63,8 @@ class EdgeService:
         self.on_fatal: list[FatalHook] = []
         #: This service's spans (:mod:`streams.tracing`); a tracing setting that cannot work stops it here.
         self.tracer = tracing.tracer(spec.name, self.settings)
-        self.linger_ms = linger_ms
+        #: The producer's batch limit per partition: what one request can carry for it.
+        self.max_batch_bytes = max_batch_bytes
         #: The platform watch's fetch wait: short only where the FATAL trip follows the watch.
         self.watch_fetch_wait_ms = watch_fetch_wait_ms
         self.producer: AIOKafkaProducer | None = None
@@ -189,8 +192,8 @@ class EdgeService:
 
     async def _connect(self) -> None:
         bootstrap = self.settings.broker_bootstrap
-        self.producer = kafka_clients.producer(bootstrap, settings=self.settings, linger_ms=self.linger_ms,
-                                               request_timeout_ms=10_000)
+        self.producer = kafka_clients.producer(bootstrap, settings=self.settings, linger_ms=0,
+                                               max_batch_size=self.max_batch_bytes, request_timeout_ms=10_000)
         await asyncio.wait_for(self.producer.start(), 15)
         self.watch = PlatformWatch(bootstrap, self.spec.name, self.watch_fetch_wait_ms)
         await self.watch.start()

@@ -187,6 +187,11 @@ class LatchView:
         reset_id = self.released.get(key)
         return None if reset_id is None else self.covered.get(reset_id, {})
 
+    def covered_by_releases_of(self, prefix: str) -> dict[str, int] | None:
+        """The input positions covered by the resets that released an occurrence beginning with ``prefix``."""
+        resets = {reset_id for key, reset_id in self.released.items() if key.startswith(prefix)}
+        return merged_cover(self.covered.get(reset_id, {}) for reset_id in resets)
+
     def on_alarm(self, alarm: Alarm) -> None:
         if alarm.is_fatal:
             self.raised.setdefault(alarm.occurrence_id, Occurrence.of(alarm))
@@ -209,6 +214,16 @@ def latching(record: PlatformLatch) -> list[Occurrence]:
         found = [Occurrence(occurrence_key(record.alarm_id, record.changed_at), record.alarm_id, record.reason,
                             record.changed_at)]
     return found
+
+
+def merged_cover(covers: Iterable[Mapping[str, int]]) -> dict[str, int] | None:
+    """The input positions several resets cover together (the furthest per partition); None for none."""
+    merged: dict[str, int] | None = None
+    for positions in covers:
+        merged = merged if merged is not None else {}
+        for key, offset in positions.items():
+            merged[key] = max(offset, merged.get(key, offset))
+    return merged
 
 
 def still_covered(positions: Mapping[str, int] | None, position: tuple[str, int] | None) -> bool:

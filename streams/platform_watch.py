@@ -24,6 +24,7 @@ from streams import metrics, topics, tracing
 from streams.alarm_book import AlarmBook
 from streams.codec import DecodeError, decode
 from streams.config_rules import ConfigBook
+from streams.heater_config import HeaterLimits
 from streams.latch import LatchView
 from streams.records import RECORD_FOR_TOPIC, Alarm, AlarmClear, PlatformLatch
 from streams.readers import follower, open_reader_at_ends, reaches
@@ -104,6 +105,21 @@ class PlatformWatch:
                             {str(tp): positions[tp] for tp in behind}, {str(tp): ends[tp] for tp in behind})
                 return
             await self._poll(notify=False)
+
+    async def follow_limits(self, apply: Callable[[HeaterLimits], None], default: HeaterLimits) -> None:
+        """Apply the limits in force now, then each new configuration version as it is published (hot reload).
+
+        ``default`` (the environment's) holds until ConfigurationServer has published a version.
+        Call it once the watch has started: it has read the ``config`` topic by then.
+        """
+        async def on_config(book: ConfigBook) -> None:
+            apply(book.limits(default))
+            metrics.CONFIG_VERSION.labels(self.service).set(book.version)
+            if book.version:
+                log.warning("%s: configuration version %d in force", self.service, book.version)
+
+        self.on_config.append(on_config)
+        await on_config(self.config)
 
     def run_in_background(self) -> None:
         self._task = asyncio.ensure_future(self._follow())

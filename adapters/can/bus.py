@@ -19,7 +19,7 @@ import threading
 import time
 from collections import deque
 from dataclasses import dataclass
-from typing import Any, Union
+from typing import Any, Callable, Union
 
 import can
 
@@ -37,10 +37,15 @@ class BusUnavailable(RuntimeError):
 
 @dataclass(frozen=True, slots=True)
 class Received:
-    """One frame and the wall-clock time (``time.time()``) the reader thread got it."""
+    """One frame and the wall-clock time (``time.time()``) the reader thread got it.
+
+    ``screened``: what the reader's screen made of it on the reader thread (the CAN
+    adapter's: the decoded frame, or why it does not decode), None without a screen.
+    """
 
     message: can.Message
     received_at: float
+    screened: object = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -99,9 +104,13 @@ class BusReader:
     the loop is behind.
     """
 
-    def __init__(self, bus: can.BusABC, recv_timeout: float = RECV_TIMEOUT_S) -> None:
+    def __init__(self, bus: can.BusABC, recv_timeout: float = RECV_TIMEOUT_S,
+                 screen: Callable[[can.Message, float], object] | None = None) -> None:
         self.bus = bus
         self.recv_timeout = recv_timeout
+        #: Called on the reader thread for each frame as it arrives, ahead of the loop's queue.
+        self.screen = screen
+        self.screen_failures = 0
         self.received = 0
         self.max_backlog = 0
         self._items: deque[Item] = deque()
@@ -154,16 +163,28 @@ class BusReader:
         recv = self.bus.recv
         timeout = self.recv_timeout
         clock = time.time
+        screen = self.screen
         try:
             while not self._stop.is_set():
                 message = recv(timeout)
                 if message is not None:
                     self.received += 1
-                    self._put(Received(message, clock()))
+                    received_at = clock()
+                    self._put(Received(message, received_at, self._screen(screen, message, received_at) if screen else None))
         except Exception as exc:  # any backend error ends reception; the loop decides what next
             if not self._stop.is_set():
                 log.error("CAN reception failed: %s: %s", type(exc).__name__, exc)
                 self._put(BusFailure(f"{type(exc).__name__}: {exc}", clock()))
+
+    def _screen(self, screen: Callable[[can.Message, float], object], message: can.Message, received_at: float) -> object:
+        """The screen's verdict; a screen that fails leaves the frame to the loop and never ends reception."""
+        try:
+            return screen(message, received_at)
+        except Exception:
+            self.screen_failures += 1
+            if self.screen_failures == 1:
+                log.exception("CAN frame screen failed (logged once; the loop handles the frames unscreened)")
+            return None
 
     def _put(self, item: Item) -> None:
         with self._lock:

@@ -40,6 +40,7 @@ from streams.app import HeaterService, ServiceKind, ServiceSpec
 from streams.bank_rules import BankConfig, BankRules, BankView, Effect, window_start
 from streams.bank_rules import Step as BankStep
 from streams.consistency import Step, tp_key
+from streams.fatal_limit import LIMITER_PREFIX
 from streams.heater_config import HeaterLimits
 from streams.lifecycle import Phase
 from streams.records import HeaterRecord, SensorReading
@@ -159,7 +160,9 @@ def current_view() -> BankView:
     """The state, with the FATAL occurrences operator resets released, as the platform watch knows them."""
     view = state.view
     if service.watch is not None:
-        view.release = service.watch.latch.covered_by_release
+        latch = service.watch.latch
+        view.release = latch.covered_by_release
+        view.limiter_cover = lambda: latch.covered_by_releases_of(LIMITER_PREFIX)
     return view
 
 

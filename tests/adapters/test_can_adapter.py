@@ -25,6 +25,7 @@ from heater.runtime.broker import EmbeddedBroker
 from streams.records import Alarm, AlarmClear, SensorReading, Severity
 from heater.runtime.processes import free_port
 from tests.adapters.conftest import CanAdapterProcess, CanStack, wait_view
+from tests.simulator.conftest import start_simulator
 from tests.support import consume_until, metric, produce, run, wait_for
 
 SENSORS = ("water.0", "water.1", "water.2", "burner.flame")
@@ -32,6 +33,11 @@ SENSORS = ("water.0", "water.1", "water.2", "burner.flame")
 
 def readings_since(stack: CanStack, since: float, done: Any, timeout: float = 10.0) -> list[SensorReading]:
     """``sensorData`` records received after ``since``, decoded and validated, once ``done(readings)``."""
+    return readings_since_on(stack.broker, since, done, timeout)
+
+
+def readings_since_on(broker: EmbeddedBroker, since: float, done: Any, timeout: float = 10.0) -> list[SensorReading]:
+    """:func:`readings_since` on any broker."""
 
     def decoded(messages: list[Any]) -> list[SensorReading]:
         out = []
@@ -42,7 +48,7 @@ def readings_since(stack: CanStack, since: float, done: Any, timeout: float = 10
                 out.append(reading)
         return out
 
-    messages = run(consume_until(stack.broker.bootstrap, topics.SENSOR_DATA.name, lambda m: done(decoded(m)), timeout))
+    messages = run(consume_until(broker.bootstrap, topics.SENSOR_DATA.name, lambda m: done(decoded(m)), timeout))
     return decoded(messages)
 
 
@@ -261,6 +267,32 @@ def test_fatal_stops_the_adapter_and_a_latched_start_does_nothing(
         assert not view["bus"]["open"] and view["published"] == 0, "halted: no bus held, nothing published"
     finally:
         halted.stop()
+
+
+def test_a_reading_over_the_fatal_limit_raises_fatal_from_the_adapter_itself(
+    own_broker: EmbeddedBroker, vault: Any, tmp_path: Any
+) -> None:
+    """The adapter's own limit check: FATAL named by the first believed reading over the limit, then stay down.
+
+    Hardware of its own: the FATAL latches the broker it runs on, and the injected heat must
+    not reach the module's shared adapter."""
+    sim = start_simulator(tmp_path / "sim")
+    adapter = CanAdapterProcess(own_broker, tmp_path, sim.can_channel, vault).start()
+    try:
+        adapter.wait_ready(timeout=30)
+        since = time.time()
+        client.inject(sim.control_port, "overtemp", sensor=0, value=90.0)  # from the water's ~20 °C: a jump first
+        raised = alarm_seen(own_broker, topics.CREATE_ALARM.name, "can/overtemp-fatal/water.0", since)
+        assert raised["severity"] == "FATAL" and raised["source"] == "can"
+        assert raised["details"] == {"sensor": "water.0", "value": "90", "limit": "85"}
+        assert adapter.wait(10) == exitcodes.STAY_DOWN, adapter.tail()
+        hot = [r for r in readings_since_on(own_broker, since, lambda rs: any(r.received_at >= raised["raised_at"] for r in rs))
+               if r.sensor == "water.0" and r.value >= 85.0]
+        assert len(hot) >= 2, hot
+        assert raised["raised_at"] == hot[1].received_at, "the first over-limit reading jumped: a glitch until the next one holds"
+    finally:
+        adapter.stop()
+        sim.terminate()
 
 
 def _status(adapter: CanAdapterProcess) -> dict[str, Any] | None:

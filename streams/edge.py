@@ -43,9 +43,9 @@ log = logging.getLogger(__name__)
 
 #: Resends of a refused message before the service stops, and the first pause (doubling).
 RESEND_ATTEMPTS = 5
+RESEND_BACKOFF_S = 0.05
 #: aiokafka's default batch limit per partition (16 KiB): plenty for commands and alarms.
 PRODUCER_BATCH_BYTES = 16 * 1024
-RESEND_BACKOFF_S = 0.05
 
 Body = Callable[["EdgeService"], Awaitable[None]]
 FatalHook = Callable[[LatchView], Awaitable[None]]

@@ -40,7 +40,7 @@ from streams.settings import TRACE_EXPORTERS, Settings, SettingsError
 
 __all__ = [
     "EXPORTERS", "TRACED_TOPICS", "TRACEPARENT", "Headers", "JsonLinesExporter", "TracingUnavailable",
-    "annotate", "attributes_of", "consumed", "emitted", "extract", "flush", "headers", "sending", "span_record", "traceparent", "tracer", "with_parent",
+    "annotate", "attributes_of", "consumed", "emitted", "extract", "flush", "headers", "rooted", "sending", "span_record", "traceparent", "tracer", "with_parent",
 ]
 
 log = logging.getLogger(__name__)
@@ -288,14 +288,28 @@ def emitted(tracer: Tracer, topic: str, started_at: float, attributes: Mapping[s
 
     For records handed to a batch rather than sent one by one (the CAN adapter's readings).
     """
-    plausible = 0 < started_at < 1e11  # a clock gone wrong must not break the send: the span starts now
     span = tracer.start_span(
-        f"{topic} send", context=otel_context.Context(), kind=SpanKind.PRODUCER,
-        start_time=int(started_at * 1e9) if plausible else None,
+        f"{topic} send", context=otel_context.Context(), kind=SpanKind.PRODUCER, start_time=_start_ns(started_at),
         attributes={"messaging.system": "kafka", "messaging.destination.name": topic, **attributes},
     )
     span.end()
     return headers(trace.set_span_in_context(span))
+
+
+@contextlib.contextmanager
+def rooted(tracer: Tracer, name: str, started_at: float, attributes: Mapping[str, Any]) -> Iterator[Span]:
+    """A span that starts a new trace at ``started_at`` (wall-clock seconds), current inside: what is sent there continues it.
+
+    For work that begins before the code that does it runs (the CAN adapter's FATAL limit: the frame's arrival).
+    """
+    with tracer.start_as_current_span(name, context=otel_context.Context(), start_time=_start_ns(started_at),
+                                      attributes=dict(attributes)) as span:
+        yield span
+
+
+def _start_ns(started_at: float) -> int | None:
+    """Nanoseconds for a span's start; None (now) for a clock gone wrong, which must not break the work."""
+    return int(started_at * 1e9) if 0 < started_at < 1e11 else None
 
 
 def annotate(attributes: Mapping[str, Any]) -> None:

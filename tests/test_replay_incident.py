@@ -2,8 +2,10 @@
 
 The incident is real, as in the fault suite's runaway case but on a platform of its own: the
 simulated heater behind the CAN and I2C adapters, a heating job heating the water,
-DisasterDetector and AlarmsServer on a broker of their own. Mid-heating the water sensors read
-past the disaster limit: DisasterDetector raises FATAL, AlarmsServer latches, the power is cut.
+DisasterDetector and AlarmsServer on a broker of their own. Mid-heating the water sensors jump,
+a rise far too fast, to just under the FATAL limit (over it, the CAN adapter's own limit check
+would latch the platform first and stop the detector before it decides): DisasterDetector
+raises FATAL, AlarmsServer latches, the power is cut.
 ``heater replay record`` then copies, over the incident's time range, the four topics the
 detector decides from (``sensorData``, ``heatingJobState``, ``relayState``, ``I2CHeating``),
 and the incident's processes are stopped. ``heater replay play`` plays the four recordings
@@ -163,7 +165,7 @@ def record_incident(root: Path, vault: EmbeddedVault) -> Incident:
                                        start_new_session=True)
             wait_for(lambda: heating(simulator, job, job_log), 30, 0.05, "burner lit with the valve open")
             for sensor in range(len(WATER_SENSORS)):
-                sim.inject(simulator.control_port, "overtemp", sensor=sensor, value=LIMITS.disaster_c + 3)
+                sim.inject(simulator.control_port, "overtemp", sensor=sensor, value=LIMITS.fatal_c - 1)
 
             fatal = first_fatal(broker.bootstrap, "disaster")
             disaster = first_disaster(broker.bootstrap)

@@ -2,8 +2,9 @@
 
 Built on ``bench/fatal_latency.py``'s set-up: the whole platform (broker, Vault, every
 service, the simulated hardware) with the default ``file`` span exporter; one water sensor
-crosses ``fatal_c`` on the CAN bus; BankManager raises FATAL; AlarmsServer and the I2C
-adapter act on it and the Pico trips. The spans the services wrote under the run
+crosses ``fatal_c`` on the CAN bus; the CAN adapter's own limit check raises FATAL as the
+frame arrives (:mod:`streams.fatal_limit`); AlarmsServer and the I2C adapter act on it and
+the Pico trips. The spans the services wrote under the run
 directory must hold one trace with every hop of that path, once each, and its times must
 agree with the bench's own measurement (the simulator's frame time, the Pico's cut time).
 
@@ -27,8 +28,7 @@ from streams.heater_config import WATER_SENSORS, HeaterLimits
 
 #: The hops of the FATAL path, each one span: (service, span name).
 FATAL_HOPS = [
-    ("can", "sensorData send"),       # frame received → reading handed to the producer
-    ("bank", "sensorData process"),   # BankManager decides the reading: FATAL over-temperature
+    ("can", "FATAL limit"),           # frame received → over the FATAL limit → FATAL alarm sent
     ("alarms", "createAlarm process"),  # AlarmsServer latches the platform, commands the cut-off
     ("i2c", "FATAL trip"),            # the I2C adapter acts on the FATAL it sees on createAlarm
     ("i2c", "relay write"),           # ... by tripping the Pico (the power relay write)
@@ -53,7 +53,7 @@ def rounds() -> list[int]:
 
 def fatal_trace(run_dir: Path, trial: dict[str, Any]) -> list[dict[str, Any]]:
     """The trace in which AlarmsServer handled this trial's FATAL, once every hop's span is written."""
-    alarm_id = f"bank/overtemp-fatal/{WATER_SENSORS[trial['sensor']]}"
+    alarm_id = f"can/overtemp-fatal/{WATER_SENSORS[trial['sensor']]}"
     deadline = time.monotonic() + SPANS_TIMEOUT_S
     while True:
         found = traces.by_trace(traces.read_spans(traces.span_files(run_dir / "traces")))
@@ -89,12 +89,11 @@ def test_one_trace_follows_a_fatal_from_the_can_frame_to_the_power_cut(bench: Be
         per_hop[key] = per_hop.get(key, 0) + 1
     assert all(n == 1 for n in per_hop.values()), f"a hop with more than one span: {per_hop}"
 
-    can, bank, alarms, trip, write = (hops[h] for h in FATAL_HOPS)
+    can, alarms, trip, write = (hops[h] for h in FATAL_HOPS)
     # The trace starts at the frame that crossed the limit.
     assert can["attributes"]["heater.sensor"] == WATER_SENSORS[sensor]
     assert can["attributes"]["can.sequence"] == trial["sequence"]
     assert can["parent_id"] is None
-    assert bank["parent_id"] == can["span_id"] and bank["attributes"]["messaging.destination.name"] == "sensorData"
     assert trip["attributes"]["heater.reason"].startswith("FATAL")
     assert write["parent_id"] == trip["span_id"] and write["attributes"]["heater.trip_latched"] is True
     assert write["attributes"]["heater.contacts.power_on"] is False
@@ -103,8 +102,8 @@ def test_one_trace_follows_a_fatal_from_the_can_frame_to_the_power_cut(bench: Be
     # and the Pico cuts the power inside the relay write (every process on this machine's clock).
     slack_s = 0.005
     assert can["start_ns"] / 1e9 >= trial["first_frame_at"] - slack_s
-    assert can["start_ns"] <= bank["start_ns"] <= alarms["start_ns"]
-    assert bank["start_ns"] <= trip["start_ns"] <= write["start_ns"]
+    assert can["start_ns"] <= alarms["start_ns"]
+    assert can["start_ns"] <= trip["start_ns"] <= write["start_ns"]
     assert write["start_ns"] / 1e9 - slack_s <= trial["cut_at"] <= write["end_ns"] / 1e9 + slack_s
 
     out = io.StringIO()

@@ -261,26 +261,30 @@ class CanAdapter:
         if frame.kind is FrameKind.WATER_TEMP and frame.value is not None:
             trip = self.limiter.on_reading(f"{WATER_PREFIX}{frame.sensor}", frame.value, received_at)
             if trip is not None and self._loop is not None:
-                self._loop.call_soon_threadsafe(self._trip, trip)
+                self._loop.call_soon_threadsafe(self._trip, trip, frame.sequence)
         return frame
 
     def _use_limits(self, limits: HeaterLimits) -> None:
         self.limiter.limits = limits
 
-    def _trip(self, trip: LimitTrip) -> None:
+    def _trip(self, trip: LimitTrip, sequence: int) -> None:
         """Raise the limiter's FATAL now, beside the frame loop: the frames behind it do not wait for the broker."""
         if self.service.status.phase is Phase.HALTED:
             return  # latched already: this process acts on nothing more
         self.stats.limit_trips[trip.sensor] += 1
-        task = asyncio.ensure_future(self._raise_trip(trip))
+        task = asyncio.ensure_future(self._raise_trip(trip, sequence))
         self._trips.add(task)
         task.add_done_callback(self._trips.discard)
 
-    async def _raise_trip(self, trip: LimitTrip) -> None:
+    async def _raise_trip(self, trip: LimitTrip, sequence: int) -> None:
         alarms = self.service.alarms
         assert alarms is not None
         try:
-            await alarms.raise_alarm(LIMIT_CODE, "FATAL", trip.message, subject=trip.sensor, details=trip.details, at=trip.at)
+            # The FATAL's trace starts at the frame that crossed the limit, as the reading's own does.
+            with tracing.rooted(self.service.tracer, "FATAL limit", trip.at, {
+                    "heater.sensor": trip.sensor, "heater.value": trip.value, "can.sequence": sequence}):
+                await alarms.raise_alarm(LIMIT_CODE, "FATAL", trip.message, subject=trip.sensor, details=trip.details,
+                                         at=trip.at)
         except (KafkaError, OSError, asyncio.TimeoutError) as exc:
             self.limiter.failed(trip)  # the next believed reading over the limit tries again
             log.error("could not raise FATAL %s/%s: %s", LIMIT_CODE, trip.sensor, exc)

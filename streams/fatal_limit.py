@@ -12,7 +12,7 @@ channel and decides everything else.
 Both channels judge the same reading the same way (:func:`fresh`), so a glitch the bank
 does not believe (a jump beyond ``implausible_jump_c``) does not trip the limiter
 either, and both raise FATAL on the same reading. The limiter's occurrence is named by
-it: ``can/overtemp-fatal/<sensor>@<received_at>`` (:func:`limiter_occurrence`).
+it: ``can/overtemp-fatal/<sensor>@<received_at>``.
 
 Its FATAL latches the platform at once, and every control service stops: the adapter
 before it has judged the other sensors, the bank often before it has decided any of
@@ -27,7 +27,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from streams.heater_config import HeaterLimits
-from streams.ids import alarm_id_for, occurrence_key
 
 #: The limiter runs in the CAN adapter; its alarms are that service's.
 SOURCE = "can"
@@ -46,11 +45,6 @@ def fresh(previous: tuple[float, float] | None, value: float, at: float, limits:
     if previous is None or at - previous[1] > limits.stale_after_s:
         return True
     return abs(value - previous[0]) <= limits.implausible_jump_c
-
-
-def limiter_occurrence(sensor: str, at: float) -> str:
-    """The occurrence id of the limiter's FATAL for ``sensor``'s reading received at ``at``."""
-    return occurrence_key(alarm_id_for(SOURCE, CODE, sensor), at)
 
 
 @dataclass(frozen=True)

@@ -6,12 +6,18 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from streams.bank_rules import OVERTEMP, Bank, Reading
-from streams.fatal_limit import LIMITER_PREFIX, FatalLimiter, fresh, limiter_occurrence
+from streams.fatal_limit import CODE, LIMITER_PREFIX, SOURCE, FatalLimiter, fresh
 from streams.heater_config import HeaterLimits
+from streams.ids import alarm_id_for, occurrence_key
 from streams.latch import LatchView
 
 FATAL = OVERTEMP["FATAL"]
 LIMITS = HeaterLimits()
+
+
+def limiter_occurrence(sensor: str, at: float) -> str:
+    """The occurrence id of the limiter's FATAL for ``sensor``'s reading received at ``at`` (as AlarmsServer names it)."""
+    return occurrence_key(alarm_id_for(SOURCE, CODE, sensor), at)
 
 
 def temps(values: list[float], t0: float = 1000.0, dt: float = 0.1, sensor: str = "water.0") -> list[Reading]:

@@ -214,8 +214,11 @@ class CanAdapter:
             self.stats.error_frames.update(classes)
             self.throttle.log(logging.WARNING, "error-frame:" + "+".join(classes), "CAN error frame 0x%X (%s)", message.arbitration_id, ", ".join(classes))
             return None
+        screened = item.screened
         try:
-            frame = item.screened if isinstance(item.screened, DecodedFrame) else self._decode(message)
+            if isinstance(screened, FrameError):
+                raise screened  # the reader thread found it bad: not decoded a second time
+            frame = screened if isinstance(screened, DecodedFrame) else self._decode(message)
         except FrameError as exc:
             reason = reason_of(exc)
             self.stats.bad[reason] += 1

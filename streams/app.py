@@ -89,7 +89,7 @@ class HeaterService:
 
     def _configure(self, app: faust.App, conf: Any, **_: Any) -> None:
         settings = Settings.from_env()
-        for key, value in faust_options(settings, self.spec.name).items():
+        for key, value in faust_options(settings, self.spec.name, self.spec.input_fetch).items():
             setattr(conf, key, value)
 
     def use_ledger(self, group_inputs: bool = False, quiet_runs: bool = False) -> Ledger:

@@ -30,9 +30,9 @@ from aiokafka import AIOKafkaConsumer
 from streams import topics, topology
 from streams.auth import Role, principal, requires
 from streams.codec import DecodeError, decode
-from streams.readers import DISPLAY_FETCH_MIN_BYTES, DISPLAY_FETCH_WAIT_MS, follower, open_reader, poll
+from streams.readers import follower, open_reader, poll
 from streams.records import HeatingJobState, PlatformLatch, RelayState, SensorReading
-from streams.settings import Settings
+from streams.settings import DISPLAY_INPUT, Settings
 from streams.table_mirror import TableMirror, follow
 from streams.tables.exceptions import SenderStats, totals
 
@@ -143,7 +143,7 @@ class HomeKitFeed:
     async def start(self) -> None:
         """Open the reader (live data from the end; the last heating state from the compacted log) and push on change."""
         bootstrap = Settings.from_env().broker_bootstrap
-        display = {"fetch_wait_ms": DISPLAY_FETCH_WAIT_MS, "fetch_min_bytes": DISPLAY_FETCH_MIN_BYTES}
+        display = {"fetch_wait_ms": DISPLAY_INPUT.wait_ms, "fetch_min_bytes": DISPLAY_INPUT.min_bytes}
         live = await open_reader(bootstrap, [topics.SENSOR_DATA.name, topics.RELAY_STATE.name, *self.extra_topics],
                                  from_end=True, **display)
         jobs = await open_reader(bootstrap, [topics.HEATING_STATE.name], from_end=False, **display)
@@ -156,7 +156,7 @@ class HomeKitFeed:
         broker = follower("homekit feed")
         try:
             while True:
-                batches = await poll(reader, DISPLAY_FETCH_WAIT_MS * 2, broker)
+                batches = await poll(reader, DISPLAY_INPUT.wait_ms * 2, broker)
                 for tp, messages in batches.items():
                     for message in messages:
                         for observe in self.observers:

@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from streams import metrics
+from streams.settings import PROMPT_INPUT, InputFetch
 
 log = logging.getLogger(__name__)
 
@@ -30,11 +31,12 @@ class Phase(str, enum.Enum):
 
 @dataclass(frozen=True)
 class ServiceSpec:
-    """What a service is: its name and its kind."""
+    """What a service is: its name and its kind, and how promptly its input must reach it."""
 
     name: str
     kind: ServiceKind
     description: str = ""
+    input_fetch: InputFetch = PROMPT_INPUT
 
 
 @dataclass

@@ -24,13 +24,6 @@ log = logging.getLogger(__name__)
 REALIGN_EVERY_S = 1.0
 #: How long stopping a reader may wait for the broker.
 STOP_TIMEOUT_S = 3.0
-#: A reader that only feeds a display (the Home app, the dashboard) takes what arrived
-#: within this wait in one answer: the display shows at most one state per quarter second,
-#: and a fetch answered as each reading arrived woke the broker's gate and the reading
-#: process 40 times a second per reader for nothing.
-DISPLAY_FETCH_WAIT_MS = 250
-#: ... unless this much is waiting (a backlog is read at full speed).
-DISPLAY_FETCH_MIN_BYTES = 1 << 20
 
 
 class Reader(AIOKafkaConsumer):

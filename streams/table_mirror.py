@@ -23,7 +23,8 @@ from typing import Any, Callable
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from streams import kafka_clients
-from streams.readers import DISPLAY_FETCH_MIN_BYTES, DISPLAY_FETCH_WAIT_MS, follower, open_reader, poll
+from streams.readers import follower, open_reader, poll
+from streams.settings import DISPLAY_INPUT
 
 log = logging.getLogger(__name__)
 
@@ -65,8 +66,8 @@ class TableMirror:
     async def open(self, bootstrap: str) -> AIOKafkaConsumer:
         """A reader at the log's beginning, once the topic exists; notes where the log ends now."""
         while True:
-            reader = await open_reader(bootstrap, [self.topic], fetch_wait_ms=DISPLAY_FETCH_WAIT_MS, from_end=False,
-                                       fetch_min_bytes=DISPLAY_FETCH_MIN_BYTES)
+            reader = await open_reader(bootstrap, [self.topic], fetch_wait_ms=DISPLAY_INPUT.wait_ms, from_end=False,
+                                       fetch_min_bytes=DISPLAY_INPUT.min_bytes)
             if reader.partitions_for_topic(self.topic):
                 break
             await reader.stop()
@@ -96,7 +97,7 @@ def follow(mirror: TableMirror, bootstrap: str, on_change: Callable[[], None]) -
         broker = follower(mirror.topic)
         try:
             while True:
-                batches = await poll(reader, DISPLAY_FETCH_WAIT_MS * 2, broker)
+                batches = await poll(reader, DISPLAY_INPUT.wait_ms * 2, broker)
                 was = mirror.caught_up
                 changed = [mirror.apply(m.key, m.value) for messages in batches.values() for m in messages]  # every one, no short cut
                 if (any(changed) and was) or (await mirror.check_caught_up(reader) and not was):

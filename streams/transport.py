@@ -82,6 +82,17 @@ def fetch_wait_ms(urls: List[URL]) -> int:
     return wait
 
 
+def fetch_min_bytes(urls: List[URL]) -> int:
+    """Return the bytes a fetch waits for (at most its fetch wait), from the first broker URL's query."""
+    value = urls[0].query.get("fetch_min_bytes") if urls else None
+    if value is None:
+        return 1
+    wanted = int(value)
+    if wanted < 1:
+        raise ValueError(f"fetch_min_bytes must be >= 1, got {wanted}")
+    return wanted
+
+
 async def true_end_offsets(
     consumer: aiokafka.AIOKafkaConsumer, reported: Mapping[TP, int], *, follow: bool = True
 ) -> Dict[TP, int]:
@@ -195,6 +206,7 @@ class ConsumerThread(KafkaConsumerThread):
         """
         consumer = super()._create_consumer(loop)
         consumer._fetch_max_wait_ms = fetch_wait_ms(self.transport.url)
+        consumer._fetch_min_bytes = fetch_min_bytes(self.transport.url)
         return consumer
 
     async def _highwaters(self, partitions: List[TP]) -> Mapping[TP, int]:

@@ -143,13 +143,17 @@ class BusReader:
         while True:
             await self._ready.wait()
             self._ready.clear()
-            with self._lock:
-                self._wake_pending = False
-                batch = list(self._items)
-                self._items.clear()
-            if batch:
-                self.max_backlog = max(self.max_backlog, len(batch))
+            if batch := self.take_queued():
                 return batch
+
+    def take_queued(self) -> list[Item]:
+        """Everything queued now, oldest first, without waiting (empty if nothing is)."""
+        with self._lock:
+            self._wake_pending = False
+            batch = list(self._items)
+            self._items.clear()
+        self.max_backlog = max(self.max_backlog, len(batch))
+        return batch
 
     def stop(self, timeout: float = 1.0) -> None:
         """Stop the thread (within one ``recv`` timeout); the bus stays open."""

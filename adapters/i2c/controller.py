@@ -244,6 +244,11 @@ class RelayController:
             return "flame-failure", "flame lost after ignition: gas valve closed"
         return None
 
+    def waits_for_inputs(self, cmd: Command, now: float) -> bool:
+        """True if ``cmd`` opens the valve on readings or detector beats that are not current now:
+        its caller takes the ones published before the command first (they come in batches)."""
+        return cmd.action is Action.VALVE and cmd.on and not (self._fresh(now) and self._detector_watching(now))
+
     def _fresh(self, now: float) -> bool:
         at = self.train.temperature_at
         return at is not None and now - at <= self.limits.stale_after_s

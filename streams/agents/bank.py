@@ -44,11 +44,13 @@ from streams.fatal_limit import LIMITER_PREFIX
 from streams.heater_config import HeaterLimits
 from streams.lifecycle import Phase
 from streams.records import HeaterRecord, SensorReading
+from streams.settings import READINGS_INPUT
 from streams.tables import bank as tables
 
 log = logging.getLogger(__name__)
 
-SPEC = ServiceSpec("bank", ServiceKind.CONTROL, description="sensor bank: quality, over-temperature, stats")
+SPEC = ServiceSpec("bank", ServiceKind.CONTROL, description="sensor bank: quality, over-temperature, stats",
+                   input_fetch=READINGS_INPUT)
 #: The bank's own tick topic (only this service writes and reads it).
 TICKS = topics.BANK_TICKS
 #: Tumbling windows kept per sensor (one hour of one-minute windows).

@@ -150,6 +150,8 @@ class LogKeeper:
         if self._reader is None:
             self._reader = await open_reader(Settings.from_env().broker_bootstrap, [topics.CONFIG.name],
                                              fetch_wait_ms=100, from_end=True)
+            # It only asks where the log ends: paused, it does not poll the topic ten times a second.
+            self._reader.pause(*self._reader.assignment())
         partitions = list(self._reader.assignment())
         ends = await kafka_clients.log_ends(self._reader, partitions, follow=False)
         return sum(ends.values())

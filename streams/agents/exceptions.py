@@ -36,11 +36,13 @@ from streams.app import HeaterService, ServiceKind, ServiceSpec
 from streams.consistency import Step
 from streams.records import ExceptionReport, Severity
 from streams.tables.exceptions import ExceptionTables, SenderStats, totals
+from streams.settings import DISPLAY_INPUT
 from streams.vault import VaultUnavailable
 
 log = logging.getLogger(__name__)
 
-SPEC = ServiceSpec("exceptions", ServiceKind.DISPLAY, description="exceptions forwarded by every service: counts, recent reports")
+SPEC = ServiceSpec("exceptions", ServiceKind.DISPLAY, description="exceptions forwarded by every service: counts, recent reports",
+                   input_fetch=DISPLAY_INPUT)
 service = HeaterService(SPEC)
 app = service.app
 

@@ -43,12 +43,13 @@ from streams.lifecycle import Phase
 from streams.ids import alarm_id_for
 from streams.records import DisasterEvent, Heartbeat, HeaterRecord, RegistryEvent, Severity
 from streams.registry_rules import Registry, RegistryLimits, Verdict, stranger_key
-from streams.settings import Settings
+from streams.settings import DISPLAY_INPUT, Settings
 from streams.tables.registry import RegistryTables
 
 log = logging.getLogger(__name__)
 
-SPEC = ServiceSpec("registry", ServiceKind.DISPLAY, description="StateRegistry: heartbeats, discovery, allowed services")
+SPEC = ServiceSpec("registry", ServiceKind.DISPLAY, description="StateRegistry: heartbeats, discovery, allowed services",
+                   input_fetch=DISPLAY_INPUT)
 service = HeaterService(SPEC)
 app = service.app
 

@@ -129,9 +129,11 @@ class JsonLinesExporter(SpanExporter):
         """Append the batch (runs on the processor's thread; a failure is logged once, not raised)."""
         try:
             text = "".join(json.dumps(span_record(span), separators=(",", ":")) + "\n" for span in spans)
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            if self.path.exists() and self.path.stat().st_size > self.max_bytes:
-                self.path.replace(self.path.with_name(self.path.name + ".1"))
+            if self._failing or not self.path.parent.is_dir():
+                self.path.parent.mkdir(parents=True, exist_ok=True)
+            with contextlib.suppress(FileNotFoundError):
+                if self.path.stat().st_size > self.max_bytes:
+                    self.path.replace(self.path.with_name(self.path.name + ".1"))
             with self.path.open("a", encoding="utf-8") as out:
                 out.write(text)
         except (OSError, TypeError, ValueError) as exc:
@@ -281,6 +283,32 @@ def sending(tracer: Tracer, topic: str, **attributes: Any) -> Iterator[Headers]:
         attributes={"messaging.system": "kafka", "messaging.destination.name": topic, **attributes},
     ):
         yield headers()
+
+
+class TraceBudget:
+    """At most ``per_s`` new traces a second for each key (a sensor), in bursts of up to ``per_s``.
+
+    A trace per reading lets one follow any reading through the platform, and at rest every
+    reading gets one (each sensor sends ten a second). A sensor flooding the bus would spend
+    the adapter's CPU on spans instead: at 9,000 frames/s the span and its export were half of
+    the CAN adapter's busy time (py-spy), on the core the bank needs and beside the reader
+    thread that judges the FATAL limit. Past its budget a reading goes out without a trace, and
+    what it causes downstream starts a trace of its own.
+    """
+
+    def __init__(self, per_s: float) -> None:
+        self.per_s = per_s
+        self._left: dict[str, tuple[float, float]] = {}  # key → (traces left, when counted)
+
+    def take(self, key: str, now: float) -> bool:
+        """True (and one trace spent) if ``key`` may start a trace at ``now`` (seconds, any steady clock)."""
+        left, at = self._left.get(key, (self.per_s, now))
+        left = min(self.per_s, left + max(0.0, now - at) * self.per_s)
+        if left >= 1.0:
+            self._left[key] = (left - 1.0, now)
+            return True
+        self._left[key] = (left, now)
+        return False
 
 
 def emitted(tracer: Tracer, topic: str, started_at: float, attributes: Mapping[str, Any]) -> Headers:

@@ -139,6 +139,26 @@ def test_a_batched_reading_span_starts_at_the_frame_reception(recorded: tuple[Tr
     assert broken.start_time / 1e9 == pytest.approx(time.time(), abs=5)
 
 
+def test_the_trace_budget_traces_every_reading_at_rest() -> None:
+    budget = tracing.TraceBudget(per_s=50.0)
+    assert all(budget.take(sensor, 1000.0 + i * 0.1) for i in range(600) for sensor in ("water.0", "water.1"))
+
+
+def test_the_trace_budget_holds_a_flooding_sensor_and_no_other() -> None:
+    budget = tracing.TraceBudget(per_s=50.0)
+    flood = [budget.take("water.2", 1000.0 + i / 9000) for i in range(9000)]  # one second at 9,000 frames/s
+    assert 99 <= sum(flood) <= 101, sum(flood)  # the burst of 50, then 50 more in the second
+    assert all(flood[:50]) and not any(flood[60:170])
+    assert all(budget.take("water.0", 1000.0 + i * 0.1) for i in range(10))
+    assert budget.take("water.2", 1001.1), "a tenth of a second later it may start a trace again"
+
+
+def test_the_trace_budget_takes_a_clock_going_back_as_no_time() -> None:
+    budget = tracing.TraceBudget(per_s=2.0)
+    assert budget.take("s", 10.0) and budget.take("s", 10.0)
+    assert not budget.take("s", 5.0), "time going back refills nothing"
+
+
 # -- the tracer and its exporters -----------------------------------------------------
 
 

@@ -26,6 +26,7 @@ class CanStats:
     error_frames: Counter[str] = field(default_factory=Counter)
     lost: Counter[str] = field(default_factory=Counter)
     limit_trips: Counter[str] = field(default_factory=Counter)
+    untraced: Counter[str] = field(default_factory=Counter)
     published: int = 0
     publish_errors: int = 0
     bus_opens: int = 0
@@ -48,6 +49,8 @@ _LABELLED: tuple[tuple[str, str, str, str], ...] = (
     ("heater_can_error_frames", "CAN error frames received, by SocketCAN error class", "error_frames", "error_class"),
     ("heater_can_frames_lost", "Frames missing from a sensor's sequence counter, by sensor", "lost", "sensor"),
     ("heater_can_fatal_limit_trips", "FATAL alarms raised by the adapter's own limit check, by sensor", "limit_trips", "sensor"),
+    ("heater_can_readings_untraced", "Readings published without a trace of their own (over the sensor's trace budget)",
+     "untraced", "sensor"),
 )
 _PLAIN: tuple[tuple[str, str, str], ...] = (
     ("heater_can_published", "Readings handed to the producer for sensorData", "published"),

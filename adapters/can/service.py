@@ -77,6 +77,9 @@ CHUNK = 512
 #: batch their fetches as long anyway (:data:`streams.settings.READINGS_INPUT`). The FATAL
 #: limit is judged on the reader thread as each frame arrives, so it does not wait for this.
 TAKE_EVERY_S = 0.1
+#: New traces a second per sensor (:class:`streams.tracing.TraceBudget`): five times what a
+#: sensor sends at rest, so every reading is traced there; a flooding sensor gets no more.
+TRACED_READINGS_PER_S = 50.0
 
 WAITING_FOR_BUS = "opening the CAN bus"
 WAITING_FOR_FRAME = "CAN bus open; waiting for the first valid frame"
@@ -105,6 +108,7 @@ class CanAdapter:
         self._publisher: BatchPublisher | None = None
         #: Judged on the reader thread (:meth:`_screen`); the loop only sets its limits.
         self.limiter = FatalLimiter(HeaterLimits.from_env())
+        self.traces = tracing.TraceBudget(TRACED_READINGS_PER_S)
         self._loop: asyncio.AbstractEventLoop | None = None
         self._trips: set[asyncio.Future[None]] = set()
 
@@ -256,6 +260,9 @@ class CanAdapter:
         self.stats.last_frame_at = item.received_at
         value_read = frame.value if frame.value is not None else float(bool(frame.flame))
         self.latest[sensor] = (value_read, item.received_at, frame.status)
+        if not self.traces.take(sensor, item.received_at):
+            self.stats.untraced[sensor] += 1
+            return key, value, []
         # The first hop of the reading's trace: frame received → reading handed to the producer.
         headers = tracing.emitted(self.service.tracer, topics.SENSOR_DATA.name, item.received_at, {
             "heater.sensor": sensor, "heater.value": value_read, "can.id": message.arbitration_id,
@@ -393,6 +400,7 @@ class CanAdapter:
                 "bad": dict(self.stats.bad),
                 "error_frames": dict(self.stats.error_frames),
                 "lost": dict(self.stats.lost),
+                "untraced": dict(self.stats.untraced),
             },
             "published": self.stats.published,
             "publish_errors": self.stats.publish_errors,

@@ -114,7 +114,7 @@ def test_frames_arrive_on_sensor_data_at_10_hz_per_sensor(can_stack: CanStack) -
 
 
 def test_every_reading_starts_a_trace_of_its_own(can_stack: CanStack) -> None:
-    """Each reading carries the ``traceparent`` of its CAN adapter span, written to the adapter's span file."""
+    """At rest each reading carries the ``traceparent`` of its CAN adapter span, written to the adapter's span file."""
     since = time.time()
 
     def fresh(messages: list[Any]) -> list[tuple[SensorReading, list[str]]]:
@@ -142,6 +142,35 @@ def test_every_reading_starts_a_trace_of_its_own(can_stack: CanStack) -> None:
         assert span["attributes"]["heater.sensor"] == reading.sensor
         assert span["attributes"]["can.sequence"] == reading.sequence
         assert abs(span["start_ns"] / 1e9 - reading.received_at) < 1e-3
+
+
+def test_a_flooding_sensor_is_traced_within_its_budget_and_the_others_in_full(can_stack: CanStack) -> None:
+    """Past its trace budget a sensor's readings go out without a trace of their own (counted); every other
+    sensor's reading keeps its trace, and none is lost."""
+    adapter, port = can_stack.adapter, can_stack.sim.control_port
+    untraced_before = adapter.view()["frames"]["untraced"].get("water.2", 0)
+    since = time.time()
+    burst = client.burst(port, 2000, rate=9000.0, sensor=2, wait=True)
+
+    def fresh(messages: list[Any]) -> list[tuple[SensorReading, bool]]:
+        return [(reading, "traceparent" in dict(message.headers)) for message in messages
+                if (reading := decode(message.value, SensorReading)).received_at >= since]
+
+    def after_the_burst(messages: list[Any]) -> bool:
+        late = [r for r, _ in fresh(messages) if r.received_at > burst["finished_at"] + 0.3]
+        return all(sum(r.sensor == s for r in late) >= 3 for s in SENSORS)
+
+    readings = fresh(run(consume_until(can_stack.broker.bootstrap, topics.SENSOR_DATA.name, after_the_burst, timeout=30)))
+    flooding = [traced for r, traced in readings if r.sensor == "water.2"]
+    others = [traced for r, traced in readings if r.sensor != "water.2"]
+    print(f"\nwater.2: {len(flooding)} readings, {sum(flooding)} traced; others: {len(others)}, {sum(others)} traced")
+    assert len(flooding) >= 2000 and others
+    assert all(others), "the other sensors' readings are all traced"
+    assert sum(flooding) <= 50 + 50 * (time.time() - since), "the flooding sensor stays within 50 new traces a second"
+    assert flooding[-1], "under its budget again, the sensor's readings are traced"
+    view = adapter.view()
+    assert view["frames"]["untraced"]["water.2"] - untraced_before == len(flooding) - sum(flooding)
+    assert set(view["frames"]["untraced"]) == {"water.2"} and view["frames"]["lost"] == {}
 
 
 def test_a_garbage_flood_is_counted_and_valid_frames_keep_flowing(can_stack: CanStack) -> None:

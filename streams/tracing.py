@@ -129,7 +129,7 @@ class JsonLinesExporter(SpanExporter):
         """Append the batch (runs on the processor's thread; a failure is logged once, not raised)."""
         try:
             text = "".join(json.dumps(span_record(span), separators=(",", ":")) + "\n" for span in spans)
-            if self._failing or not self.path.parent.is_dir():
+            if not self.path.parent.is_dir():
                 self.path.parent.mkdir(parents=True, exist_ok=True)
             with contextlib.suppress(FileNotFoundError):
                 if self.path.stat().st_size > self.max_bytes:

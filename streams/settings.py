@@ -61,7 +61,9 @@ PROMPT_INPUT = InputFetch(FETCH_WAIT_MS)
 #: judges that limit as each frame arrives): a fetch takes what arrived within
 #: :data:`FETCH_WAIT_MS` in one answer, or a backlog's megabyte at once. At rest that is ten
 #: fetches a second for the 40 readings, not one each (measured on the idle platform: the bank
-#: 9.1 → 3.6 % of a core, the detector 7.8 → 3.5 %), under load the same batches as before.
+#: 9.1 → 3.6 % of a core), under load the same batches as before. Not DisasterDetector's: it
+#: weighs readings against the heating job's state, another topic, and a batch of both
+#: handed the job's end ahead of readings taken before it (a replayed incident decided otherwise).
 READINGS_INPUT = InputFetch(FETCH_WAIT_MS, 1 << 20)
 #: What only feeds a display (the Home app, the dashboard, a display service's tables): a fetch
 #: takes what arrived within a quarter second in one answer, or a backlog's megabyte at once. A

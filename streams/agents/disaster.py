@@ -36,7 +36,6 @@ from streams.heater_config import HeaterLimits
 from streams.lifecycle import Phase
 from streams.records import alarm_id_for, occurrence_key
 from streams.records import DisasterEvent, HeaterRecord, HeatingJobState, RelayAction, RelayCommand, RelayState, SensorReading, Severity
-from streams.settings import READINGS_INPUT
 from streams.tables.disaster import DisasterTables
 
 log = logging.getLogger(__name__)
@@ -44,7 +43,6 @@ log = logging.getLogger(__name__)
 SPEC = ServiceSpec(
     DETECTOR, ServiceKind.CONTROL,
     description="disaster detector: over-limit, too-fast rise, heat with the valve closed, sensor disagreement",
-    input_fetch=READINGS_INPUT,
 )
 service = HeaterService(SPEC)
 app = service.app

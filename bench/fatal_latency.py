@@ -368,10 +368,20 @@ class Bench:
     def ready(self, name: str) -> bool:
         return status_of(self.layout.web_url(name) + "/readyz") == 200
 
-    def wait_ready(self, names: list[str], timeout: float) -> None:
-        deadline = time.monotonic() + timeout
-        for name in names:
-            wait_for(lambda n=name: self.ready(n), max(0.1, deadline - time.monotonic()), f"{name} ready")
+    def wait_ready(self, names: list[str], timeout: float) -> dict[str, float]:
+        """Wait until every service named is ready; when each became ready (seconds from now)."""
+        started = time.monotonic()
+        deadline = started + timeout
+        ready_after: dict[str, float] = {}
+        while waiting := [n for n in names if n not in ready_after]:
+            for name in waiting:
+                if self.ready(name):
+                    ready_after[name] = time.monotonic() - started
+            if len(ready_after) < len(names):
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"not ready within {timeout:.0f} s: {', '.join(n for n in names if n not in ready_after)}")
+                time.sleep(POLL_S)
+        return ready_after
 
     def kicking(self) -> bool:
         watchdog = self.pico()["watchdog"]
@@ -534,12 +544,13 @@ class Bench:
         exited = time.monotonic()
         self.operator_reset(supervisor)
         released = time.monotonic()
-        self.wait_ready([*CONTROL, "alarms"], READY_TIMEOUT_S)
+        ready_after = self.wait_ready([*CONTROL, "alarms"], READY_TIMEOUT_S)
         wait_for(lambda: not self.pico()["trip_latched"], STEP_TIMEOUT_S, "Pico released")
         self.latched = False
         done = time.monotonic()
         self.after = ("reset", done)
-        return {"total_s": done - started, "exit_s": exited - started, "reset_s": released - exited, "ready_s": done - released}
+        return {"total_s": done - started, "exit_s": exited - started, "reset_s": released - exited, "ready_s": done - released,
+                **{f"ready:{name}": after for name, after in ready_after.items()}}
 
     def operator_reset(self, supervisor: Supervisor) -> None:
         """``heater reset``, looking again as an operator would while AlarmsServer refuses it (409).
@@ -773,6 +784,7 @@ class Bench:
             "reset_s": mean("total_s"),
             "reset_breakdown_s": {"stay_down_exit": mean("exit_s"), "operator_reset": mean("reset_s"),
                                   "control_ready": mean("ready_s")},
+            "ready_after_reset_s": {name: mean(f"ready:{name}") for name in [*CONTROL, "alarms"]},
             "resets": len(self.resets),
             "disaster_grace_wait_s": round(statistics.fmean(t["disaster_wait_s"] for t in self.fatal), 2),
             "platform_restarts": self.platforms - 1,

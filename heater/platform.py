@@ -16,6 +16,7 @@ from pathlib import Path
 from types import FrameType
 
 from heater import prometheus
+from heater.bytecode import compile_sources
 from heater.catalogue import COMPONENTS, Component, stages
 from heater.probes import HALTED, READY, probe
 from heater.rundir import Layout
@@ -49,6 +50,7 @@ class Platform:
             raise AlreadyRunning(f"a platform is already running in {self.layout.run_dir}; stop it first")
         self.layout.supervisor_socket.unlink(missing_ok=True)
         self.layout.save()
+        compile_sources()
         prometheus.write(self.layout)
         write_token(self.layout.vault_token_file, new_token())
         write_default(self.layout.config_file)

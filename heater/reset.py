@@ -85,12 +85,15 @@ def main(run_dir: Path, operator: str | None = None, timeout: float = 30.0) -> i
         if time.monotonic() > deadline:
             print("the latch was not released: see the alarms log and `heater status`")
             return 1
-        time.sleep(0.2)
+        time.sleep(POLL_S)
     restarted = restart_stayed_down(layout, supervisor, time.monotonic() + EXIT_GRACE_S)
     print(f"latch released; restarted: {', '.join(restarted) or 'nothing (no service stayed down)'}")
     return 0
 
 
+#: How often the release and the services are looked at: each look is one local request, and
+#: the control services are started again only once the release is seen.
+POLL_S = 0.05
 #: How long a control service halted by the FATAL may still take to exit after the release.
 EXIT_GRACE_S = 20.0
 
@@ -118,4 +121,4 @@ def restart_stayed_down(layout: Layout, supervisor: Supervisor, deadline: float)
                      and probe(layout, c).state != READY]
         if not unsettled or time.monotonic() > deadline:
             return restarted
-        time.sleep(0.2)
+        time.sleep(POLL_S)

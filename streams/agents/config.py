@@ -36,11 +36,12 @@ from streams.config_rules import ConfigBook, key_for, loosened, parse_limits
 from streams.heater_config import ConfigInvalid
 from streams.readers import open_reader
 from streams.records import ConfigDocument, Severity
-from streams.settings import Settings
+from streams.settings import QUIET_INPUT, Settings
 
 log = logging.getLogger(__name__)
 
-SPEC = ServiceSpec("config", ServiceKind.CONTROL, description="ConfigurationServer: validated, versioned configuration")
+SPEC = ServiceSpec("config", ServiceKind.CONTROL, description="ConfigurationServer: validated, versioned configuration",
+                   input_fetch=QUIET_INPUT)
 service = HeaterService(SPEC)
 app = service.app
 

@@ -724,14 +724,18 @@ class Bench:
         def p(trials: list[dict[str, Any]], q: float) -> float:
             return round(percentile([t["latency_s"] * 1000 for t in trials], q), 2)
 
-        def reset_mean(resets: list[dict[str, float]]) -> float | None:
-            return round(statistics.fmean(r["total_s"] for r in resets), 2) if resets else None
+        def reset_mean(resets: list[dict[str, float]], key: str = "total_s") -> float | None:
+            return round(statistics.fmean(r[key] for r in resets), 2) if resets else None
 
+        first_resets, last_resets = self.resets[:resets_n], self.resets[-resets_n:] if resets_n else []
         return {
             "trials": n,
             "first_p50_ms": p(first, 50), "last_p50_ms": p(last, 50),
             "first_p99_ms": p(first, 99), "last_p99_ms": p(last, 99),
-            "first_reset_s": reset_mean(self.resets[:resets_n]), "last_reset_s": reset_mean(self.resets[-resets_n:]) if resets_n else None,
+            "first_reset_s": reset_mean(first_resets), "last_reset_s": reset_mean(last_resets),
+            # Which service's return after a reset slows down, if the reset does.
+            "ready_after_reset_first_last_s": {name: [reset_mean(first_resets, f"ready:{name}"),
+                                                      reset_mean(last_resets, f"ready:{name}")] for name in CONTROL},
         }
 
     def result(self, requested: int, complete: bool) -> dict[str, Any]:

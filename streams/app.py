@@ -45,7 +45,7 @@ def _skip_scan_registration(*args: Any, **kwargs: Any) -> None:
     """Stands in for the registration Faust's decorators (agent, timer, page) make for a
     venusian module scan. These apps never scan (``autodiscover=False``), and the
     registration's frame inspection resolves the path of every module loaded so far: about
-    65 ms of each worker's start, paid again on every restart after a FATAL."""
+    50 ms of CPU in each worker's start (measured), paid again on every restart after a FATAL."""
 
 
 faust_venusian.attach = _skip_scan_registration

@@ -152,6 +152,29 @@ class SensorReading(HeaterRecord):
         _finite(self.received_at, "received_at")
 
 
+class SensorFreshness(HeaterRecord):
+    """``sensorFreshness``: the newest valid temperature and flame readings the CAN adapter has published.
+
+    The valve lease needs only these two (DESIGN rule 3: fresh temperature data, and the
+    flame that proves ignition or its loss), not every reading: the I2C adapter follows
+    this instead of ``sensorData``, so a flooded bus does not fill the process that cuts
+    the power. Times are the readings' ``received_at``; 0 means none yet. The CAN adapter
+    publishes one with each batch of readings it publishes (at most every 100 ms), at once
+    when the flame changes, and one more when the readings stop.
+    """
+
+    temperature_at: float = 0.0
+    flame: bool = False
+    flame_at: float = 0.0
+    sent_at: float = 0.0
+    schema_version: int = SCHEMA_VERSION
+
+    def check(self) -> None:
+        for name in ("temperature_at", "flame_at", "sent_at"):
+            _finite(getattr(self, name), name)
+            _require(getattr(self, name) >= 0, f"{name} must not be negative")
+
+
 class DisasterEvent(HeaterRecord):
     """``DisasterDetected``: a disaster the detector found, with the rule and the evidence."""
 
@@ -395,6 +418,7 @@ RECORD_FOR_TOPIC: dict[str, type[HeaterRecord]] = {
     "createAlarm": Alarm,
     "deleteAlarm": AlarmClear,
     "sensorData": SensorReading,
+    "sensorFreshness": SensorFreshness,
     "DisasterDetected": DisasterEvent,
     "I2CHeating": RelayCommand,
     "relayState": RelayState,

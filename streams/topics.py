@@ -36,6 +36,8 @@ class TopicSpec:
 CREATE_ALARM = TopicSpec("createAlarm", purpose="alarms raised by any service")
 DELETE_ALARM = TopicSpec("deleteAlarm", purpose="alarm clear requests from any service")
 SENSOR_DATA = TopicSpec("sensorData", retention_ms=DAY_MS, purpose="decoded CAN sensor readings")
+SENSOR_FRESHNESS = TopicSpec("sensorFreshness", retention_ms=HOUR_MS,
+                             purpose="the newest valid temperature and flame readings, for the gas valve's lease")
 DISASTER_DETECTED = TopicSpec("DisasterDetected", retention_ms=30 * DAY_MS, purpose="disasters found")
 I2C_HEATING = TopicSpec("I2CHeating", purpose="relay commands for the I2C adapter")
 RELAY_STATE = TopicSpec("relayState", retention_ms=DAY_MS, purpose="relay readback from the Pico")
@@ -56,6 +58,7 @@ ALL_TOPICS: tuple[TopicSpec, ...] = (
     CREATE_ALARM,
     DELETE_ALARM,
     SENSOR_DATA,
+    SENSOR_FRESHNESS,
     DISASTER_DETECTED,
     I2C_HEATING,
     RELAY_STATE,

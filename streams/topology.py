@@ -94,13 +94,13 @@ SERVICES: tuple[ServiceTopics, ...] = (
         follows=(REGISTRY_SERVICES, EXCEPTION_COUNTS),
         faust=True,
     ),
-    ServiceTopics("can", produces=(t.SENSOR_DATA.name,)),
+    ServiceTopics("can", produces=(t.SENSOR_DATA.name, t.SENSOR_FRESHNESS.name)),
     # The SecretsRotator sends only what every service sends (alarms, heartbeats, reports).
     ServiceTopics("secrets"),
     ServiceTopics(
         "i2c",
         produces=(t.RELAY_STATE.name,),
-        consumes=(t.I2C_HEATING.name, t.SENSOR_DATA.name, t.HEARTBEATS.name, t.OPERATOR_RESET.name),
+        consumes=(t.I2C_HEATING.name, t.SENSOR_FRESHNESS.name, t.HEARTBEATS.name, t.OPERATOR_RESET.name),
     ),
     ServiceTopics(
         "bank",

@@ -606,7 +606,7 @@ def test_every_dbc_message_decodes_as_cantools_reads_it_or_is_refused(index: int
 COMMAND_SERIES = dict(
     action=[*(a.value for a in RelayAction), "unknown"], result=["applied", "accepted", "refused", "unconfirmed", "halted", "malformed"]
 )
-SKIPPED_SERIES = dict(topic=[topics.I2C_HEATING.name, topics.SENSOR_DATA.name], reason=DECODE_REASONS)
+SKIPPED_SERIES = dict(topic=[topics.I2C_HEATING.name, topics.SENSOR_FRESHNESS.name], reason=DECODE_REASONS)
 RESET_RESULTS = ("released", "failed", "vault-unavailable", *(f"refused-{k}" for k in ("invalid", "forged", "replayed", "stale", "outdated")))
 
 
@@ -684,36 +684,28 @@ def test_relay_command_is_carried_out_or_counted_as_malformed(
 
 @pytest.fixture(scope="module")
 def reading_adapter(i2c_dir: Path) -> Iterator[RelayAdapter]:
-    """One relay adapter for the readings test: readings only move its data-freshness clocks."""
+    """One relay adapter for the freshness test: freshness only moves its data-freshness clocks."""
     adapter = _relay_adapter(i2c_dir, Outbox())
     yield adapter
     adapter.io.close()
 
 
 @settings(max_examples=250, **FUZZ)
-@given(batch=st.lists(payloads(RECORD_FOR_TOPIC[topics.SENSOR_DATA.name]), min_size=1, max_size=4))
-def test_relay_adapter_readings_are_used_or_counted(reading_adapter: RelayAdapter, batch: list[bytes | None]) -> None:
-    """The adapter reads the newest valid readings of a batch for data freshness; every bad one it reads is counted."""
+@given(batch=st.lists(payloads(RECORD_FOR_TOPIC[topics.SENSOR_FRESHNESS.name]), min_size=1, max_size=4))
+def test_relay_adapter_freshness_is_used_or_counted(reading_adapter: RelayAdapter, batch: list[bytes | None]) -> None:
+    """The adapter takes the newest freshness record that decodes; every bad one it reads on the way is counted."""
     before = series(i2c_metrics.SKIPPED, **SKIPPED_SERIES)
-    reading_adapter.on_readings([_Consumed(v) for v in batch])  # type: ignore[misc]
+    reading_adapter.on_freshness([_Consumed(v) for v in batch])  # type: ignore[misc]
     skipped = increments(before, series(i2c_metrics.SKIPPED, **SKIPPED_SERIES))
     expected: dict[Any, float] = {}
-    want_temperature = want_flame = True
     for payload in reversed(batch):
-        if not (want_temperature or want_flame):
-            break  # older readings than the newest valid ones are not read: nothing to count
         try:
-            reading = decode(payload, RECORD_FOR_TOPIC[topics.SENSOR_DATA.name])
+            decode(payload, RECORD_FOR_TOPIC[topics.SENSOR_FRESHNESS.name])
         except DecodeError as exc:
-            labels = (("reason", exc.reason), ("topic", topics.SENSOR_DATA.name))
+            labels = (("reason", exc.reason), ("topic", topics.SENSOR_FRESHNESS.name))
             expected[labels] = expected.get(labels, 0.0) + 1
             continue
-        if reading.status & 1:  # type: ignore[attr-defined]
-            continue
-        if reading.kind == "temperature":  # type: ignore[attr-defined]
-            want_temperature = False
-        elif reading.kind == "flame":  # type: ignore[attr-defined]
-            want_flame = False
+        break  # older records than the newest valid one are not read: nothing to count
     assert skipped == expected
 
 

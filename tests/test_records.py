@@ -11,6 +11,7 @@ from streams.records import (
     RecordInvalid,
     RelayAction,
     RelayCommand,
+    SensorFreshness,
     SensorReading,
     Severity,
     alarm_id_for,
@@ -26,6 +27,9 @@ PINNED = {
     "sensorData": {
         "sensor": "str", "kind": "str", "value": "float", "unit": "str", "received_at": "float",
         "sequence": "int", "status": "int", "schema_version": "int",
+    },
+    "sensorFreshness": {
+        "temperature_at": "float", "flame": "bool", "flame_at": "float", "sent_at": "float", "schema_version": "int",
     },
     "I2CHeating": {
         "command_id": "str", "action": "RelayAction", "on": "bool", "issued_by": "str", "issued_at": "float",
@@ -93,6 +97,14 @@ def test_sensor_reading_rejects_unknown_kind_and_infinite_values() -> None:
         SensorReading(sensor="water.0", kind="pressure", value=1.0, unit="bar", received_at=1.0)
     with pytest.raises(RecordInvalid, match="value"):
         SensorReading(sensor="water.0", kind="temperature", value=float("inf"), unit="C", received_at=1.0)
+
+
+def test_sensor_freshness_rejects_negative_and_infinite_times() -> None:
+    assert SensorFreshness().temperature_at == 0.0, "0 says: no reading yet"
+    with pytest.raises(RecordInvalid, match="temperature_at"):
+        SensorFreshness(temperature_at=-1.0)
+    with pytest.raises(RecordInvalid, match="flame_at"):
+        SensorFreshness(flame_at=float("nan"))
 
 
 def test_alarm_ids_are_deterministic_and_bounded() -> None:

@@ -18,7 +18,9 @@ beyond decoding and bus health:
 * one decision, the FATAL temperature limit (:mod:`streams.fatal_limit`): a believed water
   temperature at or over it raises ``can/overtemp-fatal/<sensor>`` as the frame is decoded,
   ahead of the readings queued for ``sensorData`` and of BankManager's backlog, so a
-  saturated bus does not delay the power cut. The limit follows the configuration live.
+  saturated bus does not delay the power cut. The limit follows the configuration live;
+* with each batch of readings, what the gas valve's lease needs of them — the newest valid
+  temperature and flame reading — on ``sensorFreshness`` (:mod:`adapters.can.freshness`).
 
 Ready once the bus is open and the first valid frame arrived; ``/readyz`` says which
 of the two it is waiting for.  ``/can`` shows the counters and every sensor's last frame.
@@ -39,6 +41,7 @@ from aiokafka.errors import KafkaError
 from adapters.can import metrics
 from adapters.can.bus import BusFailure, BusReader, BusUnavailable, Received, close_bus, open_bus
 from adapters.can.frames import DecodedFrame, FrameError, FrameKind
+from adapters.can.freshness import FreshnessTracker
 from adapters.can.health import AlarmLedger, BusHealth, HealthLimits, Transition
 from adapters.can.metrics import CanStats
 from adapters.can.publish import BatchPublisher, Message
@@ -102,6 +105,7 @@ class CanAdapter:
         self.stats = CanStats()
         self.throttle = LogThrottle(log)
         self.latest: dict[str, tuple[float, float, int]] = {}
+        self.freshness = FreshnessTracker()
         self._bus = bus
         self._reader: BusReader | None = None
         self._seen_valid = False
@@ -260,6 +264,7 @@ class CanAdapter:
         self.stats.last_frame_at = item.received_at
         value_read = frame.value if frame.value is not None else float(bool(frame.flame))
         self.latest[sensor] = (value_read, item.received_at, frame.status)
+        self.freshness.on_frame(frame, item.received_at)
         if not self.traces.take(sensor, item.received_at):
             self.stats.untraced[sensor] += 1
             return key, value, []
@@ -332,6 +337,26 @@ class CanAdapter:
             self._publish_failed(len(outgoing), exc)
             return
         self.stats.published += len(outgoing)
+        await self._publish_freshness()
+
+    async def _publish_freshness(self) -> None:
+        """Right behind the readings, so both go to the broker in one request."""
+        record = self.freshness.news(time.time())
+        if record is None:
+            return
+        assert self.service.producer is not None
+        try:
+            delivery = await self.service.producer.send(topics.SENSOR_FRESHNESS.name, record.dumps(), key=b"can")
+        except KafkaError as exc:
+            self._freshness_failed(exc)
+            return
+        delivery.add_done_callback(
+            lambda done: None if done.cancelled() or done.exception() is None else self._freshness_failed(done.exception()))
+
+    def _freshness_failed(self, exc: BaseException | None) -> None:
+        """Told again with the next batch; until then the valve's lease sees the readings age (safe)."""
+        self.freshness.retell()
+        self.throttle.log(logging.ERROR, "freshness", "could not publish sensor freshness: %s", exc)
 
     def _publish_failed(self, count: int, exc: BaseException) -> None:
         self.stats.publish_errors += count

@@ -2,9 +2,11 @@
 
 A thin asyncio program on :class:`~streams.edge.EdgeService`.  While running it
 
-* follows ``I2CHeating`` and ``sensorData`` from their end (fetch wait 10 ms): commands
-  go through the :class:`~adapters.i2c.controller.RelayController`, readings keep the
-  valve's data freshness;
+* follows ``I2CHeating`` from its end, each command as it arrives, through the
+  :class:`~adapters.i2c.controller.RelayController`; and ``sensorFreshness`` (the CAN
+  adapter's newest valid temperature and flame readings) with DisasterDetector's beats,
+  which keep the valve's lease: not every reading, so a flooded bus does not fill this
+  process;
 * kicks the Pico's hardware watchdog every 100 ms and reads the board back each time,
   so a board that went safe behind its back (watchdog, restart, welded valve) is seen
   within one period;
@@ -48,7 +50,7 @@ from streams.edge import EdgeService
 from streams.latch import LatchView
 from streams.lifecycle import ServiceKind, ServiceSpec
 from streams.heartbeats import watching_through
-from streams.records import Heartbeat, RelayCommand, RelayState, SensorReading, Severity
+from streams.records import Heartbeat, RelayCommand, RelayState, SensorFreshness, Severity
 from streams.settings import FETCH_WAIT_MS, PROMPT_INPUT, READINGS_INPUT, InputFetch, Settings
 from streams.readers import open_reader
 
@@ -69,7 +71,6 @@ RELAY_STATE_EVERY_S = 1.0
 #: The longest a valve command waits for the readings published before it (:meth:`RelayAdapter._readings_caught_up`).
 CATCH_UP_S = 0.5
 ALARM_RESEND_S = 0.5
-SENSOR_FAULT_BIT = 0x01
 
 #: Alarms about one incident of a heating cycle: cleared when the next valve opens.
 INCIDENT_CODES = ("lease-expired", "stale-data", "detector-silent", "ignition-failed", "flame-failure", "spark-timeout", "command-refused")
@@ -174,8 +175,8 @@ class RelayAdapter:
             ]
             commands = await self._reader((topics.I2C_HEATING.name,), PROMPT_INPUT)
             try:
-                readings = self._readings_reader = await self._reader((topics.SENSOR_DATA.name, topics.HEARTBEATS.name),
-                                                                      READINGS_INPUT)
+                readings = self._readings_reader = await self._reader(
+                    (topics.SENSOR_FRESHNESS.name, topics.HEARTBEATS.name), READINGS_INPUT)
             except BaseException:
                 await commands.stop()
                 raise
@@ -227,12 +228,10 @@ class RelayAdapter:
                                  fetch_min_bytes=fetch.min_bytes, from_end=True)
 
     async def _consume(self, commands: AIOKafkaConsumer, readings: AIOKafkaConsumer) -> None:
-        """Commands as they arrive; readings and the detector's beats in batches.
+        """Commands as they arrive; the readings' freshness and the detector's beats in batches.
 
-        The readings only keep the valve lease's freshness (each carries its own reception
-        time), so a fetch of them takes what arrived within the fetch wait: at rest ten
-        fetches a second instead of one per reading (the adapter made 62 of the idle
-        platform's 320 requests a second with one reader for all three topics).
+        Those only keep the valve lease (each carries the reception time it stands for), so
+        a fetch of them takes what arrived within the fetch wait: ten fetches a second.
         """
         tasks = [asyncio.ensure_future(self._follow_commands(commands)),
                  asyncio.ensure_future(self._follow_readings(readings))]
@@ -281,8 +280,8 @@ class RelayAdapter:
         by_topic: dict[str, list[ConsumerRecord]] = {}
         for tp, messages in batches.items():
             by_topic.setdefault(tp.topic, []).extend(messages)
-        if readings := by_topic.get(topics.SENSOR_DATA.name):
-            self.on_readings(readings)
+        if freshness := by_topic.get(topics.SENSOR_FRESHNESS.name):
+            self.on_freshness(freshness)
         if beats := by_topic.get(topics.HEARTBEATS.name):
             self.on_heartbeats(beats)
 
@@ -299,27 +298,20 @@ class RelayAdapter:
             if decided is not None:
                 self.controller.on_detector(now - max(0.0, wall - decided))
 
-    def on_readings(self, messages: list[ConsumerRecord]) -> None:
-        """Only the newest valid temperature and flame reading of a batch matter for freshness."""
+    def on_freshness(self, messages: list[ConsumerRecord]) -> None:
+        """The newest valid temperature and flame readings the CAN adapter published; the last one that decodes counts."""
         wall, now = time.time(), self.clock()
-        want_temperature = want_flame = True
         for message in reversed(messages):
-            if not (want_temperature or want_flame):
-                break
             try:
-                reading = decode(message.value, SensorReading)
+                fresh = decode(message.value, SensorFreshness)
             except DecodeError as exc:
-                metrics.SKIPPED.labels(topics.SENSOR_DATA.name, exc.reason).inc()
+                metrics.SKIPPED.labels(topics.SENSOR_FRESHNESS.name, exc.reason).inc()
                 continue
-            if reading.status & SENSOR_FAULT_BIT:
-                continue
-            read_at = now - max(0.0, wall - reading.received_at)
-            if reading.kind == "temperature" and want_temperature:
-                self.controller.on_temperature(read_at)
-                want_temperature = False
-            elif reading.kind == "flame" and want_flame:
-                self.controller.on_flame(reading.value >= 0.5, read_at)
-                want_flame = False
+            if fresh.temperature_at:
+                self.controller.on_temperature(now - max(0.0, wall - fresh.temperature_at))
+            if fresh.flame_at:
+                self.controller.on_flame(fresh.flame, now - max(0.0, wall - fresh.flame_at))
+            return
 
     async def on_command(self, payload: bytes | None) -> None:
         """Decode, decide, write, confirm."""

@@ -22,7 +22,7 @@ from streams import exitcodes, topics
 from streams.codec import decode
 from heater import traces
 from heater.runtime.broker import EmbeddedBroker
-from streams.records import Alarm, AlarmClear, SensorReading, Severity
+from streams.records import Alarm, AlarmClear, SensorFreshness, SensorReading, Severity
 from heater.runtime.processes import free_port
 from tests.adapters.conftest import CanAdapterProcess, CanStack, wait_view
 from tests.simulator.conftest import start_simulator
@@ -111,6 +111,57 @@ def test_frames_arrive_on_sensor_data_at_10_hz_per_sensor(can_stack: CanStack) -
     assert all(view["sensors"][s]["last_seen_age_s"] < 1.0 for s in SENSORS)
     assert view["alarms"] == []
     assert metric(adapter, "heater_can_frames_total", kind="water_temp") > 0
+
+
+def freshness_since(stack: CanStack, since: float, done: Any, timeout: float = 10.0) -> list[SensorFreshness]:
+    """``sensorFreshness`` records sent after ``since``, decoded and validated, once ``done(records)``."""
+
+    def decoded(messages: list[Any]) -> list[SensorFreshness]:
+        return [r for r in (decode(m.value, SensorFreshness) for m in messages) if r.sent_at >= since]
+
+    messages = run(consume_until(stack.broker.bootstrap, topics.SENSOR_FRESHNESS.name, lambda m: done(decoded(m)),
+                                 timeout))
+    return decoded(messages)
+
+
+def test_the_valve_lease_is_told_the_newest_readings_at_most_ten_times_a_second_even_on_a_flooded_bus(
+        can_stack: CanStack) -> None:
+    """``sensorFreshness`` names the newest temperature and flame readings on ``sensorData``; a burst of 4,000
+    frames a second does not raise its rate, so the I2C adapter's intake stays small whatever the bus carries."""
+    since = time.time()
+    burst = client.burst(can_stack.sim.control_port, 6000, 4000.0, sensor=2, wait=True)
+    until = time.time()
+    told = freshness_since(can_stack, since, lambda rs: bool(rs) and rs[-1].sent_at >= until + 0.3)
+    readings = readings_since(can_stack, since - 1.0, lambda rs: bool(rs) and rs[-1].received_at >= until + 0.2,
+                              timeout=15)
+    temperatures = {r.received_at for r in readings if r.kind == "temperature"}
+    flames = {r.received_at: r.value for r in readings if r.kind == "flame"}
+    during = [r for r in told if since <= r.sent_at <= until]
+    span = burst["finished_at"] - burst["started_at"]
+    print(f"\n{burst['sent']} frames in {span:.2f} s; {len(during)} freshness records meanwhile")
+    assert burst["sent"] >= 5000 and len(during) <= span * 10 + 2
+    for record in told:
+        assert record.temperature_at in temperatures, "the time of a temperature reading on sensorData"
+        assert flames.get(record.flame_at) == float(record.flame), "the newest flame reading and its value"
+        assert 0 <= record.sent_at - record.temperature_at < 0.5
+    assert [r.temperature_at for r in told] == sorted(r.temperature_at for r in told)
+
+
+def test_a_sensor_that_flags_its_readings_faulty_keeps_no_valve_open(can_stack: CanStack) -> None:
+    port = can_stack.sim.control_port
+    for sensor in range(3):
+        client.inject(port, "sensor_fault", sensor=sensor)
+    try:
+        time.sleep(0.5)
+        since = time.time()
+        told = freshness_since(can_stack, since, lambda rs: bool(rs) and rs[-1].sent_at >= since + 1.0)
+        assert all(r.temperature_at < since - 0.2 for r in told), "no temperature reading keeps the lease fresh"
+        assert told[-1].flame_at > since + 0.5, "the flame still counts"
+    finally:
+        for sensor in range(3):
+            client.clear(port, "sensor_fault", sensor=sensor)
+    since = time.time()
+    freshness_since(can_stack, since, lambda rs: any(r.temperature_at > since for r in rs))
 
 
 def test_every_reading_starts_a_trace_of_its_own(can_stack: CanStack) -> None:

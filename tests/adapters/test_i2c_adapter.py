@@ -29,7 +29,7 @@ from streams import exitcodes, heartbeats
 from streams.codec import decode
 from streams.lifecycle import Phase
 from streams.operator_reset import issue_reset
-from streams.records import Alarm, OperatorReset, RelayCommand, RelayState, SensorReading, Severity
+from streams.records import Alarm, OperatorReset, RelayCommand, RelayState, SensorFreshness, Severity
 from streams.vault import TransitSigner
 from tests.simulator.conftest import SimProcess, start_simulator
 from tests.support import ServiceProcess, consume_until, metric, metric_sum, post_json, produce, run, wait_for
@@ -68,7 +68,7 @@ class Adapter(ServiceProcess):
 
 
 class Feeder:
-    """Plays the CAN adapter, DisasterDetector and the heating job: readings every 100 ms,
+    """Plays the CAN adapter, DisasterDetector and the heating job: the readings' freshness every 100 ms,
     the detector's beats saying it decided them, lease renewals, commands."""
 
     def __init__(self, bootstrap: str) -> None:
@@ -104,9 +104,8 @@ class Feeder:
             while not self._stop.is_set():
                 now = time.time()
                 if self.sensors:
-                    for kind, value in (("temperature", 20.0), ("flame", 1.0)):
-                        reading = SensorReading(sensor=f"test.{kind}", kind=kind, value=value, unit="", received_at=now)
-                        await self._producer.send("sensorData", reading.dumps())
+                    fresh = SensorFreshness(temperature_at=now, flame=True, flame_at=now, sent_at=now)
+                    await self._producer.send("sensorFreshness", fresh.dumps(), key=b"can")
                     self.last_reading_at = now
                 if self.detector and self.last_reading_at:
                     beat = heartbeats.beat(heartbeats.DETECTOR, Phase.READY, self.last_reading_at, now)

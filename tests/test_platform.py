@@ -102,12 +102,15 @@ def nice_value(pid: int) -> int:
 
 
 def assert_fatal_path_goes_first(pids: dict[str, int]) -> None:
-    """Services off the path from a reading to the power cut-off yield the CPU to those on it."""
+    """Services off the path from a reading to the power cut-off yield the CPU to those on it, and the
+    services that decide every reading (the FATAL limit's second judges) stand between the two."""
     nice = {name: nice_value(pid) for name, pid in pids.items()}
-    on_path = {name: nice[name] for name in ("broker", "simulator", "can", "bank", "disaster", "i2c")}
+    on_path = {name: nice[name] for name in ("broker", "simulator", "can", "i2c")}
+    deciders = {name: nice[name] for name in ("bank", "disaster")}
     off_path = {name: nice[name] for name in ("config", "secrets", "registry", "exceptions", "alarms", "homekit")}
     base = nice_value(os.getpid())
     assert set(on_path.values()) == {base}, f"the FATAL path runs at the platform's own priority: {nice}"
+    assert all(base < value < min(off_path.values()) for value in deciders.values()), f"deciders in between: {nice}"
     assert all(value > base for value in off_path.values()), f"services off the FATAL path yield to it: {nice}"
 
 

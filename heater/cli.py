@@ -8,7 +8,6 @@ import os
 import sys
 from pathlib import Path
 
-from heater.rundir import default_run_dir
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -87,6 +86,14 @@ def main(argv: list[str] | None = None) -> int:
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    if args.command == "worker":  # the process of every service: it needs no run directory, nor its imports
+        return run_worker(args.name)
+    if args.command == "runtime":
+        from heater.runtime.launch import exec_component
+
+        exec_component(args.component)
+    from heater.rundir import default_run_dir
+
     run_dir = args.run_dir or default_run_dir()
     if args.command == "up":
         from heater import platform
@@ -130,12 +137,6 @@ def main(argv: list[str] | None = None) -> int:
         from heater import traces
 
         return traces.main(run_dir, args.trace_id, args.last_fatal, args.limit)
-    if args.command == "worker":
-        return run_worker(args.name)
-    if args.command == "runtime":
-        from heater.runtime.launch import exec_component
-
-        exec_component(args.component)
     if args.command == "sim":
         if getattr(args, "control_port", "absent") is None:
             args.control_port = _simulator_port(run_dir)

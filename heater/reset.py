@@ -8,8 +8,9 @@ Waits until the control services have stopped or halted (so none is missed on th
 way down), shows the FATAL occurrences that latch and the Pico's trip count, asks
 AlarmsServer for a signed one-time reset naming exactly those (refused if the latch
 changed in between: the operator looks again), waits until the latch is released, then
-starts again the control services that stayed down (exit code 3). Services that came up
-halted start by themselves once they see the release.
+starts again the control services that stayed down (exit code 3), the edge adapters a moment
+after the services that join a consumer group. Services that came up halted start by
+themselves once they see the release.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from heater.catalogue import COMPONENTS
 from heater.probes import HALTED, READY, http_json, post_json, probe
 from heater.rundir import Layout
 from heater.supervision import Supervisor
+from streams import topology
 from streams.auth import Role
 from streams.vault import VaultUnavailable
 
@@ -96,6 +98,11 @@ def main(run_dir: Path, operator: str | None = None, timeout: float = 30.0) -> i
 POLL_S = 0.05
 #: How long a control service halted by the FATAL may still take to exit after the release.
 EXIT_GRACE_S = 20.0
+#: How long after the services that join a consumer group the edge adapters are started again.
+#: Five interpreters importing at once share two cores; the Faust services then wait a second
+#: for the broker's JoinGroup answer, and the adapters' imports fill that second instead of
+#: delaying theirs (measured: all five ready 0.25 s sooner).
+EDGE_AFTER_S = 0.6
 
 
 def restart_stayed_down(layout: Layout, supervisor: Supervisor, deadline: float) -> list[str]:
@@ -109,16 +116,28 @@ def restart_stayed_down(layout: Layout, supervisor: Supervisor, deadline: float)
     by itself on the release and becomes ready.)
     """
     restarted: list[str] = []
+    members_started: float | None = None
     while True:
         processes = supervisor.all_info() if supervisor.running() else {}
-        for component in COMPONENTS:
-            info = processes.get(component.name, {})
-            if component.name not in restarted and info.get("exitstatus") == 3 and info.get("statename") == "EXITED":
-                supervisor.start(component.name)
-                restarted.append(component.name)
+        stayed_down = [c for c in COMPONENTS if c.name not in restarted
+                       and processes.get(c.name, {}).get("exitstatus") == 3
+                       and processes.get(c.name, {}).get("statename") == "EXITED"]
+        now = time.monotonic()
+        for component in stayed_down:
+            if members_started is not None and now < members_started + EDGE_AFTER_S and not joins_group(component.name):
+                continue
+            supervisor.start(component.name)
+            restarted.append(component.name)
+            if joins_group(component.name) and members_started is None:
+                members_started = now
         unsettled = [c.name for c in COMPONENTS if c.control and c.name not in restarted
-                     and processes.get(c.name, {}).get("statename") in ("RUNNING", "STOPPING")
-                     and probe(layout, c).state != READY]
+                     and (processes.get(c.name, {}).get("statename") in ("RUNNING", "STOPPING")
+                          and probe(layout, c).state != READY or c in stayed_down)]
         if not unsettled or time.monotonic() > deadline:
             return restarted
         time.sleep(POLL_S)
+
+
+def joins_group(name: str) -> bool:
+    """A Faust service: it waits about a second for the broker to admit it to its consumer group."""
+    return name in topology.BY_NAME and topology.BY_NAME[name].faust

@@ -1,6 +1,6 @@
 """The platform watch on the real broker: a watch that resumes a stopped one reads on from where it
 stopped and knows what a watch reading the whole history knows; into a log that started over
-it does not carry the old state."""
+it does not carry the old state; of the latch it reads only the newest records, which hold all of it."""
 
 from __future__ import annotations
 
@@ -9,21 +9,23 @@ import time
 from pathlib import Path
 
 from heater.runtime.broker import EmbeddedBroker
-from streams import topics
+from streams import metrics, topics
 from streams.codec import encode
 from streams.ids import alarm_id_for
-from streams.platform_watch import PlatformWatch
+from streams.latch import LatchState, Occurrence
+from streams.platform_watch import LATCH_RECORDS_READ, PlatformWatch
 from streams.records import Alarm, Severity
 from tests.support import produce
 
 SERVICE = "bank"
 
 
-async def raise_alarm(bootstrap: str, code: str, severity: Severity) -> None:
+async def raise_alarm(bootstrap: str, code: str, severity: Severity) -> Alarm:
     alarm_id = alarm_id_for(SERVICE, code)
     alarm = Alarm(alarm_id=alarm_id, source=SERVICE, code=code, severity=severity, message=f"{code} (test)",
                   raised_at=time.time())
     await produce(bootstrap, topics.CREATE_ALARM.name, [encode(alarm)], key=alarm_id.encode())
+    return alarm
 
 
 async def stopped_watch(bootstrap: str, resume: PlatformWatch | None = None) -> PlatformWatch:
@@ -69,3 +71,31 @@ async def test_a_watch_does_not_resume_into_a_log_that_started_over(run_dir: Pat
         assert not resumed.latch.latched and active_ids(resumed) == [], "nothing of the old log carried into the new one"
     finally:
         await asyncio.to_thread(second_broker.stop)
+
+
+async def test_a_watch_reads_the_latch_from_its_newest_records_which_hold_all_of_it(own_broker: EmbeddedBroker) -> None:
+    """AlarmsServer writes the whole latch in every record, so the history before the newest is not read at a
+    start (it grew with every reset); a newest record that does not decode leaves the one before it in force."""
+    bootstrap = own_broker.bootstrap
+    latch = topics.PLATFORM_LATCH.name
+    skipped = metrics.WATCH_SKIPPED.labels(SERVICE, latch, "malformed")
+    await produce(bootstrap, latch, [b"an old record that does not decode"], key=b"latch")
+    state, records = LatchState(), []
+    for n in range(12):
+        alarm = await raise_alarm(bootstrap, f"fatal-{n}", Severity.FATAL)
+        state.on_fatal(Occurrence.of(alarm))
+        records.append(encode(state.to_record(time.time(), "alarms")))
+        assert not state.on_reset(f"reset-{n}", [alarm.occurrence_id], None).refused
+        records.append(encode(state.to_record(time.time(), "alarms", f"reset-{n}")))
+    last = await raise_alarm(bootstrap, "fatal-last", Severity.FATAL)
+    state.on_fatal(Occurrence.of(last))
+    records.append(encode(state.to_record(time.time(), "alarms")))
+    records.append(b"{not json")
+    await produce(bootstrap, latch, records, key=b"latch")
+    assert len(records) + 1 > LATCH_RECORDS_READ
+
+    before = skipped._value.get()
+    watch = await stopped_watch(bootstrap)
+    assert skipped._value.get() - before == 1, "the newest record was read, the oldest not"
+    assert watch.latch.latched and list(watch.latch.unreleased) == [last.occurrence_id]
+    assert set(watch.latch.released) == {f"{key}" for key in state.released} and len(state.released) == 12

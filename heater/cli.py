@@ -9,7 +9,6 @@ import sys
 from pathlib import Path
 
 
-
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="heater", description="Gas water heater controller platform")
     parser.add_argument("--run-dir", type=Path, default=None, help="platform run directory (default: $HEATER_RUN_DIR or .run)")

@@ -106,3 +106,42 @@ def test_a_control_service_leaving_on_a_fatal_stays_not_ready_when_the_release_c
     assert display.status.phase is Phase.HALTED
     run(display._on_latch_change(released))
     assert display.status.phase is Phase.READY
+
+
+class FakeClock:
+    """``time`` for the reset: sleeping moves the clock, nothing waits; records when each service was started."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def monotonic(self) -> float:
+        return self.now
+
+    def sleep(self, seconds: float) -> None:
+        self.now += seconds
+
+
+def test_the_edge_adapters_start_after_the_services_that_join_a_group(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The Faust services first (they then wait about a second at JoinGroup), the adapters once that wait began."""
+    supervisor = ScriptedSupervisor([{name: ("EXITED", 3) for name in CONTROL}])
+    clock = FakeClock()
+    started_at: dict[str, float] = {}
+    start = supervisor.start
+    monkeypatch.setattr(supervisor, "start", lambda name: (started_at.setdefault(name, clock.now), start(name)))
+    monkeypatch.setattr(reset, "probe", probes({}, supervisor))
+    monkeypatch.setattr(reset, "time", clock)
+    assert sorted(reset.restart_stayed_down(None, supervisor, 30.0)) == sorted(CONTROL)  # type: ignore[arg-type]
+    members = {name for name in CONTROL if reset.joins_group(name)}
+    assert members == {"config", "bank", "disaster"}
+    assert {started_at[name] for name in members} == {0.0}
+    assert all(reset.EDGE_AFTER_S <= started_at[name] < reset.EDGE_AFTER_S + 2 * reset.POLL_S
+               for name in ("can", "i2c")), started_at
+
+
+def test_edge_adapters_alone_are_started_at_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    supervisor = ScriptedSupervisor([{"can": ("EXITED", 3), "i2c": ("EXITED", 3)}])
+    clock = FakeClock()
+    monkeypatch.setattr(reset, "probe", probes({}, supervisor))
+    monkeypatch.setattr(reset, "time", clock)
+    assert sorted(reset.restart_stayed_down(None, supervisor, 30.0)) == ["can", "i2c"]  # type: ignore[arg-type]
+    assert clock.now == 0.0

@@ -11,13 +11,13 @@ import asyncio
 import time
 from typing import Any, Callable
 
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
 from heater.probes import post_json
 from heater.runtime.services import ServiceProcess
 
-__all__ = ["ServiceProcess", "produce", "consume_until", "run", "wait_for", "metric", "post_json", "try_get"]
+__all__ = ["ServiceProcess", "produce", "consume_until", "end_offset", "run", "wait_for", "metric", "post_json", "try_get"]
 
 
 async def create_topic(bootstrap: str, topic: str) -> None:
@@ -45,14 +45,20 @@ async def consume_until(
     topic: str,
     done: Callable[[list[Any]], bool],
     timeout: float = 20.0,
+    start_at: int | None = None,
 ) -> list[Any]:
-    """Read ``topic`` from the start until ``done(messages)`` holds; return the messages."""
+    """Read ``topic`` from the start (or from offset ``start_at`` of its one partition) until
+    ``done(messages)`` holds; return the messages."""
     consumer = AIOKafkaConsumer(
-        topic, bootstrap_servers=bootstrap, auto_offset_reset="earliest", enable_auto_commit=False, fetch_max_wait_ms=50
+        *(() if start_at is not None else (topic,)), bootstrap_servers=bootstrap, auto_offset_reset="earliest",
+        enable_auto_commit=False, fetch_max_wait_ms=50,
     )
     await consumer.start()
     messages: list[Any] = []
     try:
+        if start_at is not None:
+            consumer.assign([TopicPartition(topic, 0)])
+            consumer.seek(TopicPartition(topic, 0), start_at)
         deadline = time.monotonic() + timeout
         while not done(messages):
             if time.monotonic() > deadline:
@@ -61,6 +67,17 @@ async def consume_until(
             for records in batch.values():
                 messages.extend(records)
         return messages
+    finally:
+        await consumer.stop()
+
+
+async def end_offset(bootstrap: str, topic: str) -> int:
+    """Where the one partition of ``topic`` ends now: what a test reads from to see only what comes next."""
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
+    await consumer.start()
+    try:
+        tp = TopicPartition(topic, 0)
+        return int((await consumer.end_offsets([tp]))[tp])
     finally:
         await consumer.stop()
 

@@ -26,17 +26,20 @@ from streams.records import Alarm, AlarmClear, SensorFreshness, SensorReading, S
 from heater.runtime.processes import free_port
 from tests.adapters.conftest import CanAdapterProcess, CanStack, wait_view
 from tests.simulator.conftest import start_simulator
-from tests.support import consume_until, metric, produce, run, wait_for
+from tests.support import consume_until, end_offset, metric, produce, run, wait_for
 
 SENSORS = ("water.0", "water.1", "water.2", "burner.flame")
 
 
-def readings_since(stack: CanStack, since: float, done: Any, timeout: float = 10.0) -> list[SensorReading]:
-    """``sensorData`` records received after ``since``, decoded and validated, once ``done(readings)``."""
-    return readings_since_on(stack.broker, since, done, timeout)
+def readings_since(stack: CanStack, since: float, done: Any, timeout: float = 10.0,
+                   start_at: int | None = None) -> list[SensorReading]:
+    """``sensorData`` records received after ``since`` (read from offset ``start_at``, or the beginning),
+    decoded and validated, once ``done(readings)``."""
+    return readings_since_on(stack.broker, since, done, timeout, start_at)
 
 
-def readings_since_on(broker: EmbeddedBroker, since: float, done: Any, timeout: float = 10.0) -> list[SensorReading]:
+def readings_since_on(broker: EmbeddedBroker, since: float, done: Any, timeout: float = 10.0,
+                      start_at: int | None = None) -> list[SensorReading]:
     """:func:`readings_since` on any broker."""
 
     def decoded(messages: list[Any]) -> list[SensorReading]:
@@ -48,7 +51,8 @@ def readings_since_on(broker: EmbeddedBroker, since: float, done: Any, timeout: 
                 out.append(reading)
         return out
 
-    messages = run(consume_until(broker.bootstrap, topics.SENSOR_DATA.name, lambda m: done(decoded(m)), timeout))
+    messages = run(consume_until(broker.bootstrap, topics.SENSOR_DATA.name, lambda m: done(decoded(m)), timeout,
+                                 start_at))
     return decoded(messages)
 
 
@@ -119,8 +123,9 @@ def freshness_since(stack: CanStack, since: float, done: Any, timeout: float = 1
     def decoded(messages: list[Any]) -> list[SensorFreshness]:
         return [r for r in (decode(m.value, SensorFreshness) for m in messages) if r.sent_at >= since]
 
+    start_at = run(end_offset(stack.broker.bootstrap, topics.SENSOR_FRESHNESS.name)) - 50  # some 5 s back
     messages = run(consume_until(stack.broker.bootstrap, topics.SENSOR_FRESHNESS.name, lambda m: done(decoded(m)),
-                                 timeout))
+                                 timeout, max(0, start_at)))
     return decoded(messages)
 
 
@@ -128,12 +133,14 @@ def test_the_valve_lease_is_told_the_newest_readings_at_most_ten_times_a_second_
         can_stack: CanStack) -> None:
     """``sensorFreshness`` names the newest temperature and flame readings on ``sensorData``; a burst of 4,000
     frames a second does not raise its rate, so the I2C adapter's intake stays small whatever the bus carries."""
+    readings_from = run(end_offset(can_stack.broker.bootstrap, topics.SENSOR_DATA.name))
+    time.sleep(1.0)
     since = time.time()
     burst = client.burst(can_stack.sim.control_port, 6000, 4000.0, sensor=2, wait=True)
     until = time.time()
     told = freshness_since(can_stack, since, lambda rs: bool(rs) and rs[-1].sent_at >= until + 0.3)
     readings = readings_since(can_stack, since - 1.0, lambda rs: bool(rs) and rs[-1].received_at >= until + 0.2,
-                              timeout=15)
+                              start_at=readings_from)
     temperatures = {r.received_at for r in readings if r.kind == "temperature"}
     flames = {r.received_at: r.value for r in readings if r.kind == "flame"}
     during = [r for r in told if since <= r.sent_at <= until]

@@ -159,8 +159,8 @@ class SensorFreshness(HeaterRecord):
     flame that proves ignition or its loss), not every reading: the I2C adapter follows
     this instead of ``sensorData``, so a flooded bus does not fill the process that cuts
     the power. Times are the readings' ``received_at``; 0 means none yet. The CAN adapter
-    publishes one with each batch of readings it publishes (at most every 100 ms), at once
-    when the flame changes, and one more when the readings stop.
+    publishes one with each batch of readings that changed them (at most every 100 ms), in
+    the same produce request as the readings.
     """
 
     temperature_at: float = 0.0

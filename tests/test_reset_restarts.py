@@ -121,20 +121,40 @@ class FakeClock:
         self.now += seconds
 
 
-def test_the_edge_adapters_start_after_the_services_that_join_a_group(monkeypatch: pytest.MonkeyPatch) -> None:
-    """The Faust services first (they then wait about a second at JoinGroup), the adapters once that wait began."""
+def restart_with_members_answering_after(answer_after_s: float, monkeypatch: pytest.MonkeyPatch) -> dict[str, float]:
+    """Every control service stayed down; the group members answer their probe ``answer_after_s``
+    after their start (their imports). Returns when each service was started (fake clock)."""
     supervisor = ScriptedSupervisor([{name: ("EXITED", 3) for name in CONTROL}])
     clock = FakeClock()
     started_at: dict[str, float] = {}
     start = supervisor.start
     monkeypatch.setattr(supervisor, "start", lambda name: (started_at.setdefault(name, clock.now), start(name)))
-    monkeypatch.setattr(reset, "probe", probes({}, supervisor))
+
+    def probe(layout: Any, component: Any) -> Probe:
+        if component.name not in started_at:
+            return Probe(component.name, DOWN)
+        loaded = clock.now >= started_at[component.name] + answer_after_s
+        return Probe(component.name, READY if loaded else DOWN)
+
+    monkeypatch.setattr(reset, "probe", probe)
     monkeypatch.setattr(reset, "time", clock)
     assert sorted(reset.restart_stayed_down(None, supervisor, 30.0)) == sorted(CONTROL)  # type: ignore[arg-type]
+    return started_at
+
+
+def test_the_edge_adapters_start_once_the_group_members_have_loaded(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The Faust services first (they then wait about a second at JoinGroup), the adapters once they answer."""
+    started_at = restart_with_members_answering_after(1.2, monkeypatch)
     members = {name for name in CONTROL if reset.joins_group(name)}
     assert members == {"config", "bank", "disaster"}
     assert {started_at[name] for name in members} == {0.0}
-    assert all(reset.EDGE_AFTER_S <= started_at[name] < reset.EDGE_AFTER_S + 2 * reset.POLL_S
+    assert all(1.2 <= started_at[name] < 1.2 + 2 * reset.POLL_S for name in ("can", "i2c")), started_at
+
+
+def test_the_edge_adapters_wait_for_the_group_members_at_most_a_bounded_time(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A member that never answers (it failed at its start) does not keep the adapters down."""
+    started_at = restart_with_members_answering_after(60.0, monkeypatch)
+    assert all(reset.EDGE_WAIT_MAX_S <= started_at[name] < reset.EDGE_WAIT_MAX_S + 2 * reset.POLL_S
                for name in ("can", "i2c")), started_at
 
 

@@ -32,7 +32,7 @@ from streams.auth import Role, principal, requires
 from streams.codec import DecodeError, decode
 from streams.readers import follower, open_reader, poll
 from streams.records import HeatingJobState, PlatformLatch, RelayState, SensorReading
-from streams.settings import DISPLAY_INPUT, Settings
+from streams.settings import DISPLAY_INPUT, QUIET_INPUT, InputFetch, Settings
 from streams.table_mirror import TableMirror, follow
 from streams.tables.exceptions import SenderStats, totals
 
@@ -143,20 +143,21 @@ class HomeKitFeed:
     async def start(self) -> None:
         """Open the reader (live data from the end; the last heating state from the compacted log) and push on change."""
         bootstrap = Settings.from_env().broker_bootstrap
-        display = {"fetch_wait_ms": DISPLAY_INPUT.wait_ms, "fetch_min_bytes": DISPLAY_INPUT.min_bytes}
         live = await open_reader(bootstrap, [topics.SENSOR_DATA.name, topics.RELAY_STATE.name, *self.extra_topics],
-                                 from_end=True, **display)
-        jobs = await open_reader(bootstrap, [topics.HEATING_STATE.name], from_end=False, **display)
-        self._tasks = [asyncio.ensure_future(self._follow(live)), asyncio.ensure_future(self._follow(jobs)),
+                                 from_end=True, fetch_wait_ms=DISPLAY_INPUT.wait_ms, fetch_min_bytes=DISPLAY_INPUT.min_bytes)
+        jobs = await open_reader(bootstrap, [topics.HEATING_STATE.name], from_end=False,
+                                 fetch_wait_ms=QUIET_INPUT.wait_ms, fetch_min_bytes=QUIET_INPUT.min_bytes)
+        self._tasks = [asyncio.ensure_future(self._follow(live, DISPLAY_INPUT)),
+                       asyncio.ensure_future(self._follow(jobs, QUIET_INPUT)),
                        asyncio.ensure_future(self._watch_tables()), asyncio.ensure_future(self._push()),
                        follow(self.registry, bootstrap, self._changed.set),
                        follow(self.exceptions, bootstrap, self._changed.set)]
 
-    async def _follow(self, reader: AIOKafkaConsumer) -> None:
+    async def _follow(self, reader: AIOKafkaConsumer, fetch: InputFetch) -> None:
         broker = follower("homekit feed")
         try:
             while True:
-                batches = await poll(reader, DISPLAY_INPUT.wait_ms * 2, broker)
+                batches = await poll(reader, fetch.wait_ms * 2, broker)
                 for tp, messages in batches.items():
                     for message in messages:
                         for observe in self.observers:

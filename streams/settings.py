@@ -65,9 +65,10 @@ PROMPT_INPUT = InputFetch(FETCH_WAIT_MS)
 #: weighs readings against the heating job's state, another topic, and a batch of both
 #: handed the job's end ahead of readings taken before it (a replayed incident decided otherwise).
 READINGS_INPUT = InputFetch(FETCH_WAIT_MS, 1 << 20)
-#: A rare input off the FATAL path (configuration requests): each record answered as it arrives,
-#: and an idle reader asks once a second instead of ten times (only a fetch the gate passes to
-#: the broker waits the second out).
+#: A rare input off the FATAL path (configuration requests; the heating job's state and the
+#: registry's and exception counts' tables that the Home app shows): each record answered as it
+#: arrives, and an idle reader asks once a second instead of ten (or four) times (only a fetch
+#: the gate passes to the broker waits the second out).
 QUIET_INPUT = InputFetch(1000)
 #: What only feeds a display (the Home app, the dashboard, a display service's tables): a fetch
 #: takes what arrived within a quarter second in one answer, or a backlog's megabyte at once. A

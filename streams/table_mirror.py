@@ -24,7 +24,7 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from streams import kafka_clients
 from streams.readers import follower, open_reader, poll
-from streams.settings import DISPLAY_INPUT
+from streams.settings import QUIET_INPUT
 
 log = logging.getLogger(__name__)
 
@@ -66,8 +66,8 @@ class TableMirror:
     async def open(self, bootstrap: str) -> AIOKafkaConsumer:
         """A reader at the log's beginning, once the topic exists; notes where the log ends now."""
         while True:
-            reader = await open_reader(bootstrap, [self.topic], fetch_wait_ms=DISPLAY_INPUT.wait_ms, from_end=False,
-                                       fetch_min_bytes=DISPLAY_INPUT.min_bytes)
+            reader = await open_reader(bootstrap, [self.topic], fetch_wait_ms=QUIET_INPUT.wait_ms, from_end=False,
+                                       fetch_min_bytes=QUIET_INPUT.min_bytes)
             if reader.partitions_for_topic(self.topic):
                 break
             await reader.stop()
@@ -97,7 +97,7 @@ def follow(mirror: TableMirror, bootstrap: str, on_change: Callable[[], None]) -
         broker = follower(mirror.topic)
         try:
             while True:
-                batches = await poll(reader, DISPLAY_INPUT.wait_ms * 2, broker)
+                batches = await poll(reader, QUIET_INPUT.wait_ms * 2, broker)
                 was = mirror.caught_up
                 changed = [mirror.apply(m.key, m.value) for messages in batches.values() for m in messages]  # every one, no short cut
                 if (any(changed) and was) or (await mirror.check_caught_up(reader) and not was):

@@ -10,6 +10,7 @@ The request and answer layouts are aiokafka's own protocol classes.
 
 from __future__ import annotations
 
+import functools
 import struct
 from dataclasses import dataclass
 from io import BytesIO
@@ -141,11 +142,20 @@ class Fetch:
 
 
 def read_fetch(header: RequestHeader, frame: bytes) -> Fetch:
-    request_type = _FETCH_REQUESTS.get(header.api_version)
-    if request_type is None:
+    if header.api_version not in _FETCH_REQUESTS:
         raise WireError(f"Fetch v{header.api_version} is not read here")
-    request = _decode(request_type, frame, header.body_at)
-    version = header.api_version
+    return _read_fetch_body(header.api_version, frame[header.body_at:])
+
+
+#: How many distinct Fetch requests (and empty answers) are remembered read (and written).
+#: A reader with nothing new asks the same question again and again, word for word: each
+#: waiting reader of the idle platform about once a second, those on the FATAL path ten times.
+REMEMBERED = 256
+
+
+@functools.lru_cache(maxsize=REMEMBERED)
+def _read_fetch_body(version: int, body: bytes) -> Fetch:
+    request = _decode(_FETCH_REQUESTS[version], body, 0)
     wanted: list[WantedPartition] = []
     for topic, entries in request.topics:
         for entry in entries:
@@ -170,6 +180,21 @@ class Served:
 
 def fetch_answer(version: int, correlation_id: int, served: list[Served]) -> bytes:
     """A Fetch answer frame (with its length prefix) in ``version``'s layout, no errors, no throttle."""
+    if any(entry.records for entry in served):
+        body = _fetch_answer_body(version, served)
+    else:
+        body = _empty_fetch_answer_body(version, tuple(served))
+    return struct.pack(">ii", 4 + len(body), correlation_id) + body
+
+
+@functools.lru_cache(maxsize=REMEMBERED)
+def _empty_fetch_answer_body(version: int, served: tuple[Served, ...]) -> bytes:
+    """An answer with no records: the same for a reader until its partitions grow."""
+    return _fetch_answer_body(version, served)
+
+
+def _fetch_answer_body(version: int, served: Iterable[Served]) -> bytes:
+    """The answer after its correlation id."""
     by_topic: dict[str, list[tuple[object, ...]]] = {}
     for entry in served:
         fields: list[object] = [entry.partition, NO_ERROR, entry.high_watermark, entry.high_watermark]
@@ -185,8 +210,7 @@ def fetch_answer(version: int, correlation_id: int, served: list[Served]) -> byt
     head: list[object] = [0]  # throttle time
     if version >= 7:
         head += [NO_ERROR, 0]  # error, session id
-    body = struct.pack(">i", correlation_id) + response_type(*head, topics).encode()
-    return struct.pack(">i", len(body)) + body
+    return response_type(*head, topics).encode()
 
 
 @dataclass(frozen=True)

@@ -184,3 +184,53 @@ async def _produce(bootstrap: str, topic: str, values: list[bytes], acks: int | 
             await producer.send_and_wait(topic, value, partition=0)
     finally:
         await producer.stop()
+
+
+def test_readers_asking_the_same_question_again_and_again_each_get_their_own_answers(broker: EmbeddedBroker) -> None:
+    """Idle readers repeat their Fetch word for word (the gate reads it once and writes the empty
+    answer once); every answer still carries its own request's id, and a record arriving later
+    reaches every reader."""
+    topic = fresh_topic(broker)
+
+    async def scenario() -> list[list[bytes | None]]:
+        readers = [kafka_clients.consumer(broker.bootstrap, enable_auto_commit=False, fetch_max_wait_ms=5)
+                   for _ in range(3)]
+        tp = TopicPartition(topic, 0)
+        for reader in readers:
+            await reader.start()
+            reader.assign([tp])
+            reader.seek(tp, 0)
+        try:
+            idle_until = time.monotonic() + 1.0
+            while time.monotonic() < idle_until:  # a few hundred identical fetches each, all empty
+                for reader in readers:
+                    assert not await reader.getmany(timeout_ms=20)
+            producer = kafka_clients.producer(broker.bootstrap)
+            await producer.start()
+            try:
+                await producer.send_and_wait(topic, b"at last")
+            finally:
+                await producer.stop()
+            got: list[list[bytes | None]] = []
+            for reader in readers:
+                values: list[bytes | None] = []
+                deadline = time.monotonic() + 10.0
+                while not values and time.monotonic() < deadline:
+                    values = [r.value for records in (await reader.getmany(timeout_ms=200)).values() for r in records]
+                got.append(values)
+            return got
+        finally:
+            for reader in readers:
+                await reader.stop()
+
+    assert asyncio.run(scenario()) == [[b"at last"]] * 3
+
+
+def test_an_empty_fetch_answer_written_once_carries_each_requests_id() -> None:
+    from heater.runtime import kafka_wire as wire
+
+    served = [wire.Served("readings", 0, 42, b""), wire.Served("alarms", 3, 7, b"")]
+    answers = [wire.fetch_answer(11, correlation_id, list(served)) for correlation_id in (1, 2, 1 << 30)]
+    assert [struct.unpack_from(">i", answer, 4)[0] for answer in answers] == [1, 2, 1 << 30]
+    assert answers[0][8:] == answers[1][8:] == answers[2][8:]
+    assert all(struct.unpack_from(">i", answer)[0] == len(answer) - 4 for answer in answers)

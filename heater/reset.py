@@ -9,8 +9,8 @@ way down), shows the FATAL occurrences that latch and the Pico's trip count, ask
 AlarmsServer for a signed one-time reset naming exactly those (refused if the latch
 changed in between: the operator looks again), waits until the latch is released, then
 starts again the control services that stayed down (exit code 3), the edge adapters once the
-services that join a consumer group have loaded their modules. Services that came up halted start by
-themselves once they see the release.
+services that join a consumer group have loaded their modules. Services that came up halted
+start by themselves once they see the release.
 """
 
 from __future__ import annotations

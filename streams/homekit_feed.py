@@ -144,7 +144,8 @@ class HomeKitFeed:
         """Open the reader (live data from the end; the last heating state from the compacted log) and push on change."""
         bootstrap = Settings.from_env().broker_bootstrap
         live = await open_reader(bootstrap, [topics.SENSOR_DATA.name, topics.RELAY_STATE.name, *self.extra_topics],
-                                 from_end=True, fetch_wait_ms=DISPLAY_INPUT.wait_ms, fetch_min_bytes=DISPLAY_INPUT.min_bytes)
+                                 from_end=True, fetch_wait_ms=DISPLAY_INPUT.wait_ms,
+                                 fetch_min_bytes=DISPLAY_INPUT.min_bytes)
         jobs = await open_reader(bootstrap, [topics.HEATING_STATE.name], from_end=False,
                                  fetch_wait_ms=QUIET_INPUT.wait_ms, fetch_min_bytes=QUIET_INPUT.min_bytes)
         self._tasks = [asyncio.ensure_future(self._follow(live, DISPLAY_INPUT)),

@@ -128,11 +128,11 @@ def restart_stayed_down(layout: Layout, supervisor: Supervisor, deadline: float)
             restarted.append(component.name)
         if members and members_started is None:
             members_started = time.monotonic()
-        if not members_importing(layout, restarted, members_started):
-            for component in stayed_down:
-                if component not in members:
-                    supervisor.start(component.name)
-                    restarted.append(component.name)
+        edge = [c for c in stayed_down if c not in members]
+        if edge and not members_importing(layout, restarted, members_started):
+            for component in edge:
+                supervisor.start(component.name)
+                restarted.append(component.name)
         unsettled = [c.name for c in COMPONENTS if c.control and c.name not in restarted
                      and (processes.get(c.name, {}).get("statename") in ("RUNNING", "STOPPING")
                           and probe(layout, c).state != READY or c in stayed_down)]

@@ -22,11 +22,19 @@ had already seen; a FATAL occurrence the reset did not name latches whatever its
 
 Two views of the same rule:
 
-* :class:`LatchState` — AlarmsServer's own record (on ``platformLatch``): the occurrences
-  that latch, every occurrence released so far and by which reset, the trip count;
+* :class:`LatchState` — AlarmsServer's own: the occurrences that latch, every occurrence
+  released so far and by which reset, the trip count;
 * :class:`LatchView` — what every other service follows: FATAL alarms straight from
   ``createAlarm`` (so it halts even while AlarmsServer is down) and AlarmsServer's
   releases from ``platformLatch``.
+
+On ``platformLatch`` (compacted) AlarmsServer keeps the latch as records that do not grow
+with its history: under :data:`LATCH_KEY` the latch now (what latches, the trip count, what
+the latest reset released), and under :func:`reset_key` one record per reset, written once,
+with what that reset released and covered. Every FATAL and every reset writes records of a
+few hundred bytes, however many resets came before; a service reads every reset's record
+once, at its start. (A single record holding every release grew by ~150 bytes a reset, and
+every service decoded it on every FATAL.)
 """
 
 from __future__ import annotations
@@ -40,7 +48,23 @@ from streams.ids import occurrence_key
 if TYPE_CHECKING:
     from streams.records import Alarm, PlatformLatch
 
-__all__ = ["FatalVerdict", "LatchState", "LatchView", "Occurrence", "ResetOutcome", "not_named", "occurrence_key"]
+__all__ = ["LATCH_KEY", "FatalVerdict", "LatchState", "LatchView", "Occurrence", "ResetOutcome", "is_reset_key",
+           "not_named", "occurrence_key", "reset_key"]
+
+#: The key of the latch now, in AlarmsServer's table and on ``platformLatch``.
+LATCH_KEY = "platform"
+RESET_KEY_PREFIX = "reset/"
+
+
+def reset_key(reset_id: str) -> str:
+    """The key of the record that keeps what one reset released and covered."""
+    return RESET_KEY_PREFIX + reset_id
+
+
+def is_reset_key(key: str | bytes | None) -> bool:
+    if isinstance(key, bytes):
+        return key.startswith(RESET_KEY_PREFIX.encode())
+    return key is not None and key.startswith(RESET_KEY_PREFIX)
 
 
 @dataclass(frozen=True)
@@ -87,10 +111,16 @@ class LatchState:
     released: dict[str, str] = field(default_factory=dict)  # occurrence → reset id
     trip_count: int | None = None  # the Pico's, as its adapter last reported it
     covered: dict[str, dict[str, int]] = field(default_factory=dict)  # reset id → input positions it covers
+    unrecorded: set[str] = field(default_factory=set)  # resets whose own record is still to be written
 
     @property
     def latched(self) -> bool:
         return bool(self.latching)
+
+    def copy(self) -> "LatchState":
+        """A state to decide on; the one it was copied from stays as it was should the decision not be written."""
+        return LatchState(dict(self.latching), dict(self.released), self.trip_count, dict(self.covered),
+                          set(self.unrecorded))
 
     def on_fatal(self, occurrence: Occurrence) -> FatalVerdict:
         if occurrence.key in self.released:
@@ -118,34 +148,68 @@ class LatchState:
             del self.latching[key]
             self.released[key] = reset_id
         self.covered[reset_id] = dict(covered or {})
+        self.unrecorded.add(reset_id)
         return ResetOutcome(released=tuple(releasing), remaining=tuple(self.latching))
 
     def to_record(self, changed_at: float, changed_by: str, reset_id: str = "") -> PlatformLatch:
-        from streams.records import PlatformLatch  # the rule itself needs no Faust
+        """The latch now (its record under :data:`LATCH_KEY`), with what the reset ``reset_id`` released."""
         first = next(iter(self.latching.values()), None)
-        return PlatformLatch(
+        return self._record(
             latched=self.latched,
             alarm_id=first.alarm_id if first else "",
             reason=first.reason if first else (f"operator reset {reset_id}" if reset_id else ""),
             changed_at=changed_at,
             changed_by=changed_by,
             occurrences={key: o.to_row() for key, o in self.latching.items()},
-            released=dict(self.released),
-            trip_count=self.trip_count,
             reset_id=reset_id,
-            covered={r: dict(p) for r, p in self.covered.items()},
         )
+
+    def reset_record(self, reset_id: str, changed_at: float, changed_by: str) -> PlatformLatch:
+        """What one reset released and covered, and nothing else: the record under :func:`reset_key`."""
+        return self._record(latched=False, alarm_id="", reason=f"operator reset {reset_id}", changed_at=changed_at,
+                            changed_by=changed_by, occurrences={}, reset_id=reset_id)
+
+    def _record(self, reset_id: str, **fields: object) -> PlatformLatch:
+        from streams.records import PlatformLatch  # the rule itself needs no Faust
+        return PlatformLatch(
+            released={key: by for key, by in self.released.items() if reset_id and by == reset_id},
+            covered={reset_id: dict(self.covered[reset_id])} if reset_id in self.covered else {},
+            trip_count=self.trip_count, reset_id=reset_id, **fields)  # type: ignore[arg-type]
+
+    def to_records(self, changed_at: float, changed_by: str, reset_id: str = "") -> list[tuple[str, PlatformLatch]]:
+        """What AlarmsServer writes now, by key: a record for each reset not yet recorded, then the latch now.
+
+        Call :meth:`recorded` once they are written.
+        """
+        resets = [(reset_key(r), self.reset_record(r, changed_at, changed_by)) for r in sorted(self.unrecorded)]
+        return resets + [(LATCH_KEY, self.to_record(changed_at, changed_by, reset_id))]
+
+    def recorded(self) -> None:
+        self.unrecorded.clear()
 
     @classmethod
     def from_record(cls, record: PlatformLatch | None) -> "LatchState":
-        if record is None:
-            return cls()
-        return cls(
-            latching={o.key: o for o in latching(record)},
-            released=dict(record.released or {}),
-            trip_count=record.trip_count,
-            covered={r: dict(p) for r, p in (record.covered or {}).items()},
-        )
+        return cls.from_records(record, ())
+
+    @classmethod
+    def from_records(cls, current: PlatformLatch | None, resets: Iterable[PlatformLatch]) -> "LatchState":
+        """The latch from its records: the latch now and every reset's own record.
+
+        A release that no reset record holds (a latch written when one record held every
+        release) is kept, and its reset is written in a record of its own at the next write.
+        """
+        state = cls()
+        recorded: set[str] = set()
+        for record in (*resets, *((current,) if current is not None else ())):
+            state.released.update(record.released or {})
+            state.covered.update({r: dict(p) for r, p in (record.covered or {}).items()})
+            if record is not current:
+                recorded.add(record.reset_id)
+        if current is not None:
+            state.latching = {o.key: o for o in latching(current)}
+            state.trip_count = current.trip_count
+        state.unrecorded = set(state.released.values()) - recorded
+        return state
 
 
 @dataclass

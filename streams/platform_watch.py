@@ -5,11 +5,12 @@ must see every message. It keeps an in-memory replica of this service's own alar
 (so it can clear them at start-up) and the FATAL latch (so it halts at once, even
 while AlarmsServer is down). Alarm keys are their ids, ``source/code[/subject]``, so
 other services' alarms are skipped by key and only FATAL ones are decoded: reading
-the whole history at start-up stays cheap; of the latch, whose every record holds all of it,
-only the newest records are read. Messages that fail to decode are skipped
-and counted here; AlarmsServer dead-letters them. It also keeps every version of the
-configuration (:mod:`streams.config_rules`) and tells the service when a new one is in
-force, so a changed limit applies within a poll, without a restart.
+the whole history at start-up stays cheap; of the latch, every reset's own record and
+only the newest records of the latch now are read (:mod:`streams.latch`). Messages that
+fail to decode are skipped and counted here; AlarmsServer dead-letters them. It also
+keeps every version of the configuration (:mod:`streams.config_rules`) and tells the
+service when a new one is in force, so a changed limit applies within a poll, without
+a restart.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from streams.alarm_book import AlarmBook
 from streams.codec import DecodeError, decode
 from streams.config_rules import ConfigBook
 from streams.heater_config import HeaterLimits
-from streams.latch import LatchView
+from streams.latch import LatchView, is_reset_key
 from streams.records import RECORD_FOR_TOPIC, Alarm, AlarmClear, PlatformLatch
 from streams.readers import follower, open_reader_at_ends, reaches
 from streams.settings import WATCH_FETCH_WAIT_MS
@@ -38,12 +39,11 @@ LatchCallback = Callable[[LatchView], Awaitable[None]]
 ConfigCallback = Callable[[ConfigBook], Awaitable[None]]
 #: A partition whose position has not moved for this long, short of its end offset, has ended.
 UNREADABLE_TAIL_S = 2.0
-#: The newest ``platformLatch`` records a watch reads at its start. Each holds the whole latch
-#: (what latches, every occurrence ever released, what each reset covered), so the newest one
-#: that decodes is the latch; the history before it only repeats it. Every record grows with
-#: every reset, and read from the beginning they made each start slower than the one before
-#: (over 200 resets the watch's start grew by 0.15–0.3 s in every control service). A few, not
-#: one, so that one record that does not decode is not the whole latch.
+#: The newest records of the latch now (``platformLatch`` under ``LATCH_KEY``) a watch reads at
+#: its start; every reset's own record it reads whatever its age, since each holds one reset's
+#: releases. A record of the latch now holds the rest (what latches, what the last reset
+#: released), so the newest that decodes is in force and the older ones only repeat what
+#: followed them. A few, not one, so that one record that does not decode is not the latch.
 LATCH_RECORDS_READ = 8
 
 
@@ -69,6 +69,8 @@ class PlatformWatch:
         #: read from. A watch that ``resume``s this one (stopped) reads on from there.
         self.positions: dict[TopicPartition, int] = {}
         self._resume = resume
+        #: Where the records of the latch now that a start reads begin (older ones are passed over).
+        self._latch_now_from: dict[TopicPartition, int] = {}
 
     async def start(self, timeout: float = 15.0) -> None:
         """Connect and read everything up to the current end, so decisions start informed.
@@ -82,14 +84,16 @@ class PlatformWatch:
         resume = self._resume if self._resume is not None and self._resume.positions else None
         self._consumer, ends = await open_reader_at_ends(
             self.bootstrap, WATCHED, fetch_wait_ms=self.fetch_wait_ms, from_end=False, timeout=timeout, follow=True,
-            start_at=resume.positions if resume is not None else None,
-            newest={topics.PLATFORM_LATCH.name: LATCH_RECORDS_READ})
+            start_at=resume.positions if resume is not None else None)
+        self._latch_now_from = {tp: end - LATCH_RECORDS_READ for tp, end in ends.items()
+                                if tp.topic == topics.PLATFORM_LATCH.name}
         if resume is not None and reaches(ends, resume.positions):
             self.book, self.latch, self.config = resume.book, resume.latch, resume.config
             self._config_changed = resume._config_changed  # not yet told to anyone
             self.positions = dict(resume.positions)
         self._resume = None
         await asyncio.wait_for(self._catch_up(ends), timeout)
+        self._latch_now_from = {}  # followed live, every record counts (a log that starts over begins at 0)
 
     async def _catch_up(self, ends: dict[TopicPartition, int]) -> None:
         """Read up to ``ends``; a partition that stops advancing short of its end has ended there.
@@ -151,9 +155,11 @@ class PlatformWatch:
         was_latched = self.latch.latched
         changed_by = None
         for tp, messages in batches.items():
+            skip_below = self._latch_now_from.get(tp, 0)
             for message in messages:
                 before = self.latch.latched
-                self._apply(tp.topic, message.key, message.value)
+                if message.offset >= skip_below or is_reset_key(message.key):
+                    self._apply(tp.topic, message.key, message.value)
                 self.positions[tp] = message.offset + 1
                 if self.latch.latched != before and changed_by is None:
                     changed_by = message

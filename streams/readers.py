@@ -95,14 +95,11 @@ async def open_reader(
 async def open_reader_at_ends(
     bootstrap: str, topic_names: Iterable[str], *, fetch_wait_ms: int, from_end: bool, timeout: float = 15.0,
     fetch_min_bytes: int = 1, follow: bool = False, start_at: Mapping[TopicPartition, int] | None = None,
-    newest: Mapping[str, int] | None = None,
 ) -> tuple[AIOKafkaConsumer, dict[TopicPartition, int]]:
     """:func:`open_reader`, and where each partition's log ended as it opened (``follow`` as in
     :func:`streams.kafka_clients.log_ends`). With ``start_at``, every partition is read from
     there instead, if the logs reach all those positions (:func:`reaches`); if one does not,
     none is (the logs started over: what was read from them before no longer holds).
-    ``newest`` (topic → n) reads only the last n records of a topic's partitions that
-    ``start_at`` does not place, for a topic whose every record holds the whole state.
 
     The ends are asked before the reader is assigned anything. Once it is, its fetch waits at
     the broker for data, and the broker answers a connection's requests in the order they
@@ -128,10 +125,6 @@ async def open_reader_at_ends(
     placed = dict(start_at) if start_at and reaches(ends, start_at) else {}
     for tp, offset in placed.items():
         consumer.seek(tp, offset)
-    for tp in partitions:
-        if tp not in placed and newest and tp.topic in newest:
-            placed[tp] = max(0, ends.get(tp, 0) - newest[tp.topic])
-            consumer.seek(tp, placed[tp])
     rest = [tp for tp in partitions if tp not in placed]
     if from_end:
         for tp in rest:

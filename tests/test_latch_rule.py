@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
 
 from streams.bank_rules import OVERTEMP, Bank, Reading
-from streams.latch import FatalVerdict, LatchState, LatchView, Occurrence, not_named
+from streams.latch import LATCH_KEY, FatalVerdict, LatchState, LatchView, Occurrence, is_reset_key, not_named
 from streams.records import Alarm, PlatformLatch
 
 
@@ -113,6 +113,49 @@ def test_a_latched_record_that_names_no_occurrence_still_latches() -> None:
                                                 changed_by="alarms")).latched
 
 
+def released_and_reset(state: LatchState, n: int) -> str:
+    alarm = fatal("bank/overtemp-fatal/water.0", 100.0 + n)
+    state.on_fatal(occ(alarm))
+    assert not state.on_reset(f"r{n}", [alarm.occurrence_id], None, {"sensorData:0": 10 * n}).refused
+    return alarm.occurrence_id
+
+
+def test_the_records_written_stay_small_however_many_resets_came_before() -> None:
+    """Every FATAL and reset writes a few hundred bytes; the history is in one record per reset, each written once."""
+    state, table, sizes = LatchState(), {}, []
+    for n in range(300):
+        released_and_reset(state, n)
+        written = state.to_records(1000.0 + n, "alice", f"r{n}")
+        state.recorded()
+        assert [key for key, _ in written] == [f"reset/r{n}", LATCH_KEY]
+        table.update(written)
+        sizes.append(sum(len(record.dumps()) for _, record in written))
+    assert max(sizes) < 1000 and max(sizes) - min(sizes) < 40, "only the numbers grow by a digit"
+    assert state.to_records(2000.0, "alarms") == [(LATCH_KEY, state.to_record(2000.0, "alarms"))], "nothing left to record"
+    rebuilt = LatchState.from_records(table[LATCH_KEY], [r for key, r in table.items() if is_reset_key(key)])
+    assert (rebuilt.released, rebuilt.covered, rebuilt.unrecorded) == (state.released, state.covered, set())
+    view = LatchView()
+    for record in table.values():
+        view.on_latch(record)
+    assert view.released == state.released and view.covered_by_release(f"{fatal('bank/overtemp-fatal/water.0', 105.0).occurrence_id}") == {"sensorData:0": 50}
+
+
+def test_a_latch_that_kept_every_release_in_one_record_is_written_out_once_one_row_per_reset() -> None:
+    """A table from before one row per reset: its releases are kept, and each reset gets its row at the next write."""
+    old = LatchState()
+    keys = [released_and_reset(old, n) for n in range(3)]
+    whole = old.to_record(500.0, "alice", "r2")
+    whole.released, whole.covered = dict(old.released), {r: dict(p) for r, p in old.covered.items()}  # as it was written
+    state = LatchState.from_record(whole)
+    assert state.on_fatal(occ(fatal("bank/overtemp-fatal/water.0", 100.0))) is FatalVerdict.RELEASED
+    assert state.unrecorded == {"r0", "r1", "r2"}
+    written = dict(state.to_records(600.0, "alarms"))
+    state.recorded()
+    assert sorted(written) == [LATCH_KEY, "reset/r0", "reset/r1", "reset/r2"]
+    assert written["reset/r1"].released == {keys[1]: "r1"} and written["reset/r1"].covered == {"r1": {"sensorData:0": 10}}
+    assert [key for key, _ in state.to_records(700.0, "alarms")] == [LATCH_KEY]
+
+
 # -- a replayed incident ends -----------------------------------------------------------------
 
 
@@ -155,8 +198,18 @@ def test_a_replayed_incident_with_several_rules_ends() -> None:
 # -- the stateful property --------------------------------------------------------------------
 
 
+#: The newest records of the latch now a restarted service reads here. The platform watch reads 8;
+#: the rule holds for any number, and a small one lets a short run pass over records.
+NEWEST_READ = 2
+
+
 class LatchMachine(RuleBasedStateMachine):
-    """AlarmsServer's latch and one service's view, driven by random interleavings.
+    """AlarmsServer's latch, its records, and one service's view, driven by random interleavings.
+
+    AlarmsServer writes its records as it does on a platform (:meth:`LatchState.to_records`):
+    to its table, and to ``platformLatch``, which a service follows live and reads at its
+    start the way the platform watch does (every reset's record, the newest records of the
+    latch now), or compacted to one record per key.
 
     Invariant: the power can be on only when every FATAL occurrence delivered so far was
     named by a reset issued while AlarmsServer showed it; the view agrees with AlarmsServer.
@@ -172,13 +225,26 @@ class LatchMachine(RuleBasedStateMachine):
         self.pending: list[str] = []
         self.pico_tripped = False
         self.clock = 1000.0
+        self.table: dict[str, PlatformLatch] = {}
+        self.log: list[tuple[str, PlatformLatch]] = []
+
+    def _write(self, changed_by: str, reset_id: str = "", publish: bool = True) -> None:
+        for key, record in self.state.to_records(self.clock, changed_by, reset_id):
+            self.table[key] = record
+            if publish or is_reset_key(key):
+                self.log.append((key, record))
+                self.view.on_latch(record)
+        self.state.recorded()
 
     def _deliver(self, alarm: Alarm) -> None:
         self.delivered.append(alarm)
         self.view.on_alarm(alarm)
-        if self.state.on_fatal(occ(alarm)) is FatalVerdict.NEW and not self.pico_tripped:
-            self.pico_tripped = True
-            self.state.trip_count = (self.state.trip_count or 0) + 1
+        if self.state.on_fatal(occ(alarm)) is FatalVerdict.NEW:
+            self._write("alarms")
+            if not self.pico_tripped:
+                self.pico_tripped = True
+                self.state.trip_count = (self.state.trip_count or 0) + 1
+                self._write("alarms", self.table[LATCH_KEY].reset_id, publish=False)
 
     @rule(source=st.sampled_from(["bank/overtemp-fatal/water.0", "disaster/over-limit/job-1", "i2c/valve-stuck"]),
           back=st.floats(min_value=0.0, max_value=5.0))
@@ -207,24 +273,32 @@ class LatchMachine(RuleBasedStateMachine):
         self.pending.remove(reset_id)
         named, trip = self.issued[reset_id]
         outcome = self.state.on_reset(reset_id, named, trip)
-        if not outcome.refused and not self.state.latched:
+        if outcome.refused:
+            return
+        if not self.state.latched:
             self.pico_tripped = False
-        self.view.on_latch(self.state.to_record(self.clock, "alice", reset_id))
+        self._write("alice", reset_id)
 
     @rule()
     def restart_alarms_server(self) -> None:
-        """AlarmsServer restarts from its table row (the record) and replays what it was delivered."""
-        self.state = LatchState.from_record(self.state.to_record(self.clock, "alarms"))
+        """AlarmsServer restarts from its table (the latch now, every reset's row) and replays what it was delivered."""
+        resets = [record for key, record in self.table.items() if is_reset_key(key)]
+        self.state = LatchState.from_records(self.table.get(LATCH_KEY), resets)
+        assert not self.state.unrecorded, "every reset has its own row"
         for alarm in self.delivered:
             assert self.state.on_fatal(occ(alarm)) is not FatalVerdict.NEW, "a replay never latches anew"
 
-    @rule()
-    def restart_service(self) -> None:
-        """A service's view rebuilt from the topics: every FATAL alarm, then the latest latch record."""
+    @rule(compacted=st.booleans())
+    def restart_service(self, compacted: bool) -> None:
+        """A service's view rebuilt from the topics: every FATAL alarm, then the latch records a watch reads at its
+        start — every reset's, and the newest of the latch now — from the log as written or compacted."""
         self.view = LatchView()
         for alarm in self.delivered:
             self.view.on_alarm(alarm)
-        self.view.on_latch(self.state.to_record(self.clock, "alarms"))
+        log = list(self.table.items()) if compacted else self.log
+        for offset, (key, record) in enumerate(log):
+            if offset >= len(log) - NEWEST_READ or is_reset_key(key):
+                self.view.on_latch(record)
 
     @invariant()
     def power_on_only_when_every_occurrence_was_named_while_shown(self) -> None:
@@ -238,12 +312,19 @@ class LatchMachine(RuleBasedStateMachine):
         assert self.pico_tripped or not self.state.latched
 
     @invariant()
-    def the_view_agrees_once_it_has_the_latest_record(self) -> None:
+    def the_view_agrees_with_alarms_server(self) -> None:
         if not hasattr(self, "state"):
             return
-        synced = LatchView(dict(self.view.raised), dict(self.view.released))
-        synced.on_latch(self.state.to_record(self.clock, "alarms"))
-        assert synced.latched == self.state.latched
+        assert self.view.latched == self.state.latched
+
+    @invariant()
+    def every_record_is_small_whatever_came_before(self) -> None:
+        """A record holds the latch now and at most one reset's releases, never the history."""
+        if not hasattr(self, "state"):
+            return
+        for _, record in self.log[-3:]:
+            assert set((record.released or {}).values()) <= {record.reset_id}
+            assert set(record.covered or {}) <= {record.reset_id}
 
 
 TestLatchMachine = LatchMachine.TestCase

@@ -1,6 +1,6 @@
 """The platform watch on the real broker: a watch that resumes a stopped one reads on from where it
 stopped and knows what a watch reading the whole history knows; into a log that started over
-it does not carry the old state; of the latch it reads only the newest records, which hold all of it."""
+it does not carry the old state; of the latch it reads every reset's record and the newest of the latch now."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from heater.runtime.broker import EmbeddedBroker
 from streams import metrics, topics
 from streams.codec import encode
 from streams.ids import alarm_id_for
-from streams.latch import LatchState, Occurrence
+from streams.latch import LATCH_KEY, LatchState, Occurrence
 from streams.platform_watch import LATCH_RECORDS_READ, PlatformWatch
 from streams.records import Alarm, Severity
 from tests.support import produce
@@ -73,29 +73,36 @@ async def test_a_watch_does_not_resume_into_a_log_that_started_over(run_dir: Pat
         await asyncio.to_thread(second_broker.stop)
 
 
-async def test_a_watch_reads_the_latch_from_its_newest_records_which_hold_all_of_it(own_broker: EmbeddedBroker) -> None:
-    """AlarmsServer writes the whole latch in every record, so the history before the newest is not read at a
-    start (it grew with every reset); a newest record that does not decode leaves the one before it in force."""
+async def test_a_watch_reads_every_resets_record_and_only_the_newest_of_the_latch_now(own_broker: EmbeddedBroker) -> None:
+    """AlarmsServer writes the latch now and one record per reset (:meth:`LatchState.to_records`): a start
+    reads every reset's record, however old, and of the latch now only the newest — a newest one that does
+    not decode leaves the one before it in force. Every FATAL of the history released by a reset long
+    passed stays released; the one no reset named latches."""
     bootstrap = own_broker.bootstrap
     latch = topics.PLATFORM_LATCH.name
     skipped = metrics.WATCH_SKIPPED.labels(SERVICE, latch, "malformed")
-    await produce(bootstrap, latch, [b"an old record that does not decode"], key=b"latch")
-    state, records = LatchState(), []
+    await produce(bootstrap, latch, [b"an old record that does not decode"], key=LATCH_KEY.encode())
+    state = LatchState()
+
+    async def write(changed_by: str, reset_id: str = "") -> None:
+        for key, record in state.to_records(time.time(), changed_by, reset_id):
+            await produce(bootstrap, latch, [encode(record)], key=key.encode())
+        state.recorded()
+
     for n in range(12):
         alarm = await raise_alarm(bootstrap, f"fatal-{n}", Severity.FATAL)
         state.on_fatal(Occurrence.of(alarm))
-        records.append(encode(state.to_record(time.time(), "alarms")))
+        await write("alarms")
         assert not state.on_reset(f"reset-{n}", [alarm.occurrence_id], None).refused
-        records.append(encode(state.to_record(time.time(), "alarms", f"reset-{n}")))
+        await write("alice", f"reset-{n}")
     last = await raise_alarm(bootstrap, "fatal-last", Severity.FATAL)
     state.on_fatal(Occurrence.of(last))
-    records.append(encode(state.to_record(time.time(), "alarms")))
-    records.append(b"{not json")
-    await produce(bootstrap, latch, records, key=b"latch")
-    assert len(records) + 1 > LATCH_RECORDS_READ
+    await write("alarms")
+    await produce(bootstrap, latch, [b"{not json"], key=LATCH_KEY.encode())
+    assert 3 * 12 + 2 > LATCH_RECORDS_READ
 
     before = skipped._value.get()
     watch = await stopped_watch(bootstrap)
     assert skipped._value.get() - before == 1, "the newest record was read, the oldest not"
     assert watch.latch.latched and list(watch.latch.unreleased) == [last.occurrence_id]
-    assert set(watch.latch.released) == {f"{key}" for key in state.released} and len(state.released) == 12
+    assert watch.latch.released == state.released and len(state.released) == 12

@@ -32,10 +32,12 @@ from streams.auth import Role, requires
 from streams.alarm_book import AlarmBook, AlarmEntry, Effect
 from streams.app import HeaterService, ServiceKind, ServiceSpec
 from streams.consistency import Step, on_partition_zero, tp_key
-from streams.latch import FatalVerdict, LatchState, Occurrence
+from streams.latch import FatalVerdict, LatchState, Occurrence, is_reset_key
 from streams.operator_reset import ResetRefused, issue_reset, verify_reset
 from streams.readers import open_reader
-from streams.records import Alarm, AlarmClear, OperatorReset, RelayAction, RelayCommand, RelayState, Severity, now
+from streams.records import (
+    Alarm, AlarmClear, OperatorReset, PlatformLatch, RelayAction, RelayCommand, RelayState, Severity, now,
+)
 from streams.settings import Settings
 from streams.tables import alarms as tables
 from streams.resilience import DependencyDown
@@ -115,8 +117,38 @@ async def on_raise(step: Step, alarm: Alarm) -> None:
         await latch_platform(step, state, alarm)
 
 
+#: The whole latch as last written here, with the record it wrote under LATCH_KEY.
+_known: tuple[PlatformLatch | None, LatchState] | None = None
+
+
 def latch_state() -> LatchState:
-    return LatchState.from_record(latch.get(tables.LATCH_KEY))
+    """The whole latch to decide on: the latch now and every reset's record, read from the table once.
+
+    Read again whenever the table's latch is not the one last written here (a step that
+    was not written, a recovery): the table is the truth, this only spares reading every
+    reset's row on each FATAL.
+    """
+    global _known
+    current = latch.get(tables.LATCH_KEY)
+    if _known is None or _known[0] != current:
+        _known = (current, LatchState.from_records(current, [latch[key] for key in list(latch) if is_reset_key(key)]))
+    return _known[1].copy()
+
+
+async def write_latch(step: Step, state: LatchState, changed_by: str, reset_id: str = "", publish: bool = True) -> None:
+    """Write the latch now, and every reset not yet recorded in a row of its own, to the table and ``platformLatch``.
+
+    ``publish=False`` keeps the latch now (not a reset's record) off the topic: what only
+    AlarmsServer needs, the Pico's trip count.
+    """
+    global _known
+    record: PlatformLatch | None = None
+    for key, record in state.to_records(now(), changed_by, reset_id):
+        latch[key] = record
+        if publish or is_reset_key(key):
+            await step.owe(topics.PLATFORM_LATCH.name, key.encode(), record.dumps())
+    state.recorded()
+    _known = (record, state.copy())
 
 
 def on_clear(clear: AlarmClear) -> None:
@@ -131,9 +163,7 @@ def on_clear(clear: AlarmClear) -> None:
 
 async def latch_platform(step: Step, state: LatchState, alarm: Alarm) -> None:
     """A new FATAL occurrence: latch the platform on it (kept until a reset names it) and cut the power."""
-    record = state.to_record(now(), SPEC.name)
-    latch[tables.LATCH_KEY] = record
-    await step.owe(topics.PLATFORM_LATCH.name, tables.LATCH_KEY.encode(), record.dumps())
+    await write_latch(step, state, SPEC.name)
     cutoff = RelayCommand(
         command_id=str(uuid.uuid4()),
         action=RelayAction.CUTOFF,
@@ -194,9 +224,7 @@ async def on_reset(step: Step, reset: OperatorReset, refusal: str) -> None:
     for key in outcome.released:
         released = before[key]
         book.release_fatal(released.alarm_id, released.raised_at, reset.operator, f"operator reset {reset.reset_id}")
-    record = state.to_record(now(), reset.operator, reset.reset_id)
-    latch[tables.LATCH_KEY] = record
-    await step.owe(topics.PLATFORM_LATCH.name, tables.LATCH_KEY.encode(), record.dumps())
+    await write_latch(step, state, reset.operator, reset.reset_id)
     log.warning("operator %s reset %s released %s; %s", reset.operator, reset.reset_id, ", ".join(outcome.released),
                 f"still latched by {', '.join(outcome.remaining)}" if outcome.remaining else "the platform is released")
 
@@ -205,18 +233,18 @@ async def on_reset(step: Step, reset: OperatorReset, refusal: str) -> None:
 async def follow_trips(stream: faust.StreamT) -> None:
     async for record in service.records(stream, admit=ledger.admit):
         assert isinstance(record, RelayState)
-        async with ledger.step():
-            on_relay_state(record)
+        async with ledger.step() as step:
+            await on_relay_state(step, record)
 
 
-def on_relay_state(record: RelayState) -> None:
+async def on_relay_state(step: Step, record: RelayState) -> None:
     """Keep the Pico's trip count: a reset is issued for it, and refused once it moved on."""
     current = latch.get(tables.LATCH_KEY)
-    state = LatchState.from_record(current)
+    state = latch_state()
     if record.trip_count < 0 or record.trip_count == state.trip_count:
         return
     state.trip_count = record.trip_count
-    latch[tables.LATCH_KEY] = state.to_record(now(), SPEC.name, current.reset_id if current else "")
+    await write_latch(step, state, SPEC.name, current.reset_id if current else "", publish=False)
 
 
 # -- views ---------------------------------------------------------------------------

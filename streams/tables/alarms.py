@@ -5,9 +5,10 @@ from __future__ import annotations
 import faust
 
 from streams.alarm_book import AlarmEntry, AlarmTimeline
+from streams.latch import LATCH_KEY
 from streams.records import PlatformLatch
 
-LATCH_KEY = "platform"
+__all__ = ["LATCH_KEY", "active_table", "history_table", "latch_table", "timelines_table", "used_nonces_table"]
 
 
 def history_table(app: faust.App) -> faust.Table:
@@ -31,5 +32,9 @@ def used_nonces_table(app: faust.App) -> faust.Table:
 
 
 def latch_table(app: faust.App) -> faust.Table:
-    """``platform`` → :class:`PlatformLatch`, the FATAL latch as AlarmsServer holds it."""
+    """The FATAL latch as AlarmsServer holds it: :data:`LATCH_KEY` → the latch now, ``reset/<id>`` → each reset's record.
+
+    One row per reset, written once (:mod:`streams.latch`): a write stays small however many
+    resets came before.
+    """
     return app.Table("platform-latch", key_type=str, value_type=PlatformLatch, partitions=1)

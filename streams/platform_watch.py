@@ -152,19 +152,21 @@ class PlatformWatch:
         assert consumer is not None
         batches = await self._broker.until_answered(
             lambda: consumer.getmany(timeout_ms=max(self.fetch_wait_ms * 2, 50)))
-        was_latched = self.latch.latched
+        was_latched = latched = self.latch.latched
         changed_by = None
         for tp, messages in batches.items():
             skip_below = self._latch_now_from.get(tp, 0)
             for message in messages:
-                before = self.latch.latched
-                if message.offset >= skip_below or is_reset_key(message.key):
-                    self._apply(tp.topic, message.key, message.value)
+                # Whether the latch holds is asked only after a record that reached it: the
+                # question takes as long as the FATAL history, and a start reads all of it.
+                if (message.offset >= skip_below or is_reset_key(message.key)) \
+                        and self._apply(tp.topic, message.key, message.value):
+                    if self.latch.latched != latched and changed_by is None:
+                        changed_by = message
+                    latched = self.latch.latched
                 self.positions[tp] = message.offset + 1
-                if self.latch.latched != before and changed_by is None:
-                    changed_by = message
-        metrics.LATCHED.labels(self.service).set(int(self.latch.latched))
-        if notify and self.latch.latched != was_latched:
+        metrics.LATCHED.labels(self.service).set(int(latched))
+        if notify and latched != was_latched:
             # What a service does about the latch (the I2C adapter's trip) continues the trace
             # of the record that changed it.
             with tracing.with_parent(tracing.extract(changed_by.headers if changed_by is not None else None)):
@@ -175,25 +177,29 @@ class PlatformWatch:
             for config_callback in list(self.on_config):
                 await config_callback(self.config)
 
-    def _apply(self, topic: str, key: bytes | None, payload: bytes | None) -> None:
+    def _apply(self, topic: str, key: bytes | None, payload: bytes | None) -> bool:
+        """Apply one message; True when it reached the latch (a FATAL alarm or a latch record)."""
         if topic == topics.CONFIG.name:
             self._config_changed |= self.config.apply(key, payload)
-            return
+            return False
         if topic != topics.PLATFORM_LATCH.name and not (key or b"").startswith(self._own_prefix):
             if topic == topics.DELETE_ALARM.name or not _may_be_fatal(payload):
-                return
+                return False
         try:
             record = decode(payload, RECORD_FOR_TOPIC[topic])
         except DecodeError as exc:
             metrics.WATCH_SKIPPED.labels(self.service, topic, exc.reason).inc()
-            return
+            return False
         if isinstance(record, (Alarm, AlarmClear)):
             if record.alarm_id.startswith(self.service + "/"):
                 self.book.apply(record)
-            if isinstance(record, Alarm):
+            if isinstance(record, Alarm) and record.is_fatal:
                 self.latch.on_alarm(record)
+                return True
         elif isinstance(record, PlatformLatch):
             self.latch.on_latch(record)
+            return True
+        return False
 
     async def stop(self) -> None:
         if self._task is not None:

@@ -39,7 +39,8 @@ trial uses another sensor, and when the bank holds all of them the platform is r
 With ``--bus-rate R`` the bus is saturated around every crossing: another sensor sends R
 frames/s (a simulator burst) from ``BUS_LOAD_LEAD_S`` before it, so the FATAL frame queues
 behind the load on the bus, in the adapter and at the bank. ``trend`` in the JSON puts the
-first and the last ``TREND_TRIALS`` trials side by side.
+first and the last ``TREND_TRIALS`` trials side by side, with the time a fixed piece of work
+took before each trial (``machine_ms``: the machine's own drift over the run).
 
 Prints progress, per-hop medians, then ONE JSON line.  Bounded: every wait has a
 deadline and ``--budget-s`` stops starting new rounds (the JSON then says how many ran).
@@ -115,6 +116,20 @@ BANK_HOPS = ("adapter_to_sensordata", "sensordata_to_bank_alarm")
 FATAL_OVERTEMP = (b"can/overtemp-fatal/", b"bank/overtemp-fatal/")
 
 T = TypeVar("T")
+
+
+def machine_ms() -> float:
+    """How long a fixed piece of pure-Python work takes now (the median of three), in ms.
+
+    Timed before every FATAL trial, while the platform idles: a shared host's speed drifts
+    over a run, and a trend in the latencies that the machine shows too is the machine's.
+    """
+    times = []
+    for _ in range(3):
+        started = time.perf_counter()
+        sum(i * i for i in range(100_000))
+        times.append((time.perf_counter() - started) * 1000)
+    return statistics.median(times)
 
 
 def hop_percentiles(hops: list[dict[str, Any]], names: tuple[str, ...], q: float) -> dict[str, float | None]:
@@ -684,7 +699,10 @@ class Bench:
             self.start_platform()
             sensor = self.pick_sensor(round_no)
             assert sensor is not None
+        machine = machine_ms()
         trial = self.fatal_trial(sensor)
+        if trial is not None:
+            trial["machine_ms"] = machine
         line = f"round {round_no + 1}/{trials}: watchdog {dog['latency_s'] * 1000:.1f} ms"
         if trial is None:
             self.missed += 1
@@ -733,6 +751,9 @@ class Bench:
             "first_p50_ms": p(first, 50), "last_p50_ms": p(last, 50),
             "first_p99_ms": p(first, 99), "last_p99_ms": p(last, 99),
             "first_reset_s": reset_mean(first_resets), "last_reset_s": reset_mean(last_resets),
+            # The same fixed work timed before each trial: the machine's own drift over the run.
+            "first_machine_ms": round(statistics.median(t["machine_ms"] for t in first), 2),
+            "last_machine_ms": round(statistics.median(t["machine_ms"] for t in last), 2),
             # Which service's return after a reset slows down, if the reset does.
             "ready_after_reset_first_last_s": {name: [reset_mean(first_resets, f"ready:{name}"),
                                                       reset_mean(last_resets, f"ready:{name}")] for name in CONTROL},

@@ -161,9 +161,10 @@ class PlatformWatch:
                 # question takes as long as the FATAL history, and a start reads all of it.
                 if (message.offset >= skip_below or is_reset_key(message.key)) \
                         and self._apply(tp.topic, message.key, message.value):
-                    if self.latch.latched != latched and changed_by is None:
+                    now = self.latch.latched
+                    if now != latched and changed_by is None:
                         changed_by = message
-                    latched = self.latch.latched
+                    latched = now
                 self.positions[tp] = message.offset + 1
         metrics.LATCHED.labels(self.service).set(int(latched))
         if notify and latched != was_latched:

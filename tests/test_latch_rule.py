@@ -131,13 +131,15 @@ def test_the_records_written_stay_small_however_many_resets_came_before() -> Non
         table.update(written)
         sizes.append(sum(len(record.dumps()) for _, record in written))
     assert max(sizes) < 1000 and max(sizes) - min(sizes) < 40, "only the numbers grow by a digit"
-    assert state.to_records(2000.0, "alarms") == [(LATCH_KEY, state.to_record(2000.0, "alarms"))], "nothing left to record"
+    assert state.to_records(2000.0, "alarms") == [(LATCH_KEY, state.to_record(2000.0, "alarms"))], \
+        "nothing left to record"
     rebuilt = LatchState.from_records(table[LATCH_KEY], [r for key, r in table.items() if is_reset_key(key)])
     assert (rebuilt.released, rebuilt.covered, rebuilt.unrecorded) == (state.released, state.covered, set())
     view = LatchView()
     for record in table.values():
         view.on_latch(record)
-    assert view.released == state.released and view.covered_by_release(f"{fatal('bank/overtemp-fatal/water.0', 105.0).occurrence_id}") == {"sensorData:0": 50}
+    fifth = fatal("bank/overtemp-fatal/water.0", 105.0).occurrence_id
+    assert view.released == state.released and view.covered_by_release(fifth) == {"sensorData:0": 50}
 
 
 def test_a_latch_that_kept_every_release_in_one_record_is_written_out_once_one_row_per_reset() -> None:
@@ -145,14 +147,16 @@ def test_a_latch_that_kept_every_release_in_one_record_is_written_out_once_one_r
     old = LatchState()
     keys = [released_and_reset(old, n) for n in range(3)]
     whole = old.to_record(500.0, "alice", "r2")
-    whole.released, whole.covered = dict(old.released), {r: dict(p) for r, p in old.covered.items()}  # as it was written
+    # as it was written: every release and every cover in the one record
+    whole.released, whole.covered = dict(old.released), {r: dict(p) for r, p in old.covered.items()}
     state = LatchState.from_record(whole)
     assert state.on_fatal(occ(fatal("bank/overtemp-fatal/water.0", 100.0))) is FatalVerdict.RELEASED
     assert state.unrecorded == {"r0", "r1", "r2"}
     written = dict(state.to_records(600.0, "alarms"))
     state.recorded()
     assert sorted(written) == [LATCH_KEY, "reset/r0", "reset/r1", "reset/r2"]
-    assert written["reset/r1"].released == {keys[1]: "r1"} and written["reset/r1"].covered == {"r1": {"sensorData:0": 10}}
+    assert written["reset/r1"].released == {keys[1]: "r1"}
+    assert written["reset/r1"].covered == {"r1": {"sensorData:0": 10}}
     assert [key for key, _ in state.to_records(700.0, "alarms")] == [LATCH_KEY]
 
 

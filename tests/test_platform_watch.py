@@ -73,7 +73,8 @@ async def test_a_watch_does_not_resume_into_a_log_that_started_over(run_dir: Pat
         await asyncio.to_thread(second_broker.stop)
 
 
-async def test_a_watch_reads_every_resets_record_and_only_the_newest_of_the_latch_now(own_broker: EmbeddedBroker) -> None:
+async def test_a_watch_reads_every_resets_record_and_only_the_newest_of_the_latch_now(
+        own_broker: EmbeddedBroker) -> None:
     """AlarmsServer writes the latch now and one record per reset (:meth:`LatchState.to_records`): a start
     reads every reset's record, however old, and of the latch now only the newest — a newest one that does
     not decode leaves the one before it in force. Every FATAL of the history released by a reset long

@@ -32,7 +32,7 @@ def used_nonces_table(app: faust.App) -> faust.Table:
 
 
 def latch_table(app: faust.App) -> faust.Table:
-    """The FATAL latch as AlarmsServer holds it: :data:`LATCH_KEY` → the latch now, ``reset/<id>`` → each reset's record.
+    """The FATAL latch as AlarmsServer holds it: :data:`LATCH_KEY` → the latch now, ``reset/<id>`` → each reset.
 
     One row per reset, written once (:mod:`streams.latch`): a write stays small however many
     resets came before.

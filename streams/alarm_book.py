@@ -18,6 +18,7 @@ inactive.
 
 from __future__ import annotations
 
+import bisect
 import enum
 from dataclasses import dataclass
 from typing import MutableMapping
@@ -56,6 +57,11 @@ class TimelineEvent(HeaterRecord):
     @property
     def identity(self) -> tuple[str, float]:
         return (self.kind, self.at)
+
+    @property
+    def order(self) -> tuple[float, bool]:
+        """A timeline's order: by time, a raise before a clear or reset at the same time."""
+        return (self.at, self.kind != "raise")
 
 
 class AlarmTimeline(HeaterRecord):
@@ -124,19 +130,35 @@ def _replace(entries: list[AlarmEntry], entry: AlarmEntry, **changes: object) ->
 
 
 def insert(events: list[TimelineEvent], event: TimelineEvent) -> tuple[list[TimelineEvent], int] | None:
-    """Events with ``event`` in time order and its index, or None when already there (a replay)."""
-    if any(e.identity == event.identity for e in events):
-        return None
-    key = (event.at, event.kind != "raise")
-    index = next((i for i, e in enumerate(events) if (e.at, e.kind != "raise") > key), len(events))
+    """Events with ``event`` in time order and its index, or None when already there (a replay).
+
+    A binary search: events of the same identity have the same order, so a replay lies
+    among the events just before the place it would take.
+    """
+    order = event.order
+    index = bisect.bisect_right(events, order, key=_order)
+    before = index - 1
+    while before >= 0 and events[before].order == order:
+        if events[before].kind == event.kind:
+            return None
+        before -= 1
     return [*events[:index], event, *events[index:]], index
 
 
-def quiet_points(events: list[TimelineEvent]) -> list[int]:
-    """Indices before which no occurrence is active: history before them is settled."""
-    points = [0]
+def _order(event: TimelineEvent) -> tuple[float, bool]:
+    return event.order
+
+
+def quiet_points(events: list[TimelineEvent], start: int = 0) -> list[int]:
+    """Indices before which no occurrence is active: history before them is settled.
+
+    From ``start``, a quiet point already known: each point depends only on the events
+    before it, so those up to a change need not be found again.
+    """
+    points = [start]
     active = fatal = False
-    for index, event in enumerate(events):
+    for index in range(start, len(events)):
+        event = events[index]
         if event.kind == "raise" and not active:
             active, fatal = True, bool(event.alarm and event.alarm.is_fatal)
         elif active and ((event.kind == "clear" and not fatal) or (event.kind == "reset" and fatal)):
@@ -170,6 +192,12 @@ class AlarmBook:
         self.history = history
         self.active = active
         self.timelines = timelines
+        #: The timeline this book last wrote per alarm id, with its events as written and their
+        #: quiet points. Every event re-reads its alarm's timeline, and a Faust record coerces
+        #: a list of records again, element by element, the first time each instance is read:
+        #: over a replica's start (the whole history) that and finding the quiet points again
+        #: were most of the time. Used only while the mapping still holds that very instance.
+        self._written: dict[str, _Written] = {}
 
     def raise_alarm(self, alarm: Alarm) -> Outcome:
         return self._add(alarm.alarm_id, TimelineEvent(kind="raise", at=alarm.raised_at, alarm=alarm))
@@ -183,7 +211,7 @@ class AlarmBook:
 
     def _add(self, alarm_id: str, event: TimelineEvent) -> Outcome:
         timeline = self.timelines.get(alarm_id)
-        events = timeline.events if timeline is not None else []
+        events, known_quiet = self._read(alarm_id, timeline)
         horizon = timeline.horizon if timeline is not None else None
         if horizon is not None and event.at <= horizon:
             return Outcome(Effect.SETTLED)
@@ -191,13 +219,17 @@ class AlarmBook:
         if inserted is None:
             return Outcome(Effect.DUPLICATE if event.kind == "raise" else Effect.UNCHANGED)
         updated, index = inserted
-        quiet = quiet_points(updated)
-        start = max(q for q in quiet if q <= index)
+        unchanged = [q for q in known_quiet if q <= index]
+        start = unchanged[-1]
+        quiet = unchanged[:-1] + quiet_points(updated, start)
         changed = tuple(e for e in derive(updated[start:]) if self.history.get(e.occurrence_id) != e)
         cut = trim_point(updated, quiet)
         if cut:
             horizon, updated = updated[cut - 1].at, updated[cut:]
-        self.timelines[alarm_id] = AlarmTimeline(alarm_id=alarm_id, events=updated, horizon=horizon)
+            quiet = [q - cut for q in quiet if q >= cut]
+        written = AlarmTimeline(alarm_id=alarm_id, events=updated, horizon=horizon)
+        self.timelines[alarm_id] = written
+        self._written[alarm_id] = _Written(written, updated, quiet)
         for entry in changed:
             self.history[entry.occurrence_id] = entry
         if changed:
@@ -206,6 +238,15 @@ class AlarmBook:
             if current is None or latest.alarm.raised_at >= current.alarm.raised_at:
                 self.active[alarm_id] = latest.occurrence_id
         return Outcome(_effect(event, changed, timeline is None), changed)
+
+    def _read(self, alarm_id: str, timeline: AlarmTimeline | None) -> tuple[list[TimelineEvent], list[int]]:
+        """The events of ``timeline`` and their quiet points."""
+        if timeline is None:
+            return [], [0]
+        written = self._written.get(alarm_id)
+        if written is not None and written.timeline is timeline:
+            return written.events, written.quiet
+        return timeline.events, quiet_points(timeline.events)
 
     def current(self, alarm_id: str) -> AlarmEntry | None:
         """The latest occurrence of an alarm, active or not."""
@@ -225,6 +266,13 @@ class AlarmBook:
         """
         event = TimelineEvent(kind="reset", at=raised_at, by=operator, reason=reason)
         return [e for e in self._add(alarm_id, event).changed if not e.active]
+
+
+@dataclass(frozen=True)
+class _Written:
+    timeline: AlarmTimeline
+    events: list[TimelineEvent]
+    quiet: list[int]
 
 
 def _effect(event: TimelineEvent, changed: tuple[AlarmEntry, ...], first: bool) -> Effect:

@@ -31,10 +31,15 @@ async def create_topic(bootstrap: str, topic: str) -> None:
 
 
 async def produce(bootstrap: str, topic: str, values: list[bytes], key: bytes | None = None) -> None:
+    await produce_in_order(bootstrap, [(topic, key, value) for value in values])
+
+
+async def produce_in_order(bootstrap: str, records: list[tuple[str, bytes | None, bytes]]) -> None:
+    """Send (topic, key, value) records one after the other, across topics, as services write them."""
     producer = AIOKafkaProducer(bootstrap_servers=bootstrap, linger_ms=2)
     await producer.start()
     try:
-        futures = [await producer.send(topic, value, key=key) for value in values]
+        futures = [await producer.send(topic, value, key=key) for topic, key, value in records]
         await asyncio.gather(*futures)  # a refused send raises: a test never loses its own input silently
     finally:
         await producer.stop()

@@ -32,7 +32,11 @@ class Book(AlarmBook):
         return self.clear_alarm(c).effect
 
     def snapshot(self) -> dict[str, tuple[bool, float | None, str]]:
-        return {k: (e.active, e.cleared_at, e.cleared_by) for k, e in self.history.items()}
+        return snapshot(self)
+
+
+def snapshot(book: AlarmBook) -> dict[str, tuple[bool, float | None, str]]:
+    return {k: (e.active, e.cleared_at, e.cleared_by) for k, e in book.history.items()}
 
 
 def test_raise_list_clear_keeps_history() -> None:
@@ -217,3 +221,33 @@ def test_one_topic_lagging_the_other_by_many_events_loses_nothing(lagging: str) 
     assert book.snapshot() == reference.snapshot()
     assert len(book.timelines["bank/overtemp"].events) <= 4 * TIMELINE_LIMIT
 
+
+
+class CopyingMapping(dict):
+    """A table that hands out a fresh copy of a row on every read, as a RocksDB-backed one does."""
+
+    def get(self, key, default=None):  # type: ignore[override]
+        value = super().get(key, default)
+        return type(value).loads(value.dumps()) if hasattr(value, "dumps") else value
+
+
+def test_books_sharing_tables_that_another_writer_changes_give_the_same_history() -> None:
+    """A book remembers the timelines it wrote; a row another writer (a rebuilt AlarmsServer, a
+    recovery) replaced since, or one the table copies on read, is read from the table."""
+    rng = random.Random(5)
+    raises, clears = _events(rng, 600, 3)
+    events = _interleave(rng, raises, clears)
+    reference = Book()
+    for e in events:
+        reference.apply(e)
+    history: dict = {}
+    active: dict = {}
+    timelines: dict = {}
+    writers = [AlarmBook(history, active, timelines) for _ in range(2)]
+    for e in events:
+        rng.choice(writers).apply(e)
+    assert snapshot(writers[0]) == reference.snapshot()
+    copying = AlarmBook({}, {}, CopyingMapping())
+    for e in events:
+        copying.apply(e)
+    assert snapshot(copying) == reference.snapshot()

@@ -8,14 +8,17 @@ import asyncio
 import time
 from pathlib import Path
 
+from aiokafka import ConsumerRecord, TopicPartition
+
 from heater.runtime.broker import EmbeddedBroker
 from streams import metrics, topics
 from streams.codec import encode
 from streams.ids import alarm_id_for
 from streams.latch import LATCH_KEY, LatchState, Occurrence
-from streams.platform_watch import LATCH_RECORDS_READ, PlatformWatch
-from streams.records import Alarm, Severity
-from tests.support import produce
+from streams.alarm_book import TIMELINE_LIMIT, AlarmBook, AlarmTimeline
+from streams.platform_watch import LATCH_RECORDS_READ, PlatformWatch, in_time_order
+from streams.records import Alarm, AlarmClear, Severity
+from tests.support import produce, produce_in_order
 
 SERVICE = "bank"
 
@@ -107,3 +110,48 @@ async def test_a_watch_reads_every_resets_record_and_only_the_newest_of_the_latc
     assert skipped._value.get() - before == 1, "the newest record was read, the oldest not"
     assert watch.latch.latched and list(watch.latch.unreleased) == [last.occurrence_id]
     assert watch.latch.released == state.released and len(state.released) == 12
+
+
+async def test_a_start_applies_both_alarm_topics_in_time_order(own_broker: EmbeddedBroker) -> None:
+    """A start fetches all of ``createAlarm`` and ``deleteAlarm`` at once. An alarm raised and cleared
+    three timelines' worth of times is followed in the order it happened: its timeline stays bounded
+    (applied one topic after the other, it would hold every raise before the first clear, and each
+    clear would re-derive all of them), and every occurrence is closed."""
+    alarm_id = alarm_id_for(SERVICE, "toggling")
+    records: list[tuple[str, bytes | None, bytes]] = []
+    for n in range(3 * TIMELINE_LIMIT):
+        at = 1_700_000_000.0 + n
+        raised = Alarm(alarm_id=alarm_id, source=SERVICE, code="toggling", severity=Severity.WARNING,
+                       message="toggling (test)", raised_at=at)
+        records.append((topics.CREATE_ALARM.name, alarm_id.encode(), encode(raised)))
+        cleared = AlarmClear(alarm_id=alarm_id, cleared_by=SERVICE, cleared_at=at + 0.5, reason="test")
+        records.append((topics.DELETE_ALARM.name, alarm_id.encode(), encode(cleared)))
+    await produce_in_order(own_broker.bootstrap, records)
+
+    longest = 0
+
+    class Timelines(dict):
+        def __setitem__(self, key: str, timeline: AlarmTimeline) -> None:
+            nonlocal longest
+            longest = max(longest, len(timeline.events))
+            super().__setitem__(key, timeline)
+
+    watch = PlatformWatch(own_broker.bootstrap, SERVICE, fetch_wait_ms=10)
+    watch.book = AlarmBook({}, {}, Timelines())
+    await watch.start()
+    await watch.stop()
+
+    assert len(watch.book.history) == 3 * TIMELINE_LIMIT and active_ids(watch) == []
+    assert longest <= TIMELINE_LIMIT + 1
+
+
+def test_messages_merge_by_timestamp_and_keep_each_partitions_order() -> None:
+    def message(topic: str, offset: int, timestamp: int) -> ConsumerRecord:
+        return ConsumerRecord(topic, 0, offset, timestamp, 0, None, b"", None, 0, 0, ())
+
+    raises, clears = TopicPartition("createAlarm", 0), TopicPartition("deleteAlarm", 0)
+    batches = {raises: [message("createAlarm", 0, 10), message("createAlarm", 1, 30), message("createAlarm", 2, 25)],
+               clears: [message("deleteAlarm", 0, 20), message("deleteAlarm", 1, 40)]}
+    merged = [(tp.topic, m.offset) for tp, m in in_time_order(batches)]
+    assert merged == [("createAlarm", 0), ("deleteAlarm", 0), ("createAlarm", 1), ("createAlarm", 2),
+                      ("deleteAlarm", 1)], "a partition's own order holds even where its clock went back"

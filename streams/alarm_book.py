@@ -55,10 +55,6 @@ class TimelineEvent(HeaterRecord):
     schema_version: int = 1
 
     @property
-    def identity(self) -> tuple[str, float]:
-        return (self.kind, self.at)
-
-    @property
     def order(self) -> tuple[float, bool]:
         """A timeline's order: by time, a raise before a clear or reset at the same time."""
         return (self.at, self.kind != "raise")
@@ -132,8 +128,8 @@ def _replace(entries: list[AlarmEntry], entry: AlarmEntry, **changes: object) ->
 def insert(events: list[TimelineEvent], event: TimelineEvent) -> tuple[list[TimelineEvent], int] | None:
     """Events with ``event`` in time order and its index, or None when already there (a replay).
 
-    A binary search: events of the same identity have the same order, so a replay lies
-    among the events just before the place it would take.
+    An event is known by its kind and time. A binary search: events of the same kind and time
+    have the same order, so a replay lies among the events just before the place it would take.
     """
     order = event.order
     index = bisect.bisect_right(events, order, key=_order)

@@ -222,7 +222,6 @@ def test_one_topic_lagging_the_other_by_many_events_loses_nothing(lagging: str) 
     assert len(book.timelines["bank/overtemp"].events) <= 4 * TIMELINE_LIMIT
 
 
-
 class CopyingMapping(dict):
     """A table that hands out a fresh copy of a row on every read, as a RocksDB-backed one does."""
 

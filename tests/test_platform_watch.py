@@ -12,10 +12,10 @@ from aiokafka import ConsumerRecord, TopicPartition
 
 from heater.runtime.broker import EmbeddedBroker
 from streams import metrics, topics
+from streams.alarm_book import TIMELINE_LIMIT, AlarmBook, AlarmTimeline
 from streams.codec import encode
 from streams.ids import alarm_id_for
 from streams.latch import LATCH_KEY, LatchState, Occurrence
-from streams.alarm_book import TIMELINE_LIMIT, AlarmBook, AlarmTimeline
 from streams.platform_watch import LATCH_RECORDS_READ, PlatformWatch, in_time_order
 from streams.records import Alarm, AlarmClear, Severity
 from tests.support import produce, produce_in_order

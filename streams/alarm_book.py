@@ -21,6 +21,7 @@ from __future__ import annotations
 import bisect
 import enum
 from dataclasses import dataclass
+from operator import attrgetter
 from typing import MutableMapping
 
 from streams.records import Alarm, AlarmClear, HeaterRecord
@@ -132,17 +133,13 @@ def insert(events: list[TimelineEvent], event: TimelineEvent) -> tuple[list[Time
     have the same order, so a replay lies among the events just before the place it would take.
     """
     order = event.order
-    index = bisect.bisect_right(events, order, key=_order)
+    index = bisect.bisect_right(events, order, key=attrgetter("order"))
     before = index - 1
     while before >= 0 and events[before].order == order:
         if events[before].kind == event.kind:
             return None
         before -= 1
     return [*events[:index], event, *events[index:]], index
-
-
-def _order(event: TimelineEvent) -> tuple[float, bool]:
-    return event.order
 
 
 def quiet_points(events: list[TimelineEvent], start: int = 0) -> list[int]:

@@ -1,21 +1,22 @@
-"""End-to-end throughput: the simulator at a fixed frame rate → CAN adapter → ``sensorData`` → BankManager.
+"""End-to-end throughput: the simulator at a fixed frame rate → CAN adapter → ``sensorData`` → BankManager
+(or, with ``--service disaster``, DisasterDetector).
 
-Starts its own broker, Vault, simulator, CAN adapter and bank worker (as the platform
-does, each with its certificate), waits until the bank is ready and caught up, then has
+Starts its own broker, Vault, simulator, CAN adapter and the service's worker (as the platform
+does, each with its certificate), waits until the service is ready and caught up, then has
 the simulator send WaterTemp frames at ``--rate`` frames/s for ``--duration`` s (a
 burst) and samples, every ``--sample-s``:
 
-* ``sensorData``'s end offset (what the adapter has published) and the bank's decided
-  count (``heater_messages_processed_total``): the bank's lag in readings, over time;
-* latency: for each sample, the time until the bank has decided every reading that was
+* ``sensorData``'s end offset (what the adapter has published) and the service's decided
+  count (``heater_messages_processed_total``): its lag in readings, over time;
+* latency: for each sample, the time until the service has decided every reading that was
   on ``sensorData`` then (resolution: the sample period). Readings still undecided when
   the bench stops count with the time they have waited so far (a lower bound;
   ``latency_censored`` says how many samples that was);
 * CPU (% of one core) and peak RSS of every process.
 
-The bench does not wait for the bank to work off its backlog: it stops ``--drain-s``
+The bench does not wait for the service to work off its backlog: it stops ``--drain-s``
 after the burst at the latest. Bounded; prints progress, then ONE JSON line.
-Run: ``python bench/throughput.py [--rate 9000] [--duration 60]``.
+Run: ``python bench/throughput.py [--rate 9000] [--duration 60] [--service bank|disaster]``.
 """
 
 from __future__ import annotations
@@ -46,7 +47,9 @@ from heater.runtime.services import ServiceProcess  # noqa: E402
 from heater.runtime.vault import EmbeddedVault  # noqa: E402
 from simulator import client  # noqa: E402
 
-PROCESSED = 'heater_messages_processed_total{service="bank",topic="sensorData"}'
+#: The services that follow every reading, and the metric that counts the ones each decided.
+SERVICES = ("bank", "disaster")
+PROCESSED = 'heater_messages_processed_total{{service="{}",topic="sensorData"}}'
 EFFECTS = "heater_bank_effects_total"
 START_TIMEOUT_S = 120.0
 SENSOR_DATA = TopicPartition("sensorData", 0)
@@ -62,10 +65,10 @@ def metric_sum(service: ServiceProcess, prefix: str) -> float:
 
 
 class Sampler:
-    """sensorData's end offset, the bank's decided count, CPU and RSS, over time."""
+    """sensorData's end offset, the service's decided count, CPU and RSS, over time."""
 
-    def __init__(self, bootstrap: str, bank: ServiceProcess, pids: dict[str, int]) -> None:
-        self.bootstrap, self.bank, self.pids = bootstrap, bank, pids
+    def __init__(self, bootstrap: str, service: ServiceProcess, pids: dict[str, int]) -> None:
+        self.bootstrap, self.service, self.pids = bootstrap, service, pids
         self.samples: list[tuple[float, int, float]] = []  # (monotonic, end offset, decided)
         self.rss: dict[str, float] = {name: 0.0 for name in pids}
         self.consumer: AIOKafkaConsumer | None = None
@@ -83,7 +86,7 @@ class Sampler:
         return (await self.consumer.end_offsets([SENSOR_DATA]))[SENSOR_DATA]
 
     async def decided(self) -> float:
-        return await asyncio.to_thread(metric_sum, self.bank, PROCESSED)
+        return await asyncio.to_thread(metric_sum, self.service, PROCESSED.format(self.service.name))
 
     async def sample(self) -> tuple[float, int, float]:
         end, decided = await asyncio.gather(self.end_offset(), self.decided())
@@ -98,7 +101,7 @@ class Sampler:
 
 
 def start_py_spy(args: argparse.Namespace, pid: int) -> subprocess.Popen[bytes] | None:
-    """py-spy sampling the bank while the burst runs (``--py-spy FILE``: collapsed stacks)."""
+    """py-spy sampling the service while the burst runs (``--py-spy FILE``: collapsed stacks)."""
     if not args.py_spy:
         return None
     spy = Path(sys.executable).with_name("py-spy")
@@ -121,7 +124,7 @@ def finish_py_spy(spy: subprocess.Popen[bytes] | None, args: argparse.Namespace)
 
 
 def latencies(samples: list[tuple[float, int, float]], base: float) -> tuple[list[float], int]:
-    """Per sample: seconds until the bank's position reached that sample's end offset; and how many never did."""
+    """Per sample: seconds until the service's position reached that sample's end offset; and how many never did."""
     out, censored, j = [], 0, 0
     last_at = samples[-1][0]
     for at, end, _ in samples:
@@ -138,7 +141,7 @@ def latencies(samples: list[tuple[float, int, float]], base: float) -> tuple[lis
 async def measure(args: argparse.Namespace, sampler: Sampler, control_port: int) -> dict[str, Any]:
     await sampler.start()
     try:
-        # caught up before the burst: the bank's position then maps decided counts to offsets
+        # caught up before the burst: the service's position then maps decided counts to offsets
         deadline = time.monotonic() + 60
         while True:
             _, end, decided = await sampler.sample()
@@ -148,11 +151,11 @@ async def measure(args: argparse.Namespace, sampler: Sampler, control_port: int)
                 break
         base = end2 - decided2
         sampler.samples.clear()
-        effects0 = await asyncio.to_thread(metric_sum, sampler.bank, EFFECTS)
+        effects0 = await asyncio.to_thread(metric_sum, sampler.service, EFFECTS)
         cpu0, t0 = sampler.cpu(), time.monotonic()
         count = int(args.rate * args.duration)
         progress(f"burst: {count} frames at {args.rate:.0f} frames/s for {args.duration:.0f} s")
-        spy = start_py_spy(args, sampler.pids["bank"])
+        spy = start_py_spy(args, sampler.pids[args.service])
         await asyncio.to_thread(client.burst, control_port, count, args.rate, 0)
         _, end0, decided0 = await sampler.sample()
         burst_over_at: float | None = None
@@ -172,7 +175,7 @@ async def measure(args: argparse.Namespace, sampler: Sampler, control_port: int)
                 next_report = at + 5
                 progress(f"t={at - t0:5.1f} s  in {end - end0}  decided {int(decided - decided0)}  lag {int(end - decided - base)}")
         cpu1, t1 = sampler.cpu(), time.monotonic()
-        effects = await asyncio.to_thread(metric_sum, sampler.bank, EFFECTS) - effects0
+        effects = await asyncio.to_thread(metric_sum, sampler.service, EFFECTS) - effects0
         final = await asyncio.to_thread(burst_state, control_port)
         profile = await asyncio.to_thread(finish_py_spy, spy, args)
     finally:
@@ -203,9 +206,11 @@ async def measure(args: argparse.Namespace, sampler: Sampler, control_port: int)
         "lag_over_time": lag_over_time,
         "cpu_pct": {name: round(100 * (cpu1[name] - cpu0[name]) / elapsed, 1) for name in cpu0},
         "rss_mb": {name: round(v, 1) for name, v in sampler.rss.items()},
-        "bank_cpu_ms_per_event": round(1000 * (cpu1["bank"] - cpu0["bank"]) / max(1.0, samples[-1][2] - samples[0][2]), 3),
+        f"{args.service}_cpu_ms_per_event": round(1000 * (cpu1[args.service] - cpu0[args.service])
+                                                  / max(1.0, samples[-1][2] - samples[0][2]), 3),
         "effects": int(effects),
-        **({"bank_profile_pct": profile} if profile else {}),
+        **({f"{args.service}_profile_pct": profile} if profile else {}),
+        "service": args.service,
         "sent": final["sent"],
         "suppressed": final["suppressed"],
         "rate": args.rate,
@@ -224,20 +229,20 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             progress("starting simulator")
             sim, info = start_simulator(root / "sim")
             adapter: ServiceProcess | None = None
-            bank: ServiceProcess | None = None
+            worker: ServiceProcess | None = None
             try:
-                progress("starting bank and CAN adapter")
-                bank = ServiceProcess("bank", broker.url, root, vault=vault).start()
+                progress(f"starting {args.service} and CAN adapter")
+                worker = ServiceProcess(args.service, broker.url, root, vault=vault).start()
                 adapter = start_adapter(root, broker, info["can_channel"], vault)
-                bank.wait_ready(timeout=START_TIMEOUT_S)
-                assert bank.proc is not None and adapter.proc is not None
-                pids = {"bank": bank.proc.pid, "can": adapter.proc.pid, "simulator": sim.pid,
+                worker.wait_ready(timeout=START_TIMEOUT_S)
+                assert worker.proc is not None and adapter.proc is not None
+                pids = {args.service: worker.proc.pid, "can": adapter.proc.pid, "simulator": sim.pid,
                         "broker": broker.process.pid}
-                result = asyncio.run(measure(args, Sampler(broker.bootstrap, bank, pids), int(info["control_port"])))
-                result["bank_alive"] = bank.proc.poll() is None
+                result = asyncio.run(measure(args, Sampler(broker.bootstrap, worker, pids), int(info["control_port"])))
+                result["service_alive"] = worker.proc.poll() is None
                 result["adapter_alive"] = adapter.proc.poll() is None
             finally:
-                for service in (bank, adapter):
+                for service in (worker, adapter):
                     if service is not None:
                         service.stop()
                 sim.send_signal(signal.SIGTERM)
@@ -254,12 +259,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--duration", type=float, default=60.0, help="seconds of sending (default 60)")
     parser.add_argument("--drain-s", type=float, default=10.0, help="how long to keep sampling after the burst (default 10)")
     parser.add_argument("--py-spy", type=Path, default=None, metavar="FILE",
-                        help="profile the bank with py-spy during the burst (collapsed stacks to FILE, shares in the JSON)")
+                        help="profile the service with py-spy during the burst (collapsed stacks to FILE, shares in the JSON)")
+    parser.add_argument("--service", choices=SERVICES, default="bank", help="the reading follower measured (default bank)")
     parser.add_argument("--sample-s", type=float, default=0.25, help="sampling period (default 0.25 s)")
     args = parser.parse_args(argv)
     result = run(args)
     print(json.dumps(result), flush=True)
-    return 0 if result["bank_alive"] and result["adapter_alive"] else 1
+    return 0 if result["service_alive"] and result["adapter_alive"] else 1
 
 
 if __name__ == "__main__":

@@ -58,6 +58,9 @@ Admit = Callable[[Any], Awaitable[bool]]
 #: already queued) 0.28 ms. A batch waits only while readings keep coming (a lone one goes at once).
 BATCH_MAX_RECORDS = 500
 BATCH_WITHIN_S = 0.002
+#: New traces a second per topic that :meth:`HeaterService.records` starts for records that come
+#: without one: as many as the CAN adapter starts for one sensor (all of them at rest).
+NEW_TRACES_PER_S = 50.0
 
 
 class HeaterService:
@@ -82,6 +85,7 @@ class HeaterService:
         self.ledger: Ledger | None = None
         self.watched_through: Callable[[], float] = lambda: 0.0
         """``received_at`` of the newest reading this service has decided, for its heartbeats."""
+        self.new_traces = tracing.TraceBudget(NEW_TRACES_PER_S)
         self.app = faust.App(f"heater-{spec.name}", autodiscover=False, version=1)
         self.app.on_configured.connect(self._configure)
         self._dead_letters = self.app.topic(topics.DEAD_LETTER.name, value_serializer="raw", key_serializer="raw")
@@ -139,7 +143,7 @@ class HeaterService:
             metrics.MESSAGES_PROCESSED.labels(self.spec.name, message.topic).inc()
             started = time.perf_counter()
             # The hop's span, child of the record's traceparent: what the agent sends meanwhile continues the trace.
-            with tracing.consumed(self.tracer, message, **tracing.attributes_of(record)):
+            with tracing.consumed(self.tracer, message, new_traces=self.new_traces, **tracing.attributes_of(record)):
                 yield record  # the agent handles it before asking for the next one
             metrics.HANDLE_SECONDS.labels(self.spec.name, message.topic).observe(time.perf_counter() - started)
 

@@ -27,9 +27,10 @@ own timestamps, never a clock read here. No Faust, no Kafka.
 
 from __future__ import annotations
 
+import bisect
 import enum
 from dataclasses import dataclass, field, replace
-from typing import Callable, Iterable, Mapping
+from typing import Callable, Iterable, Iterator, Mapping, Sequence, overload
 
 from streams.heater_config import WATER_SENSORS, HeaterLimits
 from streams.latch import still_covered
@@ -208,24 +209,99 @@ class ValveFacts:
         return replace(self, readback_open=valve_open, readback_at=at, readback_since=since)
 
 
+class Samples(Sequence[Sample]):
+    """A window's samples, oldest first: a view of a list that only ever grows at its end.
+
+    A window is a value (the watch and its tables hand windows around), but copying one for
+    each new sample cost a pass over all of them: a sensor flooding the bus fills its window
+    with tens of thousands, and the detector fell seconds behind. The newest window's view
+    ends where the list ends, so the next sample is appended to the list and the new view
+    reaches one further; an older view still ends where it did, and a sample added to it
+    gets a list of its own. Old samples are dropped by moving the view's start; the list is
+    copied once half of it is behind the start.
+    """
+
+    __slots__ = ("_items", "_start", "_end")
+
+    def __init__(self, items: Iterable[Sample] = (), start: int = 0, end: int | None = None) -> None:
+        self._items = items if isinstance(items, list) else list(items)
+        self._start = start
+        self._end = len(self._items) if end is None else end
+
+    def __len__(self) -> int:
+        return self._end - self._start
+
+    @overload
+    def __getitem__(self, index: int) -> Sample: ...
+
+    @overload
+    def __getitem__(self, index: slice) -> tuple[Sample, ...]: ...
+
+    def __getitem__(self, index: int | slice) -> Sample | tuple[Sample, ...]:
+        places = range(self._start, self._end)[index]
+        if isinstance(places, range):
+            return tuple(self._items[k] for k in places)
+        return self._items[places]
+
+    def __iter__(self) -> Iterator[Sample]:
+        return iter(self._items[self._start:self._end])
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Sequence) and len(self) == len(other) and tuple(self) == tuple(other)
+
+    def __hash__(self) -> int:
+        return hash(tuple(self))
+
+    def __repr__(self) -> str:
+        return repr(tuple(self))
+
+    def appended(self, sample: Sample) -> "Samples":
+        if self._end == len(self._items):
+            self._items.append(sample)
+            return Samples(self._items, self._start, self._end + 1)
+        return Samples([*self, sample])
+
+    def from_index(self, index: int) -> "Samples":
+        """The samples from ``index`` (of this view) on."""
+        start = self._start + index
+        if start > len(self._items) // 2:
+            return Samples(self._items[start:self._end])
+        return Samples(self._items, start, self._end)
+
+
 @dataclass(frozen=True)
 class SensorWindow:
     """One sensor's recent samples ``(at, value)``, oldest first, at most ``history_s`` long."""
 
     sensor: str
-    samples: tuple[Sample, ...] = ()
+    samples: Samples = field(default_factory=Samples)
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.samples, Samples):
+            object.__setattr__(self, "samples", Samples(self.samples))
 
     @property
     def newest(self) -> float | None:
         return self.samples[-1][0] if self.samples else None
 
     def add(self, at: float, value: float, keep_s: float) -> "SensorWindow | None":
-        """The window with the sample added and old ones dropped; None for a repeat or a stale one."""
-        if self.samples and (at < self.samples[-1][0] - keep_s or any(t == at for t, _ in self.samples)):
-            return None
-        merged = sorted((*self.samples, (at, value)))
-        horizon = merged[-1][0] - keep_s
-        return SensorWindow(self.sensor, tuple(s for s in merged if s[0] >= horizon))
+        """The window with the sample added and old ones dropped; None for a repeat or a stale one.
+
+        The samples are kept in time order, so the newest sample — nearly every one — goes at
+        the end (:class:`Samples`), and where the window starts and whether a time is a repeat
+        are found by binary search.
+        """
+        samples = self.samples
+        if samples and at <= samples[-1][0]:
+            if at < samples[-1][0] - keep_s:
+                return None
+            place = bisect.bisect_left(samples, (at,))
+            if place < len(samples) and samples[place][0] == at:
+                return None
+            merged = Samples([*samples[:place], (at, value), *samples[place:]])
+        else:
+            merged = samples.appended((at, value))
+        return SensorWindow(self.sensor, merged.from_index(bisect.bisect_left(merged, (merged[-1][0] - keep_s,))))
 
     def filtered(self) -> list[Sample]:
         """Median of each sample and its two predecessors: one wild sample never shows.

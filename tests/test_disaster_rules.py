@@ -368,6 +368,41 @@ def test_window_keeps_history_and_drops_repeats() -> None:
     assert window.add(T0 + 9.85, 118.5, LIMITS.history_s).samples[-2] == (T0 + 9.85, 118.5), "late samples are sorted in"
 
 
+def window_by_sorting(window: SensorWindow, at: float, value: float, keep_s: float) -> SensorWindow | None:
+    """What a window is, said the plain way: every sample sorted in, the old ones dropped."""
+    if window.samples and (at < window.samples[-1][0] - keep_s or any(t == at for t, _ in window.samples)):
+        return None
+    merged = sorted((*window.samples, (at, value)))
+    return SensorWindow(window.sensor, tuple(s for s in merged if s[0] >= merged[-1][0] - keep_s))
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.tuples(st.integers(0, 10**6), st.integers(-40, 200), st.floats(-20.0, 120.0, allow_nan=False)),
+                max_size=150),
+       st.sampled_from([0.5, 1.0, 4.0]))
+def test_window_is_the_sorted_recent_samples_whatever_the_arrival_order(
+        arrivals: list[tuple[int, int, float]], keep_s: float) -> None:
+    """Late, repeated and stale samples, windows of any length, a sample added to an older window
+    than the newest (windows share their samples): each as sorting everything in would have it."""
+    windows = [SensorWindow("water.0")]
+    for pick, tick, value in arrivals:
+        window = windows[-1] if pick % 3 else windows[pick % len(windows)]
+        at = T0 + tick / 20
+        expected = window_by_sorting(SensorWindow("water.0", tuple(window.samples)), at, value, keep_s)
+        added = window.add(at, value, keep_s)
+        assert added == expected
+        if added is not None:
+            assert added.samples[-3:] == expected.samples[-3:] and added.newest == expected.newest
+            windows.append(added)
+    rebuilt = [SensorWindow("water.0")]
+    for pick, tick, value in arrivals:  # the same windows again, each from a copy: nothing shared
+        window = rebuilt[-1] if pick % 3 else rebuilt[pick % len(rebuilt)]
+        added = window_by_sorting(SensorWindow("water.0", tuple(window.samples)), T0 + tick / 20, value, keep_s)
+        if added is not None:
+            rebuilt.append(added)
+    assert windows == rebuilt, "adding to a window leaves every other window as it was"
+
+
 def test_other_sensors_are_ignored() -> None:
     watch = heating()
     outcome = watch.on_reading("burner.flame", 1.0, T0)

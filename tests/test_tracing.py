@@ -84,6 +84,28 @@ def test_a_record_without_a_traceparent_starts_a_new_trace(recorded: tuple[Trace
     assert first.context.trace_id != second.context.trace_id
 
 
+def test_a_consumer_starts_new_traces_within_its_budget_and_continues_every_traced_record(
+        recorded: tuple[Tracer, InMemorySpanExporter]) -> None:
+    """A flooding sensor's readings, past the adapter's budget, come untraced: a consumer starts no trace for each."""
+    tracer, exporter = recorded
+    budget = tracing.TraceBudget(per_s=5.0)
+    for offset in range(50):
+        with tracing.consumed(tracer, message([], offset=offset), new_traces=budget) as span:
+            assert span.is_recording() is (offset < 5)
+        with tracing.consumed(tracer, message([("traceparent", TRACEPARENT.encode())], offset=offset), new_traces=budget):
+            pass
+    spans = exporter.get_finished_spans()
+    assert [s.attributes["messaging.kafka.offset"] for s in spans if s.parent is None] == [0, 1, 2, 3, 4]
+    assert sum(1 for s in spans if s.parent is not None) == 50, "a record that carries a trace always continues it"
+    with tracing.consumed(tracer, message([], topics.I2C_HEATING.name), new_traces=budget) as span:
+        assert span.is_recording(), "each topic has its own budget"
+    with tracing.consumed(tracer, message([("traceparent", TRACEPARENT.encode())])):
+        with tracing.consumed(tracer, message([]), new_traces=budget):
+            with tracing.sending(tracer, topics.CREATE_ALARM.name):
+                pass
+    assert only(exporter, "createAlarm send").parent is None, "what an untraced record causes starts a trace of its own"
+
+
 @pytest.mark.parametrize("garbage", [
     b"garbage", b"", b"\xff\xfe\x00", b"00-00000000000000000000000000000000-b7ad6b7169203331-01",
     b"zz-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01", TRACEPARENT.encode() + b"-extra-" * 100, 12345,

@@ -2,7 +2,7 @@
 
 One agent follows ``sensorData``, ``heatingJobState``, ``relayState`` and ``I2CHeating``
 as a single stream, so a job's state, a valve command, its readback and the readings
-around them are judged in delivery order. The rules live in :mod:`streams.disaster_rules`;
+around them are judged in delivery order (taken in batches, decided one by one). The rules live in :mod:`streams.disaster_rules`;
 this module feeds them records, keeps their facts in changelog tables
 (:mod:`streams.tables.disaster`) and acts on a detection: a ``DisasterEvent`` on
 ``DisasterDetected``, then a FATAL alarm — the platform then cuts the power, and this
@@ -26,10 +26,10 @@ from typing import Any, Mapping
 import faust
 from prometheus_client import Counter
 
-from streams import topics
+from streams import topics, tracing
 from streams.auth import Role, requires
 from streams.app import HeaterService, ServiceKind, ServiceSpec
-from streams.consistency import Step
+from streams.consistency import Step, tp_key
 from streams.disaster_rules import Detection, DisasterWatch, RuleLimits, SensorWindow
 from streams.heartbeats import DETECTOR
 from streams.heater_config import HeaterLimits
@@ -218,9 +218,31 @@ service.watched_through = lambda: detector.decided_through
 
 @app.agent(inputs)
 async def detect(stream: faust.StreamT) -> None:
-    async for record in service.records(stream, admit=ledger.admit):
-        async with ledger.step() as step:
-            await detector.handle(step, record)
+    """Records in batches (what arrived within a few ms), each decided in delivery order as before.
+
+    One ledger step covers a run of the batch's records from one input partition (a record
+    of another partition starts the next step, as the ledger's runs require); a record
+    whose decision owes a report ends its step there, so the report and its FATAL go out
+    before the next record is decided. Each record keeps its own span (new traces within
+    the service's budget), so a detection continues the trace of the reading that revealed
+    it. Taken one by one, Faust's per-record work left the detector at about 4,000
+    readings a second, behind a sensor flooding the bus.
+    """
+    async for batch in service.record_batches(stream, admit=ledger.admit):
+        done = 0
+        while done < len(batch):
+            where = tp_key(batch[done][1].topic, batch[done][1].partition)
+            async with ledger.step(covers_event=False, partition=where) as step:
+                for record, message in batch[done:]:
+                    if tp_key(message.topic, message.partition) != where:
+                        break
+                    done += 1
+                    step.cover(message)
+                    with tracing.consumed(service.tracer, message, new_traces=service.new_traces,
+                                          **tracing.attributes_of(record)):
+                        await detector.handle(step, record)
+                    if step.effects:
+                        break
 
 
 @app.page("/disaster")

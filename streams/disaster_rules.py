@@ -11,7 +11,7 @@ wild sample is never a disaster:
 
 * ``over-limit`` — a water sensor above ``disaster_c``;
 * ``too-fast-rise`` — a least-squares slope above ``max_rise_c_per_s`` over
-  ``rate_window_s`` (at least ``min_rate_span_s`` of data);
+  ``rate_window_s`` (at least ``min_rate_span_s`` of data), computed exactly;
 * ``rise-while-closed`` — while the valve is commanded or read closed, a rise of more
   than ``rise_while_closed_c`` within ``rise_window_s``, counted only from the moment it
   closed (the heating before the closure is not a rise "while closed");
@@ -23,12 +23,17 @@ period) or, without one, a stretch of valve activity named by the time it began.
 disaster id is ``rule/episode``, derived from record times only, so replaying the same
 records (after a crash) finds the same ids. Time is always an argument: the records'
 own timestamps, never a clock read here. No Faust, no Kafka.
+
+A reading costs the rules the same whatever the window holds — ten samples a second or a
+sensor flooding the bus with thousands — since what they read of the window is kept as
+samples arrive (:class:`_Filtered`).
 """
 
 from __future__ import annotations
 
 import bisect
 import enum
+import math
 from dataclasses import dataclass, field, replace
 from typing import Callable, Iterable, Iterator, Mapping, Sequence, overload
 
@@ -209,6 +214,135 @@ class ValveFacts:
         return replace(self, readback_open=valve_open, readback_at=at, readback_since=since)
 
 
+def _binary(x: float) -> tuple[int, int]:
+    """``x`` as ``(p, k)`` with ``x == p / 2**k`` exactly (a finite float is a dyadic rational)."""
+    p, q = x.as_integer_ratio()
+    return p, q.bit_length() - 1
+
+
+class _ExactSums:
+    """Exact sums of t, v, t² and t·v over the samples at list indices ``lo``..``hi - 1``: the least-squares slope.
+
+    Float sums of epoch times (~1.7e9) lose the very digits a slope is made of, so the sums are
+    integers: ``t = origin + T / 2**kt`` and ``v = V / 2**kv``, with the scales raised (and the
+    sums multiplied up) when a sample needs a finer one. Exact sums can slide: a sample leaves
+    them as exactly as it came in, so a window's slope costs the samples that came and went.
+    """
+
+    __slots__ = ("lo", "hi", "n", "t", "v", "tt", "tv", "kt", "kv", "origin")
+
+    def __init__(self, origin: float) -> None:
+        self.origin, self.kt = _binary(origin)  # origin * 2**kt, at the current scale
+        self.kv = 0
+        self.restart(0)
+
+    def restart(self, at: int) -> None:
+        self.lo = self.hi = at
+        self.n = self.t = self.v = self.tt = self.tv = 0
+
+    def _scaled(self, t: float, v: float) -> tuple[int, int]:
+        tp, tk = _binary(t)
+        vp, vk = _binary(v)
+        if tk > self.kt:
+            d, self.kt = tk - self.kt, tk
+            self.origin <<= d
+            self.t, self.tt, self.tv = self.t << d, self.tt << 2 * d, self.tv << d
+        if vk > self.kv:
+            d, self.kv = vk - self.kv, vk
+            self.v, self.tv = self.v << d, self.tv << d
+        return (tp << (self.kt - tk)) - self.origin, vp << (self.kv - vk)
+
+    def add(self, t: float, v: float, sign: int) -> None:
+        """Count the sample in (``sign`` 1) or out (-1)."""
+        ti, vi = self._scaled(t, v)
+        self.n += sign
+        self.t += sign * ti
+        self.v += sign * vi
+        self.tt += sign * ti * ti
+        self.tv += sign * ti * vi
+
+    def slope(self) -> float:
+        """The least-squares slope of the samples counted in, exact and rounded once (0.0 without a spread in time)."""
+        sxx = self.n * self.tt - self.t * self.t  # n·Sxx·2**(2kt)
+        if self.n < 2 or sxx <= 0:
+            return 0.0
+        sxy = self.n * self.tv - self.t * self.v  # n·Sxy·2**(kt+kv)
+        return (sxy << self.kt) / (sxx << self.kv)  # int / int: correctly rounded
+
+
+class _Filtered:
+    """The filtered values of one :class:`Samples` list, and what the rules ask of them, kept as it grows.
+
+    The filtered value at list index k (the median of the samples at k-2..k) depends on the
+    list alone, so it serves every view that starts at k-2 or before, and it stays true: the
+    list only grows at its end. Each is computed once, when a rule first needs the list's end.
+
+    The rules judge the newest window, a view that ends where the list ends, over a recent
+    stretch of it. For such views two summaries answer in (amortized) constant time instead of
+    a pass over tens of thousands of samples: a stack of the list indices whose filtered value
+    no later one undercuts (its entry at or after a stretch's start holds the stretch's
+    minimum), and exact sums over the rate window's stretch for the slope. A view that ends
+    earlier, or a list with a value that is not a number, is judged by a plain scan.
+    """
+
+    __slots__ = ("items", "values", "finite", "lows", "low_values", "sums")
+
+    def __init__(self, items: list[Sample]) -> None:
+        self.items = items
+        self.values: list[float] = []
+        self.finite = True
+        self.lows: list[int] = []
+        self.low_values: list[float] = []
+        self.sums: _ExactSums | None = None
+
+    def catch_up(self) -> None:
+        """Filter the samples appended since the last call, and fold them into the stack."""
+        items, values, lows, low_values = self.items, self.values, self.lows, self.low_values
+        for k in range(len(values), len(items)):
+            at, value = items[k]
+            if k >= 2:
+                value = _median3(items[k - 2][1], items[k - 1][1], value)
+                while low_values and low_values[-1] > value:  # strictly: min() keeps the first of equals
+                    lows.pop()
+                    low_values.pop()
+                lows.append(k)
+                low_values.append(value)
+            self.finite = self.finite and math.isfinite(at) and math.isfinite(value)
+            values.append(value)
+
+    def moved(self, items: list[Sample], start: int) -> "_Filtered":
+        """The same for ``items``, the copy of this whole list from ``start`` on: the values and the
+        stack shift down, the sums keep their samples, so dropping the old half costs no refiltering."""
+        moved = _Filtered(items)
+        moved.values, moved.finite = self.values[start:], self.finite
+        cut = bisect.bisect_left(self.lows, start)
+        moved.lows, moved.low_values = [k - start for k in self.lows[cut:]], self.low_values[cut:]
+        if (sums := self.sums) is not None and sums.lo >= start:
+            sums.lo, sums.hi = sums.lo - start, sums.hi - start
+            moved.sums, self.sums = sums, None
+        return moved
+
+    def min_from(self, first: int) -> float:
+        """The least filtered value from list index ``first`` to the list's end (caught up, finite)."""
+        return self.low_values[bisect.bisect_left(self.lows, first)]
+
+    def slope_from(self, first: int) -> float:
+        """:func:`slope` of the filtered samples from list index ``first`` to the list's end (caught up, finite):
+        the sums slide there from where they last stood."""
+        items, values, end = self.items, self.values, len(self.items)
+        sums = self.sums
+        if sums is None:
+            sums = self.sums = _ExactSums(items[first][0])
+        if not sums.lo <= first <= sums.hi:
+            sums.restart(first)
+        for k in range(sums.hi, end):
+            sums.add(items[k][0], values[k], 1)
+        for k in range(sums.lo, first):
+            sums.add(items[k][0], values[k], -1)
+        sums.lo, sums.hi = first, end
+        return sums.slope()
+
+
 class Samples(Sequence[Sample]):
     """A window's samples, oldest first: a view of a list that only ever grows at its end.
 
@@ -218,15 +352,18 @@ class Samples(Sequence[Sample]):
     ends where the list ends, so the next sample is appended to the list and the new view
     reaches one further; an older view still ends where it did, and a sample added to it
     gets a list of its own. Old samples are dropped by moving the view's start; the list is
-    copied once half of it is behind the start.
+    copied once half of it is behind the start. The views of a list share its filtered values
+    (:class:`_Filtered`): derived from the list, they change nothing a view shows.
     """
 
-    __slots__ = ("_items", "_start", "_end")
+    __slots__ = ("_items", "_start", "_end", "_filtered")
 
-    def __init__(self, items: Iterable[Sample] = (), start: int = 0, end: int | None = None) -> None:
+    def __init__(self, items: Iterable[Sample] = (), start: int = 0, end: int | None = None,
+                 filtered: _Filtered | None = None) -> None:
         self._items = items if isinstance(items, list) else list(items)
         self._start = start
         self._end = len(self._items) if end is None else end
+        self._filtered = filtered if filtered is not None else _Filtered(self._items)
 
     def __len__(self) -> int:
         return self._end - self._start
@@ -258,15 +395,75 @@ class Samples(Sequence[Sample]):
     def appended(self, sample: Sample) -> "Samples":
         if self._end == len(self._items):
             self._items.append(sample)
-            return Samples(self._items, self._start, self._end + 1)
+            return Samples(self._items, self._start, self._end + 1, self._filtered)
         return Samples([*self, sample])
 
     def from_index(self, index: int) -> "Samples":
         """The samples from ``index`` (of this view) on."""
         start = self._start + index
         if start > len(self._items) // 2:
-            return Samples(self._items[start:self._end])
-        return Samples(self._items, start, self._end)
+            items = self._items[start:self._end]
+            at_end = self._end == len(self._items)
+            return Samples(items, 0, None, self._filtered.moved(items, start) if at_end else None)
+        return Samples(self._items, start, self._end, self._filtered)
+
+    def filtered(self) -> list[Sample]:
+        """Every filtered sample: ``(at, median of it and its two predecessors)`` from the third on."""
+        self._filtered.catch_up()
+        items, values = self._items, self._filtered.values
+        return [(items[k][0], values[k]) for k in range(self._start + 2, self._end)]
+
+    def filtered_since(self, at: float) -> "FilteredRun":
+        """The filtered samples at or after ``at``."""
+        self._filtered.catch_up()
+        first = bisect.bisect_left(self._items, (at,), min(self._start + 2, self._end), self._end)
+        return FilteredRun(self, first)
+
+
+class FilteredRun:
+    """The filtered samples of a window from some time on, judged without listing them where possible."""
+
+    __slots__ = ("_samples", "_first", "_end")
+
+    def __init__(self, samples: Samples, first: int) -> None:
+        self._samples = samples
+        self._first = first  # list index
+        self._end = samples._end
+
+    def __len__(self) -> int:
+        return self._end - self._first
+
+    @property
+    def span(self) -> float:
+        """The time from the first to the last sample (at least one sample)."""
+        items = self._samples._items
+        return items[self._end - 1][0] - items[self._first][0]
+
+    @property
+    def last(self) -> float:
+        """The last filtered value (at least one sample)."""
+        return self._samples._filtered.values[self._end - 1]
+
+    def _at_list_end(self) -> bool:
+        filtered = self._samples._filtered
+        return filtered.finite and self._end == len(filtered.items)
+
+    def min(self) -> float:
+        """The least filtered value (at least one sample), the same float ``min`` of the list would give."""
+        filtered = self._samples._filtered
+        if self._at_list_end():
+            return filtered.min_from(self._first)
+        return min(filtered.values[self._first:self._end])
+
+    def samples(self) -> list[Sample]:
+        items, values = self._samples._items, self._samples._filtered.values
+        return [(items[k][0], values[k]) for k in range(self._first, self._end)]
+
+    def slope(self) -> float:
+        """:func:`slope` of these samples (at least two), from the list's sliding sums where they serve."""
+        if self._at_list_end():
+            return self._samples._filtered.slope_from(self._first)
+        return slope(self.samples())
 
 
 @dataclass(frozen=True)
@@ -308,8 +505,7 @@ class SensorWindow:
 
         The first two samples have no filtered value: a sensor is judged from its third.
         """
-        values = [v for _, v in self.samples]
-        return [(self.samples[i][0], _median3(values[i - 2], values[i - 1], values[i])) for i in range(2, len(values))]
+        return self.samples.filtered()
 
     def latest_filtered(self) -> float | None:
         """The last value of :meth:`filtered`, without filtering the whole window."""
@@ -361,14 +557,19 @@ def _over(value: float, limit: float) -> bool:
     return round(value, PRECISION) > limit
 
 
-def slope(samples: list[Sample]) -> float:
-    """Least-squares slope (value per second) of at least two samples at distinct times."""
-    n = len(samples)
-    mean_t = sum(t for t, _ in samples) / n
-    mean_v = sum(v for _, v in samples) / n
-    sxx = sum((t - mean_t) ** 2 for t, _ in samples)
-    sxy = sum((t - mean_t) * (v - mean_v) for t, v in samples)
-    return sxy / sxx if sxx > 0 else 0.0
+def slope(samples: Sequence[Sample]) -> float:
+    """Least-squares slope (value per second) of at least two samples at distinct times, exact and rounded once.
+
+    Exact, so the rate rule's verdict does not depend on how the sums were taken: a pass over
+    the samples and the sums a window keeps as samples come and go (:class:`_ExactSums`) give
+    the same float. A sample that is not a number makes no slope (NaN, which no rule exceeds).
+    """
+    if not all(math.isfinite(t) and math.isfinite(v) for t, v in samples):
+        return math.nan
+    sums = _ExactSums(samples[0][0])
+    for t, v in samples:
+        sums.add(t, v, 1)
+    return sums.slope()
 
 
 def _ms(at: float) -> str:
@@ -436,8 +637,8 @@ class DisasterWatch:
         status = self.status(now)
         if not status.watching:
             return ReadingOutcome(window, status)
-        found = [d for d in self._evaluate(window, now, status)
-                 if not reported(self.detections.get(d.disaster_id), released, position)]
+        found = self._evaluate(window, now, status,
+                               lambda disaster_id: not reported(self.detections.get(disaster_id), released, position))
         for detection in found:
             self.detections[detection.disaster_id] = detection
         return ReadingOutcome(window, status, found)
@@ -467,43 +668,55 @@ class DisasterWatch:
 
     # -- rules ------------------------------------------------------------------------
 
-    def _evaluate(self, window: SensorWindow, now: float, status: WatchStatus) -> list[Detection]:
-        filtered = window.filtered()
-        found = [self._over_limit(window.sensor, filtered, now, status), self._too_fast(window.sensor, filtered, now, status)]
-        if status.valve_closed and status.closed_since is not None:
-            found.append(self._rise_while_closed(window.sensor, filtered, now, status, status.closed_since))
+    def _evaluate(self, window: SensorWindow, now: float, status: WatchStatus,
+                  fresh: Callable[[str], bool] = lambda _: True) -> list[Detection]:
+        """The new disasters the sensor's newest sample reveals: those whose id ``fresh`` accepts.
+
+        A rule whose disaster stands reported in this episode (:func:`reported`) is not judged at
+        all, as its finding would be dropped: a disaster that persists (the flooding sensor of a runaway) costs no
+        more than quiet water. What the other rules read of the window costs no pass over it
+        (:class:`_Filtered`), so a flooding sensor's window is as quick to judge as a quiet one's.
+        """
+        rules: list[tuple[Rule, Callable[[], Detection | None]]] = [
+            (Rule.OVER_LIMIT, lambda: self._over_limit(window, now, status)),
+            (Rule.TOO_FAST_RISE, lambda: self._too_fast(window, now, status)),
+        ]
+        if status.valve_closed and (closed_since := status.closed_since) is not None:
+            rules.append((Rule.RISE_WHILE_CLOSED, lambda: self._rise_while_closed(window, now, status, closed_since)))
         if self.job is not None and self.job.running:
-            found.append(self._disagreement(now, status))
+            rules.append((Rule.SENSOR_DISAGREEMENT, lambda: self._disagreement(now, status)))
+        found = [judge() for rule, judge in rules if fresh(f"{rule.value}/{status.episode}")]
         return [d for d in found if d is not None]
 
     def _detection(self, rule: Rule, status: WatchStatus, sensor: str, message: str, value: float, limit: float, at: float) -> Detection:
         return Detection(f"{rule.value}/{status.episode}", rule.value, status.episode, sensor, message, round(value, PRECISION), limit, at)
 
-    def _over_limit(self, sensor: str, filtered: list[Sample], now: float, status: WatchStatus) -> Detection | None:
-        limit = self.limits.disaster_c
-        if not filtered or not _over(value := filtered[-1][1], limit):
+    def _over_limit(self, window: SensorWindow, now: float, status: WatchStatus) -> Detection | None:
+        limit, sensor = self.limits.disaster_c, window.sensor
+        if (value := window.latest_filtered()) is None or not _over(value, limit):
             return None
         message = f"{sensor} at {value:.1f} °C is over the disaster limit {limit:.1f} °C ({status.reason})"
         return self._detection(Rule.OVER_LIMIT, status, sensor, message, value, limit, now)
 
-    def _too_fast(self, sensor: str, filtered: list[Sample], now: float, status: WatchStatus) -> Detection | None:
-        recent = [s for s in filtered if s[0] >= now - self.limits.rate_window_s]
-        if len(recent) < self.limits.min_rate_samples or round(recent[-1][0] - recent[0][0], PRECISION) < self.limits.min_rate_span_s:
+    def _too_fast(self, window: SensorWindow, now: float, status: WatchStatus) -> Detection | None:
+        recent = window.samples.filtered_since(now - self.limits.rate_window_s)
+        if len(recent) < self.limits.min_rate_samples or round(recent.span, PRECISION) < self.limits.min_rate_span_s:
             return None
-        rate, limit = slope(recent), self.limits.max_rise_c_per_s
+        limit, sensor = self.limits.max_rise_c_per_s, window.sensor
+
+        rate = recent.slope()
         if not _over(rate, limit):
             return None
         message = f"{sensor} rising {rate:.2f} °C/s, faster than {limit:.2f} °C/s ({status.reason})"
         return self._detection(Rule.TOO_FAST_RISE, status, sensor, message, rate, limit, now)
 
     def _rise_while_closed(
-        self, sensor: str, filtered: list[Sample], now: float, status: WatchStatus, closed_since: float
+        self, window: SensorWindow, now: float, status: WatchStatus, closed_since: float
     ) -> Detection | None:
-        start = max(now - self.limits.rise_window_s, closed_since)
-        since = [v for t, v in filtered if t >= start]
+        since = window.samples.filtered_since(max(now - self.limits.rise_window_s, closed_since))
         if len(since) < 2:
             return None
-        rise, limit = since[-1] - min(since), self.limits.rise_while_closed_c
+        rise, limit, sensor = since.last - since.min(), self.limits.rise_while_closed_c, window.sensor
         if not _over(rise, limit):
             return None
         message = (

@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import math
 import random
-from typing import Iterable
+from dataclasses import replace
+from fractions import Fraction
+from typing import Callable, Iterable
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from streams.disaster_rules import Detection, DisasterWatch, JobFacts, RuleLimits, SensorWindow, ValveFacts, slope
+from streams.disaster_rules import (PRECISION, Detection, DisasterWatch, JobFacts, Rule, RuleLimits, Samples, SensorWindow,
+                                   ValveFacts, WatchStatus, slope)
 from streams.heater_config import HeaterLimits
 
 T0 = 1_700_000_000.0
@@ -457,3 +461,226 @@ def test_valve_facts_closed_since_is_the_earliest_closed_source() -> None:
     assert valve.closed_since(T0) == T0 - 100, "reads closed although commanded open"
     valve = valve.with_readback(True, T0 - 0.9).with_command(False, T0)
     assert valve.closed_since(T0 + 1) == T0 and valve.last_closure(T0 + 1) == T0
+
+
+# -- the rules by a full scan of the window: the reference the incremental evaluation must match ----------
+
+
+def filtered_by_scan(window: SensorWindow) -> list[tuple[float, float]]:
+    """Every filtered sample of the window, filtered again from scratch."""
+    samples = tuple(window.samples)
+    values = [v for _, v in samples]
+    return [(samples[i][0], max(min(values[i - 2], values[i - 1]), min(max(values[i - 2], values[i - 1]), values[i])))
+            for i in range(2, len(values))]
+
+
+class FullScanWatch(DisasterWatch):
+    """The watch with its rules evaluated by their definitions, the plain way: each reading re-filters the
+    whole window, then scans it for the rate's and the rise's samples."""
+
+    def _evaluate(self, window: SensorWindow, now: float, status: WatchStatus,
+                  fresh: Callable[[str], bool] = lambda _: True) -> list[Detection]:
+        filtered = filtered_by_scan(window)
+        found = [self._scan_over_limit(window.sensor, filtered, now, status), self._scan_too_fast(window.sensor, filtered, now, status)]
+        if status.valve_closed and status.closed_since is not None:
+            found.append(self._scan_rise_while_closed(window.sensor, filtered, now, status, status.closed_since))
+        if self.job is not None and self.job.running:
+            found.append(self._disagreement(now, status))
+        return [d for d in found if d is not None and fresh(d.disaster_id)]
+
+    def _scan_over_limit(self, sensor: str, filtered: list[tuple[float, float]], now: float, status: WatchStatus) -> Detection | None:
+        limit = self.limits.disaster_c
+        if not filtered or not round(value := filtered[-1][1], PRECISION) > limit:
+            return None
+        message = f"{sensor} at {value:.1f} °C is over the disaster limit {limit:.1f} °C ({status.reason})"
+        return self._detection(Rule.OVER_LIMIT, status, sensor, message, value, limit, now)
+
+    def _scan_too_fast(self, sensor: str, filtered: list[tuple[float, float]], now: float, status: WatchStatus) -> Detection | None:
+        recent = [s for s in filtered if s[0] >= now - self.limits.rate_window_s]
+        if len(recent) < self.limits.min_rate_samples or round(recent[-1][0] - recent[0][0], PRECISION) < self.limits.min_rate_span_s:
+            return None
+        rate, limit = slope(recent), self.limits.max_rise_c_per_s
+        if not round(rate, PRECISION) > limit:
+            return None
+        message = f"{sensor} rising {rate:.2f} °C/s, faster than {limit:.2f} °C/s ({status.reason})"
+        return self._detection(Rule.TOO_FAST_RISE, status, sensor, message, rate, limit, now)
+
+    def _scan_rise_while_closed(self, sensor: str, filtered: list[tuple[float, float]], now: float, status: WatchStatus,
+                                closed_since: float) -> Detection | None:
+        start = max(now - self.limits.rise_window_s, closed_since)
+        since = [v for t, v in filtered if t >= start]
+        if len(since) < 2:
+            return None
+        rise, limit = since[-1] - min(since), self.limits.rise_while_closed_c
+        if not round(rise, PRECISION) > limit:
+            return None
+        message = (
+            f"{sensor} rose {rise:.1f} °C within {self.limits.rise_window_s:.0f} s with the gas valve closed "
+            f"(limit {limit:.1f} °C): heat without gas, the valve may be stuck open ({status.reason})"
+        )
+        return self._detection(Rule.RISE_WHILE_CLOSED, status, sensor, message, rise, limit, now)
+
+
+class Logged(DisasterWatch):
+    """A watch keeping every evaluation's detections, reported or not: the rules' full verdicts."""
+
+    def __init__(self, limits: RuleLimits) -> None:
+        super().__init__(limits)
+        self.log: list[list[Detection]] = []
+
+    def _evaluate(self, window: SensorWindow, now: float, status: WatchStatus,
+                  fresh: Callable[[str], bool] = lambda _: True) -> list[Detection]:
+        self.log.append(super()._evaluate(window, now, status))
+        return super()._evaluate(window, now, status, fresh)
+
+
+class LoggedWatch(Logged):
+    """The watch, logged."""
+
+
+class LoggedScan(Logged, FullScanWatch):
+    """The full-scan reference, logged."""
+
+
+JOB_STATES = ("igniting", "heating", "done", "failed", "idle")
+#: Time between readings: a quiet sensor, a busy bus, a flooding sensor.
+STEPS = (0.1, 0.02, 0.004, 0.0011)
+#: Rises, °C/s: none, a normal heating, and around the too-fast limit (4.0 °C/s) and its roundings.
+RATES = (0.0, 1.8, 3.9995, 4.0, 4.0005, 4.005, 4.2, 8.0, -3.0)
+#: The rules with short windows: the same code, with windows many times longer than the rules' stretches.
+SHORT = replace(LIMITS, rate_window_s=0.3, min_rate_span_s=0.2, rise_window_s=0.6, grace_extra_s=1.0)
+
+Op = tuple[int, int, float]
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.lists(st.tuples(st.integers(0, 15), st.integers(0, 10**6), st.floats(-0.3, 0.3, allow_nan=False)),
+                min_size=20, max_size=300),
+       st.sampled_from(STEPS), st.sampled_from(RATES), st.sampled_from([40.0, 85.0, 89.5]),
+       st.sampled_from([LIMITS, SHORT]))
+def test_rules_judge_as_a_full_scan_of_the_window_would(ops: list[Op], step: float, rate: float, base: float,
+                                                        limits: RuleLimits) -> None:
+    """Random heating jobs, valve commands and readbacks, readings — in time, in bursts, late, repeated, stale,
+    noisy or on an exact ramp, dipping, spiking across the limits — judged by the watch and by the full-scan
+    reference: every evaluation finds the same detections (ids, messages, values), and so does every older
+    window judged again, its view no longer at its list's end, and every window a sample was added to after
+    it had been superseded."""
+    new, ref = LoggedWatch(limits), LoggedScan(limits)
+    history: list[SensorWindow] = []
+    now = T0
+    for kind, x, y in ops:
+        if kind == 0:
+            job, state = "ab"[x % 2], JOB_STATES[x % 5]
+            assert new.on_job_state(job, state, now + y) == ref.on_job_state(job, state, now + y)
+        elif kind == 1:
+            assert new.on_valve_command(x % 2 == 0, now, x % 4) == ref.on_valve_command(x % 2 == 0, now, x % 4)
+        elif kind == 2:
+            assert new.on_lease_renewal(now, x % 4) == ref.on_lease_renewal(now, x % 4)
+        elif kind == 3:
+            assert new.on_readback(x % 2 == 0, now) == ref.on_readback(x % 2 == 0, now)
+        elif kind == 4 and history:  # a superseded window becomes the sensor's again (samples are added to it)
+            old = history[x % len(history)]
+            new.windows[old.sensor], ref.windows[old.sensor] = old, SensorWindow(old.sensor, tuple(old.samples))
+        elif kind == 5 and history:  # an older view judged again, after its list grew
+            old = history[x % len(history)]
+            at = old.newest or now
+            status = new.status(at)
+            assert status == ref.status(at)
+            assert DisasterWatch._evaluate(new, old, at, status) == FullScanWatch._evaluate(ref, old, at, status)
+        elif kind >= 6:
+            sensor = "water.1" if x % 7 == 0 else "water.0"
+            for n in range(1 + x % 40 if x % 5 == 0 else 1):  # a burst
+                if x % 13 == 0 and n == 0:
+                    at = now - (x % 50) * 0.1  # late: sorted in, or stale
+                elif x % 17 == 0 and n == 0:
+                    at = now  # a repeat
+                else:
+                    now += step * (1 + x % 3)
+                    at = now
+                noise = 0.0 if x % 4 == 0 else y * (n % 3 - 1)
+                dip = -2.5 if x % 11 == 0 else 0.0  # a whole burst low: a minimum inside the window, then a rise
+                value = base + rate * (at - T0) + noise + dip + (15.0 if x % 29 == 0 and n == 0 else 0.0)
+                got, want = new.on_reading(sensor, value, at), ref.on_reading(sensor, value, at)
+                assert got == want
+                if got.window is not None:
+                    history.append(got.window)
+        assert new.log == ref.log
+    assert new.detections == ref.detections and new.windows == ref.windows
+
+
+def test_a_flooded_window_is_judged_as_a_full_scan_would() -> None:
+    """A sensor at 9,000 readings/s ramping through the too-fast limit (right at its rounding) and over the
+    disaster limit with the valve closed: tens of thousands of samples per window. At each reading that
+    found a disaster, and now and then (a full scan of each would take minutes), every rule's verdict is
+    the full scan's."""
+    new, ref = DisasterWatch(LIMITS), FullScanWatch(LIMITS)
+    new.on_job_state("j1", "heating", T0 - 1)
+    new.on_readback(False, T0 - 1)
+    ref.job, ref.valve, ref.windows = new.job, new.valve, new.windows
+    rng = random.Random(7)
+    compared = 0
+    for i in range(45_000):
+        at = T0 + i / 9000
+        outcome = new.on_reading("water.0", 80.0 + 4.0005 * (at - T0) + rng.choice((-0.1, 0.0, 0.1)), at)
+        if outcome.detections or i % 997 == 0 or i > 44_995:
+            assert outcome.window is not None
+            status = new.status(at)
+            verdict = DisasterWatch._evaluate(new, outcome.window, at, status)
+            assert verdict == FullScanWatch._evaluate(ref, outcome.window, at, status)
+            assert set(outcome.detections) <= set(verdict)
+            compared += 1
+    assert len(new.windows["water.0"].samples) > 35_000 and compared > 45
+    assert {d.rule for d in new.detections.values()} == {"too-fast-rise", "over-limit", "rise-while-closed"}
+
+
+def exact_slope(samples: list[tuple[float, float]]) -> Fraction:
+    n = len(samples)
+    ts, vs = [Fraction(t) for t, _ in samples], [Fraction(v) for _, v in samples]
+    mt, mv = sum(ts) / n, sum(vs) / n
+    return sum((t - mt) * (v - mv) for t, v in zip(ts, vs)) / sum((t - mt) ** 2 for t in ts)
+
+
+def float_slope(samples: list[tuple[float, float]]) -> float:
+    """The least-squares slope as float sums take it."""
+    n = len(samples)
+    mean_t, mean_v = sum(t for t, _ in samples) / n, sum(v for _, v in samples) / n
+    return sum((t - mean_t) * (v - mean_v) for t, v in samples) / sum((t - mean_t) ** 2 for t, _ in samples)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.tuples(st.integers(1, 200), st.floats(-5.0, 5.0, allow_nan=False)), min_size=3, max_size=400),
+       st.sampled_from([0.0, 1.0, T0, 4.2e9]), st.sampled_from([1e-4, 1 / 9000, 0.01, 0.1]),
+       st.sampled_from([0.0, 45.3, 4.0e3, -20.0]), st.integers(0, 50))
+def test_the_slope_is_exact_however_the_sums_are_taken(steps: list[tuple[int, float]], origin: float, tick: float,
+                                                      level: float, drop: int) -> None:
+    """:func:`slope` is the exact least-squares slope, rounded once, and so are the sums a window slides along as
+    samples come and go (taken in another order, at other scales); float sums of epoch times are not."""
+    items, at = [], origin
+    for ticks, value in steps:
+        at += ticks * tick
+        items.append((at, level + value))
+    samples = Samples(items)
+    run = samples.filtered_since(items[min(drop, len(items) - 1)][0])
+    if len(run) < 2 or run.span <= 0:
+        return
+    exact = float(exact_slope(run.samples()))
+    assert slope(run.samples()) == exact
+    assert run.slope() == exact, "the list's sums, from the start"
+    later = samples.filtered_since(items[min(drop + 3, len(items) - 1)][0])
+    if len(later) >= 2 and later.span > 0:
+        assert later.slope() == float(exact_slope(later.samples())), "the sums slid forward"
+        assert run.slope() == exact, "and back"
+
+
+def test_float_sums_of_a_flood_are_not_exact_and_the_slope_is() -> None:
+    """The rate window of a flooding sensor (13,500 samples at epoch times): float sums miss the exact slope; the
+    rule's slope does not, whether a window's sums or a pass take it. A value that is not a number makes no slope."""
+    rng = random.Random(3)
+    items = [(T0 + 1e6 + i / 9000, 50.0 + 4.0 * i / 9000 + rng.gauss(0, 0.05)) for i in range(13_500)]
+    exact = float(exact_slope(items))
+    assert float_slope(items) != exact
+    samples = Samples(items)
+    assert slope(items) == exact
+    run = samples.filtered_since(items[0][0])
+    assert run.slope() == float(exact_slope(run.samples())) == slope(run.samples())
+    assert math.isnan(slope([(T0, 1.0), (T0 + 1, math.nan)])) and math.isnan(slope([(T0, 1.0), (T0 + 1, math.inf)]))

@@ -200,13 +200,12 @@ def valve_command(command: RelayCommand) -> bool | None:
 
 def window_view(window: SensorWindow) -> dict[str, Any]:
     """One sensor's window for ``/disaster``: its extent, last raw and filtered values, the samples."""
-    filtered = window.filtered()
     return {
         "count": len(window.samples),
         "first_at": window.samples[0][0] if window.samples else None,
         "last_at": window.newest,
         "last_c": window.samples[-1][1] if window.samples else None,
-        "filtered_c": filtered[-1][1] if filtered else None,
+        "filtered_c": window.latest_filtered(),
         "samples": [list(s) for s in window.samples],
     }
 

@@ -59,11 +59,31 @@ class DisasterTables:
         self.valve[VALVE_KEY] = asdict(valve)
 
     def save_window(self, window: SensorWindow) -> None:
-        self.windows[window.sensor] = {"sensor": window.sensor, "samples": [list(s) for s in window.samples]}
+        self.windows[window.sensor] = WindowRow(window)
 
     def save_detection(self, detection: Detection) -> None:
         self.detections[detection.disaster_id] = asdict(detection)
 
 
-def window_from(data: dict[str, Any]) -> SensorWindow:
+class WindowRow:
+    """A window as its table row, listed only when the row is written out (JSON's ``__json__``).
+
+    Every watched reading saves its sensor's window, but only a run's last save of a key is
+    written; a sensor flooding the bus keeps tens of thousands of samples, and listing them
+    for each reading cost the detector more than its rules. Windows are values, so listing
+    one later gives what listing it now would.
+    """
+
+    __slots__ = ("window",)
+
+    def __init__(self, window: SensorWindow) -> None:
+        self.window = window
+
+    def __json__(self) -> dict[str, Any]:
+        return {"sensor": self.window.sensor, "samples": [list(s) for s in self.window.samples]}
+
+
+def window_from(data: dict[str, Any] | WindowRow) -> SensorWindow:
+    if isinstance(data, WindowRow):  # saved in a run not committed yet
+        return data.window
     return SensorWindow(data["sensor"], tuple((float(t), float(v)) for t, v in data["samples"]))

@@ -10,6 +10,7 @@ when Faust first reads its configuration (``on_configured``).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from typing import Any, AsyncIterator, Awaitable, Callable, Iterator
@@ -143,9 +144,13 @@ class HeaterService:
             metrics.MESSAGES_PROCESSED.labels(self.spec.name, message.topic).inc()
             started = time.perf_counter()
             # The hop's span, child of the record's traceparent: what the agent sends meanwhile continues the trace.
-            with tracing.consumed(self.tracer, message, new_traces=self.new_traces, **tracing.attributes_of(record)):
+            with self.record_span(record, message):
                 yield record  # the agent handles it before asking for the next one
             metrics.HANDLE_SECONDS.labels(self.spec.name, message.topic).observe(time.perf_counter() - started)
+
+    def record_span(self, record: HeaterRecord, message: Any) -> contextlib.AbstractContextManager[Any]:
+        """The hop's span for handling one record, child of its traceparent (new traces within the budget)."""
+        return tracing.consumed(self.tracer, message, new_traces=self.new_traces, **tracing.attributes_of(record))
 
     async def _admitted(self, event: Any, record_type: type[HeaterRecord] | None, admit: Admit | None
                         ) -> HeaterRecord | None:
@@ -161,7 +166,7 @@ class HeaterService:
 
     async def record_batches(
         self, stream: faust.StreamT, record_type: type[HeaterRecord] | None = None, admit: Admit | None = None,
-        max_records: int | None = None, within_s: float | None = None,
+        max_records: int | None = None, within_s: float | None = None, record_spans: bool = False,
     ) -> AsyncIterator[list[tuple[HeaterRecord, Any]]]:
         """:meth:`records` in batches: lists of (record, message), in delivery order, never empty.
 
@@ -173,8 +178,9 @@ class HeaterService:
         reading included — so keep it to a few milliseconds.
 
         One span per batch (:func:`streams.tracing.batch_span`), a trace of its own; the
-        agent opens a record's own span (:func:`streams.tracing.consumed`) for a record
-        whose handling sends something, so that record's trace goes on.
+        agent opens a record's own span (:meth:`record_span`) for a record whose handling
+        sends something, so that record's trace goes on. An agent that opens one for every
+        record (``record_spans``) gets no batch span: it would only double the spans.
         """
         max_records = max_records or BATCH_MAX_RECORDS
         within = BATCH_WITHIN_S if within_s is None else within_s
@@ -190,7 +196,8 @@ class HeaterService:
             metrics.MESSAGES_PROCESSED.labels(self.spec.name, topic).inc(len(batch))
             metrics.BATCHES.labels(self.spec.name, topic).inc()
             started = time.perf_counter()
-            with tracing.batch_span(self.tracer, batch[0][1], batch[-1][1], len(batch)):
+            with contextlib.nullcontext() if record_spans else \
+                    tracing.batch_span(self.tracer, batch[0][1], batch[-1][1], len(batch)):
                 yield batch  # the agent handles the whole batch before the next is taken
             per_record = (time.perf_counter() - started) / len(batch)
             metrics.HANDLE_SECONDS.labels(self.spec.name, topic).observe(per_record)

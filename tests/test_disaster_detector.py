@@ -19,6 +19,7 @@ from typing import Any, Callable, Iterator
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
+from heater import traces
 from heater.probes import http_json
 from heater.runtime.broker import EmbeddedBroker
 from heater.runtime.vault import EmbeddedVault
@@ -180,6 +181,15 @@ def test_no_job_valve_closed_and_flat_water_is_quiet(quiet_rig: tuple[EmbeddedBr
     assert body["watching"] is False and body["detections"] == []
     assert topic_size(broker, "DisasterDetected") == 0
     assert detector.get("/readyz")[0] == 200
+
+    def spans() -> list[dict[str, Any]]:
+        return list(traces.read_spans(traces.span_files(detector.run_dir / "traces")))
+
+    # Records are taken in batches, each traced as it is decided; no batch span doubles them.
+    handled = wait_for(lambda: [s for s in spans() if s["name"] == "sensorData process"
+                                and s["attributes"].get("heater.sensor") in SENSORS] or None, what="reading spans written")
+    assert len({s["attributes"]["messaging.kafka.offset"] for s in handled}) == len(handled)
+    assert not [s["name"] for s in spans() if s["name"].endswith(" batch")]
 
 
 def test_malformed_messages_are_dead_lettered_and_the_agent_goes_on(quiet_rig: tuple[EmbeddedBroker, ServiceProcess]) -> None:

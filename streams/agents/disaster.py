@@ -26,7 +26,7 @@ from typing import Any, Mapping
 import faust
 from prometheus_client import Counter
 
-from streams import topics, tracing
+from streams import topics
 from streams.auth import Role, requires
 from streams.app import HeaterService, ServiceKind, ServiceSpec
 from streams.consistency import Step, tp_key
@@ -227,7 +227,7 @@ async def detect(stream: faust.StreamT) -> None:
     it. Taken one by one, Faust's per-record work left the detector at about 4,000
     readings a second, behind a sensor flooding the bus.
     """
-    async for batch in service.record_batches(stream, admit=ledger.admit):
+    async for batch in service.record_batches(stream, admit=ledger.admit, record_spans=True):
         done = 0
         while done < len(batch):
             where = tp_key(batch[done][1].topic, batch[done][1].partition)
@@ -237,8 +237,7 @@ async def detect(stream: faust.StreamT) -> None:
                         break
                     done += 1
                     step.cover(message)
-                    with tracing.consumed(service.tracer, message, new_traces=service.new_traces,
-                                          **tracing.attributes_of(record)):
+                    with service.record_span(record, message):
                         await detector.handle(step, record)
                     if step.effects:
                         break

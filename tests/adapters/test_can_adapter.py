@@ -9,6 +9,7 @@ each test, so the tests share one simulator and one adapter.
 from __future__ import annotations
 
 import json
+import re
 import signal
 import time
 from collections import defaultdict
@@ -389,6 +390,34 @@ def _status(adapter: CanAdapterProcess) -> dict[str, Any] | None:
     except OSError:
         return None
     return body if body.get("phase") == "halted" else None
+
+
+STOP_LINE = re.compile(r"CAN adapter stopping: (\d+) frame\(s\) taken off the bus, (\d+) bad, (\d+) reading")
+
+
+def test_stopped_in_a_flood_every_frame_taken_off_the_bus_reaches_the_broker(
+    can_stack: CanStack, own_broker: EmbeddedBroker, tmp_path: Any
+) -> None:
+    """SIGTERM while one sensor floods the bus at 9,000 frames/s: each frame the adapter took off
+    the bus — in the batch it was handling, or queued behind it — is a reading on ``sensorData``.
+
+    An adapter of its own on the shared bus, publishing to a broker of its own, so the count is exact."""
+    adapter = CanAdapterProcess(own_broker, tmp_path, can_stack.sim.can_channel, can_stack.vault).start()
+    try:
+        adapter.wait_ready(timeout=30)
+        client.burst(can_stack.sim.control_port, 27_000, 9000.0, sensor=2)
+        time.sleep(1.5)
+        adapter.kill(signal.SIGTERM)
+        assert adapter.wait(15) == exitcodes.DONE, adapter.tail()
+        stopped = STOP_LINE.search(adapter.tail(200))
+        assert stopped, adapter.tail()
+        received, bad, published = map(int, stopped.groups())
+        assert received > 9000 and bad == 0 and published == received, stopped.group(0)
+        readings = readings_since_on(own_broker, 0.0, lambda found: len(found) >= published, timeout=30)
+        assert len(readings) == published
+    finally:
+        adapter.stop()
+        can_stack.sim.wait_for(lambda state: not (state["burst"] or {}).get("running"), timeout=10)
 
 
 def test_stops_cleanly_on_sigterm(can_stack: CanStack) -> None:

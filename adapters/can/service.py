@@ -31,7 +31,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-import sys
 import time
 from typing import Any, Callable
 
@@ -87,12 +86,6 @@ TAKE_EVERY_S = 0.1
 #: New traces a second per sensor (:class:`streams.tracing.TraceBudget`): five times what a
 #: sensor sends at rest, so every reading is traced there; a flooding sensor gets no more.
 TRACED_READINGS_PER_S = 50.0
-
-#: How long the loop's thread may hold the interpreter while the reader thread waits for it
-#: (CPython's default is 5 ms). A frame over the FATAL limit is judged on the reader thread as
-#: it arrives; on a flooded bus the loop is always busy, and every frame waited up to the
-#: full interval before the reader could look at it.
-GIL_SWITCH_INTERVAL_S = 0.001
 
 WAITING_FOR_BUS = "opening the CAN bus"
 WAITING_FOR_FRAME = "CAN bus open; waiting for the first valid frame"
@@ -481,7 +474,6 @@ def main() -> int:
     )
     for noisy in ("can", "can_remote"):
         logging.getLogger(noisy).setLevel(max(logging.WARNING, logging.getLogger().level))
-    sys.setswitchinterval(GIL_SWITCH_INTERVAL_S)
     settings = Settings.from_env()
     try:
         bus = open_bus(settings.can_interface, settings.can_channel)

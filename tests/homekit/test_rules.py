@@ -7,6 +7,7 @@ import json
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
@@ -71,7 +72,8 @@ from homekit.accessories.base import CONTACT_DETECTED, CONTACT_NOT_DETECTED  # n
 from homekit.accessories.exceptions import MIN_LEVEL, level  # noqa: E402
 from homekit.accessories.services import ServiceLook, changes, look  # noqa: E402
 from homekit.aids import RESERVED, AidStore, choose_aid, fnv1a_32  # noqa: E402
-from streams.homekit_feed import exception_counts  # noqa: E402
+from streams.homekit_feed import FeedState, exception_counts, newest_per_key  # noqa: E402
+from streams.records import SensorReading  # noqa: E402
 from streams.registry_rules import ServiceEntry  # noqa: E402
 from streams.table_mirror import TableMirror  # noqa: E402
 from streams.tables.exceptions import SenderStats  # noqa: E402
@@ -201,3 +203,20 @@ def test_a_bind_everywhere_address_is_never_announced(tmp_path: Path) -> None:
     config = BridgeSettings.from_env(bridge_env(tmp_path, address="0.0.0.0", mdns="all", advertised_address="192.0.2.7"))
     assert (config.address, config.advertised_address) == ("0.0.0.0", "192.0.2.7")
     assert BridgeSettings.from_env(bridge_env(tmp_path, address="127.0.0.1")).advertised_address == "127.0.0.1"
+
+
+def test_a_display_fetch_keeps_each_keys_newest_message_and_the_feed_shows_it() -> None:
+    """A flooded bus: of one fetch's readings the feed decodes each sensor's newest only, and shows that."""
+    def reading(sensor: str, value: float, at: float) -> SimpleNamespace:
+        record = SensorReading(sensor=sensor, kind="temperature", value=value, unit="C", received_at=at, sequence=int(at))
+        return SimpleNamespace(key=sensor.encode(), value=record.dumps())
+
+    batch = [reading(f"water.{n % 3}", 40.0 + n / 10, 1000.0 + n) for n in range(900)]
+    batch.insert(5, SimpleNamespace(key=None, value=b"{}"))
+    kept = list(newest_per_key(batch))
+    assert [m.key for m in kept] == [b"water.0", b"water.1", b"water.2", None]
+    state = FeedState()
+    for message in kept:
+        state.apply("sensorData", message.value)
+    assert {s: row["value"] for s, row in state.sensors.items()} == {f"water.{n % 3}": 40.0 + n / 10 for n in (897, 898, 899)}
+    assert state.sensors["water.2"]["received_at"] == 1899.0

@@ -27,11 +27,9 @@ from aiohttp import web
 from .board import Board
 from .canbus import CanHost
 from .control import make_app
-from .i2c_server import PicoServer
-from .nvram import Nvram
 from .options import build_parser
 from .physics import HeaterModel
-from .pico import Pico
+from .pico_process import PicoProcess
 
 log = logging.getLogger(__name__)
 
@@ -68,9 +66,8 @@ async def run(args: argparse.Namespace) -> int:
 
     initial = args.ambient if args.initial_temperature is None else args.initial_temperature
     model = HeaterModel(ambient_c=args.ambient, temperature_c=initial, heat_rate_c_per_s=args.heat_rate)
-    pico = Pico(Nvram(run_dir), window_ms=args.watchdog_ms)
+    pico = PicoProcess(run_dir, HOST, args.i2c_port, args.watchdog_ms, args.log_level)
     can_host = CanHost(HOST, args.can_port, channel=f"heater-sim-{os.getpid()}")
-    pico_server = PicoServer(pico, HOST, args.i2c_port)
     board = Board(pico, can_host, model, random.Random(args.seed), sensor_period_s=1.0 / args.sensor_rate)
 
     ready = False
@@ -78,7 +75,8 @@ async def run(args: argparse.Namespace) -> int:
     runner = web.AppRunner(make_app(board, lambda: ready, info), access_log=None)
     try:
         info["can_port"] = can_host.start()
-        info["i2c_port"] = await pico_server.start()
+        info["i2c_port"] = await pico.start()
+        info["pico_pid"] = pico.pid
         await runner.setup()
         site = web.TCPSite(runner, HOST, args.control_port)
         await site.start()
@@ -94,14 +92,20 @@ async def run(args: argparse.Namespace) -> int:
         write_marker(marker, info)
         ready = True
         log.info("simulator ready: %s", info)
-        await stop.wait()
+        waits = [asyncio.ensure_future(stop.wait()), asyncio.ensure_future(pico.ended())]
+        await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+        for wait in waits:
+            wait.cancel()
+        if not stop.is_set():
+            log.error("the Pico is gone: the simulated hardware stops")
+            return 1
         log.info("shutting down")
     finally:
         ready = False
         marker.unlink(missing_ok=True)
         await board.stop()
         await runner.cleanup()
-        await pico_server.close()
+        await pico.close()
         can_host.close()
     return 0
 

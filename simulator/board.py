@@ -3,7 +3,8 @@
 This is where the pieces meet: the physics model reads the Pico's *actual*
 relay contacts, the sensors read the physics, and paced asyncio tasks put
 their frames on the bus.  Fault injection and the burst bench act here too.
-Everything runs on the simulator's event loop, so no locking is needed.
+Everything runs on the simulator's event loop, so no locking is needed; the
+Pico itself runs in a process of its own (:mod:`simulator.pico_process`).
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from .canbus import CanHost
 from .faults import FAULTS, SENSOR_COUNT, Fault, FaultError, FaultSet, build, parse_name
 from .physics import HeaterModel
 from .pico import Pico
+from .pico_process import PicoProcess
 from .sensors import SensorBank
 
 log = logging.getLogger(__name__)
@@ -91,7 +93,7 @@ class Board:
 
     def __init__(
         self,
-        pico: Pico,
+        pico: Pico | PicoProcess,
         can_host: CanHost,
         model: HeaterModel,
         rng: random.Random,
@@ -280,6 +282,11 @@ class Board:
             )
 
     # ------------------------------------------------------------------- state
+
+    async def settle(self) -> None:
+        """Wait until what the Pico was told is in force in it, and its snapshot is current."""
+        if isinstance(self.pico, PicoProcess):
+            await self.pico.refresh()
 
     def state(self) -> dict[str, Any]:
         return {

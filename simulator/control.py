@@ -37,6 +37,7 @@ def make_app(board: Board, ready: Callable[[], bool], info: dict[str, Any]) -> w
         return web.json_response({"ok": False}, status=503)
 
     async def state(_: web.Request) -> web.Response:
+        await board.settle()
         return web.json_response({**board.state(), "simulator": info})
 
     async def faults(_: web.Request) -> web.Response:
@@ -52,14 +53,18 @@ def make_app(board: Board, ready: Callable[[], bool], info: dict[str, Any]) -> w
         if not isinstance(name, str):
             raise FaultError('body needs "fault": NAME')
         sensor = _sensor(body.pop("sensor", None))
-        return web.json_response({"injected": board.inject(name, sensor, body)})
+        injected = board.inject(name, sensor, body)
+        await board.settle()
+        return web.json_response({"injected": injected})
 
     async def clear(request: web.Request) -> web.Response:
         body = await _body(request)
         name = body.get("fault")
         if name is not None and not isinstance(name, str):
             raise FaultError('"fault" must be a name')
-        return web.json_response({"cleared": board.clear(name, _sensor(body.get("sensor")))})
+        cleared = board.clear(name, _sensor(body.get("sensor")))
+        await board.settle()
+        return web.json_response({"cleared": cleared})
 
     async def burst(request: web.Request) -> web.Response:
         body = await _body(request)

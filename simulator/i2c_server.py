@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable
 
 from .pico import Nack, Pico
 
@@ -21,8 +22,10 @@ MAX_LINE = 64
 class PicoServer:
     """Serves one :class:`Pico` on ``host:port``."""
 
-    def __init__(self, pico: Pico, host: str, port: int) -> None:
+    def __init__(self, pico: Pico, host: str, port: int, on_transaction: Callable[[], None] | None = None) -> None:
         self.pico = pico
+        #: Called after every transaction and watchdog expiry (the Pico's process tells its contacts).
+        self.on_transaction = on_transaction
         self.host = host
         self.requested_port = port
         self.port = 0
@@ -68,6 +71,11 @@ class PicoServer:
             return "NACK"
         finally:
             self._rearm()
+            self._changed()
+
+    def _changed(self) -> None:
+        if self.on_transaction is not None:
+            self.on_transaction()
 
     def _rearm(self) -> None:
         """Schedule the watchdog check for the Pico's current deadline."""
@@ -83,6 +91,7 @@ class PicoServer:
         self._timer = None
         if not self.pico.check_watchdog():
             self._rearm()
+        self._changed()
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self._writers.add(writer)

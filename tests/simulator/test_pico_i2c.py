@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import errno
+import os
+import signal
 import socket
 import time
 from typing import Any
@@ -144,6 +146,56 @@ def test_simbus_reconnects_after_a_simulator_restart(sim_factory: Any) -> None:
     sim_factory("--i2c-port", str(port))
     assert bus.read_byte_data(A, r.REG_ID) == r.PICO_ID, "a stale connection is replaced, not failed"
     bus.close()
+
+
+def _gone(pid: int, timeout: float = 3.0) -> bool:
+    """Whether process ``pid`` has ended (or is a zombie nobody reaped) within ``timeout``."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            with open(f"/proc/{pid}/stat", encoding="ascii") as stat:
+                if stat.read().rsplit(")", 1)[1].split()[0] == "Z":
+                    return True
+        except FileNotFoundError:
+            return True
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(0.02)
+
+
+def _refused(port: int) -> bool:
+    try:
+        socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+    except ConnectionRefusedError:
+        return True
+    return False
+
+
+def test_the_pico_is_a_process_of_its_own_that_ends_with_the_simulator(sim_factory: Any) -> None:
+    """A board of its own answers whatever the simulator's bus flood keeps busy, and no board
+    outlives the simulated hardware: killed or stopped, its Pico goes and its port closes."""
+    first = sim_factory()
+    pico_pid, port = int(first.info["pico_pid"]), int(first.info["i2c_port"])
+    assert pico_pid != first.proc.pid and not _gone(pico_pid, timeout=0)
+    with first.smbus() as bus:
+        assert bus.read_byte_data(A, r.REG_ID) == r.PICO_ID
+    first.kill9()
+    assert _gone(pico_pid), "the Pico outlived a simulator killed with SIGKILL"
+    assert _refused(port)
+
+    second = sim_factory("--i2c-port", str(port))
+    pico_pid = int(second.info["pico_pid"])
+    assert second.terminate() == 0
+    assert _gone(pico_pid, timeout=0), "SIGTERM: the simulator waits for its Pico to end"
+    assert _refused(port)
+
+
+def test_a_simulator_whose_pico_dies_stops_with_an_error(sim: SimProcess) -> None:
+    """Hardware without its relay board is not left looking ready."""
+    os.kill(int(sim.info["pico_pid"]), signal.SIGKILL)
+    assert sim.proc.wait(5) == 1
+    assert client.read_marker(sim.run_dir) is None
+    assert "the Pico is gone" in sim.log_path.read_text()
 
 
 def test_parse_target() -> None:

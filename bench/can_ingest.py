@@ -75,6 +75,15 @@ def start_simulator(run_dir: Path) -> tuple[subprocess.Popen[bytes], dict[str, A
         time.sleep(0.05)
 
 
+def stop_simulator(sim: subprocess.Popen[bytes]) -> None:
+    """SIGTERM, as the platform stops it (its Pico ends with it); SIGKILL if it does not go."""
+    sim.send_signal(signal.SIGTERM)
+    try:
+        sim.wait(10)
+    except subprocess.TimeoutExpired:
+        sim.kill()
+
+
 def start_adapter(run_dir: Path, broker: EmbeddedBroker, channel: str, vault: EmbeddedVault) -> ServiceProcess:
     """The adapter as the platform runs it, with its certificate and AppRole from ``vault`` (``/can`` takes the viewer role)."""
     adapter = ServiceProcess("can", broker.url, run_dir, {"HEATER_CAN_INTERFACE": "remote", "HEATER_CAN_CHANNEL": channel},
@@ -237,11 +246,7 @@ def run(count: int, rate: float, send_times: str = "bus") -> dict[str, Any]:
                     listener.close()
                 if adapter is not None:
                     adapter.stop()
-                sim.send_signal(signal.SIGTERM)
-                try:
-                    sim.wait(10)
-                except subprocess.TimeoutExpired:
-                    sim.kill()
+                stop_simulator(sim)
     send_s = (final["finished_at"] - final["started_at"]) if final and final["finished_at"] else float("nan")
     to_received = [arrivals[0][0] - sent_at[seq] for seq, arrivals in seen.items() if seq in sent_at]
     to_kafka = [arrivals[0][1] - sent_at[seq] for seq, arrivals in seen.items() if seq in sent_at]

@@ -18,8 +18,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import signal
-import subprocess
 import sys
 import tempfile
 import time
@@ -31,7 +29,7 @@ sys.path.insert(0, str(ROOT))
 
 from adapters.i2c import registers as r  # noqa: E402
 from adapters.i2c.simbus import SimulatedSMBus  # noqa: E402
-from bench.can_ingest import burst_state, start_adapter, start_simulator  # noqa: E402
+from bench.can_ingest import burst_state, start_adapter, start_simulator, stop_simulator  # noqa: E402
 from bench.stats import percentile  # noqa: E402
 from heater.runtime.broker import EmbeddedBroker  # noqa: E402
 from heater.runtime.services import ServiceProcess  # noqa: E402
@@ -93,11 +91,7 @@ def run(seconds: float) -> dict[str, Any]:
             finally:
                 for service in services:
                     service.stop()
-                sim.send_signal(signal.SIGTERM)
-                try:
-                    sim.wait(10)
-                except subprocess.TimeoutExpired:
-                    sim.kill()
+                stop_simulator(sim)
     return {"p50_ms": flood["p50_ms"], "p99_ms": flood["p99_ms"], "max_ms": flood["max_ms"],
             "flood": flood, "quiet": quiet, "seconds": seconds, "cpus": os.cpu_count(), "load_avg_1m": round(load, 2)}
 

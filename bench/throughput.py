@@ -39,7 +39,7 @@ sys.path.insert(0, str(ROOT))
 
 from aiokafka import AIOKafkaConsumer, TopicPartition  # noqa: E402
 
-from bench.can_ingest import burst_state, start_adapter, start_simulator  # noqa: E402
+from bench.can_ingest import burst_state, start_adapter, start_simulator, stop_simulator  # noqa: E402
 from bench.procstats import cpu_seconds, rss_mb  # noqa: E402
 from bench.stats import percentile  # noqa: E402
 from heater.runtime.broker import EmbeddedBroker  # noqa: E402
@@ -245,11 +245,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 for service in (worker, adapter):
                     if service is not None:
                         service.stop()
-                sim.send_signal(signal.SIGTERM)
-                try:
-                    sim.wait(10)
-                except subprocess.TimeoutExpired:
-                    sim.kill()
+                stop_simulator(sim)
     return result
 
 

@@ -40,6 +40,9 @@ log = logging.getLogger(__name__)
 START_TIMEOUT_S = 10.0
 #: How long a stopping simulator waits for the Pico to end before killing it.
 STOP_TIMEOUT_S = 2.0
+#: Longest line the simulator reads from the Pico: a snapshot with its 256 transitions is ~21 KB
+#: (asyncio's default limit, 64 KiB, leaves too little room: a longer line ends the link).
+LINE_LIMIT = 1 << 20
 
 
 # ------------------------------------------------------------------- the child
@@ -150,7 +153,8 @@ class PicoProcess:
         self._process = await asyncio.create_subprocess_exec(
             sys.executable, "-m", "simulator.pico_process", "--run-dir", str(self.run_dir),
             "--host", self.host, "--port", str(self.requested_port), "--watchdog-ms", str(self.window_ms),
-            "--log-level", self.log_level, stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE)
+            "--log-level", self.log_level, stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
+            limit=LINE_LIMIT)
         assert self._process.stdout is not None
         try:
             first = await asyncio.wait_for(self._process.stdout.readline(), START_TIMEOUT_S)

@@ -23,6 +23,7 @@ import argparse
 import asyncio
 import json
 import logging
+import signal
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -105,6 +106,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=args.log_level.upper(), stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    # Ctrl-C on a terminal's simulator reaches its whole process group: the simulator stops,
+    # and the Pico with it when its standard input closes, as after any stop.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     try:
         return asyncio.run(serve(args.run_dir, args.host, args.port, args.watchdog_ms))
     except OSError as exc:

@@ -7,8 +7,10 @@ dedicated thread rather than on the event loop: a saturated 1 Mbit/s bus deliver
 them, so the thread must keep draining while the loop is busy producing to Kafka.
 
 The thread stamps each frame with the wall-clock time of reception and hands frames to
-the loop in batches (one wake-up per batch, not per frame).  A bus that fails under the
-reader is reported once as a :class:`BusFailure` item, never as an exception in the loop.
+the loop in batches (one wake-up per batch, not per frame).  On the simulation it reads
+every frame that has arrived at once (:mod:`adapters.can.remote`); SocketCAN is read a
+frame per call.  A bus that fails under the reader is reported once as a
+:class:`BusFailure` item, never as an exception in the loop.
 """
 
 from __future__ import annotations
@@ -22,6 +24,8 @@ from dataclasses import dataclass
 from typing import Any, Callable, Union
 
 import can
+
+from adapters.can.remote import receiver_for
 
 log = logging.getLogger(__name__)
 
@@ -164,21 +168,26 @@ class BusReader:
                 log.warning("CAN reader thread did not stop within %.1f s", timeout)
 
     def _run(self) -> None:
-        recv = self.bus.recv
+        receive, finish = receiver_for(self.bus)
         timeout = self.recv_timeout
         clock = time.time
-        screen = self.screen
         try:
             while not self._stop.is_set():
-                message = recv(timeout)
-                if message is not None:
-                    self.received += 1
-                    received_at = clock()
-                    self._put(Received(message, received_at, self._screen(screen, message, received_at) if screen else None))
+                if messages := receive(timeout):
+                    self._put_received(messages, clock())
+            if messages := finish():
+                self._put_received(messages, clock())
         except Exception as exc:  # any backend error ends reception; the loop decides what next
             if not self._stop.is_set():
                 log.error("CAN reception failed: %s: %s", type(exc).__name__, exc)
-                self._put(BusFailure(f"{type(exc).__name__}: {exc}", clock()))
+                self._put([BusFailure(f"{type(exc).__name__}: {exc}", clock())])
+
+    def _put_received(self, messages: list[can.Message], received_at: float) -> None:
+        """Frames of one read, stamped alike (they arrived together), screened in bus order."""
+        self.received += len(messages)
+        screen = self.screen
+        self._put([Received(message, received_at, self._screen(screen, message, received_at) if screen else None)
+                   for message in messages])
 
     def _screen(self, screen: Callable[[can.Message, float], object], message: can.Message, received_at: float) -> object:
         """The screen's verdict; a screen that fails leaves the frame to the loop and never ends reception."""
@@ -190,9 +199,9 @@ class BusReader:
                 log.exception("CAN frame screen failed (logged once; the loop handles the frames unscreened)")
             return None
 
-    def _put(self, item: Item) -> None:
+    def _put(self, items: list[Item]) -> None:
         with self._lock:
-            self._items.append(item)
+            self._items.extend(items)
             if self._wake_pending:
                 return
             self._wake_pending = True

@@ -79,14 +79,19 @@ class RemoteFrameReader:
         #: Frames and events that carried no CAN frame for this reader; of them, malformed ones.
         self.ignored = 0
         self.malformed = 0
+        #: What ended reception in a read that also completed frames (they go out first).
+        self._ended: Exception | None = None
 
     def receive(self, timeout: float) -> list[can.Message]:
         """Wait up to ``timeout`` for bytes, read once, return the CAN frames completed.
 
         Raises :class:`WebsocketClosed` when the server closes or the connection drops,
         :class:`RemoteError` on an error event, :class:`RemoteWireError` on bytes that are
-        not this protocol; reception cannot go on after any of them.
+        not this protocol; reception cannot go on after any of them.  The frames that came
+        before such an end in the same read are returned first, and the end on the next call.
         """
+        if self._ended is not None:
+            raise self._ended
         try:  # bytes waiting (a busy bus): one system call, one wait for the interpreter
             read = self._socket.recv_into(self._chunk, 0, socket.MSG_DONTWAIT)
         except BlockingIOError:
@@ -109,6 +114,7 @@ class RemoteFrameReader:
         return messages
 
     def _decode_buffered(self) -> list[can.Message]:
+        """The CAN frames buffered; an end of reception after some of them is raised on the next call."""
         buffer = self._buffer
         messages: list[can.Message] = []
         start = 0
@@ -118,6 +124,10 @@ class RemoteFrameReader:
                 message = self._event(opcode, payload)
                 if message is not None:
                     messages.append(message)
+        except Exception as exc:
+            if not messages:
+                raise
+            self._ended = exc
         finally:
             del buffer[:start]
         return messages

@@ -2,17 +2,18 @@
 
 The local platform's CAN bus is python-can-remote: a websocket from the simulator's bus
 server, one websocket frame per CAN frame.  python-can-remote's own ``recv`` takes one
-frame per call with three system calls (a ``select`` and two reads), and every one of them
-hands the interpreter to the adapter's busy event loop and waits to get it back: on a
-saturated bus (about 9,000 frames/s) that is some 27,000 waits a second on the reader
-thread, and a frame over the limit queues behind them.  A SocketCAN socket on the Pi
+frame per call with three system calls (a ``select`` and two reads), and each of them
+releases the interpreter, which the adapter's busy event loop may take meanwhile: on a
+saturated bus (about 9,000 frames/s) that is some 27,000 chances a second for the reader
+thread to wait, and a frame over the limit queues behind them.  A SocketCAN socket on the Pi
 costs one read per frame in the kernel; this reader brings the simulation nearer to it by
 reading whatever has arrived in one read and decoding every complete frame in it.
 
 The wire format is python-can-remote 0.3's (``can.binary+json.v1``): binary frames carry
 one CAN frame (type byte 1, then ``>dIBB`` timestamp, id, DLC, flags, then the data);
 text frames carry JSON events, of which ``error`` ends reception as python-can-remote's
-own reader does; PING is answered, CLOSE ends the connection.
+own reader does; PING is answered, CLOSE ends the connection.  :func:`binary_frame` writes
+the same frames, for the simulator's bus server.
 """
 
 from __future__ import annotations

@@ -44,8 +44,8 @@ class BatchingServerProtocol(RemoteServerProtocol):
     """One client's connection, sending whatever frames have queued for it in one write.
 
     python-can-remote writes each frame with a system call of its own, about 9,000 a
-    second per client on a saturated bus, each one a wait for the interpreter in a busy
-    process.  A frame is never held back to fill a batch: the batch is what was already
+    second per client on a saturated bus, each one releasing the interpreter to the
+    simulator's busy loop and taking it back.  A frame is never held back to fill a batch: the batch is what was already
     waiting when the first frame came.
     """
 

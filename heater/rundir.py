@@ -101,7 +101,8 @@ class Layout:
     def allocate(cls, run_dir: Path) -> "Layout":
         """A new layout with a free port for every component."""
         names = [c.name for c in COMPONENTS] + [probe_port_name(c.name) for c in COMPONENTS if c.has_web] + list(EXTRA_PORTS)
-        return cls(run_dir=run_dir.resolve(), ports=dict(zip(names, free_ports(len(names)))))
+        ports = free_ports(len(names), next_free={names.index("vault")})
+        return cls(run_dir=run_dir.resolve(), ports=dict(zip(names, ports)))
 
     def save(self) -> None:
         self.run_dir.mkdir(parents=True, exist_ok=True)

@@ -20,7 +20,7 @@ from typing import Any, Iterable
 
 from heater.runtime.gate import Gate
 from heater.runtime.log_mirror import LogMirror
-from heater.runtime.processes import ChildProcess, die_with_parent, free_port, port_open, wait_until
+from heater.runtime.processes import ChildProcess, die_with_parent, free_port, free_ports, port_open, wait_until
 from streams.topics import ALL_TOPICS, TopicSpec
 
 log = logging.getLogger(__name__)
@@ -97,7 +97,7 @@ async def _create_topics(bootstrap: str, specs: list[TopicSpec]) -> list[str]:
 
 
 def run_broker(port: int, specs: Iterable[TopicSpec] = ALL_TOPICS, ready_timeout: float = 30.0,
-               topics_file: Path | None = None, mirror: bool = True) -> int:
+               topics_file: Path | None = None, mirror: bool = True, promised_ports: Iterable[int] = ()) -> int:
     """The broker as one supervised program: the binary behind a gate that opens once its topics exist.
 
     The broker keeps its logs in memory, so every start (a crash restarted by the process
@@ -119,8 +119,11 @@ added seconds to every stop.
     With ``mirror`` the gate keeps a copy of what the binary acknowledged and answers
     fetches from it (:mod:`heater.runtime.log_mirror`: the binary's own fetches slow down
     with every batch a partition holds).
+
+    The private port is none of ``promised_ports``: the platform's address book, whose
+    services start after the broker and bind their ports only then.
     """
-    internal = free_port()
+    (internal,) = free_ports(1, avoid=set(promised_ports))
     child = subprocess.Popen(broker_command(internal, advertised_port=port), preexec_fn=die_with_parent)
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda _s, _f: child.kill())

@@ -17,7 +17,8 @@ from heater.runtime.vault import vault_command, vault_env
 def exec_component(name: str) -> None:
     layout = Layout.load(default_run_dir())
     if name == "broker":
-        raise SystemExit(run_broker(layout.ports["broker"], topics_file=layout.run_dir / "broker-topics.json"))
+        raise SystemExit(run_broker(layout.ports["broker"], topics_file=layout.run_dir / "broker-topics.json",
+                                    promised_ports=layout.ports.values()))
     if name == "vault":
         argv = vault_command(layout.ports["vault"])
         token = layout.vault_token_file.read_text().strip()

@@ -10,7 +10,7 @@ import socket
 import subprocess
 import time
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Callable, Collection, Sequence
 
 log = logging.getLogger(__name__)
 
@@ -43,25 +43,47 @@ def _listen_port_range() -> range:
     return range(LISTEN_PORTS_FROM, low) if low - LISTEN_PORTS_FROM >= 1000 else range(1024, low)
 
 
-def free_ports(count: int) -> list[int]:
-    """``count`` different free ports, outside the range outgoing connections use, all bound at once."""
+def free_ports(count: int, *, avoid: Collection[int] = (), next_free: Collection[int] = ()) -> list[int]:
+    """``count`` different free ports, outside the range outgoing connections use, all bound at once.
+
+    None of them is in ``avoid``: ports already promised to servers that have not bound them
+    yet (a platform's address book, while its services start). For each position in
+    ``next_free`` the port after the one drawn is free as well and none of the others: OpenBao's
+    dev server also listens on the port after its own, for its cluster, and a service given
+    that port could not start while Vault runs.
+    """
     candidates = _listen_port_range()
-    chosen: list[socket.socket] = []
+    held: list[socket.socket] = []
+    ports: list[int] = []
     try:
         for port in random.sample(candidates, min(len(candidates), count * 20)):
-            sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-            try:
-                sock.bind(("127.0.0.1", port))
-            except OSError:
-                sock.close()
+            wanted = (port, port + 1) if len(ports) in next_free else (port,)
+            if any(p in avoid for p in wanted):
                 continue
-            chosen.append(sock)
-            if len(chosen) == count:
-                return [sock.getsockname()[1] for sock in chosen]
+            bound = [sock for sock in map(_bound, wanted) if sock is not None]
+            if len(bound) < len(wanted):
+                for sock in bound:
+                    sock.close()
+                continue
+            held.extend(bound)
+            ports.append(port)
+            if len(ports) == count:
+                return ports
         raise OSError(f"no {count} free ports in {candidates.start}-{candidates.stop - 1} on 127.0.0.1")
     finally:
-        for sock in chosen:
+        for sock in held:
             sock.close()
+
+
+def _bound(port: int) -> socket.socket | None:
+    """A socket bound to ``port`` on 127.0.0.1 (held so no other draw takes it), or None if it is taken."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    try:
+        sock.bind(("127.0.0.1", port))
+    except OSError:
+        sock.close()
+        return None
+    return sock
 
 
 def die_with_parent() -> None:

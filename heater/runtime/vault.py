@@ -21,7 +21,7 @@ import hvac
 
 from heater.catalogue import platform_services
 from heater.runtime.pki import CLI_SUBJECT, issue_all, provision_pki, tls_dir
-from heater.runtime.processes import ChildProcess, free_port, wait_until
+from heater.runtime.processes import ChildProcess, free_ports, wait_until
 from streams.allowlist import write_allowlist
 from streams.vault import (API_TOKEN_KEY, API_TOKEN_KEY_OPTIONS, APPROLE_MOUNT, IDENTITY_TOKEN_ROLE, api_token_role, approle_files,
                            ensure_entity)
@@ -179,7 +179,7 @@ class EmbeddedVault:
     """An OpenBao child process for tests and benches (``heater up`` runs it under supervisor)."""
 
     def __init__(self, run_dir: Path, port: int | None = None) -> None:
-        self.port = port or free_port()
+        self.port = port or free_ports(1, next_free={0})[0]
         self.token = new_token()
         self.secrets_dir = run_dir / "secrets"
         self.token_file = self.secrets_dir / "vault-token"

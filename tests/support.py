@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from pathlib import Path
 from typing import Any, Callable
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
@@ -17,7 +18,8 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from heater.probes import post_json
 from heater.runtime.services import ServiceProcess
 
-__all__ = ["ServiceProcess", "produce", "consume_until", "end_offset", "run", "wait_for", "metric", "post_json", "try_get"]
+__all__ = ["ServiceProcess", "produce", "consume_until", "end_offset", "run", "wait_for", "metric", "post_json", "try_get",
+           "may_raise_priority"]
 
 
 async def create_topic(bootstrap: str, topic: str) -> None:
@@ -155,3 +157,9 @@ def try_get(url: str, token: str | None = None) -> tuple[int, Any] | None:
         return http_json(url, token=token)
     except OSError:
         return None
+
+
+def may_raise_priority() -> bool:
+    """Whether this process holds CAP_SYS_NICE (bit 23 of its effective capabilities): root does."""
+    caps = next(line for line in Path("/proc/self/status").read_text().splitlines() if line.startswith("CapEff:"))
+    return bool(int(caps.split()[1], 16) >> 23 & 1)

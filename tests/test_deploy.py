@@ -318,6 +318,23 @@ def test_probes_use_the_health_endpoints_on_the_plain_probe_port(rendered: dict[
 
 
 @pytest.mark.parametrize("target", TARGETS)
+def test_pods_on_the_fatal_path_weigh_more_on_a_busy_cpu(rendered: dict[str, list[Doc]], target: str) -> None:
+    """Between pods the CPU goes by requests, not nice values: the edge adapters request the most,
+    the deciders of every reading less, the services off the FATAL path the least; none is capped."""
+    def millicores(name: str) -> int:
+        [worker] = deployments[name]["spec"]["template"]["spec"]["containers"]
+        assert "cpu" not in worker["resources"].get("limits", {}), f"{name}: a CPU limit throttles"
+        cpu = worker["resources"]["requests"]["cpu"]
+        return int(cpu[:-1]) if cpu.endswith("m") else int(float(cpu) * 1000)
+
+    deployments = by_name(rendered[target], "Deployment")
+    edge = {millicores(name) for name in ("can", "i2c")}
+    deciders = {millicores(name) for name in ("bank", "disaster")}
+    off_path = {millicores(name) for name in ("config", "secrets", "registry", "exceptions", "alarms", "homekit")}
+    assert min(edge) > max(deciders) and min(deciders) > max(off_path), (edge, deciders, off_path)
+
+
+@pytest.mark.parametrize("target", TARGETS)
 def test_every_process_binds_the_ports_its_pod_declares(rendered: dict[str, list[Doc]], target: str) -> None:
     """Every service and the heating job declare the API port and the probe port they bind (their environment):
     the probes, the Services and the host-network port check all read the declared ones."""

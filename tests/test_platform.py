@@ -22,13 +22,14 @@ import urllib.request
 from pathlib import Path
 
 from heater import credentials
+from heater.catalogue import FATAL_PATH_EDGE
 from heater.probes import http_json
 from heater.rundir import Layout
 from heater.runtime.pki import CLI_SUBJECT, tls_dir, tls_subjects
 from heater.runtime.vault import approle_files
 from streams.vault_policies import SERVICE_GRANTS
 from tests.platform_view import SERVICES
-from tests.support import post_json, wait_for
+from tests.support import may_raise_priority, post_json, wait_for
 
 #: A JWT (header and claims are base64url JSON objects, so both start with ``eyJ``).
 JWT_SHAPE = re.compile(r"eyJ[A-Za-z0-9_-]{8,}\.eyJ[A-Za-z0-9_-]{8,}\.")
@@ -102,14 +103,18 @@ def nice_value(pid: int) -> int:
 
 
 def assert_fatal_path_goes_first(pids: dict[str, int]) -> None:
-    """Services off the path from a reading to the power cut-off yield the CPU to those on it, and the
-    services that decide every reading (the FATAL limit's second judges) stand between the two."""
+    """The edge adapters go first, the broker and the simulated hardware at the platform's own
+    priority; services off the path from a reading to the power cut-off yield the CPU to those on
+    it, and the services that decide every reading (the FATAL limit's second judges) stand between."""
     nice = {name: nice_value(pid) for name, pid in pids.items()}
-    on_path = {name: nice[name] for name in ("broker", "simulator", "can", "i2c")}
+    edge = {name: nice[name] for name in ("can", "i2c")}
+    on_path = {name: nice[name] for name in ("broker", "simulator")}
     deciders = {name: nice[name] for name in ("bank", "disaster")}
     off_path = {name: nice[name] for name in ("config", "secrets", "registry", "exceptions", "alarms", "homekit")}
     base = nice_value(os.getpid())
-    assert set(on_path.values()) == {base}, f"the FATAL path runs at the platform's own priority: {nice}"
+    first = base + FATAL_PATH_EDGE if may_raise_priority() else base
+    assert set(edge.values()) == {first}, f"the edge adapters go first where the platform may raise them: {nice}"
+    assert set(on_path.values()) == {base}, f"the rest of the FATAL path runs at the platform's own priority: {nice}"
     assert all(base < value < min(off_path.values()) for value in deciders.values()), f"deciders in between: {nice}"
     assert all(value > base for value in off_path.values()), f"services off the FATAL path yield to it: {nice}"
 

@@ -46,8 +46,19 @@ FIELD_ENV: dict[str, dict[str, str]] = {"homekit": {"HEATER_POD_NAME": "metadata
 
 #: Requests and memory limits sized for a Raspberry Pi CM5 (4 cores, 4–8 GB shared with Kafka).
 #: No CPU limits: throttling a service on the FATAL path would only slow the power cut.
-FAUST_RESOURCES = {"requests": {"cpu": "50m", "memory": "192Mi"}, "limits": {"memory": "384Mi"}}
-EDGE_RESOURCES = {"requests": {"cpu": "25m", "memory": "96Mi"}, "limits": {"memory": "192Mi"}}
+FAUST_RESOURCES = {"requests": {"memory": "192Mi"}, "limits": {"memory": "384Mi"}}
+EDGE_RESOURCES = {"requests": {"memory": "96Mi"}, "limits": {"memory": "192Mi"}}
+#: A pod's CPU request by the service's place on the FATAL path (its catalogue nice value).
+#: Between pods the kernel shares a busy CPU by their requests (cgroup weights); a nice value
+#: counts only among the processes of one pod. So the order the local platform keeps with nice
+#: values is kept here with requests: the edge adapters first, the deciders of every reading
+#: next, the services off the path last.
+CPU_REQUEST_BY_NICENESS = {
+    catalogue.FATAL_PATH_EDGE: "400m",
+    0: "100m",
+    catalogue.BULK_DECIDERS: "100m",
+    catalogue.OFF_FATAL_PATH: "50m",
+}
 
 EXTRA_ENV: dict[str, dict[str, str]] = {
     "config": {"HEATER_CONFIG_FILE": f"{CONFIG_DIR}/heater.json"},
@@ -254,6 +265,12 @@ def init_containers(component: catalogue.Component) -> list[dict[str, Any]]:
     return out
 
 
+def resources(component: catalogue.Component) -> dict[str, Any]:
+    sized = FAUST_RESOURCES if faust(component.name) else EDGE_RESOURCES
+    cpu = CPU_REQUEST_BY_NICENESS[component.niceness]
+    return {"requests": {"cpu": cpu, **sized["requests"]}, "limits": dict(sized["limits"])}
+
+
 def deployment(component: catalogue.Component) -> dict[str, Any]:
     name = component.name
     vols, mounts = volumes(name)
@@ -266,7 +283,7 @@ def deployment(component: catalogue.Component) -> dict[str, Any]:
         "envFrom": [{"configMapRef": {"name": "heater-settings"}}],
         "env": env(name),
         **probes(),
-        "resources": FAUST_RESOURCES if faust(name) else EDGE_RESOURCES,
+        "resources": resources(component),
         "securityContext": _restricted(),
         "volumeMounts": mounts,
     }

@@ -144,6 +144,36 @@ async def test_a_waiting_fetch_wakes_when_its_partition_grows_not_before() -> No
     await asyncio.wait_for(waiting, 1.0)
 
 
+async def test_a_record_answers_the_readers_with_the_shortest_fetch_wait_before_the_others_are_woken() -> None:
+    """A FATAL alarm wakes the I2C adapter's watch (0.1 s) and the other services' (1 s): the
+    first answer is built and on its way (a second step: the gate's reply) before the herd's."""
+    mirror = LogMirror()
+    steps: list[str] = []
+
+    async def reader(name: str, fetch_wait_ms: int) -> None:
+        await mirror.wait_for_growth([want(0)], 10.0, fetch_wait_ms)
+        steps.append(f"{name} woken")
+        await asyncio.sleep(0)  # the reply that sends the answer: another turn of the loop
+        steps.append(f"{name} answered")
+
+    patient = [asyncio.ensure_future(reader(f"watch{i}", 1000)) for i in range(3)]  # waiting first
+    urgent = asyncio.ensure_future(reader("i2c", 100))
+    await asyncio.sleep(0.01)
+    mirror.acknowledged("t", 0, 0, batch(b"FATAL"))
+    await asyncio.wait_for(asyncio.gather(urgent, *patient), 1.0)
+    assert steps[:2] == ["i2c woken", "i2c answered"], steps
+    assert sorted(steps[2:]) == sorted(f"watch{i} {what}" for i in range(3) for what in ("woken", "answered"))
+
+
+async def test_readers_with_the_same_fetch_wait_are_woken_together() -> None:
+    mirror = LogMirror()
+    readers = [asyncio.ensure_future(mirror.wait_for_growth([want(0)], 10.0, 100)) for _ in range(3)]
+    await asyncio.sleep(0.01)
+    mirror.acknowledged("t", 0, 0, batch(b"a"))
+    await asyncio.sleep(0)
+    assert all(reader.done() for reader in readers)
+
+
 def test_fetch_answers_read_back_in_every_version_the_gate_answers() -> None:
     records = batch(b"a")
     for version in wire.FETCH_VERSIONS:

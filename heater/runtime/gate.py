@@ -224,7 +224,7 @@ class GateSession:
             left = deadline - loop.time()
             if size >= fetch.min_bytes or left <= 0:
                 return wire.fetch_answer(fetch.version, correlation_id, served)
-            await mirror.wait_for_growth(fetch.partitions, left)
+            await mirror.wait_for_growth(fetch.partitions, left, fetch.max_wait_ms)
 
     # -- broker → gate → client -----------------------------------------------------------
 

@@ -78,7 +78,8 @@ class LogMirror:
         self.partitions: dict[Key, PartitionLog] = {}
         self.unmirrored: set[Key] = set()
         self.given_up: str | None = None  # why every fetch goes to the broker, once it does
-        self._waiters: dict[Key, set[asyncio.Future[None]]] = {}
+        #: Fetches waiting for a partition to grow, with each one's fetch wait (ms).
+        self._waiters: dict[Key, dict[asyncio.Future[None], int]] = {}
 
     # -- what the broker acknowledged -----------------------------------------------------
 
@@ -220,13 +221,17 @@ class LogMirror:
                 known[question] = 0
         return known
 
-    async def wait_for_growth(self, wanted: Iterable[WantedPartition], timeout: float) -> None:
-        """Return when any of ``wanted`` grows (or leaves the copy), or after ``timeout``."""
+    async def wait_for_growth(self, wanted: Iterable[WantedPartition], timeout: float, fetch_wait_ms: int = 0) -> None:
+        """Return when any of ``wanted`` grows (or leaves the copy), or after ``timeout``.
+
+        Among the fetches a record wakes, those with the shortest fetch wait go first
+        (:meth:`_wake`): ``fetch_wait_ms`` is how long the reader would have waited.
+        """
         loop = asyncio.get_running_loop()
         woken: asyncio.Future[None] = loop.create_future()
         keys = {(want.topic, want.partition) for want in wanted}
         for key in keys:
-            self._waiters.setdefault(key, set()).add(woken)
+            self._waiters.setdefault(key, {})[woken] = fetch_wait_ms
         timer = loop.call_later(max(timeout, 0.0), _resolve, woken)
         try:
             await woken
@@ -235,15 +240,37 @@ class LogMirror:
             for key in keys:
                 waiting = self._waiters.get(key)
                 if waiting is not None:
-                    waiting.discard(woken)
+                    waiting.pop(woken, None)
                     if not waiting:
                         del self._waiters[key]
 
     def _wake(self, key: Key) -> None:
-        for woken in self._waiters.pop(key, ()):
-            _resolve(woken)
+        """Answer the fetches with the shortest fetch wait now, the others one turn of the loop later.
+
+        A reader's fetch wait says how soon it wants a record: the I2C adapter's FATAL watch
+        (and every other reader on the FATAL path) waits a tenth of a second, the watches of
+        the services off the path a second. A FATAL alarm wakes them all at once; woken
+        together, each answer was built before the first went out, and the I2C adapter's came
+        after the herd's. One turn later, the first answers are on their way before the rest
+        are built, and their readers ahead of the herd for a core.
+        """
+        waiting = self._waiters.pop(key, None)
+        if not waiting:
+            return
+        first = min(waiting.values())
+        later = [woken for woken, wait_ms in waiting.items() if wait_ms > first]
+        for woken, wait_ms in waiting.items():
+            if wait_ms == first:
+                _resolve(woken)
+        if later:
+            asyncio.get_running_loop().call_soon(_resolve_all, later)
 
 
 def _resolve(future: asyncio.Future[None]) -> None:
     if not future.done():
         future.set_result(None)
+
+
+def _resolve_all(futures: Iterable[asyncio.Future[None]]) -> None:
+    for future in futures:
+        _resolve(future)

@@ -70,7 +70,7 @@ sys.path.insert(0, str(ROOT))
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer  # noqa: E402
 
 from bench.rundir import run_root  # noqa: E402
-from bench.stats import percentile  # noqa: E402
+from bench.stats import machine_ms, percentile  # noqa: E402
 from heater import credentials, reset  # noqa: E402
 from heater.catalogue import COMPONENTS  # noqa: E402
 from heater.platform import Platform  # noqa: E402
@@ -116,20 +116,6 @@ BANK_HOPS = ("adapter_to_sensordata", "sensordata_to_bank_alarm")
 FATAL_OVERTEMP = (b"can/overtemp-fatal/", b"bank/overtemp-fatal/")
 
 T = TypeVar("T")
-
-
-def machine_ms() -> float:
-    """How long a fixed piece of pure-Python work takes now (the median of three), in ms.
-
-    Timed before every FATAL trial, while the platform idles: a shared host's speed drifts
-    over a run, and a trend in the latencies that the machine shows too is the machine's.
-    """
-    times = []
-    for _ in range(3):
-        started = time.perf_counter()
-        sum(i * i for i in range(100_000))
-        times.append((time.perf_counter() - started) * 1000)
-    return statistics.median(times)
 
 
 def hop_percentiles(hops: list[dict[str, Any]], names: tuple[str, ...], q: float) -> dict[str, float | None]:

@@ -8,6 +8,9 @@
 * on that platform, every service killed with SIGKILL in turn: the kill → the restarted
   process answers ready (supervisord restarts it, as Kubernetes would).
 
+``machine_ms`` (:func:`bench.stats.machine_ms`) is the machine's speed in the same run: idle
+CPU is a share of a core, and a slower hour of a shared host shows a larger share.
+
 Ends with one JSON line. Run: ``python bench/startup.py [--run-dir DIR]``.
 """
 
@@ -27,6 +30,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.procstats import cpu_by_process, rss_mb, tree_pids  # noqa: E402
 from bench.rundir import run_root  # noqa: E402
+from bench.stats import machine_ms  # noqa: E402
 from heater.catalogue import COMPONENTS, Component  # noqa: E402
 from heater.platform import Platform  # noqa: E402
 from heater.probes import READY, probe  # noqa: E402
@@ -86,6 +90,7 @@ def main(argv: list[str] | None = None) -> None:
                 defaults = worker_ready_s(broker, vault, root / "defaults", "production")
                 print(f"worker ready, Faust defaults: {defaults:.2f} s", flush=True)
 
+        machine = machine_ms()  # before the platform starts: the machine's own speed this hour
         platform = Platform(root / "platform")
         try:
             ready = platform.start(timeout=120)
@@ -121,6 +126,7 @@ def main(argv: list[str] | None = None) -> None:
                 "processes": len(pids),
                 "kill9_ready_s": after_kill,
                 "kill9_ready_max_s": max(after_kill.values()),
+                "machine_ms": round(machine, 2),
                 "baseline": {"worker_ready_s": round(defaults, 3), "profile": "Faust defaults (kafka://)"},
             }
         )

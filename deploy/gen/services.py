@@ -55,7 +55,6 @@ EDGE_RESOURCES = {"requests": {"memory": "96Mi"}, "limits": {"memory": "192Mi"}}
 #: next, the services off the path last.
 CPU_REQUEST_BY_NICENESS = {
     catalogue.FATAL_PATH_EDGE: "400m",
-    0: "100m",
     catalogue.BULK_DECIDERS: "100m",
     catalogue.OFF_FATAL_PATH: "50m",
 }

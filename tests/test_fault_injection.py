@@ -452,16 +452,21 @@ def test_kill_9_of_the_disaster_detector_closes_the_valve_within_its_beat_bound(
 
 
 def test_kill_9_of_the_i2c_adapter_lets_the_pico_watchdog_make_everything_safe(platform: Platform) -> None:
-    """6: the adapter dies mid-heating; no more kicks; the Pico drops every relay within its window."""
+    """6: the adapter dies mid-heating; no more kicks; the Pico drops every relay within its window.
+
+    The adapter is held down: restarted within the window, it would make the board safe itself
+    (its start-up drives every relay off and clears the expired flag), and the watchdog would
+    go unproven.
+    """
     layout = platform.layout
     fresh_tank(layout)
     window_s = pico(layout)["watchdog"]["window_ms"] / 1000
     job = Job(layout, 40.0)
     try:
         heating(layout, job)
-        killed_at = kill_9(platform, "i2c")
-        safe_s = until_relay_off(layout, "power_on", killed_at, window_s + 1.0)
-        board = pico(layout)
+        with HeldDown(platform, "i2c") as held:
+            safe_s = until_relay_off(layout, "power_on", held.killed_at, window_s + 1.0)
+            board = pico(layout)
         assert board["relays"] == SAFE and board["watchdog"]["expired"], "the watchdog, not a command, made it safe"
         assert job.wait() != exitcodes.DONE, "a job whose burner went out did not finish"
     finally:

@@ -85,6 +85,10 @@ def main(argv: list[str] | None = None) -> int:
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    if args.command in ("worker", "runtime"):
+        from heater.runtime.processes import die_with_process_manager
+
+        die_with_process_manager()
     if args.command == "worker":  # the process of every service: it needs no run directory, nor its imports
         return run_worker(args.name)
     if args.command == "runtime":

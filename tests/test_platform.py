@@ -5,6 +5,7 @@ for a bad signature, refused for too low a role) and the status page is opened t
 `heater dashboard` link; every service runs without the Vault root token (its own AppRole at
 most); once the platform stopped, no log of the run holds the token, the link's ticket, the
 session cookie, the root token, a service's role_id or secret_id, or anything shaped like a JWT.
+A supervisord killed on its own leaves no process of the platform behind either.
 """
 
 from __future__ import annotations
@@ -21,8 +22,10 @@ import urllib.parse
 import urllib.request
 from pathlib import Path
 
+from bench.procstats import tree_pids
 from heater import credentials
-from heater.catalogue import FATAL_PATH_EDGE
+from heater.catalogue import COMPONENTS, FATAL_PATH_EDGE
+from heater.platform import Platform
 from heater.probes import http_json
 from heater.rundir import Layout
 from heater.runtime.pki import CLI_SUBJECT, tls_dir, tls_subjects
@@ -94,6 +97,24 @@ def test_up_status_and_clean_stop(tmp_path: Path) -> None:
                 up.wait(60)
             except subprocess.TimeoutExpired:
                 up.kill()
+
+
+def test_no_process_outlives_a_killed_process_manager(tmp_path: Path) -> None:
+    """supervisord killed (out of memory, a crash): every process of the platform dies with it, none
+    runs on unsupervised holding its port, the CAN bus or the Pico's watchdog."""
+    platform = Platform(tmp_path / "platform")
+    try:
+        platform.start(timeout=120)
+        assert platform.supervisord is not None
+        manager = platform.supervisord.pid
+        programs = {name: info["pid"] for name, info in platform.supervisor.all_info().items()}
+        assert set(programs) == {c.name for c in COMPONENTS} and all(programs.values()), programs
+        tree = [pid for pid in tree_pids(manager) if pid != manager]
+        assert len(tree) > len(programs), "the broker binary and the simulated Pico run below their programs"
+        os.kill(manager, signal.SIGKILL)
+        wait_for(lambda: not [pid for pid in tree if pid_alive(pid)], 10, 0.1, "every process gone with supervisord")
+    finally:
+        platform.stop()
 
 
 def nice_value(pid: int) -> int:

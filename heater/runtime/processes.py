@@ -99,6 +99,23 @@ def die_with_parent() -> None:
     ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
 
 
+def die_with_process_manager() -> None:
+    """A program of the local platform's supervisord dies with it.
+
+    Left behind by a supervisord that died (killed, out of memory), the services would run on
+    unsupervised, the edge adapters kicking the Pico with no one to restart a crash, and hold
+    ports and the CAN bus a new ``heater up`` needs. Their safety never rests on running on:
+    killed, the Pico's watchdog makes the board safe, as for any kill -9. Outside supervisord
+    (Kubernetes, a test's own process) nothing changes.
+    """
+    if not os.environ.get("SUPERVISOR_ENABLED"):
+        return
+    parent = os.getppid()
+    die_with_parent()
+    if os.getppid() != parent:  # it died before the kernel was told
+        os._exit(1)
+
+
 def port_open(port: int, host: str = "127.0.0.1", timeout: float = 0.2) -> bool:
     try:
         with socket.create_connection((host, port), timeout=timeout):
